@@ -1,0 +1,27 @@
+"""The sans-I/O core of dtlskit: DTLS engines that take bytes and ``now`` and return datagrams,
+events and deadlines. Nothing here opens a socket, starts a thread or reads a clock."""
+
+from .connection import ConnectionStatistics, DTLSConnection, State
+from .cookies import CookieJar
+from .events import (
+    ConnectionClosed,
+    ConnectionTerminated,
+    Event,
+    HandshakeCompleted,
+    MessageReceived,
+)
+from .server import ServerEngine, ServerStatistics
+
+__all__ = [
+    "ConnectionClosed",
+    "ConnectionStatistics",
+    "ConnectionTerminated",
+    "CookieJar",
+    "DTLSConnection",
+    "Event",
+    "HandshakeCompleted",
+    "MessageReceived",
+    "ServerEngine",
+    "ServerStatistics",
+    "State",
+]

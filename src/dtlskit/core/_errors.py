@@ -1,0 +1,94 @@
+"""Translation of OpenSSL errors into dtlskit exceptions: the core's one foreign boundary.
+
+OpenSSL reports failures as a list of ``(library, function, reason)`` strings. A reason such as
+``"sslv3 alert certificate expired"`` means the *peer* sent that alert; ``"certificate verify
+failed"`` means *we* rejected the peer's chain, and the verify callback recorded why.
+"""
+
+from __future__ import annotations
+
+import re
+
+from OpenSSL import SSL
+
+from ..exceptions import (
+    CertificateVerificationError,
+    ConnectionLost,
+    HandshakeError,
+    HandshakeFailure,
+)
+
+__all__ = ["alert_name", "handshake_error", "session_error"]
+
+_ALERT = re.compile(r"(?:sslv3|tlsv1|tls)\s+alert\s+(.+)$", re.IGNORECASE)
+
+# Alerts a peer sends when it rejects our certificate.
+_CERTIFICATE_ALERTS = frozenset(
+    {
+        "bad certificate",
+        "unsupported certificate",
+        "certificate revoked",
+        "certificate expired",
+        "certificate unknown",
+        "unknown ca",
+        "certificate required",
+        "access denied",
+    }
+)
+
+
+def reasons(exc: SSL.Error) -> list[str]:
+    """OpenSSL's reason strings, innermost last."""
+    found = []
+    for entry in exc.args[0] if exc.args and isinstance(exc.args[0], list) else []:
+        if isinstance(entry, tuple) and len(entry) == 3:
+            found.append(str(entry[2]))
+    return found or [str(exc) or type(exc).__name__]
+
+
+def alert_name(exc: SSL.Error) -> str | None:
+    """The name of the alert the peer sent, if the error is a received alert."""
+    for reason in reasons(exc):
+        match = _ALERT.search(reason)
+        if match:
+            return match.group(1).strip().lower()
+    return None
+
+
+def handshake_error(
+    exc: SSL.Error, *, verify_reason: str | None, server: bool, peer: str
+) -> HandshakeError:
+    """The HandshakeError subclass for a failed handshake, with a message naming the cause."""
+    words = reasons(exc)
+    joined = "; ".join(words)
+    alert = alert_name(exc)
+    if verify_reason is not None or "certificate verify failed" in joined:
+        why = verify_reason or "certificate verify failed"
+        whose = "client" if server else "server"
+        return CertificateVerificationError(
+            f"the {whose} certificate of {peer} was rejected: {why}", reason=why
+        )
+    if "peer did not return a certificate" in joined:
+        return CertificateVerificationError(
+            f"client {peer} sent no certificate, but this server requires one",
+            reason="no client certificate",
+        )
+    if alert is not None:
+        if alert in _CERTIFICATE_ALERTS:
+            return CertificateVerificationError(
+                f"{peer} rejected our certificate (alert: {alert})", reason=alert
+            )
+        return HandshakeFailure(f"{peer} aborted the handshake (alert: {alert})", alert=alert)
+    if "no shared cipher" in joined or "no cipher" in joined:
+        return HandshakeFailure(
+            f"no cipher suite in common with {peer} ({joined})", alert="handshake failure"
+        )
+    return HandshakeFailure(f"handshake with {peer} failed: {joined}")
+
+
+def session_error(exc: SSL.Error, *, peer: str) -> ConnectionLost:
+    """ConnectionLost for a fatal error on an established session."""
+    alert = alert_name(exc)
+    if alert is not None:
+        return ConnectionLost(f"{peer} sent fatal alert: {alert}", alert=alert)
+    return ConnectionLost(f"session with {peer} failed: {'; '.join(reasons(exc))}")

@@ -1,0 +1,698 @@
+"""One DTLS association (one peer), sans I/O: bytes and ``now`` in; datagrams, events, deadlines out.
+
+Theory of operation
+-------------------
+OpenSSL runs the DTLS 1.2 state machine on a pair of memory BIOs. Around it this module owns
+what OpenSSL either does not do or does on a clock we cannot control:
+
+*Datagrams.* Input: each received datagram is written to OpenSSL alone, then OpenSSL is drained
+(two datagrams written back to back are read as one packet, and a bad first one would make
+OpenSSL drop the good second one). Output: OpenSSL's bytes are split into records and packed into
+datagrams of at most :attr:`mtu` bytes, never splitting a record (RFC 6347 §4.1.1).
+
+*Retransmission* (RFC 6347 §4.2.4). Our timer, driven by the ``now`` the caller passes, decides
+when: 1 s initially, doubling up to 60 s, kept after a lossy flight and reset after a loss-free
+one. OpenSSL's own DTLS timer reads the wall clock, which a test's hand-advanced clock does not
+move. On expiry we first ask OpenSSL to retransmit (``DTLSv1_handle_timeout``), which rebuilds the
+flight with fresh record sequence numbers and re-fragments it for the current MTU; when OpenSSL's
+clock disagrees (a simulated clock) we re-send the flight's records as they were. After two lost
+flights in a row the MTU backs off to the path minimum (548 bytes over IPv4, 1232 over IPv6).
+An overall handshake deadline (30 s by default) ends a stalled handshake with
+:class:`~dtlskit.exceptions.HandshakeTimeout`; OpenSSL alone would try for minutes.
+
+*The final flight.* The side that sends the last flight (the server in a full handshake) has no
+timer for it: if it is lost, the peer retransmits its own last flight. We remember the
+fingerprints (record bytes minus sequence number) of the peer's last flight, and when one arrives
+again we re-send our final flight, at most once per retransmission timeout. Junk from the peer's
+address matches no fingerprint and gets nothing back. Datagrams keep flowing through OpenSSL after
+the handshake, so OpenSSL's own repeat-Finished logic also works with fresh-sequence peers.
+
+The contract for callers: after any method that takes ``now``, and after :meth:`send` and
+:meth:`close`, call :meth:`datagrams_to_send` and transmit the result, drain :meth:`next_event`,
+and re-arm a timer for :meth:`get_timer`, calling :meth:`handle_timer` when it expires.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import ipaddress
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from OpenSSL import SSL
+
+from ..config import DTLSConfiguration
+from ..exceptions import (
+    ConfigurationError,
+    ConnectionClosedByPeer,
+    ConnectionClosedLocally,
+    ConnectionLost,
+    DTLSError,
+    HandshakeTimeout,
+    MessageTooLarge,
+)
+from . import _bindings, _errors
+from . import events as ev
+from .records import (
+    CONTENT_HANDSHAKE,
+    BadPacket,
+    handshake_message_sequence_trusted,
+    pack_datagrams,
+    split_records_trusted,
+    split_records_untrusted,
+)
+
+__all__ = ["ConnectionStatistics", "DTLSConnection", "State", "fallback_mtu_for"]
+
+Address = tuple[Any, ...]
+
+_MAX_READ = 65536
+_MAX_PEER_FLIGHT_RECORDS = 64
+# How far OpenSSL's wall-clock timer may lag ours before we stop waiting for it.
+_CLOCK_SKEW = 0.05
+
+
+def fallback_mtu_for(address: Address | None) -> int:
+    """Minimum datagram size every path carries: 576-28 over IPv4, 1280-48 over IPv6."""
+    if address is not None:
+        try:
+            if ipaddress.ip_address(str(address[0]).split("%")[0]).version == 6:
+                return 1232
+        except ValueError:
+            pass
+    return 548
+
+
+class State(enum.Enum):
+    """Where an association is in its life."""
+
+    INITIAL = "initial"
+    HANDSHAKING = "handshaking"
+    ESTABLISHED = "established"
+    CLOSED = "closed"
+    TERMINATED = "terminated"
+
+
+@dataclass
+class ConnectionStatistics:
+    """Counters of one association. A snapshot is returned by ``statistics()``."""
+
+    datagrams_sent: int = 0
+    datagrams_received: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    messages_sent: int = 0
+    messages_received: int = 0
+    retransmissions: int = 0
+    """Flights we re-sent after our timer expired (OpenSSL-rebuilt or as stored)."""
+    final_flight_resends: int = 0
+    """Times our final flight was re-sent because the peer repeated its last flight."""
+    mtu_backoffs: int = 0
+    handshake_seconds: float | None = None
+    """Time from the first flight to completion, in the caller's clock."""
+    drops: dict[str, int] = field(default_factory=dict)
+    """Datagrams or messages dropped, by reason."""
+
+    def copy(self) -> ConnectionStatistics:
+        """An independent snapshot."""
+        return ConnectionStatistics(**{**self.__dict__, "drops": dict(self.drops)})
+
+
+class DTLSConnection:
+    """The engine of one DTLS association. See the module docstring for the contract."""
+
+    def __init__(
+        self,
+        config: DTLSConfiguration,
+        *,
+        server: bool,
+        peer_address: Address | None = None,
+        context: SSL.Context | None = None,
+        server_hostname: str | None = None,
+    ) -> None:
+        self._config = config
+        self._server = server
+        self.peer_address = peer_address
+        self._peer_text = _format_address(peer_address)
+        ctx = context if context is not None else config.build_context(server)
+        self._ssl = SSL.Connection(ctx, None)
+        self._mtu = config.mtu
+        self._fallback_mtu = min(fallback_mtu_for(peer_address), self._mtu)
+        self._ssl.set_ciphertext_mtu(self._mtu)
+        self._verify_reason: str | None = None
+        self._setup_verification(server_hostname)
+
+        self.state = State.INITIAL
+        self._events: collections.deque[ev.Event] = collections.deque()
+        self._queued_messages = 0
+        self._outgoing: list[bytes] = []
+        self._stats = ConnectionStatistics()
+        self.error: DTLSError | None = None
+        self.listener: Callable[[DTLSConnection], None] | None = None
+        """Called (without arguments but the engine) whenever output or events are produced
+        outside a call that takes ``now``; a server demultiplexer uses it to track work."""
+
+        # Retransmission state.
+        self._rto = config.initial_retransmit_timeout
+        self._retransmit_at: float | None = None
+        self._flight_records: list[bytes] = []
+        self._flight_key: frozenset[tuple[int, int, int | None]] = frozenset()
+        self._flight_retransmitted = False
+        self._consecutive_timeouts = 0
+        self._deferred_for_skew = False
+        self._handshake_started: float | None = None
+        self._handshake_deadline: float | None = None
+        # Final-flight state.
+        self._peer_flight: set[bytes] = set()
+        self._final_flight: list[bytes] = []
+        self._final_flight_until = 0.0
+        self._final_resent_at: float | None = None
+        # Idle expiry.
+        self._idle_timeout = config.idle_timeout
+        self._idle_deadline: float | None = None
+        self.client_hello_body: bytes | None = None
+        """Server side: the cookie-carrying ClientHello that created this association."""
+
+    # -- set-up ---------------------------------------------------------------------------------
+
+    def _setup_verification(self, server_hostname: str | None) -> None:
+        mode = self._config.effective_verify_mode(self._server)
+        if mode == ssl.CERT_NONE:
+            self._ssl.set_verify(SSL.VERIFY_NONE, None)
+        else:
+            flags = SSL.VERIFY_PEER
+            if self._server and mode == ssl.CERT_REQUIRED:
+                flags |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+            self._ssl.set_verify(flags, self._verify_callback)
+        if self._server:
+            return
+        name = server_hostname or self._config.server_hostname
+        if name:
+            if not _is_ip_literal(name):
+                self._ssl.set_tlsext_host_name(name.encode("idna"))
+            if mode != ssl.CERT_NONE and self._config.check_hostname:
+                _bindings.set_expected_peer_name(self._ssl, name)
+        elif mode != ssl.CERT_NONE and self._config.check_hostname:
+            raise ConfigurationError(
+                "check_hostname is on but no server_hostname is known: pass server_hostname, "
+                "or set check_hostname=False to accept any name the CA vouches for"
+            )
+
+    def _verify_callback(self, conn: Any, cert: Any, errno: int, depth: int, ok: int) -> bool:
+        if not ok and self._verify_reason is None:
+            subject = ""
+            try:
+                subject = cert.to_cryptography().subject.rfc4514_string()
+            except Exception:  # pragma: no cover - a certificate pyOpenSSL cannot convert
+                subject = "?"
+            self._verify_reason = (
+                f"{_bindings.verify_error_string(errno)} (depth {depth}, subject {subject})"
+            )
+        return bool(ok)
+
+    # -- public verbs ---------------------------------------------------------------------------
+
+    def connect(self, now: float) -> None:
+        """Client: start the handshake. Then call :meth:`datagrams_to_send`."""
+        if self._server or self.state is not State.INITIAL:
+            raise RuntimeError("connect() is for a client engine that has not started")
+        self._ssl.set_connect_state()
+        self._begin_handshake(now)
+        self._advance_handshake(now)
+
+    def start_server(self, client_hello: bytes, now: float) -> bool:
+        """Server: begin with a ClientHello whose cookie the demultiplexer already verified.
+
+        Returns False (and terminates) if OpenSSL rejects it. Then call :meth:`datagrams_to_send`.
+        """
+        if not self._server or self.state is not State.INITIAL:
+            raise RuntimeError("start_server() is for a server engine that has not started")
+        self._ssl.set_accept_state()
+        self._begin_handshake(now)
+        self._count_received(client_hello)
+        self._remember_peer_records(client_hello)
+        try:
+            self._ssl.bio_write(client_hello)
+            self._ssl.DTLSv1_listen()
+        except SSL.Error as exc:
+            self._terminate(
+                _errors.handshake_error(exc, verify_reason=None, server=True, peer=self._peer_text),
+                now,
+            )
+            return False
+        self._advance_handshake(now)
+        return self.state is not State.TERMINATED
+
+    def receive_datagram(self, data: bytes, now: float) -> None:
+        """Feed one datagram from the peer. Then drain events and send datagrams."""
+        if self.state in (State.CLOSED, State.TERMINATED, State.INITIAL):
+            self._drop("after_close" if self.state is not State.INITIAL else "before_start")
+            return
+        self._count_received(data)
+        if self.state is State.HANDSHAKING:
+            self._remember_peer_records(data)
+            self._bio_write(data)
+            self._advance_handshake(now)
+            if self.state is State.ESTABLISHED:
+                self._read_application_data(now)
+            return
+        # Established: OpenSSL keeps seeing everything (a lost final flight is recovered this way).
+        repeat = self._is_peer_flight_repeat(data)
+        self._bio_write(data)
+        produced_before = len(self._outgoing)
+        self._read_application_data(now)
+        if self.state is State.ESTABLISHED and repeat:
+            self._resend_final_flight(now, openssl_did=len(self._outgoing) > produced_before)
+
+    def send(self, message: bytes) -> None:
+        """Encrypt one message into one record. Then call :meth:`datagrams_to_send`."""
+        self._check_usable()
+        limit = self.cleartext_mtu
+        if len(message) > limit:
+            raise MessageTooLarge(len(message), limit)
+        try:
+            self._ssl.write(bytes(message))
+        except SSL.Error as exc:
+            error = _errors.session_error(exc, peer=self._peer_text)
+            self._terminate(error, None)
+            raise error from exc
+        self._stats.messages_sent += 1
+        self._collect_output(None)
+        self._notify()
+
+    def close(self) -> None:
+        """Send close_notify (once, best effort) and end the session. Idempotent."""
+        if self.state in (State.CLOSED, State.TERMINATED):
+            return
+        if self.state is State.ESTABLISHED:
+            try:
+                self._ssl.shutdown()
+            except SSL.Error:
+                pass
+            self._collect_output(None)
+        self._finish(State.CLOSED)
+        self.error = ConnectionClosedLocally("the connection was closed locally")
+        self._events.append(ev.ConnectionClosed(by_peer=False))
+        self._notify()
+
+    def abort(self, error: DTLSError) -> None:
+        """End the session at once with ``error`` (no alert is sent). Idempotent."""
+        if self.state in (State.CLOSED, State.TERMINATED):
+            return
+        self._terminate(error, None)
+        self._notify()
+
+    def datagrams_to_send(self, now: float | None = None) -> list[bytes]:
+        """Datagrams to transmit to the peer, in order; each at most :attr:`mtu` bytes."""
+        out, self._outgoing = self._outgoing, []
+        for datagram in out:
+            self._stats.datagrams_sent += 1
+            self._stats.bytes_sent += len(datagram)
+        return out
+
+    def next_event(self) -> ev.Event | None:
+        """The oldest event not yet returned, or None."""
+        if not self._events:
+            return None
+        event = self._events.popleft()
+        if isinstance(event, ev.MessageReceived):
+            self._queued_messages -= 1
+        return event
+
+    def get_timer(self) -> float | None:
+        """The absolute deadline (caller's clock) at which to call :meth:`handle_timer`."""
+        deadlines = [
+            d
+            for d in (self._retransmit_at, self._handshake_deadline, self._idle_deadline)
+            if d is not None
+        ]
+        return min(deadlines) if deadlines else None
+
+    def handle_timer(self, now: float) -> None:
+        """Act on every deadline that has passed. Then send datagrams and drain events."""
+        if self._handshake_deadline is not None and now >= self._handshake_deadline:
+            self._terminate(
+                HandshakeTimeout(
+                    f"handshake with {self._peer_text} did not complete within "
+                    f"{self._config.handshake_timeout:g} s"
+                ),
+                now,
+            )
+            return
+        if self._retransmit_at is not None and now >= self._retransmit_at:
+            self._retransmit(now)
+        if self._idle_deadline is not None and now >= self._idle_deadline:
+            timeout = self._idle_timeout or 0.0
+            try:
+                self._ssl.shutdown()
+            except SSL.Error:
+                pass
+            self._collect_output(now)
+            self._terminate(
+                ConnectionLost(f"no message from {self._peer_text} for {timeout:g} s (idle)"),
+                now,
+            )
+
+    def statistics(self) -> ConnectionStatistics:
+        """A snapshot of this association's counters."""
+        return self._stats.copy()
+
+    # -- properties ---------------------------------------------------------------------------
+
+    @property
+    def is_server(self) -> bool:
+        """Whether this engine plays the server role."""
+        return self._server
+
+    @property
+    def mtu(self) -> int:
+        """Current largest datagram size in bytes (it may back off during the handshake)."""
+        return self._mtu
+
+    @property
+    def cleartext_mtu(self) -> int:
+        """Largest message that fits in one record at the current MTU."""
+        if self.state is State.ESTABLISHED:
+            try:
+                return int(self._ssl.get_cleartext_mtu())
+            except SSL.Error:  # pragma: no cover - only before keys exist
+                pass
+        return self._mtu - 64
+
+    @property
+    def version(self) -> str | None:
+        """Negotiated protocol version, once established."""
+        if self.state is State.INITIAL:
+            return None
+        version = self._ssl.get_protocol_version_name()
+        return str(version) if version and version != "Unknown" else None
+
+    @property
+    def cipher(self) -> str | None:
+        """Negotiated cipher suite name, once established."""
+        name = self._ssl.get_cipher_name()
+        return str(name) if name else None
+
+    @property
+    def session_reused(self) -> bool:
+        """Whether the handshake resumed an earlier session."""
+        return bool(_bindings_session_reused(self._ssl))
+
+    @property
+    def peer_certificate(self) -> Any:
+        """The peer's certificate as a ``cryptography.x509.Certificate``, or None."""
+        cert = self._ssl.get_peer_certificate(as_cryptography=True)
+        return cert
+
+    @property
+    def peer_certificate_chain(self) -> list[Any]:
+        """The chain the peer sent, leaf first, as ``cryptography`` certificates."""
+        chain = self._ssl.get_peer_cert_chain(as_cryptography=True)
+        return list(chain or [])
+
+    @property
+    def ssl_object(self) -> SSL.Connection:
+        """The underlying pyOpenSSL connection (for advanced use; do not drive its I/O)."""
+        return self._ssl
+
+    # -- handshake ------------------------------------------------------------------------------
+
+    def _begin_handshake(self, now: float) -> None:
+        self.state = State.HANDSHAKING
+        self._handshake_started = now
+        self._handshake_deadline = now + self._config.handshake_timeout
+
+    def _advance_handshake(self, now: float) -> None:
+        try:
+            self._ssl.do_handshake()
+        except SSL.WantReadError:
+            complete = False
+        except SSL.Error as exc:
+            self._collect_output(now)  # the alert OpenSSL queued, if any
+            self._terminate(
+                _errors.handshake_error(
+                    exc,
+                    verify_reason=self._verify_reason,
+                    server=self._server,
+                    peer=self._peer_text,
+                ),
+                now,
+            )
+            return
+        else:
+            complete = True
+        records = self._drain_openssl()
+        if records:
+            if complete:
+                # We send the last flight: nothing acknowledges it but silence.
+                self._final_flight = records
+                self._final_flight_until = now + self._config.handshake_timeout
+                self._queue(records)
+            else:
+                self._send_flight(records, now)
+        if complete:
+            self._handshake_completed(now)
+
+    def _send_flight(self, records: list[bytes], now: float) -> None:
+        key = frozenset(_flight_key(record) for record in records)
+        if key == self._flight_key:
+            # OpenSSL retransmitted on its own wall-clock timer while reading: send it, keep ours.
+            self._stats.retransmissions += 1
+            self._flight_records = records
+            self._queue(records)
+            return
+        if not self._flight_retransmitted:
+            self._rto = self._config.initial_retransmit_timeout
+        self._flight_retransmitted = False
+        self._consecutive_timeouts = 0
+        self._deferred_for_skew = False
+        self._flight_key = key
+        self._flight_records = records
+        self._peer_flight = set()
+        self._retransmit_at = now + self._rto
+        self._queue(records)
+
+    def _retransmit(self, now: float) -> None:
+        remaining = self._ssl.DTLSv1_get_timeout()
+        if remaining is not None and 0 < remaining <= _CLOCK_SKEW and not self._deferred_for_skew:
+            # OpenSSL's clock is a hair behind ours: let OpenSSL retransmit in a moment.
+            self._deferred_for_skew = True
+            self._retransmit_at = now + remaining
+            return
+        self._deferred_for_skew = False
+        self._consecutive_timeouts += 1
+        self._flight_retransmitted = True
+        if self._consecutive_timeouts >= 2 and self._mtu > self._fallback_mtu:
+            self._set_mtu(self._fallback_mtu)
+            self._stats.mtu_backoffs += 1
+        try:
+            self._ssl.DTLSv1_handle_timeout()
+        except SSL.Error as exc:
+            self._terminate(
+                _errors.handshake_error(
+                    exc, verify_reason=None, server=self._server, peer=self._peer_text
+                ),
+                now,
+            )
+            return
+        rebuilt = self._drain_openssl()
+        if rebuilt:
+            self._flight_records = rebuilt
+        self._queue(self._flight_records)
+        self._stats.retransmissions += 1
+        self._rto = min(self._rto * 2, self._config.max_retransmit_timeout)
+        self._retransmit_at = now + self._rto
+
+    def _handshake_completed(self, now: float) -> None:
+        self.state = State.ESTABLISHED
+        self._retransmit_at = None
+        self._handshake_deadline = None
+        self._flight_records = []
+        if self._handshake_started is not None:
+            self._stats.handshake_seconds = now - self._handshake_started
+        if self._idle_timeout is not None:
+            self._idle_deadline = now + self._idle_timeout
+        self._events.append(
+            ev.HandshakeCompleted(
+                version=self.version or "DTLS",
+                cipher=self.cipher or "",
+                session_reused=self.session_reused,
+            )
+        )
+
+    # -- established ----------------------------------------------------------------------------
+
+    def _read_application_data(self, now: float) -> None:
+        got_data = False
+        while self.state is State.ESTABLISHED:
+            try:
+                data = self._ssl.read(_MAX_READ)
+            except SSL.WantReadError:
+                break
+            except SSL.ZeroReturnError:
+                self._peer_closed()
+                break
+            except SSL.Error as exc:
+                self._collect_output(now)
+                self._terminate(_errors.session_error(exc, peer=self._peer_text), now)
+                return
+            got_data = True
+            self._stats.messages_received += 1
+            if self._queued_messages >= self._config.limits.max_queued_messages:
+                self._drop("queue_full")
+                continue
+            self._queued_messages += 1
+            self._events.append(ev.MessageReceived(bytes(data)))
+        if got_data:
+            # Authenticated data from the peer: it has finished, our final flight arrived.
+            self._final_flight = []
+            self._peer_flight = set()
+            if self._idle_timeout is not None:
+                self._idle_deadline = now + self._idle_timeout
+        self._collect_output(now)
+
+    def _peer_closed(self) -> None:
+        try:
+            self._ssl.shutdown()  # answer with our close_notify, best effort
+        except SSL.Error:
+            pass
+        self._collect_output(None)
+        self._finish(State.CLOSED)
+        self.error = ConnectionClosedByPeer(
+            f"{self._peer_text} closed the connection (close_notify)", alert="close notify"
+        )
+        self._events.append(ev.ConnectionClosed(by_peer=True, alert="close notify"))
+
+    def _is_peer_flight_repeat(self, data: bytes) -> bool:
+        if not self._final_flight or not self._peer_flight:
+            return False
+        try:
+            records = split_records_untrusted(data)
+        except BadPacket:
+            return False
+        return any(record.fingerprint() in self._peer_flight for record in records)
+
+    def _resend_final_flight(self, now: float, openssl_did: bool) -> None:
+        if now > self._final_flight_until:
+            self._final_flight = []
+            self._peer_flight = set()
+            return
+        if self._final_resent_at is not None and now < self._final_resent_at + self._rto:
+            self._drop("final_flight_rate_limited")
+            return
+        self._final_resent_at = now
+        self._stats.final_flight_resends += 1
+        if not openssl_did:
+            self._queue(self._final_flight)
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def _remember_peer_records(self, data: bytes) -> None:
+        try:
+            records = split_records_untrusted(data)
+        except BadPacket:
+            return
+        for record in records:
+            if len(self._peer_flight) < _MAX_PEER_FLIGHT_RECORDS:
+                self._peer_flight.add(record.fingerprint())
+
+    def _bio_write(self, data: bytes) -> None:
+        try:
+            self._ssl.bio_write(data)
+        except SSL.Error:  # pragma: no cover - a memory BIO accepts any bytes
+            self._drop("bio_write_failed")
+
+    def _drain_openssl(self) -> list[bytes]:
+        chunks = []
+        while True:
+            try:
+                chunk = self._ssl.bio_read(_MAX_READ)
+            except SSL.WantReadError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        if not chunks:
+            return []
+        try:
+            return split_records_trusted(b"".join(chunks))
+        except BadPacket:  # pragma: no cover - OpenSSL's output is always framed
+            self._drop("unframed_output")
+            return []
+
+    def _collect_output(self, now: float | None) -> None:
+        records = self._drain_openssl()
+        if records:
+            self._queue(records)
+
+    def _queue(self, records: list[bytes]) -> None:
+        self._outgoing.extend(pack_datagrams(records, self._mtu))
+
+    def _set_mtu(self, mtu: int) -> None:
+        self._mtu = mtu
+        self._ssl.set_ciphertext_mtu(mtu)
+
+    def _count_received(self, data: bytes) -> None:
+        self._stats.datagrams_received += 1
+        self._stats.bytes_received += len(data)
+
+    def _drop(self, reason: str) -> None:
+        self._stats.drops[reason] = self._stats.drops.get(reason, 0) + 1
+
+    def _check_usable(self) -> None:
+        if self.state is State.ESTABLISHED:
+            return
+        if self.error is not None:
+            raise self.error
+        raise ConnectionLost(f"the connection to {self._peer_text} is not established yet")
+
+    def _finish(self, state: State) -> None:
+        self.state = state
+        self._retransmit_at = None
+        self._handshake_deadline = None
+        self._idle_deadline = None
+        self._final_flight = []
+        self._flight_records = []
+        self._peer_flight = set()
+
+    def _terminate(self, error: DTLSError, now: float | None) -> None:
+        if self.state in (State.CLOSED, State.TERMINATED):
+            return
+        self._finish(State.TERMINATED)
+        self.error = error
+        self._events.append(ev.ConnectionTerminated(error))
+
+    def _notify(self) -> None:
+        if self.listener is not None:
+            self.listener(self)
+
+
+def _flight_key(record: bytes) -> tuple[int, int, int | None]:
+    epoch = int.from_bytes(record[3:5], "big")
+    sequence = handshake_message_sequence_trusted(record) if record[0] == CONTENT_HANDSHAKE else None
+    return (epoch, record[0], sequence)
+
+
+def _is_ip_literal(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _format_address(address: Address | None) -> str:
+    if address is None:
+        return "the peer"
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def _bindings_session_reused(connection: SSL.Connection) -> bool:
+    lib = _bindings._lib
+    if lib is None or not hasattr(lib, "SSL_session_reused"):  # pragma: no cover
+        return False
+    return bool(lib.SSL_session_reused(connection._ssl))
