@@ -73,6 +73,8 @@ _MAX_READ = 65536
 _MAX_PEER_FLIGHT_RECORDS = 64
 # How far OpenSSL's wall-clock timer may lag ours before we stop waiting for it.
 _CLOCK_SKEW = 0.05
+# Least spacing of flights re-sent because the peer repeated one of its own.
+_MIN_RESEND_INTERVAL = 0.5
 
 
 def fallback_mtu_for(address: Address | None) -> int:
@@ -110,6 +112,9 @@ class ConnectionStatistics:
     """Flights we re-sent after our timer expired (OpenSSL-rebuilt or as stored)."""
     final_flight_resends: int = 0
     """Times our final flight was re-sent because the peer repeated its last flight."""
+    early_resends: int = 0
+    """Times a flight was re-sent at once because the peer repeated the flight it answers
+    (RFC 6347 §4.2.4: a retransmitted peer flight means ours was lost)."""
     mtu_backoffs: int = 0
     handshake_seconds: float | None = None
     """Time from the first flight to completion, in the caller's clock."""
@@ -167,6 +172,8 @@ class DTLSConnection:
         self._handshake_deadline: float | None = None
         # Final-flight state.
         self._peer_flight: set[bytes] = set()
+        self._answered_flight: set[bytes] = set()
+        self._flight_sent_at: float | None = None
         self._final_flight: list[bytes] = []
         self._final_flight_until = 0.0
         self._final_resent_at: float | None = None
@@ -253,14 +260,19 @@ class DTLSConnection:
             return
         self._count_received(data)
         if self.state is State.HANDSHAKING:
-            self._remember_peer_records(data)
+            repeat = self._matches(data, self._answered_flight)
+            if not repeat:
+                self._remember_peer_records(data)
+            flight = self._flight_key
             self._bio_write(data)
             self._advance_handshake(now)
             if self.state is State.ESTABLISHED:
                 self._read_application_data(now)
+            elif repeat and self.state is State.HANDSHAKING and flight == self._flight_key:
+                self._resend_flight_early(now)
             return
         # Established: OpenSSL keeps seeing everything (a lost final flight is recovered this way).
-        repeat = self._is_peer_flight_repeat(data)
+        repeat = bool(self._final_flight) and self._matches(data, self._peer_flight)
         self._bio_write(data)
         produced_before = len(self._outgoing)
         self._read_application_data(now)
@@ -471,7 +483,11 @@ class DTLSConnection:
         self._deferred_for_skew = False
         self._flight_key = key
         self._flight_records = records
+        # What the peer sent since our last flight is what this flight answers; if it comes
+        # again, this flight was lost.
+        self._answered_flight = self._peer_flight
         self._peer_flight = set()
+        self._flight_sent_at = now
         self._retransmit_at = now + self._rto
         self._queue(records)
 
@@ -502,6 +518,7 @@ class DTLSConnection:
         if rebuilt:
             self._flight_records = rebuilt
         self._queue(self._flight_records)
+        self._flight_sent_at = now
         self._stats.retransmissions += 1
         self._rto = min(self._rto * 2, self._config.max_retransmit_timeout)
         self._retransmit_at = now + self._rto
@@ -566,27 +583,49 @@ class DTLSConnection:
         )
         self._events.append(ev.ConnectionClosed(by_peer=True, alert="close notify"))
 
-    def _is_peer_flight_repeat(self, data: bytes) -> bool:
-        if not self._final_flight or not self._peer_flight:
+    def _matches(self, data: bytes, fingerprints: set[bytes]) -> bool:
+        """Whether a datagram repeats a record of a peer flight we already saw (seq ignored)."""
+        if not fingerprints:
             return False
         try:
             records = split_records_untrusted(data)
         except BadPacket:
             return False
-        return any(record.fingerprint() in self._peer_flight for record in records)
+        return any(record.fingerprint() in fingerprints for record in records)
+
+    def _resend_flight_early(self, now: float) -> None:
+        """The peer repeated the flight our current flight answers: ours was lost, send it now.
+
+        Rate-limited by :meth:`_resend_allowed`, so duplicated or replayed peer datagrams
+        cannot turn us into a reflector.
+        """
+        if not self._flight_records:
+            return
+        if not self._resend_allowed(now, self._flight_sent_at):
+            return
+        self._queue(self._flight_records)
+        self._stats.early_resends += 1
+        self._flight_sent_at = now
+        self._retransmit_at = now + self._rto
 
     def _resend_final_flight(self, now: float, openssl_did: bool) -> None:
         if now > self._final_flight_until:
             self._final_flight = []
             self._peer_flight = set()
             return
-        if self._final_resent_at is not None and now < self._final_resent_at + self._rto:
-            self._drop("final_flight_rate_limited")
+        if not self._resend_allowed(now, self._final_resent_at):
             return
         self._final_resent_at = now
         self._stats.final_flight_resends += 1
         if not openssl_did:
             self._queue(self._final_flight)
+
+    def _resend_allowed(self, now: float, last_sent: float | None) -> bool:
+        """A flight re-sent because the peer repeated its own goes out at most once per
+        :data:`_MIN_RESEND_INTERVAL` (RELIABILITY rule 8): a peer that really lost our flight
+        waits a whole retransmission timeout (1 s by default) before repeating its own, and a
+        replaying attacker gets no more than that."""
+        return last_sent is None or now - last_sent >= _MIN_RESEND_INTERVAL
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -657,6 +696,7 @@ class DTLSConnection:
         self._final_flight = []
         self._flight_records = []
         self._peer_flight = set()
+        self._answered_flight = set()
 
     def _terminate(self, error: DTLSError, now: float | None) -> None:
         if self.state in (State.CLOSED, State.TERMINATED):

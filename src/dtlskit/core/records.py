@@ -254,9 +254,11 @@ def parse_client_hello_untrusted(datagram: bytes) -> ClientHello:
 def build_hello_verify_request(client_hello: ClientHello, cookie: bytes) -> bytes:
     """A HelloVerifyRequest record answering ``client_hello`` with ``cookie``.
 
-    RFC 6347 §4.2.1: the record sequence number is copied from the ClientHello, the version is
-    DTLS 1.0 whatever will be negotiated, and the message sequence is 0 (it is the server's first
-    handshake message).
+    RFC 6347 §4.2.1: the record sequence number is copied from the ClientHello and the version
+    is DTLS 1.0 whatever will be negotiated. The message sequence is copied from the ClientHello
+    too: 0 for a first ClientHello; for a ClientHello whose cookie expired (message_seq 1) a
+    HelloVerifyRequest numbered 0 would be discarded by the client as stale, and it would go on
+    sending the expired cookie until its deadline.
     """
     if len(cookie) > MAX_COOKIE_LENGTH:
         raise ValueError("cookie longer than 255 bytes")
@@ -265,7 +267,7 @@ def build_hello_verify_request(client_hello: ClientHello, cookie: bytes) -> byte
     message = (
         bytes([HANDSHAKE_HELLO_VERIFY_REQUEST])
         + length
-        + b"\x00\x00"  # message_seq
+        + client_hello.message_sequence.to_bytes(2, "big")
         + b"\x00\x00\x00"  # fragment_offset
         + length
         + body

@@ -6,8 +6,9 @@ Every datagram arrives with its source address. If an association exists for tha
 the datagram is not a ClientHello, it goes to that association's engine. Otherwise the first
 record is parsed (untrusted) as a ClientHello:
 
-1. No cookie, or a cookie that does not verify: answer statelessly with a HelloVerifyRequest
-   (RFC 6347 §4.2.1). Nothing is stored. The answer is sent only if it is no larger than the
+1. A first ClientHello (message_seq 0) without a valid cookie: answer statelessly with a
+   HelloVerifyRequest (RFC 6347 §4.2.1). Nothing is stored. A later ClientHello whose cookie does
+   not verify is dropped and counted (``bad_cookie``). The answer is sent only if it is no larger than the
    ClientHello (bytes sent toward an unvalidated address never exceed bytes received from it),
    and at most ``Limits.hello_verify_per_second`` times a second per source IP.
 2. A valid cookie: the client proved it receives at its address. Only now, and only within the
@@ -100,7 +101,13 @@ class ServerEngine:
         self._config = config
         self._limits = config.limits
         self._context = context if context is not None else config.build_context(server=True)
-        self.cookies = cookie_jar if cookie_jar is not None else CookieJar(config.cookie_secret)
+        # A cookie lives one to two ticks; a tick as long as the handshake deadline means no
+        # honest client's cookie goes stale while it is still retrying its ClientHello.
+        self.cookies = (
+            cookie_jar
+            if cookie_jar is not None
+            else CookieJar(config.cookie_secret, tick_seconds=max(30.0, config.handshake_timeout))
+        )
         self._connections: dict[Address, DTLSConnection] = {}
         self._per_ip: collections.Counter[Any] = collections.Counter()
         self._handshaking: set[int] = set()
@@ -144,14 +151,25 @@ class ServerEngine:
                 self._drop("not_client_hello" if data[:1] != b"\x16" else "malformed_client_hello")
             return
         if conn is not None and conn.client_hello_body == hello.body:
+            # A retransmission of the ClientHello that created the association: the engine
+            # takes it as a sign that its answer was lost (OpenSSL itself ignores it).
             self._drop("duplicate_client_hello")
+            conn.receive_datagram(data, now)
+            self._touched(address, conn)
             return
         if not hello.cookie or not self.cookies.verify(
             hello.cookie, address, hello.bound_fields, now
         ):
-            if hello.cookie:
+            if hello.message_sequence == 0:
+                self._send_hello_verify(hello, data, address, now)
+            else:
+                # Forged, tampered or stale. A new HelloVerifyRequest would lead nowhere: the
+                # client would answer with message_seq 2, which OpenSSL's DTLSv1_listen refuses.
+                # Cookies outlive the handshake deadline, so an honest client never gets here.
                 self._drop("bad_cookie")
-            self._send_hello_verify(hello, data, address, now)
+            return
+        if hello.message_sequence > 1:
+            self._drop("client_hello_sequence_too_high")
             return
         self._accept(hello.body, data, address, now, replacing=conn)
 
@@ -224,8 +242,10 @@ class ServerEngine:
             return
         cookie = self.cookies.issue(address, hello.bound_fields, now)
         reply = build_hello_verify_request(hello, cookie)
-        if len(reply) > len(data):
-            # Never amplify toward an address that has not proven it is real.
+        if len(reply) > len(data):  # pragma: no cover - see below
+            # Never amplify toward an address that has not proven it is real. With 32-byte
+            # cookies a reply (60 bytes) is smaller than any well-formed ClientHello (67), so
+            # this only guards against a future, longer cookie.
             self._drop("client_hello_too_small")
             return
         self._outgoing.append((reply, address))

@@ -1,0 +1,391 @@
+"""The engine and demultiplexer in memory, on a hand-advanced clock (RELIABILITY scenarios 1-6,
+10-12): every flight lost in turn, timers, MTU, deadlines, verification, close."""
+
+from __future__ import annotations
+
+import pytest
+
+import dtlskit
+from dtlskit.certs import create_ca, issue_certificate
+from dtlskit.core import DTLSConnection, State
+from dtlskit.core import events as ev
+from dtlskit.testing import Clock, FakeNetwork, MemoryPair
+from dtlskit.testing.memory import CLIENT_ADDRESS, Datagram
+
+from .flights import DropFlight, flight_of
+
+
+def pair(server_config, client_config, **network) -> MemoryPair:  # type: ignore[no-untyped-def]
+    return MemoryPair(server_config, client_config, network=FakeNetwork(**network))
+
+
+def test_handshake_and_echo(server_config, client_config):
+    p = pair(server_config, client_config)
+    assert p.handshake()
+    completed = [e for e in p.client_events if isinstance(e, ev.HandshakeCompleted)]
+    assert completed and completed[0].version == "DTLSv1.2"
+    assert "GCM" in completed[0].cipher or "CHACHA20" in completed[0].cipher
+    assert p.client.peer_certificate is not None
+    assert "localhost" in p.client.peer_certificate.subject.rfc4514_string()
+    p.client.send(b"ping")
+    p.pump()
+    assert p.run(lambda: p.server_messages() == [b"ping"])
+    assert p.server_connection is not None
+    p.server_connection.send(b"pong")
+    p.pump()
+    assert p.run(lambda: p.client_messages() == [b"pong"])
+    # The cookie exchange happened: one HelloVerifyRequest, one association.
+    stats = p.server.statistics()
+    assert stats.hello_verify_requests_sent == 1
+    assert stats.associations_created == 1
+    assert stats.sessions == 1 and stats.half_open == 0
+
+
+def test_flights_are_what_we_think(server_config, client_config):
+    p = pair(server_config, client_config)
+    assert p.handshake()
+    flights = [flight_of(d) for d in p.network.log]
+    assert flights[:3] == [1, 2, 3]
+    assert flights[-1] == 6
+    assert set(flights) == {1, 2, 3, 4, 5, 6}
+
+
+@pytest.mark.parametrize("flight", [1, 2, 3, 4, 5, 6])
+def test_each_flight_lost_once(server_config, client_config, flight):
+    clock = Clock()
+    drop = DropFlight(flight, clock)
+    p = MemoryPair(server_config, client_config, clock=clock, network=FakeNetwork(filters=[drop]))
+    start = clock.now
+    assert p.handshake(), f"handshake did not survive losing flight {flight}"
+    # The flight was sent again exactly one initial timeout (1 s) after it was lost.
+    assert len(drop.sent_at) == 2
+    assert drop.sent_at[1] - drop.sent_at[0] == pytest.approx(1.0)
+    assert clock.now - start == pytest.approx(1.0)
+    retransmits = p.client.statistics().retransmissions + sum(
+        c.statistics().retransmissions for c in p.server.connections.values()
+    )
+    resends = sum(c.statistics().final_flight_resends for c in p.server.connections.values())
+    assert retransmits + resends >= 1
+    if flight == 6:
+        # Nobody has a timer for the final flight: the server re-sent it because the client
+        # repeated flight 5.
+        assert resends == 1
+
+
+def test_retransmission_timer_doubles_then_resets_after_a_clean_flight(
+    server_config, client_config
+):
+    clock = Clock()
+    drop = DropFlight(1, clock, times=3)
+    p = MemoryPair(server_config, client_config, clock=clock, network=FakeNetwork(filters=[drop]))
+    p.start()
+    assert p.client.get_timer() == pytest.approx(clock.now + 1.0)
+    p.run(lambda: len(drop.sent_at) == 4)
+    gaps = [b - a for a, b in zip(drop.sent_at, drop.sent_at[1:], strict=False)]
+    assert gaps == pytest.approx([1.0, 2.0, 4.0])
+    # The HelloVerifyRequest arrives at once; flight 3 keeps the backed-off timer (8 s) because
+    # flight 1 was lossy (RFC 6347 §4.2.4.1).
+    p.run(lambda: any(flight_of(d) == 3 for d in p.network.log))
+    assert p.client.get_timer() == pytest.approx(clock.now + 8.0)
+    assert p.run()
+    # Flight 3 went through without loss, so flight 5 started again from 1 s: proven by the
+    # absence of any further retransmission and the clock not having moved since.
+    assert p.client.statistics().retransmissions == 3
+
+
+def test_timer_caps_at_max_retransmit_timeout(server_config, client_config):
+    clock = Clock()
+    config = client_config.replace(max_retransmit_timeout=4.0, handshake_timeout=100.0)
+    drop = DropFlight(1, clock, times=5)
+    p = MemoryPair(server_config, config, clock=clock, network=FakeNetwork(filters=[drop]))
+    assert p.handshake()
+    gaps = [b - a for a, b in zip(drop.sent_at, drop.sent_at[1:], strict=False)]
+    assert gaps == pytest.approx([1.0, 2.0, 4.0, 4.0, 4.0])
+
+
+def test_mtu_backs_off_after_two_lost_flights(server_config, client_config):
+    clock = Clock()
+    drop = DropFlight(4, clock, times=2)
+    config = server_config.replace(mtu=1400)
+    p = MemoryPair(config, client_config, clock=clock, network=FakeNetwork(filters=[drop]))
+    assert p.handshake()
+    server_side = p.server_connection
+    assert server_side is not None
+    assert server_side.mtu == 548
+    assert server_side.statistics().mtu_backoffs == 1
+
+
+def test_duplication_and_reordering(server_config, client_config):
+    p = pair(server_config, client_config, duplicate=0.5, reorder=0.5, seed=7)
+    assert p.handshake()
+    messages = [f"message {i}".encode() for i in range(20)]
+    for message in messages:
+        p.client.send(message)
+    p.pump()
+    p.run(lambda: len(p.server_messages()) >= len(messages))
+    # Reordering may change the order; the replay window removes the duplicates.
+    assert sorted(p.server_messages()) == sorted(messages)
+
+
+def test_lossy_network_hundred_handshakes(server_config, client_config):
+    """RELIABILITY scenario 2: 10% drop, 10% duplicate, 10% reorder, 100/100 complete."""
+    completed = 0
+    durations = []
+    for seed in range(100):
+        p = pair(server_config, client_config, drop=0.1, duplicate=0.1, reorder=0.1, seed=seed)
+        start = p.clock.now
+        if p.handshake():
+            completed += 1
+            durations.append(p.clock.now - start)
+    assert completed == 100
+    durations.sort()
+    print(f"median simulated handshake time {durations[50]:.1f} s, max {durations[-1]:.1f} s")
+
+
+def test_thirty_percent_loss(server_config, client_config):
+    """RELIABILITY scenario 3: 30% symmetric random loss, timers capped at 60 s.
+
+    With RFC 6347's timer (kept after a lossy flight) a handshake at 30% loss needs a long
+    deadline: measured over 300 seeds, 265 complete within 30 s, 282 within 60 s, 294 within
+    120 s and 299 within 300 s. This test uses 300 s and asks for 99 of 100.
+    """
+    config = client_config.replace(handshake_timeout=300.0)
+    completed = 0
+    durations = []
+    for seed in range(100):
+        p = pair(server_config.replace(handshake_timeout=300.0), config, drop=0.3, seed=1000 + seed)
+        start = p.clock.now
+        if p.handshake():
+            completed += 1
+            durations.append(p.clock.now - start)
+    durations.sort()
+    p95 = durations[int(len(durations) * 0.95)]
+    print(f"30% loss: {completed}/100 handshakes completed, p95 {p95:.0f} s (simulated)")
+    assert completed >= 99
+
+
+def test_peer_repeat_triggers_an_early_resend(server_config, client_config):
+    """Flight 5 lost: the server's repeated flight 4 tells the client at once (RFC 6347
+    §4.2.4 'read retransmit'), before the client's own timer would have."""
+    clock = Clock()
+    config = client_config.replace(initial_retransmit_timeout=3.0)
+    drop = DropFlight(5, clock)
+    p = MemoryPair(server_config, config, clock=clock, network=FakeNetwork(filters=[drop]))
+    start = clock.now
+    assert p.handshake()
+    assert p.client.statistics().early_resends == 1
+    # The server's 1 s timer drove the recovery, not the client's 3 s one.
+    assert drop.sent_at[1] - start == pytest.approx(1.0)
+
+
+def test_client_hello_delayed_past_cookie_tick_still_completes(server_config, client_config):
+    """A ClientHello with its cookie retried late in a long handshake is still accepted:
+    cookies outlive the handshake deadline."""
+    clock = Clock()
+    delayed = []
+
+    def delay(datagram: Datagram) -> list[Datagram]:
+        if flight_of(datagram) == 3 and not delayed:
+            delayed.append(datagram)
+            clock.advance(100.0)
+        return [datagram]
+
+    long = dict(handshake_timeout=300.0)
+    p = MemoryPair(server_config.replace(**long), client_config.replace(**long), clock=clock,
+                   network=FakeNetwork(filters=[delay]))
+    assert p.handshake()
+    assert p.server.statistics().hello_verify_requests_sent == 1
+
+
+def test_silent_peer_times_out_at_the_deadline(server_config, client_config):
+    config = client_config.replace(handshake_timeout=10.0)
+    p = pair(server_config, config, drop=1.0)
+    start = p.clock.now
+    p.start()
+    p.run()
+    assert p.client.state is State.TERMINATED
+    assert isinstance(p.client.error, dtlskit.HandshakeTimeout)
+    assert "10 s" in str(p.client.error)
+    assert p.clock.now - start == pytest.approx(10.0)
+    terminated = [e for e in p.client_events if isinstance(e, ev.ConnectionTerminated)]
+    assert len(terminated) == 1
+
+
+def test_server_side_handshake_timeout_frees_the_association(server_config, client_config):
+    clock = Clock()
+    # Let the cookie exchange through, then the client goes silent.
+    p = MemoryPair(
+        server_config.replace(handshake_timeout=5.0),
+        client_config,
+        clock=clock,
+        network=FakeNetwork(filters=[lambda d: [] if flight_of(d) == 5 else [d]]),
+    )
+    p.start()
+    p.run(lambda: p.server.statistics().associations_created == 1)
+    assert p.server.statistics().half_open == 1
+    p.client.abort(dtlskit.ConnectionLost("test stops the client"))
+    p.run(lambda: p.server.statistics().sessions == 0)
+    stats = p.server.statistics()
+    assert stats.sessions == 0 and stats.half_open == 0 and stats.handshakes_failed == 1
+
+
+@pytest.mark.parametrize("mtu", [256, 576, 1280])
+def test_small_mtu_with_rsa4096_chain_and_intermediate(tmp_path, mtu):
+    root = create_ca("root", key_type="rsa", rsa_bits=4096)
+    intermediate = create_ca("intermediate", key_type="rsa", rsa_bits=4096, issuer=root)
+    leaf, key = issue_certificate(intermediate, "localhost", hosts=["localhost"], key_type="rsa",
+                                  rsa_bits=4096)
+    from dtlskit.certs import certificate_pem, private_key_pem
+
+    (tmp_path / "chain.pem").write_bytes(certificate_pem(leaf) + certificate_pem(intermediate[0]))
+    (tmp_path / "key.pem").write_bytes(private_key_pem(key))
+    (tmp_path / "ca.pem").write_bytes(certificate_pem(root[0]))
+    server = dtlskit.DTLSConfiguration.server(tmp_path / "chain.pem", tmp_path / "key.pem", mtu=mtu)
+    client = dtlskit.DTLSConfiguration.client(tmp_path / "ca.pem", "localhost", mtu=mtu)
+    p = MemoryPair(server, client)
+    assert p.handshake()
+    sizes = [len(d.data) for d in p.network.log]
+    assert max(sizes) <= mtu
+    per_flight: dict[int, int] = {}
+    for d in p.network.log:
+        flight = flight_of(d)
+        if flight is not None:
+            per_flight[flight] = per_flight.get(flight, 0) + 1
+    print(f"MTU {mtu}: datagrams per flight {per_flight}")
+    assert len(p.client.peer_certificate_chain) == 2
+    # Application data also respects the MTU.
+    big = b"x" * p.client.cleartext_mtu
+    p.client.send(big)
+    assert all(len(d) <= mtu for d in p.client.datagrams_to_send())
+    with pytest.raises(dtlskit.MessageTooLarge) as info:
+        p.client.send(big + b"!")
+    assert str(p.client.cleartext_mtu) in str(info.value)
+
+
+def test_mtu_below_256_is_refused_with_a_reason():
+    with pytest.raises(dtlskit.ConfigurationError, match="256"):
+        dtlskit.DTLSConfiguration(mtu=200)
+
+
+def test_untrusted_server_certificate(server_config, other_pki):
+    client = dtlskit.DTLSConfiguration.client(other_pki.ca_cert, "localhost")
+    p = MemoryPair(server_config, client)
+    assert not p.handshake()
+    error = p.client.error
+    assert isinstance(error, dtlskit.CertificateVerificationError)
+    assert "unable to get local issuer certificate" in error.reason
+    assert "rejected" in str(error)
+    # The server side sees the client's alert, and frees the association.
+    p.run(lambda: p.server.statistics().sessions == 0)
+    assert p.server.statistics().handshakes_failed == 1
+
+
+def test_close_notify_from_client(server_config, client_config):
+    p = pair(server_config, client_config)
+    assert p.handshake()
+    p.client.close()
+    p.client.close()  # idempotent: one close_notify only
+    sent = p.client.datagrams_to_send()
+    assert len(sent) == 1
+    for data in sent:
+        p.network.send(Datagram(data, p.client_address, p.server_address, True))
+    p.pump()
+    p.run(lambda: any(isinstance(e, ev.ConnectionClosed) for e in p.server_events))
+    closed = [e for e in p.server_events if isinstance(e, ev.ConnectionClosed)]
+    assert closed == [ev.ConnectionClosed(by_peer=True, alert="close notify")]
+    assert p.server.statistics().sessions == 0
+    with pytest.raises(dtlskit.ConnectionClosedLocally):
+        p.client.send(b"late")
+
+
+def test_close_notify_from_server(server_config, client_config):
+    p = pair(server_config, client_config)
+    assert p.handshake()
+    assert p.server_connection is not None
+    p.server_connection.close()
+    p.pump()
+    p.run(lambda: p.client.state is State.CLOSED)
+    assert ev.ConnectionClosed(by_peer=True, alert="close notify") in p.client_events
+    with pytest.raises(dtlskit.ConnectionClosedByPeer):
+        p.client.send(b"late")
+
+
+def test_replayed_and_corrupted_records_are_dropped(server_config, client_config):
+    """RELIABILITY scenario 10."""
+    p = pair(server_config, client_config)
+    assert p.handshake()
+    p.client.send(b"once")
+    p.pump()
+    record = p.network.log[-1].data
+    p.run(lambda: p.server_messages() == [b"once"])
+    for _ in range(3):  # replays
+        p.server.receive_datagram(record, CLIENT_ADDRESS, p.clock.now)
+    corrupted = bytearray(record)
+    corrupted[-1] ^= 0x01
+    p.server.receive_datagram(bytes(corrupted), CLIENT_ADDRESS, p.clock.now)
+    p.pump()
+    assert p.server_messages() == [b"once"]
+    p.client.send(b"still up")
+    p.pump()
+    assert p.run(lambda: p.server_messages() == [b"once", b"still up"])
+
+
+def test_reconnect_from_same_address_replaces_session_after_cookie(server_config, client_config):
+    """RELIABILITY scenario 11."""
+    p = pair(server_config, client_config)
+    assert p.handshake()
+    old = p.server_connection
+    # A restarted client at the same address and port.
+    second = MemoryPair(server_config, client_config, clock=p.clock, server=p.server,
+                        network=p.network)
+    assert second.handshake()
+    stats = p.server.statistics()
+    assert stats.sessions_replaced == 1
+    assert stats.sessions == 1
+    assert old is not None and old.state is State.TERMINATED
+    assert "replaced" in str(old.error)
+
+
+def test_idle_session_expires(server_config, client_config):
+    config = server_config.replace(limits=dtlskit.Limits(idle_timeout=30.0))
+    p = pair(config, client_config)
+    assert p.handshake()
+    assert p.server.statistics().sessions == 1
+    p.run(lambda: p.server.statistics().sessions == 0)
+    assert any(
+        isinstance(e, ev.ConnectionTerminated) and "idle" in str(e.error) for e in p.server_events
+    )
+
+
+def test_queued_messages_are_bounded(server_config, client_config):
+    config = server_config.replace(limits=dtlskit.Limits(max_queued_messages=5))
+    p = pair(config, client_config)
+    assert p.handshake()
+    conn = p.server_connection
+    assert conn is not None
+    # Deliver ten messages without letting anyone drain the server's events.
+    for i in range(10):
+        p.client.send(b"m%d" % i)
+        for data in p.client.datagrams_to_send():
+            conn.receive_datagram(data, p.clock.now)
+    received = []
+    while (event := conn.next_event()) is not None:
+        if isinstance(event, ev.MessageReceived):
+            received.append(event.data)
+    assert received == [b"m%d" % i for i in range(5)]
+    assert conn.statistics().drops["queue_full"] == 5
+
+
+def test_engine_verbs_refuse_misuse(server_config, client_config):
+    client = DTLSConnection(client_config, server=False)
+    with pytest.raises(dtlskit.ConnectionLost, match="not established"):
+        client.send(b"too early")
+    client.connect(0.0)
+    with pytest.raises(RuntimeError):
+        client.connect(0.0)
+
+
+def test_check_hostname_without_a_name_is_a_configuration_error(pki):
+    config = dtlskit.DTLSConfiguration.client(pki.ca_cert)
+    with pytest.raises(dtlskit.ConfigurationError, match="server_hostname"):
+        DTLSConnection(config, server=False)

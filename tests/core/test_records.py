@@ -1,0 +1,81 @@
+"""Parsers of network bytes raise only BadPacket; packing never splits a record."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dtlskit.core.cookies import COOKIE_LENGTH, CookieJar
+from dtlskit.core.records import (
+    BadPacket,
+    ClientHello,
+    build_hello_verify_request,
+    pack_datagrams,
+    parse_client_hello_untrusted,
+    split_records_untrusted,
+)
+
+
+@given(st.binary(max_size=2000))
+def test_client_hello_parser_raises_only_bad_packet(data):
+    try:
+        parse_client_hello_untrusted(data)
+    except BadPacket:
+        pass
+
+
+@given(st.binary(max_size=300))
+def test_client_hello_parser_with_plausible_header(tail):
+    data = b"\x16\xfe\xfd\x00\x00" + b"\x00" * 6 + len(tail).to_bytes(2, "big") + b"\x01" + tail
+    try:
+        parse_client_hello_untrusted(data)
+    except BadPacket:
+        pass
+
+
+@given(st.binary(max_size=2000))
+def test_record_splitter_raises_only_bad_packet(data):
+    try:
+        records = split_records_untrusted(data)
+    except BadPacket:
+        return
+    assert b"".join(r.raw for r in records) == data
+
+
+@given(st.lists(st.integers(min_value=13, max_value=600), max_size=40),
+       st.integers(min_value=256, max_value=1500))
+def test_packing_keeps_records_whole_and_within_mtu(sizes, mtu):
+    records = [bytes([i % 256]) * size for i, size in enumerate(sizes)]
+    datagrams = pack_datagrams(records, mtu)
+    assert b"".join(datagrams) == b"".join(records)
+    for datagram in datagrams:
+        assert len(datagram) <= mtu or len(datagram) in sizes
+
+
+def test_hello_verify_request_layout():
+    hello = ClientHello(record_sequence=7, message_sequence=0, cookie=b"", bound_fields=b"",
+                        body=b"")
+    record = build_hello_verify_request(hello, b"C" * 32)
+    assert record[0] == 22 and record[1:3] == b"\xfe\xff"
+    assert int.from_bytes(record[5:11], "big") == 7
+    assert record[13] == 3  # hello_verify_request
+    assert record[-33] == 32 and record[-32:] == b"C" * 32
+    with pytest.raises(ValueError):
+        build_hello_verify_request(hello, b"x" * 256)
+
+
+def test_cookie_binds_address_fields_and_time():
+    jar = CookieJar(b"s" * 32, tick_seconds=30)
+    address = ("127.0.0.1", 1234)
+    cookie = jar.issue(address, b"fields", 100.0)
+    assert len(cookie) == COOKIE_LENGTH
+    assert jar.verify(cookie, address, b"fields", 100.0)
+    assert jar.verify(cookie, address, b"fields", 100.0 + 30.0)  # previous tick still valid
+    assert not jar.verify(cookie, address, b"fields", 100.0 + 61.0)
+    assert not jar.verify(cookie, ("127.0.0.1", 1235), b"fields", 100.0)
+    assert not jar.verify(cookie, address, b"fieldz", 100.0)
+    assert not jar.verify(cookie[:-1], address, b"fields", 100.0)
+    assert not jar.verify(b"", address, b"fields", 100.0)
+    with pytest.raises(ValueError):
+        CookieJar(b"short")

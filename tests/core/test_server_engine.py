@@ -1,0 +1,252 @@
+"""The server demultiplexer: stateless cookies, limits, junk (RELIABILITY scenarios 7, 9)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import dtlskit
+from dtlskit.core import DTLSConnection, ServerEngine, State
+from dtlskit.core import events as ev
+from dtlskit.core.records import parse_client_hello_untrusted
+from dtlskit.testing import MemoryPair
+
+ADDRESS = ("127.0.0.1", 40000)
+
+
+def hello_exchange(server_config, client_config, now=1000.0):  # type: ignore[no-untyped-def]
+    """A server, and the client's second ClientHello carrying a valid cookie."""
+    server = ServerEngine(server_config)
+    client = DTLSConnection(client_config, server=False)
+    client.connect(now)
+    (first,) = client.datagrams_to_send()
+    server.receive_datagram(first, ADDRESS, now)
+    ((hello_verify, to),) = server.datagrams_to_send()
+    assert to == ADDRESS
+    client.receive_datagram(hello_verify, now)
+    (second,) = client.datagrams_to_send()
+    return server, first, hello_verify, second
+
+
+def assert_no_state(server: ServerEngine) -> None:
+    stats = server.statistics()
+    assert stats.associations_created == 0
+    assert stats.sessions == 0
+    assert server.connections == {}
+
+
+def test_first_client_hello_gets_a_small_stateless_answer(server_config, client_config):
+    server, first, hello_verify, _ = hello_exchange(server_config, client_config)
+    assert_no_state(server)
+    assert len(hello_verify) < len(first)
+    stats = server.statistics()
+    assert stats.bytes_sent_unvalidated <= stats.bytes_received_unvalidated
+    # The answer is never retransmitted: no timer exists.
+    assert server.get_timer() is None
+
+
+def test_valid_cookie_allocates_exactly_one_association(server_config, client_config):
+    server, _, _, second = hello_exchange(server_config, client_config)
+    server.receive_datagram(second, ADDRESS, 1000.0)
+    assert server.statistics().associations_created == 1
+    assert server.connection(ADDRESS) is not None
+    assert server.datagrams_to_send()  # flight 4
+
+
+def test_cookie_tampered_at_every_byte_is_rejected_without_state(server_config, client_config):
+    server, _, _, second = hello_exchange(server_config, client_config)
+    hello = parse_client_hello_untrusted(second)
+    body_start = 13 + 12
+    cookie_offset = body_start + 2 + 32 + 1 + second[body_start + 34] + 1
+    assert second[cookie_offset:cookie_offset + len(hello.cookie)] == hello.cookie
+    # Every byte of the cookie, and every byte of the ClientHello body the cookie is bound to.
+    offsets = range(body_start, len(second))
+    for offset in offsets:
+        tampered = bytearray(second)
+        tampered[offset] ^= 0x01
+        server.receive_datagram(bytes(tampered), ADDRESS, 1000.0)
+        server.datagrams_to_send()
+    assert_no_state(server)
+    drops = server.statistics().drops
+    assert drops.get("bad_cookie", 0) + drops.get("malformed_client_hello", 0) == len(offsets)
+    assert drops["bad_cookie"] >= len(hello.cookie)
+
+
+def test_expired_cookie_is_rejected(server_config, client_config):
+    server, _, _, second = hello_exchange(server_config, client_config)
+    server.receive_datagram(second, ADDRESS, 1000.0 + 2 * 31.0)
+    assert_no_state(server)
+    assert server.statistics().drops == {"bad_cookie": 1}
+
+
+def test_cookie_still_valid_within_its_lifetime(server_config, client_config):
+    server, _, _, second = hello_exchange(server_config, client_config)
+    server.receive_datagram(second, ADDRESS, 1000.0 + 29.0)
+    assert server.statistics().associations_created == 1
+
+
+@pytest.mark.parametrize(
+    "other", [("127.0.0.2", 40000), ("127.0.0.1", 40001), ("::1", 40000, 0, 0)]
+)
+def test_cookie_for_another_address_is_rejected(server_config, client_config, other):
+    server, _, _, second = hello_exchange(server_config, client_config)
+    server.receive_datagram(second, other, 1000.0)
+    assert_no_state(server)
+
+
+def test_rotated_secret_invalidates_cookies(server_config, client_config):
+    server, _, _, second = hello_exchange(server_config, client_config)
+    server.cookies.rotate()
+    server.receive_datagram(second, ADDRESS, 1000.0)
+    assert_no_state(server)
+
+
+def test_shared_cookie_secret_is_accepted_by_another_server(server_config, client_config):
+    config = server_config.replace(cookie_secret=b"k" * 32)
+    first_server, _, _, second = hello_exchange(config, client_config)
+    other = ServerEngine(config)
+    other.receive_datagram(second, ADDRESS, 1000.0)
+    assert other.statistics().associations_created == 1
+    assert first_server.statistics().associations_created == 0
+
+
+def test_smallest_client_hello_still_gets_no_more_than_it_sent(server_config):
+    """Bytes sent toward an unvalidated address never exceed bytes received from it: even the
+    smallest well-formed ClientHello (empty session id, one suite, no extensions) is larger than
+    our HelloVerifyRequest."""
+    server = ServerEngine(server_config)
+    body = b"\xfe\xfd" + b"r" * 32 + b"\x00" + b"\x00" + b"\x00\x02\xc0\x2b" + b"\x01\x00"
+    message = b"\x01" + len(body).to_bytes(3, "big") + b"\x00\x00" + b"\x00\x00\x00"
+    message += len(body).to_bytes(3, "big") + body
+    record = b"\x16\xfe\xfd\x00\x00" + b"\x00" * 6 + len(message).to_bytes(2, "big") + message
+    server.receive_datagram(record, ("127.0.0.3", 1), 1000.0)
+    ((reply, _),) = server.datagrams_to_send()
+    assert len(reply) <= len(record)
+    stats = server.statistics()
+    assert stats.bytes_sent_unvalidated == len(reply)
+    assert stats.bytes_received_unvalidated == len(record)
+
+
+def test_hello_verify_requests_are_rate_limited_per_source(server_config, client_config):
+    config = server_config.replace(limits=dtlskit.Limits(hello_verify_per_second=5.0))
+    server, first, _, _ = hello_exchange(config, client_config)
+    for _ in range(100):
+        server.receive_datagram(first, ADDRESS, 1000.0)
+    sent = len(server.datagrams_to_send())
+    assert sent == 9  # burst of 10 minus the one already used
+    assert server.statistics().drops["hello_verify_rate_limited"] == 91
+    # Another source is unaffected.
+    server.receive_datagram(first, ("127.0.0.9", 5), 1000.0)
+    assert len(server.datagrams_to_send()) == 1
+
+
+def test_session_limits_are_enforced_and_counted(server_config, client_config):
+    config = server_config.replace(
+        limits=dtlskit.Limits(max_sessions=3, max_sessions_per_address=2, max_half_open=10)
+    )
+    server = ServerEngine(config)
+    results = []
+    for index in range(5):
+        ip = "127.0.0.1" if index < 3 else f"127.0.0.{index}"
+        p = MemoryPair(config, client_config, server=server, client_address=(ip, 50000 + index))
+        results.append(p.handshake())
+    assert results == [True, True, False, True, False]
+    drops = server.statistics().drops
+    # A refused client retries its ClientHello; every refusal is counted.
+    assert drops["max_sessions_per_address"] >= 1
+    assert drops["max_sessions"] >= 1
+    assert server.statistics().sessions == 3
+
+
+def test_half_open_limit(server_config, client_config):
+    config = server_config.replace(limits=dtlskit.Limits(max_half_open=2))
+    server = ServerEngine(config)
+    for index in range(3):
+        _, _, _, second = hello_exchange(config, client_config)
+        address = ("127.0.0.1", 41000 + index)
+        # Re-issue the cookie for this address with this server's secret.
+        client = DTLSConnection(client_config, server=False)
+        client.connect(1000.0)
+        (first,) = client.datagrams_to_send()
+        server.receive_datagram(first, address, 1000.0)
+        ((hello_verify, _),) = server.datagrams_to_send()
+        client.receive_datagram(hello_verify, 1000.0)
+        (second,) = client.datagrams_to_send()
+        server.receive_datagram(second, address, 1000.0)
+        server.datagrams_to_send()
+    stats = server.statistics()
+    assert stats.half_open == 2
+    assert stats.drops["max_half_open"] == 1
+
+
+JUNK_SERVER: dict[str, ServerEngine] = {}
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=1500), prefix=st.sampled_from([b"", b"\x16\xfe\xfd\x00\x00", b"\x16\xfe\xff\x00\x00\x00\x00\x00\x00\x00\x00"]))
+def test_random_bytes_are_dropped_and_counted(server_config, data, prefix):
+    server = JUNK_SERVER.setdefault("server", ServerEngine(server_config))
+    before = server.statistics()
+    server.receive_datagram(prefix + data, ("127.0.0.5", 7), 1000.0)
+    server.datagrams_to_send()
+    after = server.statistics()
+    assert after.associations_created == 0
+    accounted = sum(after.drops.values()) - sum(before.drops.values())
+    answered = after.hello_verify_requests_sent - before.hello_verify_requests_sent
+    assert accounted + answered == 1
+
+
+def test_junk_to_an_established_session_does_not_disturb_it(server_config, client_config):
+    """RELIABILITY scenario 9: random bytes, truncated records, wrong versions, huge lengths."""
+    p = MemoryPair(server_config, client_config)
+    assert p.handshake()
+    import random
+
+    rng = random.Random(3)
+    junk = [
+        bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 300))) for _ in range(200)
+    ]
+    junk += [b"\x17\xfe\xfd\x00\x01" + b"\x00" * 6 + b"\xff\xff" + b"x" * 10]  # huge length
+    junk += [b"\x17\x03\x03\x00\x01" + b"\x00" * 6 + b"\x00\x05" + b"hello"]  # TLS, not DTLS
+    junk += [b"\x17\xfe\xfd\x00\x01\x00"]  # truncated header
+    for datagram in junk:
+        p.server.receive_datagram(datagram, p.client_address, p.clock.now)
+    p.pump()
+    assert p.server_connection is not None
+    assert p.server_connection.state is State.ESTABLISHED
+    p.client.send(b"after the junk")
+    p.pump()
+    assert p.run(lambda: p.server_messages() == [b"after the junk"])
+    assert not any(isinstance(e, ev.ConnectionTerminated) for e in p.server_events)
+
+
+def test_duplicate_client_hello_is_ignored(server_config, client_config):
+    server, _, _, second = hello_exchange(server_config, client_config)
+    server.receive_datagram(second, ADDRESS, 1000.0)
+    conn = server.connection(ADDRESS)
+    server.receive_datagram(second, ADDRESS, 1000.0)
+    assert server.connection(ADDRESS) is conn
+    assert server.statistics().associations_created == 1
+    assert server.statistics().drops["duplicate_client_hello"] == 1
+
+
+def test_close_all_sends_close_notify_to_every_peer(server_config, client_config):
+    server = ServerEngine(server_config)
+    pairs = [
+        MemoryPair(server_config, client_config, server=server, client_address=("127.0.0.1", p))
+        for p in (50001, 50002, 50003)
+    ]
+    for p in pairs:
+        assert p.handshake()
+    server.close_all()
+    out = server.datagrams_to_send()
+    assert sorted(address for _, address in out) == sorted(p.client_address for p in pairs)
+    for p in pairs:
+        for data, address in out:
+            if address == p.client_address:
+                p.client.receive_datagram(data, p.clock.now)
+        assert p.client.state is State.CLOSED
+    while server.next_event() is not None:
+        pass
+    assert server.statistics().sessions == 0
