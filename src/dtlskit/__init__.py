@@ -1,7 +1,13 @@
-"""dtlskit: secure sessions over UDP (DTLS 1.2) for Python, on OpenSSL."""
+"""dtlskit: secure sessions over UDP (DTLS 1.2) for Python, on OpenSSL.
+
+``dtlskit.connect`` / ``dtlskit.serve`` / ``dtlskit.listen`` / ``dtlskit.run_server`` are the
+asyncio front end (:mod:`dtlskit.asyncio`); the blocking mirror image is :mod:`dtlskit.sync`;
+the sans-I/O engines are in :mod:`dtlskit.core`.
+"""
 
 from .config import DEFAULT_CIPHERS, DTLSConfiguration, Limits
 from .exceptions import (
+    BufferTooSmall,
     CertificateVerificationError,
     ConcurrencyError,
     ConfigurationError,
@@ -15,14 +21,18 @@ from .exceptions import (
     HandshakeError,
     HandshakeFailure,
     HandshakeTimeout,
+    InvalidMessage,
     MessageTooLarge,
     TransportError,
 )
+
+from .asyncio import connect, listen, run_server, serve
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_CIPHERS",
+    "BufferTooSmall",
     "CertificateVerificationError",
     "ConcurrencyError",
     "ConfigurationError",
@@ -37,8 +47,13 @@ __all__ = [
     "HandshakeError",
     "HandshakeFailure",
     "HandshakeTimeout",
+    "InvalidMessage",
     "Limits",
     "MessageTooLarge",
     "TransportError",
     "__version__",
+    "connect",
+    "listen",
+    "run_server",
+    "serve",
 ]

@@ -5,6 +5,12 @@
 ``server_hostname``, ``ciphers``) plus what only datagrams need: MTU, retransmission and
 handshake timers, server limits and the cookie secret. It is frozen; derive variants with
 :meth:`DTLSConfiguration.replace`. Each endpoint builds its own fresh OpenSSL context from it.
+
+Security features beyond certificates: PSK (RFC 4279), a certificate per SNI name or for clients
+that send none, ALPN (RFC 7301), DTLS-SRTP (RFC 5764), session tickets (RFC 5077), refusal of
+renegotiation, and an NSS key log for debugging. A server's SNI certificates each get their own
+context, built up front with every other setting of this configuration, because OpenSSL reads the
+trust store, ALPN and key-log callbacks from whichever context a connection ends up on.
 """
 
 from __future__ import annotations
@@ -12,15 +18,16 @@ from __future__ import annotations
 import dataclasses
 import os
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from OpenSSL import SSL, crypto
 
 from .exceptions import ConfigurationError
 
-__all__ = ["DEFAULT_CIPHERS", "DTLSConfiguration", "Limits"]
+__all__ = ["DEFAULT_CIPHERS", "PSK_CIPHERS", "DTLSConfiguration", "Limits"]
 
 #: AEAD suites only (RELIABILITY rule 1). CCM-8 and PSK suites only when asked for.
 DEFAULT_CIPHERS = (
@@ -29,12 +36,29 @@ DEFAULT_CIPHERS = (
     "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
 )
 
+#: Default suites when PSK is configured: AEAD only; ECDHE-PSK adds forward secrecy. CCM-8
+#: (``PSK-AES128-CCM8``, CoAP) only when ``ciphers`` names it, with ``@SECLEVEL=0`` (OpenSSL 4
+#: enables the 64-bit-tag CCM-8 suites only at security level 0).
+PSK_CIPHERS = (
+    "PSK-AES128-GCM-SHA256:PSK-AES256-GCM-SHA384:ECDHE-PSK-CHACHA20-POLY1305:PSK-CHACHA20-POLY1305"
+)
+
 _DTLS1_2_VERSION = 0xFEFD  # pyOpenSSL names only the TLS versions
 
 MIN_MTU = 256  # OpenSSL silently ignores smaller values, then the handshake dies with an EOF
 MAX_MTU = 65507  # largest UDP payload over IPv4
 
 Password = str | bytes | Callable[[], str | bytes]
+CertificateSpec = (
+    tuple[str | os.PathLike[str], str | os.PathLike[str]]
+    | tuple[str | os.PathLike[str], str | os.PathLike[str], Password | None]
+)
+"""``(certfile, keyfile)`` or ``(certfile, keyfile, password)``."""
+PSKLookup = Mapping[str, bytes] | Callable[[str], bytes | None]
+
+_PSK_MAX_IDENTITY = 128  # bytes; OpenSSL's PSK_MAX_IDENTITY_LEN
+_PSK_MAX_KEY = 512  # bytes; OpenSSL 3/4's PSK_MAX_PSK_LEN
+_MAX_CALLBACK_CONTEXTS = 256  # contexts built for sni_callback results, kept at once
 
 
 @dataclass(frozen=True)
@@ -142,6 +166,55 @@ class DTLSConfiguration:
     limits: Limits = field(default_factory=Limits)
     """Server-side resource bounds."""
 
+    psk: tuple[str | bytes, bytes] | None = None
+    """Clients: pre-shared key (RFC 4279) as ``(identity, key)``; identity up to 128 bytes, key
+    up to 512. With ``ciphers`` unset the client offers only :data:`PSK_CIPHERS`; while it
+    offers only PSK suites no certificate is involved, and none is verified by default."""
+
+    psk_lookup: PSKLookup | None = None
+    """Servers: the PSK of a client identity, as a mapping or a callable returning the key or
+    ``None``. An unknown identity fails the handshake (alert ``unknown_psk_identity``). A server
+    with ``psk_lookup`` needs no certificate; with one too it accepts both kinds of client."""
+
+    psk_identity_hint: str | None = None
+    """Servers: identity hint sent to PSK clients (RFC 4279 §2); rarely needed."""
+
+    sni_certificates: Mapping[str, CertificateSpec] | None = None
+    """Servers: a certificate per SNI host name, ``{"a.example": (certfile, keyfile[, password])}``.
+    Names match case-insensitively; ``"*.example.com"`` matches one more label. Clients asking for
+    any other name get ``certfile``. (EdgerOS ``addcert``.)"""
+
+    sni_callback: Callable[[str | None], CertificateSpec | None] | None = None
+    """Servers: consulted when ``sni_certificates`` (and, for clients without SNI,
+    ``ip_certificate``) has no answer; called with the SNI name or ``None`` and returns a
+    ``(certfile, keyfile[, password])`` tuple, or ``None`` for ``certfile``. A raised exception
+    fails that handshake with an ``internal_error`` alert and the server's error names it."""
+
+    ip_certificate: CertificateSpec | None = None
+    """Servers: certificate for clients that send no SNI (they connected to an IP address).
+    (EdgerOS ``ipcert``.)"""
+
+    alpn_protocols: Sequence[str] = ()
+    """ALPN (RFC 7301): clients offer these; servers select the first of their own list that the
+    client offered, and fail the handshake (alert ``no_application_protocol``) if none was."""
+
+    srtp_profiles: Sequence[str] = ()
+    """DTLS-SRTP protection profiles (RFC 5764) to offer (clients) or accept (servers), e.g.
+    ``"SRTP_AES128_CM_SHA1_80"``, ``"SRTP_AEAD_AES_128_GCM"``."""
+
+    session_tickets: bool = True
+    """Servers: issue session tickets (RFC 5077) so clients can resume without server state.
+    Resumption by session ID (the server context's session cache) works either way."""
+
+    allow_renegotiation: bool = False
+    """Accept, and allow starting, renegotiation. Off (default): OpenSSL refuses it
+    (``OP_NO_RENEGOTIATION``) and a peer that insists loses the session."""
+
+    keylog_file: str | os.PathLike[str] | None = None
+    """Append NSS key log lines (the ``SSLKEYLOGFILE`` format Wireshark reads) to this file.
+    For debugging only: whoever reads it can decrypt the traffic. The environment is not read;
+    pass ``keylog_file=os.environ.get("SSLKEYLOGFILE")`` to honour it."""
+
     def __post_init__(self) -> None:
         if not isinstance(self.mtu, int) or not MIN_MTU <= self.mtu <= MAX_MTU:
             raise ConfigurationError(
@@ -161,9 +234,65 @@ class DTLSConfiguration:
         if self.cookie_secret is not None and len(self.cookie_secret) < 16:
             raise ConfigurationError("cookie_secret must be at least 16 bytes")
         if self.verify_mode is not None and not isinstance(self.verify_mode, ssl.VerifyMode):
-            raise ConfigurationError("verify_mode must be an ssl.VerifyMode (ssl.CERT_REQUIRED, ...)")
+            raise ConfigurationError(
+                "verify_mode must be an ssl.VerifyMode (ssl.CERT_REQUIRED, ...)"
+            )
         if self.keyfile is not None and self.certfile is None:
             raise ConfigurationError("keyfile given without certfile")
+        self._check_security_settings()
+
+    def _check_security_settings(self) -> None:
+        if self.password is not None and not (
+            isinstance(self.password, str | bytes) or callable(self.password)
+        ):
+            raise ConfigurationError("password must be a str, bytes or a callable returning one")
+        if self.psk is not None:
+            _check_psk(self.psk)
+        if self.psk_lookup is not None and not (
+            isinstance(self.psk_lookup, Mapping) or callable(self.psk_lookup)
+        ):
+            raise ConfigurationError("psk_lookup must be a mapping or a callable")
+        if isinstance(self.psk_lookup, Mapping):
+            for identity, key in self.psk_lookup.items():
+                if not isinstance(identity, str) or not isinstance(key, bytes) or not key:
+                    raise ConfigurationError(
+                        f"psk_lookup must map str identities to non-empty bytes keys, "
+                        f"not {identity!r} -> {type(key).__name__}"
+                    )
+        if self.psk_identity_hint is not None and (
+            not isinstance(self.psk_identity_hint, str)
+            or len(self.psk_identity_hint.encode()) > _PSK_MAX_IDENTITY
+            or "\0" in self.psk_identity_hint
+        ):
+            raise ConfigurationError("psk_identity_hint must be a str of at most 128 bytes")
+        if self.sni_certificates is not None:
+            if not isinstance(self.sni_certificates, Mapping):
+                raise ConfigurationError("sni_certificates must map host names to certificates")
+            for name, spec in self.sni_certificates.items():
+                if not isinstance(name, str) or not name.strip(".") or "*" in name.lstrip("*."):
+                    raise ConfigurationError(
+                        f"sni_certificates: {name!r} is not a host name or *.wildcard name"
+                    )
+                _check_certificate_spec(f"sni_certificates[{name!r}]", spec)
+        if self.sni_callback is not None and not callable(self.sni_callback):
+            raise ConfigurationError("sni_callback must be callable")
+        if self.ip_certificate is not None:
+            _check_certificate_spec("ip_certificate", self.ip_certificate)
+        for name in ("alpn_protocols", "srtp_profiles"):
+            value = getattr(self, name)
+            if isinstance(value, str | bytes) or not all(
+                isinstance(item, str) and 0 < len(item.encode()) < 256 and ":" not in item
+                for item in value
+            ):
+                raise ConfigurationError(
+                    f"{name} must be a sequence of non-empty names (str), not {value!r}"
+                )
+            object.__setattr__(self, name, tuple(value))  # frozen: normalise once, here
+        for name in ("session_tickets", "allow_renegotiation"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigurationError(f"{name} must be True or False")
+        if self.keylog_file is not None and not isinstance(self.keylog_file, str | os.PathLike):
+            raise ConfigurationError("keylog_file must be a path or None")
 
     # -- construction -------------------------------------------------------------------------
 
@@ -196,29 +325,83 @@ class DTLSConfiguration:
         """The verify mode in force for this role."""
         if self.verify_mode is not None:
             return self.verify_mode
+        if not server and self.psk is not None and _psk_only(self.effective_ciphers(False)):
+            return ssl.CERT_NONE  # only PSK suites are offered: no certificate will come
         return ssl.CERT_NONE if server else ssl.CERT_REQUIRED
+
+    def effective_ciphers(self, server: bool) -> str:
+        """The OpenSSL cipher list in force for this role."""
+        if self.ciphers:
+            return self.ciphers
+        if server and self.psk_lookup is not None:
+            return PSK_CIPHERS if self.certfile is None else f"{PSK_CIPHERS}:{DEFAULT_CIPHERS}"
+        if not server and self.psk is not None:
+            return PSK_CIPHERS
+        return DEFAULT_CIPHERS
+
+    def add_sni_certificate(
+        self,
+        name: str,
+        certfile: str | os.PathLike[str],
+        keyfile: str | os.PathLike[str],
+        password: Password | None = None,
+    ) -> DTLSConfiguration:
+        """A copy that also serves ``certfile`` to clients asking for ``name`` (EdgerOS
+        ``addcert``). The configuration is frozen: use the returned one."""
+        certificates = dict(self.sni_certificates or {})
+        certificates[name] = (certfile, keyfile, password)
+        return self.replace(sni_certificates=certificates)
 
     # -- OpenSSL context ----------------------------------------------------------------------
 
     def build_context(self, server: bool) -> SSL.Context:
-        """A fresh OpenSSL DTLS context for this role. Raises :class:`ConfigurationError`."""
+        """A fresh OpenSSL DTLS context for this role. Raises :class:`ConfigurationError`.
+
+        A server's context also holds the contexts of its SNI certificates (switched to by its
+        server-name callback), its session cache and its session-ticket keys: share one context
+        (``ServerEngine(config, context=ctx)``, built before worker processes fork) to let every
+        worker resume every session.
+        """
+        if server and self.certfile is None and self.psk_lookup is None:
+            raise ConfigurationError(
+                "a DTLS server needs a certificate: give certfile and keyfile "
+                "(or psk_lookup for a PSK-only server)"
+            )
+        ctx = self._base_context(server)
+        self._load_identity(ctx)
+        if server:
+            self._install_sni(ctx)
+        return ctx
+
+    def _base_context(self, server: bool) -> SSL.Context:
+        """Everything but our certificate (SNI contexts are made with this too)."""
         ctx = SSL.Context(SSL.DTLS_METHOD)
         ctx.set_min_proto_version(_DTLS1_2_VERSION)
-        ctx.set_options(SSL.OP_NO_QUERY_MTU | SSL.OP_NO_RENEGOTIATION | SSL.OP_NO_COMPRESSION)
-        ciphers = self.ciphers or DEFAULT_CIPHERS
+        options = SSL.OP_NO_QUERY_MTU | SSL.OP_NO_COMPRESSION
+        if not self.allow_renegotiation:
+            options |= SSL.OP_NO_RENEGOTIATION
+        elif server:
+            from .core._bindings import OP_ALLOW_CLIENT_RENEGOTIATION
+
+            options |= OP_ALLOW_CLIENT_RENEGOTIATION
+        if server and not self.session_tickets:
+            options |= SSL.OP_NO_TICKET
+        ctx.set_options(options)
+        ciphers = self.effective_ciphers(server)
         try:
             ctx.set_cipher_list(ciphers.encode())
         except SSL.Error as exc:
             raise ConfigurationError(f"no usable cipher in {ciphers!r}") from exc
-        self._load_identity(ctx)
+        if _wants_ccm8(ciphers) and "@SECLEVEL=0" not in ciphers.upper():
+            raise ConfigurationError(
+                f"ciphers {ciphers!r} asks for CCM-8 suites, which OpenSSL 4 enables only at "
+                "security level 0 (their 64-bit tags): append ':@SECLEVEL=0' to ciphers"
+            )
         mode = self.effective_verify_mode(server)
         if mode != ssl.CERT_NONE:
             self._load_trust(ctx, server)
+        self._install_features(ctx, server)
         if server:
-            if self.certfile is None:
-                raise ConfigurationError(
-                    "a DTLS server needs a certificate: give certfile and keyfile"
-                )
             # Session ID context: required for resumption when client certificates are used.
             ctx.set_session_id(b"dtlskit")
             # We answer ClientHellos with our own stateless cookies before OpenSSL sees them;
@@ -230,37 +413,100 @@ class DTLSConfiguration:
     def _load_identity(self, ctx: SSL.Context) -> None:
         if self.certfile is None:
             return
-        certfile = os.fspath(self.certfile)
-        keyfile = os.fspath(self.keyfile) if self.keyfile is not None else certfile
-        password = self.password
-        if password is not None:
+        _use_identity(ctx, self.certfile, self.keyfile, self.password)
 
-            def passphrase(max_length: int, verify: bool, userdata: Any) -> bytes:
-                value = password() if callable(password) else password
-                return value.encode() if isinstance(value, str) else value
+    def _install_features(self, ctx: SSL.Context, server: bool) -> None:
+        from .core import _bindings  # the core imports this module: import it lazily
 
-            ctx.set_passwd_cb(passphrase)
-        try:
-            ctx.use_certificate_chain_file(certfile)
-        except SSL.Error as exc:
-            raise ConfigurationError(
-                f"cannot load certificate chain from {certfile}: {_reason(exc)}"
-            ) from exc
-        try:
-            ctx.use_privatekey_file(keyfile)
-        except SSL.Error as exc:
-            hint = (
-                "wrong password or not a PEM private key"
-                if password is not None
-                else "not a PEM private key, or it is encrypted and no password was given"
+        if server and self.psk_lookup is not None:
+            lookup = self.psk_lookup
+            find = lookup.get if isinstance(lookup, Mapping) else lookup
+            hint = self.psk_identity_hint.encode() if self.psk_identity_hint else None
+            _bindings.set_psk_server(ctx, find, hint)
+        elif not server and self.psk is not None:
+            identity, key = self.psk
+            _bindings.set_psk_client(
+                ctx, identity.encode() if isinstance(identity, str) else identity, key
             )
-            raise ConfigurationError(f"cannot load private key from {keyfile}: {hint}") from exc
+        if self.alpn_protocols:
+            if server:
+                _bindings.set_alpn_select(ctx, self.alpn_protocols)
+            else:
+                ctx.set_alpn_protos([p.encode() for p in self.alpn_protocols])
+        if self.srtp_profiles:
+            try:
+                ctx.set_tlsext_use_srtp(":".join(self.srtp_profiles).encode())
+            except SSL.Error as exc:
+                raise ConfigurationError(
+                    f"srtp_profiles: OpenSSL does not know {list(self.srtp_profiles)!r} "
+                    "(known: SRTP_AES128_CM_SHA1_80, SRTP_AES128_CM_SHA1_32, "
+                    "SRTP_AEAD_AES_128_GCM, SRTP_AEAD_AES_256_GCM, ...)"
+                ) from exc
+        if self.keylog_file is not None:
+            ctx.set_keylog_callback(_KeyLogWriter(os.fspath(self.keylog_file)))
+        _bindings.watch_handshake(ctx)
+
+    def _install_sni(self, ctx: SSL.Context) -> None:
+        if not self.sni_certificates and self.sni_callback is None and self.ip_certificate is None:
+            return
+        from .core import _bindings
+
+        exact: dict[str, SSL.Context] = {}
+        wildcard: dict[str, SSL.Context] = {}
+        for name, spec in (self.sni_certificates or {}).items():
+            key = name.lower().rstrip(".")
+            table = wildcard if key.startswith("*.") else exact
+            table[key.removeprefix("*.")] = self._identity_context(
+                spec, f"sni_certificates[{name!r}]"
+            )
+        by_ip = (
+            self._identity_context(self.ip_certificate, "ip_certificate")
+            if self.ip_certificate is not None
+            else None
+        )
+        built: dict[tuple[str, str], SSL.Context] = {}
+
+        def choose(connection: SSL.Connection, name: str | None) -> None:
+            target = by_ip
+            if name is not None:
+                key = name.lower().rstrip(".")
+                target = exact.get(key) or wildcard.get(key.partition(".")[2])
+            if target is None and self.sni_callback is not None:
+                target = self._callback_context(name, built)
+            if target is not None:
+                connection.set_context(target)
+
+        _bindings.set_servername_callback(ctx, choose)
+
+    def _callback_context(
+        self, name: str | None, built: dict[tuple[str, str], SSL.Context]
+    ) -> SSL.Context | None:
+        what = f"sni_callback({name!r})"
+        callback = self.sni_callback
+        if callback is None:  # pragma: no cover - only called when set
+            return None
         try:
-            ctx.check_privatekey()
-        except SSL.Error as exc:
-            raise ConfigurationError(
-                f"private key {keyfile} does not match the certificate in {certfile}"
-            ) from exc
+            spec = callback(name)
+        except Exception as exc:
+            raise ConfigurationError(f"{what} raised {type(exc).__name__}: {exc}") from exc
+        if spec is None:
+            return None
+        _check_certificate_spec(f"the value of {what}", spec)
+        key = (os.fspath(spec[0]), os.fspath(spec[1]))
+        if key not in built:
+            if len(built) >= _MAX_CALLBACK_CONTEXTS:
+                built.clear()
+            built[key] = self._identity_context(spec, what)
+        return built[key]
+
+    def _identity_context(self, spec: CertificateSpec, what: str) -> SSL.Context:
+        ctx = self._base_context(server=True)
+        password = spec[2] if len(spec) == 3 else None
+        try:
+            _use_identity(ctx, spec[0], spec[1], password)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{what}: {exc}") from exc
+        return ctx
 
     def _load_trust(self, ctx: SSL.Context, server: bool) -> None:
         loaded = False
@@ -283,6 +529,122 @@ class DTLSConfiguration:
             loaded = True
         if self.load_default_certs or (not loaded and not server):
             ctx.set_default_verify_paths()
+
+
+def _use_identity(
+    ctx: SSL.Context,
+    certfile_path: str | os.PathLike[str],
+    keyfile_path: str | os.PathLike[str] | None,
+    password: Password | None,
+) -> None:
+    """Load a certificate chain and its private key into ``ctx``."""
+    certfile = os.fspath(certfile_path)
+    keyfile = os.fspath(keyfile_path) if keyfile_path is not None else certfile
+    try:
+        ctx.use_certificate_chain_file(certfile)
+    except SSL.Error as exc:
+        raise ConfigurationError(
+            f"cannot load certificate chain from {certfile}: {_reason(exc)}"
+        ) from exc
+    ctx.use_privatekey(_load_private_key(keyfile, password))
+    try:
+        ctx.check_privatekey()
+    except SSL.Error as exc:
+        raise ConfigurationError(
+            f"private key {keyfile} does not match the certificate in {certfile}"
+        ) from exc
+
+
+def _check_psk(psk: object) -> None:
+    if not isinstance(psk, tuple) or len(psk) != 2:
+        raise ConfigurationError("psk must be an (identity, key) tuple")
+    identity, key = psk
+    raw = identity.encode() if isinstance(identity, str) else identity
+    if not isinstance(raw, bytes) or not 0 < len(raw) <= _PSK_MAX_IDENTITY or b"\0" in raw:
+        raise ConfigurationError(
+            f"psk identity must be a str or bytes of 1 to {_PSK_MAX_IDENTITY} bytes, without NUL"
+        )
+    if not isinstance(key, bytes) or not 0 < len(key) <= _PSK_MAX_KEY:
+        raise ConfigurationError(f"psk key must be bytes, 1 to {_PSK_MAX_KEY} bytes long")
+
+
+def _wants_ccm8(ciphers: str) -> bool:
+    tokens = ciphers.upper().replace(",", ":").replace(" ", ":").split(":")
+    return any("CCM8" in t or "CCM_8" in t for t in tokens if t and t[0] not in "!-")
+
+
+def _psk_only(ciphers: str) -> bool:
+    """Whether a cipher list names only PSK suites that involve no certificate (not RSA-PSK)."""
+    tokens = [
+        t
+        for t in ciphers.replace(",", ":").replace(" ", ":").split(":")
+        if t and t[0] not in "@!-+"
+    ]
+    return bool(tokens) and all("PSK" in t and "RSA" not in t for t in tokens)
+
+
+def _check_certificate_spec(what: str, spec: object) -> None:
+    if not isinstance(spec, tuple) or len(spec) not in (2, 3):
+        raise ConfigurationError(
+            f"{what} must be a (certfile, keyfile) or (certfile, keyfile, password) tuple, "
+            f"not {spec!r}"
+        )
+    if not all(isinstance(item, str | os.PathLike) for item in spec[:2]):
+        raise ConfigurationError(f"{what}: certfile and keyfile must be paths")
+    password = spec[2] if len(spec) == 3 else None
+    if password is not None and not (isinstance(password, str | bytes) or callable(password)):
+        raise ConfigurationError(f"{what}: password must be a str, bytes or a callable")
+
+
+class _KeyLogWriter:
+    """Appends NSS key log lines to a file (a pyOpenSSL key-log callback)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            with open(path, "ab"):
+                pass
+        except OSError as exc:
+            raise ConfigurationError(
+                f"keylog_file {path} cannot be opened for appending: {exc.strerror}"
+            ) from exc
+
+    def __call__(self, connection: SSL.Connection, line: bytes) -> None:
+        try:  # runs inside an OpenSSL callback: nothing may escape
+            with open(self.path, "ab") as handle:
+                handle.write(line + b"\n")
+        except OSError:
+            pass
+
+
+def _load_private_key(keyfile: str, password: Password | None) -> Any:
+    """Load a PEM private key with cryptography (pyOpenSSL's passphrase callback is deprecated)."""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        with open(keyfile, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read private key file {keyfile}: {exc.strerror}") from exc
+    secret: bytes | None = None
+    if password is not None:
+        value = password() if callable(password) else password
+        secret = value.encode() if isinstance(value, str) else bytes(value)
+    try:
+        return load_pem_private_key(data, secret)
+    except TypeError as exc:
+        if secret is None:
+            raise ConfigurationError(
+                f"private key {keyfile} is encrypted: give its password"
+            ) from exc
+        raise ConfigurationError(
+            f"private key {keyfile} is not encrypted, but a password was given"
+        ) from exc
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        hint = "wrong password, or " if secret is not None else ""
+        raise ConfigurationError(
+            f"cannot load private key from {keyfile}: {hint}not a PEM private key"
+        ) from exc
 
 
 def _parse_cadata(cadata: str | bytes) -> Sequence[crypto.X509]:

@@ -12,7 +12,9 @@
     │   ├── ConnectionClosedByPeer  the peer sent close_notify
     │   ├── ConnectionClosedLocally this side called close()
     │   └── ConnectionLost          ended abnormally: fatal alert, idle timeout, replaced, shutdown
-    ├── MessageTooLarge             (also ValueError) a message does not fit in one DTLS record
+    ├── InvalidMessage              (also ValueError) empty, not bytes, or does not fit
+    │   ├── MessageTooLarge         a message does not fit in one DTLS record
+    │   └── BufferTooSmall          recv_into: the next message does not fit the buffer given
     ├── DTLSTimeoutError            (also TimeoutError) a blocking call's own timeout ran out
     ├── ConnectionRefused           (also ConnectionRefusedError) nothing listens at the address
     ├── ConcurrencyError            two tasks or threads used one channel in a way it cannot serve
@@ -25,6 +27,7 @@ layer and chained with ``raise ... from exc``: no pyOpenSSL exception reaches a 
 from __future__ import annotations
 
 __all__ = [
+    "BufferTooSmall",
     "CertificateVerificationError",
     "ConcurrencyError",
     "ConfigurationError",
@@ -38,6 +41,7 @@ __all__ = [
     "HandshakeError",
     "HandshakeFailure",
     "HandshakeTimeout",
+    "InvalidMessage",
     "MessageTooLarge",
     "TransportError",
 ]
@@ -100,7 +104,11 @@ class ConnectionLost(ConnectionClosed):
     """The session ended abnormally (fatal alert, idle timeout, replaced, server shut down)."""
 
 
-class MessageTooLarge(DTLSError, ValueError):
+class InvalidMessage(DTLSError, ValueError):
+    """A message DTLS cannot carry: empty (OpenSSL writes no empty records) or not bytes-like."""
+
+
+class MessageTooLarge(InvalidMessage):
     """A message is larger than one DTLS record can carry at the current MTU."""
 
     def __init__(self, size: int, limit: int) -> None:
@@ -110,6 +118,21 @@ class MessageTooLarge(DTLSError, ValueError):
         )
         self.size = size
         self.limit = limit
+
+
+class BufferTooSmall(InvalidMessage):
+    """``recv_into``: the next message does not fit in the given buffer slice.
+
+    The message stays queued; retry with a buffer of at least ``size`` bytes.
+    """
+
+    def __init__(self, size: int, available: int) -> None:
+        super().__init__(
+            f"the next message is {size} bytes but the buffer slice holds only {available}; "
+            "it stays queued: call recv_into again with a larger buffer, or recv()"
+        )
+        self.size = size
+        self.available = available
 
 
 class DTLSTimeoutError(DTLSError, TimeoutError):

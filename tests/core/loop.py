@@ -38,9 +38,12 @@ class ClientLoop:
     def connect(self, timeout: float = 10.0) -> None:
         self.engine.connect(time.monotonic())
         self._transmit()
-        self.run_until(lambda: any(
-            isinstance(e, ev.HandshakeCompleted | ev.ConnectionTerminated) for e in self.events
-        ), timeout)
+        self.run_until(
+            lambda: any(
+                isinstance(e, ev.HandshakeCompleted | ev.ConnectionTerminated) for e in self.events
+            ),
+            timeout,
+        )
 
     def send(self, data: bytes) -> None:
         self.engine.send(data)
@@ -102,8 +105,10 @@ class ServerLoop:
             if now >= deadline:
                 return False
             timer = self.engine.get_timer()
-            wait = min(0.05, deadline - now) if timer is None else max(
-                0.0, min(timer - now, deadline - now, 0.05)
+            wait = (
+                min(0.05, deadline - now)
+                if timer is None
+                else max(0.0, min(timer - now, deadline - now, 0.05))
             )
             readable, _, _ = select.select([self.sock], [], [], wait)
             if readable:

@@ -191,8 +191,12 @@ def test_client_hello_delayed_past_cookie_tick_still_completes(server_config, cl
         return [datagram]
 
     long = dict(handshake_timeout=300.0)
-    p = MemoryPair(server_config.replace(**long), client_config.replace(**long), clock=clock,
-                   network=FakeNetwork(filters=[delay]))
+    p = MemoryPair(
+        server_config.replace(**long),
+        client_config.replace(**long),
+        clock=clock,
+        network=FakeNetwork(filters=[delay]),
+    )
     assert p.handshake()
     assert p.server.statistics().hello_verify_requests_sent == 1
 
@@ -233,8 +237,9 @@ def test_server_side_handshake_timeout_frees_the_association(server_config, clie
 def test_small_mtu_with_rsa4096_chain_and_intermediate(tmp_path, mtu):
     root = create_ca("root", key_type="rsa", rsa_bits=4096)
     intermediate = create_ca("intermediate", key_type="rsa", rsa_bits=4096, issuer=root)
-    leaf, key = issue_certificate(intermediate, "localhost", hosts=["localhost"], key_type="rsa",
-                                  rsa_bits=4096)
+    leaf, key = issue_certificate(
+        intermediate, "localhost", hosts=["localhost"], key_type="rsa", rsa_bits=4096
+    )
     from dtlskit.certs import certificate_pem, private_key_pem
 
     (tmp_path / "chain.pem").write_bytes(certificate_pem(leaf) + certificate_pem(intermediate[0]))
@@ -336,8 +341,9 @@ def test_reconnect_from_same_address_replaces_session_after_cookie(server_config
     assert p.handshake()
     old = p.server_connection
     # A restarted client at the same address and port.
-    second = MemoryPair(server_config, client_config, clock=p.clock, server=p.server,
-                        network=p.network)
+    second = MemoryPair(
+        server_config, client_config, clock=p.clock, server=p.server, network=p.network
+    )
     assert second.handshake()
     stats = p.server.statistics()
     assert stats.sessions_replaced == 1

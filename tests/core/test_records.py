@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -19,19 +21,15 @@ from dtlskit.core.records import (
 
 @given(st.binary(max_size=2000))
 def test_client_hello_parser_raises_only_bad_packet(data):
-    try:
+    with contextlib.suppress(BadPacket):
         parse_client_hello_untrusted(data)
-    except BadPacket:
-        pass
 
 
 @given(st.binary(max_size=300))
 def test_client_hello_parser_with_plausible_header(tail):
     data = b"\x16\xfe\xfd\x00\x00" + b"\x00" * 6 + len(tail).to_bytes(2, "big") + b"\x01" + tail
-    try:
+    with contextlib.suppress(BadPacket):
         parse_client_hello_untrusted(data)
-    except BadPacket:
-        pass
 
 
 @given(st.binary(max_size=2000))
@@ -43,8 +41,10 @@ def test_record_splitter_raises_only_bad_packet(data):
     assert b"".join(r.raw for r in records) == data
 
 
-@given(st.lists(st.integers(min_value=13, max_value=600), max_size=40),
-       st.integers(min_value=256, max_value=1500))
+@given(
+    st.lists(st.integers(min_value=13, max_value=600), max_size=40),
+    st.integers(min_value=256, max_value=1500),
+)
 def test_packing_keeps_records_whole_and_within_mtu(sizes, mtu):
     records = [bytes([i % 256]) * size for i, size in enumerate(sizes)]
     datagrams = pack_datagrams(records, mtu)
@@ -54,8 +54,9 @@ def test_packing_keeps_records_whole_and_within_mtu(sizes, mtu):
 
 
 def test_hello_verify_request_layout():
-    hello = ClientHello(record_sequence=7, message_sequence=0, cookie=b"", bound_fields=b"",
-                        body=b"")
+    hello = ClientHello(
+        record_sequence=7, message_sequence=0, cookie=b"", bound_fields=b"", body=b""
+    )
     record = build_hello_verify_request(hello, b"C" * 32)
     assert record[0] == 22 and record[1:3] == b"\xfe\xff"
     assert int.from_bytes(record[5:11], "big") == 7

@@ -59,7 +59,7 @@ def test_cookie_tampered_at_every_byte_is_rejected_without_state(server_config, 
     hello = parse_client_hello_untrusted(second)
     body_start = 13 + 12
     cookie_offset = body_start + 2 + 32 + 1 + second[body_start + 34] + 1
-    assert second[cookie_offset:cookie_offset + len(hello.cookie)] == hello.cookie
+    assert second[cookie_offset : cookie_offset + len(hello.cookie)] == hello.cookie
     # Every byte of the cookie, and every byte of the ClientHello body the cookie is bound to.
     offsets = range(body_start, len(second))
     for offset in offsets:
@@ -183,8 +183,15 @@ def test_half_open_limit(server_config, client_config):
 JUNK_SERVER: dict[str, ServerEngine] = {}
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.binary(max_size=1500), prefix=st.sampled_from([b"", b"\x16\xfe\xfd\x00\x00", b"\x16\xfe\xff\x00\x00\x00\x00\x00\x00\x00\x00"]))
+@settings(
+    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    data=st.binary(max_size=1500),
+    prefix=st.sampled_from(
+        [b"", b"\x16\xfe\xfd\x00\x00", b"\x16\xfe\xff\x00\x00\x00\x00\x00\x00\x00\x00"]
+    ),
+)
 def test_random_bytes_are_dropped_and_counted(server_config, data, prefix):
     server = JUNK_SERVER.setdefault("server", ServerEngine(server_config))
     before = server.statistics()
@@ -204,9 +211,7 @@ def test_junk_to_an_established_session_does_not_disturb_it(server_config, clien
     import random
 
     rng = random.Random(3)
-    junk = [
-        bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 300))) for _ in range(200)
-    ]
+    junk = [bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 300))) for _ in range(200)]
     junk += [b"\x17\xfe\xfd\x00\x01" + b"\x00" * 6 + b"\xff\xff" + b"x" * 10]  # huge length
     junk += [b"\x17\x03\x03\x00\x01" + b"\x00" * 6 + b"\x00\x05" + b"hello"]  # TLS, not DTLS
     junk += [b"\x17\xfe\xfd\x00\x01\x00"]  # truncated header

@@ -1,14 +1,28 @@
 """The one place where dtlskit reaches past pyOpenSSL into the OpenSSL bindings of `cryptography`.
 
-pyOpenSSL exposes no host name verification parameters and no verification error strings. Each
-piece is looked up once with feature detection; when one is missing the caller gets a
-:class:`~dtlskit.exceptions.ConfigurationError` naming it instead of an AttributeError.
+pyOpenSSL exposes no host name verification parameters, no verification error strings, no PSK
+(RFC 4279), no serialised sessions, and its server-name and ALPN callbacks cannot choose the
+alert they fail with. Each piece is looked up with feature detection; when one is missing the
+caller gets a :class:`~dtlskit.exceptions.ConfigurationError` naming it instead of an
+AttributeError.
+
+C callbacks. Every callback installed here catches every exception (and cffi's ``onerror``
+catches anything that still escapes): a failure returns the value that makes OpenSSL fail the
+handshake with the right alert, and the reason is written to the connection's
+:class:`HandshakeNotes` so the error the user sees names it. The cffi callback objects are kept
+alive as long as the ``SSL.Context`` they were installed on (OpenSSL copies the PSK callbacks
+into every ``SSL`` made from it, and every pyOpenSSL ``Connection`` holds its context).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
+
+from OpenSSL import SSL
 
 from ..exceptions import ConfigurationError
 
@@ -21,7 +35,37 @@ except Exception:  # pragma: no cover - only on a broken cryptography install
     _lib = None
     _ffi = None
 
-__all__ = ["has", "set_expected_peer_name", "verify_error_string"]
+__all__ = [
+    "HandshakeNotes",
+    "attach_notes",
+    "get_session",
+    "has",
+    "notes_of",
+    "session_from_der",
+    "session_reused",
+    "session_to_der",
+    "set_alpn_select",
+    "set_expected_peer_name",
+    "set_psk_client",
+    "set_psk_server",
+    "set_servername_callback",
+    "set_session",
+    "verify_error_string",
+    "watch_handshake",
+]
+
+PSK_MAX_IDENTITY_LENGTH = 128  # OpenSSL's PSK_MAX_IDENTITY_LEN
+PSK_MAX_KEY_LENGTH = 512  # OpenSSL 3/4's PSK_MAX_PSK_LEN (256 before 3.0)
+
+# Since OpenSSL 3.0 a server refuses client-initiated renegotiation unless this option is set.
+# Not bound by cryptography; its value is fixed in OpenSSL's ABI (ssl.h: SSL_OP_BIT(8)).
+OP_ALLOW_CLIENT_RENEGOTIATION: int = int(getattr(_lib, "SSL_OP_ALLOW_CLIENT_RENEGOTIATION", 1 << 8))
+
+_ALERT_INTERNAL_ERROR = 80
+_ALERT_UNRECOGNIZED_NAME = 112
+
+# cffi callback objects, kept alive for the lifetime of the context they were installed on.
+_keepalive: weakref.WeakKeyDictionary[SSL.Context, list[Any]] = weakref.WeakKeyDictionary()
 
 
 def has(*names: str) -> bool:
@@ -64,3 +108,342 @@ def verify_error_string(code: int) -> str:
         text = _ffi.string(_lib.X509_verify_cert_error_string(code))
         return str(text.decode("ascii", "replace"))
     return f"certificate verification error {code}"
+
+
+# -- per-connection notes ---------------------------------------------------------------------
+
+
+@dataclass
+class HandshakeNotes:
+    """What the callbacks learnt about one connection, for engine properties and error messages.
+
+    Stored as the pyOpenSSL connection's app data; callbacks find it from the ``SSL *``.
+    """
+
+    psk_identity: str | None = None
+    """PSK identity the client sent (server) or is sending (client)."""
+    psk_identity_hint: str | None = None
+    """Client: the identity hint the server sent, if any."""
+    server_name: str | None = None
+    """Server: the SNI host name the client sent, if any."""
+    alpn_offered: tuple[str, ...] = ()
+    """ALPN protocols the client offered (server) or offers (client)."""
+    certificate_requested: bool = False
+    """Client: the server asked for a client certificate."""
+    renegotiation_refused: bool = False
+    """This side refused a renegotiation the peer started (alert ``no_renegotiation``)."""
+    failure: str | None = None
+    """Why a callback made OpenSSL fail the handshake, in words."""
+
+
+def attach_notes(connection: SSL.Connection) -> HandshakeNotes:
+    """Give a pyOpenSSL connection fresh notes (as its app data) and return them."""
+    notes = HandshakeNotes()
+    connection.set_app_data(notes)
+    return notes
+
+
+def notes_of(connection: SSL.Connection | None) -> HandshakeNotes | None:
+    """The notes of a connection made by a dtlskit engine, or None."""
+    if connection is None:
+        return None
+    data = connection.get_app_data()
+    return data if isinstance(data, HandshakeNotes) else None
+
+
+def _connection_of(ssl: Any) -> SSL.Connection | None:
+    mapping = getattr(SSL.Connection, "_reverse_mapping", None)
+    if mapping is None:  # pragma: no cover - pyOpenSSL has kept this mapping since 0.13
+        return None
+    connection: SSL.Connection | None = mapping.get(ssl)
+    return connection
+
+
+def _record_failure(ssl: Any, reason: str) -> None:
+    notes = notes_of(_connection_of(ssl))
+    if notes is not None and notes.failure is None:
+        notes.failure = reason
+
+
+def _swallow(exc_type: Any, exc_value: Any, traceback: Any) -> None:
+    """cffi ``onerror``: nothing ever propagates out of a C callback (the error value is used)."""
+
+
+def _keep(ctx: SSL.Context, callback: Any) -> None:
+    _keepalive.setdefault(ctx, []).append(callback)
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", "surrogateescape")
+
+
+# -- PSK (RFC 4279) ---------------------------------------------------------------------------
+
+
+def set_psk_client(ctx: SSL.Context, identity: bytes, key: bytes) -> None:
+    """Make a client context offer PSK cipher suites with ``identity`` and ``key``."""
+    lib = _require("SSL_CTX_set_psk_client_callback")
+
+    def callback(
+        ssl: Any, hint: Any, identity_out: Any, max_identity: int, psk_out: Any, max_psk: int
+    ) -> int:
+        try:
+            notes = notes_of(_connection_of(ssl))
+            if notes is not None:
+                notes.psk_identity = _text(identity)
+                notes.psk_identity_hint = None if hint == _ffi.NULL else _text(_ffi.string(hint))
+            if len(identity) > max_identity or len(key) > max_psk:
+                _record_failure(
+                    ssl,
+                    f"the PSK identity ({len(identity)} bytes) or key ({len(key)} bytes) is "
+                    f"longer than OpenSSL allows ({max_identity} / {max_psk} bytes)",
+                )
+                return 0
+            _ffi.memmove(identity_out, identity + b"\0", len(identity) + 1)
+            _ffi.memmove(psk_out, key, len(key))
+            return len(key)
+        except Exception as exc:  # never into C
+            _record_failure(ssl, f"PSK client callback failed: {type(exc).__name__}: {exc}")
+            return 0
+
+    c_callback = _ffi.callback(
+        "unsigned int (*)(SSL *, char *, char *, unsigned int, unsigned char *, unsigned int)",
+        callback,
+        error=0,
+        onerror=_swallow,
+    )
+    lib.SSL_CTX_set_psk_client_callback(ctx._context, c_callback)
+    _keep(ctx, c_callback)
+
+
+def set_psk_server(
+    ctx: SSL.Context, lookup: Callable[[str], bytes | None], hint: bytes | None
+) -> None:
+    """Make a server context accept PSK cipher suites, finding keys with ``lookup(identity)``.
+
+    ``lookup`` returning None (or failing) makes OpenSSL answer with an ``unknown_psk_identity``
+    alert; the notes say which identity and why.
+    """
+    lib = _require("SSL_CTX_set_psk_server_callback", "SSL_CTX_use_psk_identity_hint")
+
+    def callback(ssl: Any, identity: Any, psk_out: Any, max_psk: int) -> int:
+        name = "?"
+        try:
+            name = "" if identity == _ffi.NULL else _text(_ffi.string(identity))
+            notes = notes_of(_connection_of(ssl))
+            if notes is not None:
+                notes.psk_identity = name
+            key = lookup(name)
+            if key is None:
+                _record_failure(ssl, f"unknown PSK identity {name!r}")
+                return 0
+            if not isinstance(key, bytes | bytearray) or not key:
+                _record_failure(
+                    ssl, f"the PSK lookup for identity {name!r} returned {key!r}, not a key"
+                )
+                return 0
+            if len(key) > max_psk:
+                _record_failure(
+                    ssl,
+                    f"the PSK for identity {name!r} is {len(key)} bytes; OpenSSL allows "
+                    f"at most {max_psk}",
+                )
+                return 0
+            _ffi.memmove(psk_out, bytes(key), len(key))
+            return len(key)
+        except Exception as exc:  # never into C
+            _record_failure(
+                ssl, f"the PSK lookup for identity {name!r} raised {type(exc).__name__}: {exc}"
+            )
+            return 0
+
+    c_callback = _ffi.callback(
+        "unsigned int (*)(SSL *, char *, unsigned char *, unsigned int)",
+        callback,
+        error=0,
+        onerror=_swallow,
+    )
+    lib.SSL_CTX_set_psk_server_callback(ctx._context, c_callback)
+    _keep(ctx, c_callback)
+    if hint is not None and lib.SSL_CTX_use_psk_identity_hint(ctx._context, hint) != 1:
+        _clear_errors()
+        raise ConfigurationError(f"OpenSSL refused the PSK identity hint {hint!r}")
+
+
+# -- server name (SNI) and ALPN on the server ------------------------------------------------
+
+
+def set_servername_callback(
+    ctx: SSL.Context, choose: Callable[[SSL.Connection, str | None], None]
+) -> None:
+    """Call ``choose(connection, sni_name_or_None)`` for every ClientHello, before the server
+    picks its certificate; ``choose`` may switch the connection's context (``set_context``).
+
+    OpenSSL calls this even when the client sent no SNI. If ``choose`` raises, the handshake
+    fails with an ``internal_error`` alert and the notes carry the exception's message.
+    (pyOpenSSL's own wrapper would print the traceback and could not name the cause.)
+    """
+    lib = _require("SSL_CTX_set_tlsext_servername_callback", "SSL_get_servername")
+
+    def callback(ssl: Any, alert: Any, arg: Any) -> int:
+        try:
+            connection = _connection_of(ssl)
+            raw = lib.SSL_get_servername(ssl, lib.TLSEXT_NAMETYPE_host_name)
+            name = None if raw == _ffi.NULL else _text(_ffi.string(raw))
+            notes = notes_of(connection)
+            if notes is not None:
+                notes.server_name = name
+            if connection is not None:
+                choose(connection, name)
+            return int(lib.SSL_TLSEXT_ERR_OK)
+        except Exception as exc:  # never into C
+            _record_failure(ssl, str(exc) or type(exc).__name__)
+            alert[0] = _ALERT_INTERNAL_ERROR
+            return int(lib.SSL_TLSEXT_ERR_ALERT_FATAL)
+
+    c_callback = _ffi.callback(
+        "int (*)(SSL *, int *, void *)",
+        callback,
+        error=lib.SSL_TLSEXT_ERR_ALERT_FATAL,
+        onerror=_swallow,
+    )
+    lib.SSL_CTX_set_tlsext_servername_callback(ctx._context, c_callback)
+    _keep(ctx, c_callback)
+
+
+def set_alpn_select(ctx: SSL.Context, protocols: Sequence[str]) -> None:
+    """Server: select the first of ``protocols`` the client offered; none in common fails the
+    handshake with a ``no_application_protocol`` alert (RFC 7301 §3.2)."""
+    lib = _require("SSL_CTX_set_alpn_select_cb")
+    ours = [p.encode() for p in protocols]
+
+    def callback(ssl: Any, out: Any, outlen: Any, in_: Any, inlen: int, arg: Any) -> int:
+        try:
+            offered: list[tuple[bytes, int]] = []  # (name, offset of the name in in_)
+            data = bytes(_ffi.buffer(in_, inlen))
+            i = 0
+            while i < len(data):
+                length = data[i]
+                offered.append((data[i + 1 : i + 1 + length], i + 1))
+                i += 1 + length
+            notes = notes_of(_connection_of(ssl))
+            names = tuple(_text(name) for name, _ in offered)
+            if notes is not None:
+                notes.alpn_offered = names
+            for wanted in ours:
+                for name, offset in offered:
+                    if name == wanted:
+                        out[0] = in_ + offset  # points into OpenSSL's own buffer: no copy to keep
+                        outlen[0] = len(name)
+                        return int(lib.SSL_TLSEXT_ERR_OK)
+            _record_failure(
+                ssl,
+                f"no common ALPN protocol: the client offered {list(names)}, this server "
+                f"supports {list(protocols)}",
+            )
+        except Exception as exc:  # never into C
+            _record_failure(ssl, f"ALPN selection failed: {type(exc).__name__}: {exc}")
+        return int(lib.SSL_TLSEXT_ERR_ALERT_FATAL)
+
+    c_callback = _ffi.callback(
+        "int (*)(SSL *, unsigned char **, unsigned char *, unsigned char *, unsigned int, void *)",
+        callback,
+        error=lib.SSL_TLSEXT_ERR_ALERT_FATAL,
+        onerror=_swallow,
+    )
+    lib.SSL_CTX_set_alpn_select_cb(ctx._context, c_callback, _ffi.NULL)
+    _keep(ctx, c_callback)
+
+
+# -- sessions ---------------------------------------------------------------------------------
+
+
+def get_session(connection: SSL.Connection) -> Any | None:
+    """The connection's ``SSL_SESSION *`` (a reference we own, freed when collected), or None."""
+    session = connection.get_session()
+    return None if session is None else session._session
+
+
+def set_session(connection: SSL.Connection, session: Any) -> None:
+    """Offer ``session`` (an ``SSL_SESSION *``) for resumption on a client connection.
+
+    pyOpenSSL's ``set_session`` only accepts sessions made with the very same ``Context``; each
+    dtlskit endpoint builds its own context, so we call OpenSSL directly (it requires only the
+    same protocol family, which a DTLS session from any dtlskit client context satisfies).
+    """
+    lib = _require("SSL_set_session")
+    if lib.SSL_set_session(connection._ssl, session) != 1:
+        _clear_errors()
+        raise ConfigurationError("OpenSSL refused the session offered for resumption")
+
+
+def session_to_der(session: Any) -> bytes:
+    """DER encoding of an ``SSL_SESSION *`` (it contains the master secret: keep it private)."""
+    lib = _require("i2d_SSL_SESSION")
+    length = lib.i2d_SSL_SESSION(session, _ffi.NULL)
+    if length <= 0:
+        _clear_errors()
+        raise ConfigurationError("OpenSSL could not serialise the session")
+    buffer = _ffi.new("unsigned char[]", length)
+    cursor = _ffi.new("unsigned char **", buffer)
+    lib.i2d_SSL_SESSION(session, cursor)
+    return bytes(_ffi.buffer(buffer, length))
+
+
+def session_from_der(data: bytes) -> Any:
+    """An ``SSL_SESSION *`` (freed when collected) from :func:`session_to_der` output."""
+    lib = _require("d2i_SSL_SESSION", "SSL_SESSION_free")
+    buffer = _ffi.new("unsigned char[]", data)
+    cursor = _ffi.new("unsigned char **", buffer)
+    session = lib.d2i_SSL_SESSION(_ffi.NULL, cursor, len(data))
+    if session == _ffi.NULL:
+        _clear_errors()
+        raise ConfigurationError("not a serialised DTLS session (OpenSSL could not decode it)")
+    return _ffi.gc(session, lib.SSL_SESSION_free)
+
+
+def session_reused(connection: SSL.Connection) -> bool:
+    """Whether the connection's handshake resumed a session."""
+    if not has("SSL_session_reused"):  # pragma: no cover
+        return False
+    return bool(_lib.SSL_session_reused(connection._ssl))
+
+
+def _clear_errors() -> None:
+    """Leave no stale entry on OpenSSL's thread error queue for pyOpenSSL to misreport later."""
+    if has("ERR_clear_error"):
+        _lib.ERR_clear_error()
+
+
+_CB_WRITE_ALERT = 0x4008  # SSL_CB_WRITE_ALERT
+_ALERT_NO_RENEGOTIATION = 100
+
+
+def watch_handshake(ctx: SSL.Context) -> None:
+    """Note in each connection's notes when the server asks for a client certificate (so the
+    bare ``handshake_failure`` alert a server sends when none comes can be explained), and when
+    this side refuses a renegotiation (warning alert ``no_renegotiation``)."""
+
+    def info(connection: SSL.Connection, where: int, ret: int) -> None:
+        try:  # runs inside an OpenSSL callback: nothing may escape
+            notes = notes_of(connection)
+            if notes is None:
+                return
+            if where & _CB_WRITE_ALERT == _CB_WRITE_ALERT and ret & 0xFF == _ALERT_NO_RENEGOTIATION:
+                notes.renegotiation_refused = True
+            elif b"certificate request" in connection.get_state_string():
+                notes.certificate_requested = True
+        except Exception:  # pragma: no cover - defensive
+            pass
+
+    ctx.set_info_callback(info)
+
+
+def memory_bio_pending(ssl_connection: Any, outgoing: bool = True) -> int | None:
+    """Bytes waiting in a connection's memory BIO (``outgoing``: what OpenSSL wrote for us to
+    send), or None where the bindings cannot tell. Lets the engine drain OpenSSL with one read
+    instead of reading until an exception."""
+    if not has("BIO_get_mem_data"):  # pragma: no cover - cryptography has bound it for years
+        return None
+    bio = ssl_connection._from_ssl if outgoing else ssl_connection._into_ssl
+    return int(_lib.BIO_get_mem_data(bio, _ffi.NULL))

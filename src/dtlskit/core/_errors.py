@@ -2,7 +2,9 @@
 
 OpenSSL reports failures as a list of ``(library, function, reason)`` strings. A reason such as
 ``"sslv3 alert certificate expired"`` means the *peer* sent that alert; ``"certificate verify
-failed"`` means *we* rejected the peer's chain, and the verify callback recorded why.
+failed"`` means *we* rejected the peer's chain, and the verify callback recorded why. When one
+of our own callbacks (PSK, ALPN, SNI) failed the handshake, its reason is in the connection's
+:class:`~dtlskit.core._bindings.HandshakeNotes` and becomes the message.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from ..exceptions import (
     HandshakeError,
     HandshakeFailure,
 )
+from ._bindings import HandshakeNotes
 
 __all__ = ["alert_name", "handshake_error", "session_error"]
 
@@ -56,12 +59,20 @@ def alert_name(exc: SSL.Error) -> str | None:
 
 
 def handshake_error(
-    exc: SSL.Error, *, verify_reason: str | None, server: bool, peer: str
+    exc: SSL.Error,
+    *,
+    verify_reason: str | None,
+    server: bool,
+    peer: str,
+    notes: HandshakeNotes | None = None,
 ) -> HandshakeError:
     """The HandshakeError subclass for a failed handshake, with a message naming the cause."""
     words = reasons(exc)
     joined = "; ".join(words)
     alert = alert_name(exc)
+    explained = _explain_with_notes(joined, alert, notes, server=server, peer=peer)
+    if explained is not None and verify_reason is None:
+        return explained
     if verify_reason is not None or "certificate verify failed" in joined:
         why = verify_reason or "certificate verify failed"
         whose = "client" if server else "server"
@@ -86,9 +97,63 @@ def handshake_error(
     return HandshakeFailure(f"handshake with {peer} failed: {joined}")
 
 
+def _explain_with_notes(
+    joined: str, alert: str | None, notes: HandshakeNotes | None, *, server: bool, peer: str
+) -> HandshakeError | None:
+    """Failures that only the notes of our callbacks can explain (PSK, ALPN, SNI, missing
+    client certificate), or None."""
+    if notes is None:
+        return None
+    if notes.failure is not None:  # one of our callbacks refused: it said why
+        if "psk identity not found" in joined:
+            return HandshakeFailure(
+                f"PSK handshake with {peer} refused: {notes.failure} "
+                "(sent alert: unknown psk identity)",
+                alert="unknown psk identity",
+            )
+        if "no application protocol" in joined:
+            return HandshakeFailure(
+                f"handshake with {peer} refused: {notes.failure} "
+                "(sent alert: no application protocol)",
+                alert="no application protocol",
+            )
+        return HandshakeFailure(f"handshake with {peer} failed: {notes.failure}", alert=alert)
+    if alert == "unknown psk identity":
+        return HandshakeFailure(
+            f"{peer} does not know our PSK identity {notes.psk_identity!r} "
+            "(alert: unknown psk identity)",
+            alert=alert,
+        )
+    if alert == "no application protocol":
+        return HandshakeFailure(
+            f"no common ALPN protocol: {peer} supports none of {list(notes.alpn_offered)} "
+            "(alert: no application protocol)",
+            alert=alert,
+        )
+    if alert in ("decrypt error", "bad record mac") and notes.psk_identity is not None:
+        return HandshakeFailure(
+            f"{peer} could not verify our Finished message (alert: {alert}): the PSK for "
+            f"identity {notes.psk_identity!r} differs between the two sides",
+            alert=alert,
+        )
+    if alert == "handshake failure" and not server and notes.certificate_requested:
+        return CertificateVerificationError(
+            f"{peer} requires a client certificate and this client has none "
+            "(set certfile and keyfile) (alert: handshake failure)",
+            reason="certificate required",
+        )
+    return None
+
+
 def session_error(exc: SSL.Error, *, peer: str) -> ConnectionLost:
     """ConnectionLost for a fatal error on an established session."""
     alert = alert_name(exc)
+    if "no renegotiation" in reasons(exc):
+        return ConnectionLost(
+            f"{peer} refused to renegotiate (alert: no renegotiation); OpenSSL ends a session "
+            "whose renegotiation the peer refuses",
+            alert="no renegotiation",
+        )
     if alert is not None:
         return ConnectionLost(f"{peer} sent fatal alert: {alert}", alert=alert)
     return ConnectionLost(f"session with {peer} failed: {'; '.join(reasons(exc))}")

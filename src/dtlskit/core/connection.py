@@ -1,4 +1,5 @@
-"""One DTLS association (one peer), sans I/O: bytes and ``now`` in; datagrams, events, deadlines out.
+"""One DTLS association (one peer), sans I/O: bytes and ``now`` in; datagrams, events and
+deadlines out.
 
 Theory of operation
 -------------------
@@ -35,6 +36,7 @@ and re-arm a timer for :meth:`get_timer`, calling :meth:`handle_timer` when it e
 from __future__ import annotations
 
 import collections
+import contextlib
 import enum
 import ipaddress
 import ssl
@@ -52,6 +54,7 @@ from ..exceptions import (
     ConnectionLost,
     DTLSError,
     HandshakeTimeout,
+    InvalidMessage,
     MessageTooLarge,
 )
 from . import _bindings, _errors
@@ -64,12 +67,14 @@ from .records import (
     split_records_trusted,
     split_records_untrusted,
 )
+from .session import NegotiatedSession, Session
 
 __all__ = ["ConnectionStatistics", "DTLSConnection", "State", "fallback_mtu_for"]
 
 Address = tuple[Any, ...]
 
 _MAX_READ = 65536
+_MAX_PLAINTEXT = 2**14  # largest plaintext of one record
 _MAX_PEER_FLIGHT_RECORDS = 64
 # How far OpenSSL's wall-clock timer may lag ours before we stop waiting for it.
 _CLOCK_SKEW = 0.05
@@ -126,8 +131,14 @@ class ConnectionStatistics:
         return ConnectionStatistics(**{**self.__dict__, "drops": dict(self.drops)})
 
 
-class DTLSConnection:
-    """The engine of one DTLS association. See the module docstring for the contract."""
+class DTLSConnection(NegotiatedSession):
+    """The engine of one DTLS association. See the module docstring for the contract.
+
+    A client may pass ``session=`` (a :class:`~dtlskit.core.session.Session` taken from an
+    earlier connection's :attr:`session`) to resume it; what the handshake negotiated (ALPN,
+    SRTP, PSK identity, exported keys, the session) comes from
+    :class:`~dtlskit.core.session.NegotiatedSession`.
+    """
 
     def __init__(
         self,
@@ -137,6 +148,7 @@ class DTLSConnection:
         peer_address: Address | None = None,
         context: SSL.Context | None = None,
         server_hostname: str | None = None,
+        session: Session | None = None,
     ) -> None:
         self._config = config
         self._server = server
@@ -149,8 +161,11 @@ class DTLSConnection:
         self._ssl.set_ciphertext_mtu(self._mtu)
         self._verify_reason: str | None = None
         self._setup_verification(server_hostname)
+        self._setup_negotiation(
+            server_hostname or config.server_hostname, config.alpn_protocols, session
+        )
 
-        self.state = State.INITIAL
+        self.state: State = State.INITIAL
         self._events: collections.deque[ev.Event] = collections.deque()
         self._queued_messages = 0
         self._outgoing: list[bytes] = []
@@ -251,7 +266,7 @@ class DTLSConnection:
             )
             return False
         self._advance_handshake(now)
-        return self.state is not State.TERMINATED
+        return self._state_now() is not State.TERMINATED
 
     def receive_datagram(self, data: bytes, now: float) -> None:
         """Feed one datagram from the peer. Then drain events and send datagrams."""
@@ -266,27 +281,37 @@ class DTLSConnection:
             flight = self._flight_key
             self._bio_write(data)
             self._advance_handshake(now)
-            if self.state is State.ESTABLISHED:
+            state = self._state_now()
+            if state is State.ESTABLISHED:
                 self._read_application_data(now)
-            elif repeat and self.state is State.HANDSHAKING and flight == self._flight_key:
+            elif repeat and state is State.HANDSHAKING and flight == self._flight_key:
                 self._resend_flight_early(now)
             return
         # Established: OpenSSL keeps seeing everything (a lost final flight is recovered this way).
         repeat = bool(self._final_flight) and self._matches(data, self._peer_flight)
         self._bio_write(data)
         produced_before = len(self._outgoing)
-        self._read_application_data(now)
+        self._read_application_data(now, single_record=_is_single_record(data))
         if self.state is State.ESTABLISHED and repeat:
             self._resend_final_flight(now, openssl_did=len(self._outgoing) > produced_before)
 
     def send(self, message: bytes) -> None:
-        """Encrypt one message into one record. Then call :meth:`datagrams_to_send`."""
+        """Encrypt one message into one record. Then call :meth:`datagrams_to_send`.
+
+        Raises :class:`InvalidMessage` for an empty or non-bytes message (the session goes on),
+        :class:`MessageTooLarge` above :attr:`cleartext_mtu`.
+        """
+        if isinstance(message, str) or not isinstance(message, bytes | bytearray | memoryview):
+            raise InvalidMessage(f"a message must be bytes-like, not {type(message).__name__}")
+        data = bytes(message)
+        if not data:
+            raise InvalidMessage("cannot send an empty message: DTLS records carry 1 byte or more")
         self._check_usable()
         limit = self.cleartext_mtu
-        if len(message) > limit:
-            raise MessageTooLarge(len(message), limit)
+        if len(data) > limit:
+            raise MessageTooLarge(len(data), limit)
         try:
-            self._ssl.write(bytes(message))
+            self._ssl.write(data)
         except SSL.Error as exc:
             error = _errors.session_error(exc, peer=self._peer_text)
             self._terminate(error, None)
@@ -300,10 +325,8 @@ class DTLSConnection:
         if self.state in (State.CLOSED, State.TERMINATED):
             return
         if self.state is State.ESTABLISHED:
-            try:
+            with contextlib.suppress(SSL.Error):
                 self._ssl.shutdown()
-            except SSL.Error:
-                pass
             self._collect_output(None)
         self._finish(State.CLOSED)
         self.error = ConnectionClosedLocally("the connection was closed locally")
@@ -358,10 +381,8 @@ class DTLSConnection:
             self._retransmit(now)
         if self._idle_deadline is not None and now >= self._idle_deadline:
             timeout = self._idle_timeout or 0.0
-            try:
+            with contextlib.suppress(SSL.Error):
                 self._ssl.shutdown()
-            except SSL.Error:
-                pass
             self._collect_output(now)
             self._terminate(
                 ConnectionLost(f"no message from {self._peer_text} for {timeout:g} s (idle)"),
@@ -373,6 +394,16 @@ class DTLSConnection:
         return self._stats.copy()
 
     # -- properties ---------------------------------------------------------------------------
+
+    @property
+    def config(self) -> DTLSConfiguration:
+        """The configuration this engine was built from."""
+        return self._config
+
+    def note_drop(self, reason: str) -> None:
+        """Count a drop that happened outside the engine (e.g. a front end's full queue), so
+        :meth:`statistics` reports every drop of the session in one place."""
+        self._drop(reason)
 
     @property
     def is_server(self) -> bool:
@@ -387,12 +418,15 @@ class DTLSConnection:
     @property
     def cleartext_mtu(self) -> int:
         """Largest message that fits in one record at the current MTU."""
+        # A record carries at most 2**14 bytes of plaintext (RFC 6347 §4.1, RFC 5246 §6.2.1);
+        # OpenSSL's figure ignores that above an MTU of ~16.5 kB, and a larger write then
+        # fails inside OpenSSL and terminates the session instead of raising MessageTooLarge.
         if self.state is State.ESTABLISHED:
             try:
-                return int(self._ssl.get_cleartext_mtu())
+                return min(int(self._ssl.get_cleartext_mtu()), _MAX_PLAINTEXT)
             except SSL.Error:  # pragma: no cover - only before keys exist
                 pass
-        return self._mtu - 64
+        return min(self._mtu - 64, _MAX_PLAINTEXT)
 
     @property
     def version(self) -> str | None:
@@ -422,8 +456,12 @@ class DTLSConnection:
     @property
     def peer_certificate_chain(self) -> list[Any]:
         """The chain the peer sent, leaf first, as ``cryptography`` certificates."""
-        chain = self._ssl.get_peer_cert_chain(as_cryptography=True)
-        return list(chain or [])
+        chain = list(self._ssl.get_peer_cert_chain(as_cryptography=True) or [])
+        # OpenSSL leaves the leaf out of a server's view of the client's chain: put it back.
+        leaf = self.peer_certificate
+        if leaf is not None and (not chain or chain[0] != leaf):
+            chain.insert(0, leaf)
+        return chain
 
     @property
     def ssl_object(self) -> SSL.Connection:
@@ -448,6 +486,7 @@ class DTLSConnection:
                 _errors.handshake_error(
                     exc,
                     verify_reason=self._verify_reason,
+                    notes=self._notes,
                     server=self._server,
                     peer=self._peer_text,
                 ),
@@ -542,7 +581,9 @@ class DTLSConnection:
 
     # -- established ----------------------------------------------------------------------------
 
-    def _read_application_data(self, now: float) -> None:
+    def _read_application_data(self, now: float, single_record: bool = False) -> None:
+        """Decrypt every record OpenSSL holds. ``single_record``: the datagram held exactly one
+        record, so one successful read is all there is (saves a read that would only raise)."""
         got_data = False
         while self.state is State.ESTABLISHED:
             try:
@@ -560,9 +601,11 @@ class DTLSConnection:
             self._stats.messages_received += 1
             if self._queued_messages >= self._config.limits.max_queued_messages:
                 self._drop("queue_full")
-                continue
-            self._queued_messages += 1
-            self._events.append(ev.MessageReceived(bytes(data)))
+            else:
+                self._queued_messages += 1
+                self._events.append(ev.MessageReceived(bytes(data)))
+            if single_record:
+                break
         if got_data:
             # Authenticated data from the peer: it has finished, our final flight arrived.
             self._final_flight = []
@@ -572,10 +615,8 @@ class DTLSConnection:
         self._collect_output(now)
 
     def _peer_closed(self) -> None:
-        try:
+        with contextlib.suppress(SSL.Error):
             self._ssl.shutdown()  # answer with our close_notify, best effort
-        except SSL.Error:
-            pass
         self._collect_output(None)
         self._finish(State.CLOSED)
         self.error = ConnectionClosedByPeer(
@@ -620,6 +661,11 @@ class DTLSConnection:
         if not openssl_did:
             self._queue(self._final_flight)
 
+    def _state_now(self) -> State:
+        """The state after a call that may have changed it (keeps type checkers from assuming
+        it is still what it was before the call)."""
+        return self.state
+
     def _resend_allowed(self, now: float, last_sent: float | None) -> bool:
         """A flight re-sent because the peer repeated its own goes out at most once per
         :data:`_MIN_RESEND_INTERVAL` (RELIABILITY rule 8): a peer that really lost our flight
@@ -645,15 +691,18 @@ class DTLSConnection:
             self._drop("bio_write_failed")
 
     def _drain_openssl(self) -> list[bytes]:
+        pending = _bindings.memory_bio_pending(self._ssl)
+        if pending == 0:
+            return []
         chunks = []
         while True:
             try:
-                chunk = self._ssl.bio_read(_MAX_READ)
+                chunk = self._ssl.bio_read(pending or _MAX_READ)
             except SSL.WantReadError:
                 break
-            if not chunk:
-                break
             chunks.append(chunk)
+            if pending is not None or len(chunk) < _MAX_READ:
+                break  # a memory BIO returns everything it holds up to the size asked
         if not chunks:
             return []
         try:
@@ -701,6 +750,7 @@ class DTLSConnection:
     def _terminate(self, error: DTLSError, now: float | None) -> None:
         if self.state in (State.CLOSED, State.TERMINATED):
             return
+        error = self._explain_failure(error)
         self._finish(State.TERMINATED)
         self.error = error
         self._events.append(ev.ConnectionTerminated(error))
@@ -712,8 +762,15 @@ class DTLSConnection:
 
 def _flight_key(record: bytes) -> tuple[int, int, int | None]:
     epoch = int.from_bytes(record[3:5], "big")
-    sequence = handshake_message_sequence_trusted(record) if record[0] == CONTENT_HANDSHAKE else None
+    sequence = (
+        handshake_message_sequence_trusted(record) if record[0] == CONTENT_HANDSHAKE else None
+    )
     return (epoch, record[0], sequence)
+
+
+def _is_single_record(data: bytes) -> bool:
+    """Whether a datagram's framing says it holds exactly one record (OpenSSL still judges it)."""
+    return len(data) >= 13 and 13 + int.from_bytes(data[11:13], "big") == len(data)
 
 
 def _is_ip_literal(name: str) -> bool:

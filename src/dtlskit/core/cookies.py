@@ -72,7 +72,7 @@ class CookieJar:
     def verify(
         self, cookie: bytes, address: tuple[object, ...], bound_fields: bytes, now: float
     ) -> bool:
-        """Whether ``cookie`` was issued to ``address`` for these fields in this or the last tick."""
+        """Whether ``cookie`` was issued to ``address`` for these fields, this tick or the last."""
         if len(cookie) != COOKIE_LENGTH:
             return False
         tick = self._tick(now)

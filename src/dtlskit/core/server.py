@@ -7,10 +7,10 @@ the datagram is not a ClientHello, it goes to that association's engine. Otherwi
 record is parsed (untrusted) as a ClientHello:
 
 1. A first ClientHello (message_seq 0) without a valid cookie: answer statelessly with a
-   HelloVerifyRequest (RFC 6347 §4.2.1). Nothing is stored. A later ClientHello whose cookie does
-   not verify is dropped and counted (``bad_cookie``). The answer is sent only if it is no larger than the
-   ClientHello (bytes sent toward an unvalidated address never exceed bytes received from it),
-   and at most ``Limits.hello_verify_per_second`` times a second per source IP.
+   HelloVerifyRequest (RFC 6347 §4.2.1). Nothing is stored. A later ClientHello whose cookie
+   does not verify is dropped and counted (``bad_cookie``). The answer is sent only if it is no
+   larger than the ClientHello (bytes sent toward an unvalidated address never exceed bytes
+   received from it), and at most ``Limits.hello_verify_per_second`` times a second per source IP.
 2. A valid cookie: the client proved it receives at its address. Only now, and only within the
    limits on sessions, sessions per IP and half-open handshakes, is an association allocated. If
    one already existed for the address, it is replaced (§4.2.8: the client restarted), unless the
@@ -117,17 +117,15 @@ class ServerEngine:
         self._timers: list[tuple[float, int, Address, DTLSConnection]] = []
         self._armed: dict[int, float] = {}
         self._counter = itertools.count()
-        self._buckets: collections.OrderedDict[Any, tuple[float, float]] = (
-            collections.OrderedDict()
-        )
+        self._buckets: collections.OrderedDict[Any, tuple[float, float]] = collections.OrderedDict()
         self._stats = ServerStatistics()
         self._idle_timeout = (
             config.idle_timeout if config.idle_timeout is not None else config.limits.idle_timeout
         )
         self._session_config = (
-            config if self._idle_timeout == config.idle_timeout else config.replace(
-                idle_timeout=self._idle_timeout
-            )
+            config
+            if self._idle_timeout == config.idle_timeout
+            else config.replace(idle_timeout=self._idle_timeout)
         )
 
     # -- public verbs ---------------------------------------------------------------------------
@@ -233,9 +231,7 @@ class ServerEngine:
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _send_hello_verify(
-        self, hello: Any, data: bytes, address: Address, now: float
-    ) -> None:
+    def _send_hello_verify(self, hello: Any, data: bytes, address: Address, now: float) -> None:
         self._stats.bytes_received_unvalidated += len(data)
         if not self._take_token(address[0], now):
             self._drop("hello_verify_rate_limited")
@@ -289,9 +285,7 @@ class ServerEngine:
             self._drop("max_half_open")
             return
         if replacing is not None:
-            replacing.abort(
-                ConnectionLost(f"replaced by a new handshake from {_format(address)}")
-            )
+            replacing.abort(ConnectionLost(f"replaced by a new handshake from {_format(address)}"))
             self._stats.sessions_replaced += 1
             self._touched(address, replacing)
             self._flush()

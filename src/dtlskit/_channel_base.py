@@ -1,0 +1,263 @@
+"""What the asyncio and the blocking front ends share about a channel and a server.
+
+Nothing here waits, reads a clock, or touches an event loop or a thread: a flavour supplies
+those. This module turns engine events into channel state (:class:`Inbox`), terminal events into
+the exception a user sees, and reads the channel properties from the engine
+(:class:`ChannelBase`), so both flavours behave identically.
+
+The channel life cycle, common to both flavours:
+
+* Messages are queued in arrival order (the engine already bounds how many may wait).
+* When the session ends (close_notify either way, a fatal alert, idle expiry, a socket error),
+  the inbox records the error. Messages already received are still returned by ``recv``; after
+  them ``recv`` raises that error, a fresh copy on every call.
+* Iteration stops cleanly when the session ended with close_notify (sent by the peer, or by this
+  side's ``close()``, including a server shutting down); any other end raises.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import dataclasses
+import errno
+from collections.abc import Iterable
+from typing import Any
+
+from ._sockets import Address, SocketOptions, format_address, translate_os_error
+from .core import events as ev
+from .core.connection import ConnectionStatistics, DTLSConnection, State
+from .core.server import ServerStatistics
+from .exceptions import (
+    ConnectionClosedByPeer,
+    ConnectionClosedLocally,
+    ConnectionLost,
+    DTLSError,
+    TransportError,
+)
+
+__all__ = [
+    "ChannelBase",
+    "Inbox",
+    "aggregate_server_statistics",
+    "ends_iteration",
+    "fresh_error",
+    "send_error",
+    "terminal_error",
+]
+
+
+def fresh_error(error: DTLSError) -> DTLSError:
+    """A copy of ``error`` to raise, so repeated raises do not pile up one shared traceback."""
+    try:
+        clone = copy.copy(error)
+    except Exception:  # pragma: no cover - an exception class copy cannot rebuild
+        return error
+    clone.__cause__ = error.__cause__
+    clone.__traceback__ = None
+    return clone
+
+
+def terminal_error(engine: DTLSConnection, event: ev.Event) -> DTLSError:
+    """The exception a user sees after a terminal event (ConnectionClosed/Terminated)."""
+    if isinstance(event, ev.ConnectionTerminated):
+        return event.error
+    if engine.error is not None:
+        return engine.error
+    if isinstance(event, ev.ConnectionClosed) and event.by_peer:  # pragma: no cover - engine sets
+        return ConnectionClosedByPeer("the peer closed the connection", alert=event.alert)
+    return ConnectionClosedLocally("the connection was closed locally")  # pragma: no cover
+
+
+def ends_iteration(error: DTLSError) -> bool:
+    """Whether ``error`` ends ``for``/``async for`` cleanly (a close_notify either way)."""
+    return isinstance(error, ConnectionClosedByPeer | ConnectionClosedLocally)
+
+
+def send_error(exc: OSError, address: Address | None, mtu: int) -> DTLSError:
+    """The dtlskit exception for a failed datagram send, naming the MTU when it is too large."""
+    if exc.errno == errno.EMSGSIZE:
+        return TransportError(
+            errno.EMSGSIZE,
+            f"a datagram of up to {mtu} bytes (the mtu setting) is too large for the path to "
+            f"{format_address(address)}: lower the mtu setting",
+        )
+    return translate_os_error(exc, "send to", address)
+
+
+class Inbox:
+    """Received messages of one channel, and how its session ended. Flavour-neutral."""
+
+    __slots__ = ("error", "messages")
+
+    def __init__(self) -> None:
+        self.messages: collections.deque[bytes] = collections.deque()
+        self.error: DTLSError | None = None
+        """Set once, when the session ends; what ``recv`` raises after the queued messages."""
+
+    def put(self, data: bytes) -> None:
+        """Queue one received message."""
+        self.messages.append(data)
+
+    def end(self, error: DTLSError) -> bool:
+        """Record how the session ended; True the first time (waiters must be woken)."""
+        if self.error is not None:
+            return False
+        self.error = error
+        return True
+
+    def take(self) -> bytes | None:
+        """The oldest message; None if the caller must wait; raises once the session ended."""
+        if self.messages:
+            return self.messages.popleft()
+        if self.error is not None:
+            raise fresh_error(self.error)
+        return None
+
+    @property
+    def ended(self) -> bool:
+        """Whether the session is over."""
+        return self.error is not None
+
+
+class ChannelBase(SocketOptions):
+    """State and properties of a channel, read from its engine; the flavour adds the waiting.
+
+    ``sock`` is the socket datagrams go through: the client's own connected socket, or on a
+    server the listening socket shared by every peer.
+    """
+
+    def __init__(self, engine: DTLSConnection, sock: Any, peer_address: Address) -> None:
+        self._engine = engine
+        self._sock = sock
+        self._peer_address = tuple(peer_address)
+        self._inbox = Inbox()
+        self._close_called = False
+        self._max_queued = engine.config.limits.max_queued_messages
+
+    # -- engine events --------------------------------------------------------------------------
+
+    def _handle_event(self, event: ev.Event) -> bool:
+        """Apply one engine event; True when waiters must be woken.
+
+        Received messages wait in the inbox up to ``config.limits.max_queued_messages``; newer
+        ones are dropped and counted as ``"queue_full"`` in the session's statistics (DTLS
+        never retransmits application data, so a reader that falls behind loses messages
+        rather than growing memory without bound).
+        """
+        if isinstance(event, ev.MessageReceived):
+            if len(self._inbox.messages) >= self._max_queued:
+                self._engine.note_drop("queue_full")
+                return False
+            self._inbox.put(event.data)
+            return True
+        if isinstance(event, ev.ConnectionClosed | ev.ConnectionTerminated):
+            return self._inbox.end(terminal_error(self._engine, event))
+        return False
+
+    def _end(self, error: DTLSError) -> bool:
+        """End the channel without an engine event (the socket went away); True if it was live."""
+        return self._inbox.end(error)
+
+    def _check_sendable(self, data: bytes | bytearray | memoryview) -> bytes:
+        """Validate a message before it is handed to the engine; raises when it cannot go."""
+        if isinstance(data, str):
+            raise TypeError("send() takes bytes; encode text first, e.g. text.encode()")
+        if self._inbox.error is not None:
+            raise fresh_error(self._inbox.error)
+        if self._close_called:  # pragma: no cover - close() always ends the inbox
+            raise ConnectionClosedLocally("the connection was closed locally")
+        if self._engine.state is not State.ESTABLISHED:  # pragma: no cover - defensive
+            raise ConnectionLost(f"the connection to {self._peer_text} is not established")
+        return bytes(data)
+
+    @property
+    def _peer_text(self) -> str:
+        return format_address(self._peer_address)
+
+    # -- SocketOptions ------------------------------------------------------------------------
+
+    def _options_socket(self) -> Any:
+        return self._sock
+
+    # -- properties -----------------------------------------------------------------------------
+
+    def getpeername(self) -> Address:
+        """The peer's address."""
+        return self._peer_address
+
+    def pending(self) -> int:
+        """Number of received messages waiting to be read."""
+        return len(self._inbox.messages)
+
+    def statistics(self) -> ConnectionStatistics:
+        """A snapshot of the engine's counters for this session."""
+        return self._engine.statistics()
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` was called or the session ended."""
+        return self._close_called or self._inbox.ended
+
+    @property
+    def mtu(self) -> int:
+        """Largest datagram this session sends, in bytes."""
+        return self._engine.mtu
+
+    @property
+    def cleartext_mtu(self) -> int:
+        """Largest message that fits in one datagram; larger ones raise MessageTooLarge."""
+        return self._engine.cleartext_mtu
+
+    @property
+    def version(self) -> str | None:
+        """Negotiated protocol version, e.g. ``"DTLSv1.2"``."""
+        return self._engine.version
+
+    @property
+    def cipher(self) -> str | None:
+        """Negotiated cipher suite (OpenSSL name)."""
+        return self._engine.cipher
+
+    @property
+    def alpn_protocol(self) -> str | None:
+        """The application protocol negotiated with ALPN, if any."""
+        proto = self._engine.ssl_object.get_alpn_proto_negotiated()
+        return proto.decode("ascii", "replace") if proto else None
+
+    @property
+    def peer_certificate(self) -> Any:
+        """The peer's certificate (``cryptography.x509.Certificate``), or None."""
+        return self._engine.peer_certificate
+
+    @property
+    def peer_certificate_chain(self) -> list[Any]:
+        """The certificates the peer sent, leaf first."""
+        return self._engine.peer_certificate_chain
+
+    @property
+    def session_reused(self) -> bool:
+        """Whether the handshake resumed an earlier session."""
+        return self._engine.session_reused
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else self._engine.state.value
+        return f"<{type(self).__name__} {self._peer_text} {state}>"
+
+
+def aggregate_server_statistics(
+    parts: Iterable[ServerStatistics], extra_drops: dict[str, int] | None = None
+) -> ServerStatistics:
+    """One ServerStatistics summing every socket's, plus drops the front end counted itself."""
+    total = ServerStatistics()
+    drops: collections.Counter[str] = collections.Counter()
+    for part in parts:
+        for item in dataclasses.fields(ServerStatistics):
+            if item.name == "drops":
+                continue
+            setattr(total, item.name, getattr(total, item.name) + getattr(part, item.name))
+        drops.update(part.drops)
+    if extra_drops:
+        drops.update(extra_drops)
+    total.drops = dict(drops)
+    return total

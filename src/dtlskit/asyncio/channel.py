@@ -1,0 +1,278 @@
+"""The asyncio :class:`Channel`, and :class:`Endpoint`, the datagram protocol under every socket.
+
+Theory of operation
+-------------------
+Each UDP socket has exactly one :class:`Endpoint` (an :class:`asyncio.DatagramProtocol`). Every
+wake-up — a datagram arrived, the engine's timer expired, the user sent or closed — ends in
+:meth:`Endpoint.flush`, the same three steps the core asks for: transmit what the engine queued,
+drain its events (messages go to the channel's inbox, waiters are woken), and re-arm the one
+``loop.call_at`` timer at the engine's next deadline (replaced only when the deadline moved).
+``flush`` never runs user code and guards against re-entry: a socket error reported while we
+transmit (asyncio calls ``error_received`` from inside ``sendto``) feeds the engine and makes the
+running ``flush`` go round once more.
+
+The clock is ``loop.time()`` (monotonic), the clock ``call_at`` uses, so deadlines need no
+conversion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import warnings
+from typing import Any, cast
+
+from .._channel_base import ChannelBase, ends_iteration, send_error
+from .._sockets import Address
+from ..core.connection import DTLSConnection
+from ..exceptions import ConcurrencyError, ConnectionClosedLocally, DTLSError
+
+__all__ = ["Channel"]
+
+
+class Endpoint(asyncio.DatagramProtocol):
+    """One socket's protocol. Subclasses say what to transmit, what to drain, when to wake."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, logger: logging.Logger) -> None:
+        self._loop = loop
+        self._logger = logger
+        self._transport: asyncio.DatagramTransport | None = None
+        self._busy = False
+        self._again = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._sending = False
+        self._send_failure: OSError | None = None
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._lost: asyncio.Future[None] = loop.create_future()
+
+    # -- to override ----------------------------------------------------------------------------
+
+    def _transmit(self) -> None:
+        raise NotImplementedError
+
+    def _drain(self) -> None:
+        raise NotImplementedError
+
+    def _deadline(self) -> float | None:
+        raise NotImplementedError
+
+    def _on_deadline(self, now: float) -> None:
+        raise NotImplementedError
+
+    def channel_closed(self, channel: Channel) -> None:
+        """A channel on this socket was closed by its user."""
+
+    async def wait_channel_closed(self, channel: Channel) -> None:
+        """Wait until what ``channel_closed`` started is finished."""
+
+    # -- the three steps ------------------------------------------------------------------------
+
+    def now(self) -> float:
+        """The engine clock: ``loop.time()``."""
+        return self._loop.time()
+
+    def flush(self) -> OSError | None:
+        """Transmit, drain events, re-arm the timer. Returns a send failure seen meanwhile."""
+        if self._busy:
+            self._again = True
+            return None
+        self._busy = True
+        self._send_failure = None
+        try:
+            while True:
+                self._again = False
+                self._transmit()
+                self._drain()
+                if not self._again:
+                    break
+            self._rearm(self._deadline() if not self.is_closed() else None)
+        finally:
+            self._busy = False
+        failure, self._send_failure = self._send_failure, None
+        return failure
+
+    def _rearm(self, deadline: float | None) -> None:
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is not None:
+            self._timer = self._loop.call_at(deadline, self._fire_timer)
+
+    def _fire_timer(self) -> None:
+        scheduled = self._timer_at
+        self._timer = None
+        self._timer_at = None
+        # call_at may run a hair (its clock resolution) early: never hand the engine a `now`
+        # before the deadline it asked for, or it would ask for the same deadline again.
+        now = self._loop.time()
+        if scheduled is not None and now < scheduled:
+            now = scheduled
+        self._on_deadline(now)
+        self.flush()
+
+    def _sendto(self, data: bytes, address: Address | None) -> bool:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return False
+        self._sending = True
+        try:
+            transport.sendto(data, address)
+        finally:
+            self._sending = False
+        return True
+
+    def is_closed(self) -> bool:
+        """Whether the socket is closed or closing."""
+        return self._transport is None or self._transport.is_closing()
+
+    # -- asyncio.DatagramProtocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.DatagramTransport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._rearm(None)
+        self._writable.set()
+        if not self._lost.done():
+            self._lost.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    async def writable(self) -> None:
+        """Wait while the transport's send buffer is over its high-water mark."""
+        if not self._writable.is_set():
+            await self._writable.wait()
+
+    async def wait_lost(self) -> None:
+        """Wait until the transport has closed its socket."""
+        if self._transport is None:
+            return
+        await asyncio.shield(self._lost)
+
+
+class Channel(ChannelBase):
+    """One DTLS session with one peer: message-oriented, like a connected datagram socket.
+
+    Get one from :func:`dtlskit.asyncio.connect`, as a server handler's argument, or from
+    ``accept()``. ``send``/``recv`` are coroutines; ``close()`` is not (it never waits for the
+    peer). ``async for message in channel`` ends when the session ends with close_notify.
+    """
+
+    def __init__(
+        self,
+        engine: DTLSConnection,
+        endpoint: Endpoint,
+        sock: Any,
+        peer_address: Address,
+        *,
+        owns_socket: bool,
+    ) -> None:
+        super().__init__(engine, sock, peer_address)
+        self._endpoint = endpoint
+        self._owns_socket = owns_socket
+        self._waiter: asyncio.Future[None] | None = None
+
+    def _handle_event(self, event: Any) -> bool:
+        wake = super()._handle_event(event)
+        if wake:
+            self._wake()
+        return wake
+
+    def _end(self, error: DTLSError) -> bool:
+        ended = super()._end(error)
+        if ended:
+            self._wake()
+        return ended
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- messages -------------------------------------------------------------------------------
+
+    async def send(self, data: bytes | bytearray | memoryview) -> None:
+        """Send one message (one datagram). Raises MessageTooLarge past ``cleartext_mtu``, or the
+        error that ended the session (ConnectionClosed family)."""
+        message = self._check_sendable(data)
+        await self._endpoint.writable()
+        self._check_sendable(message)  # the session may have ended while we waited
+        self._engine.send(message)
+        failure = self._endpoint.flush()
+        if failure is not None:
+            raise send_error(failure, self._peer_address, self.mtu) from failure
+
+    async def recv(self) -> bytes:
+        """The next message. After the session ended: queued messages, then the error that ended
+        it (ConnectionClosedByPeer, ConnectionClosedLocally, ConnectionLost, ...)."""
+        if self._waiter is not None:
+            raise ConcurrencyError(
+                f"another task is already waiting in recv() on the channel to {self._peer_text}; "
+                "read from one task and hand messages to the others"
+            )
+        while True:
+            message = self._inbox.take()
+            if message is not None:
+                return message
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiter = waiter
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+
+    def __aiter__(self) -> Channel:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self.recv()
+        except DTLSError as exc:
+            if ends_iteration(exc):
+                raise StopAsyncIteration from None
+            raise
+
+    # -- life cycle -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Send close_notify (once, best effort) and end the session. Idempotent; never waits."""
+        if self._close_called:
+            return
+        self._close_called = True
+        self._engine.close()
+        self._endpoint.flush()
+        self._end(ConnectionClosedLocally("the connection was closed locally"))
+        self._endpoint.channel_closed(self)
+
+    async def wait_closed(self) -> None:
+        """After :meth:`close`: wait until the socket (a client's own) is released."""
+        await self._endpoint.wait_channel_closed(self)
+
+    async def __aenter__(self) -> Channel:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+        await self.wait_closed()
+
+    def __del__(self) -> None:
+        if getattr(self, "_close_called", True):
+            return
+        inbox = getattr(self, "_inbox", None)
+        if not getattr(self, "_owns_socket", False) and (inbox is None or inbox.ended):
+            return
+        warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self, stacklevel=1)
+        endpoint = getattr(self, "_endpoint", None)
+        if self._owns_socket and endpoint is not None:
+            transport = endpoint._transport
+            if transport is not None and not endpoint._loop.is_closed():
+                transport.abort()

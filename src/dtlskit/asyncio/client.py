@@ -1,0 +1,261 @@
+"""asyncio DTLS client: :func:`connect`.
+
+The client's UDP socket is ``connect()``-ed to the server, so the kernel reports an ICMP port
+unreachable as ``ECONNREFUSED``; asyncio hands it to ``error_received`` and the handshake (or the
+session) ends at once with :class:`~dtlskit.exceptions.ConnectionRefused` instead of waiting for
+the handshake deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import weakref
+from collections.abc import Generator
+from typing import Any
+
+from .._channel_base import fresh_error, terminal_error
+from .._sockets import (
+    Address,
+    AddrInfo,
+    format_address,
+    make_udp_socket,
+    sort_addresses,
+    translate_os_error,
+)
+from ..config import DTLSConfiguration
+from ..core import events as ev
+from ..core.connection import DTLSConnection
+from ..exceptions import (
+    ConfigurationError,
+    ConnectionLost,
+    HandshakeTimeout,
+    TransportError,
+)
+from .channel import Channel, Endpoint
+
+__all__ = ["connect"]
+
+logger = logging.getLogger("dtlskit.client")
+
+
+class _ClientEndpoint(Endpoint):
+    """The protocol of a client's connected socket: one engine, one channel."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        engine: DTLSConnection,
+        peer: Address,
+        deadline: float,
+        limit: float,
+    ) -> None:
+        super().__init__(loop, logger)
+        self._engine = engine
+        self._peer = peer
+        self._channel: weakref.ref[Channel] | None = None
+        self._handshake_deadline = deadline
+        self._limit = limit
+        self.handshake: asyncio.Future[None] = loop.create_future()
+
+    def attach(self, channel: Channel) -> None:
+        """Deliver this socket's events to ``channel`` (held weakly: an abandoned channel warns)."""
+        self._channel = weakref.ref(channel)
+
+    # -- Endpoint -------------------------------------------------------------------------------
+
+    def _transmit(self) -> None:
+        for datagram in self._engine.datagrams_to_send(self.now()):
+            self._sendto(datagram, None)
+
+    def _drain(self) -> None:
+        engine = self._engine
+        channel = self._channel() if self._channel is not None else None
+        while (event := engine.next_event()) is not None:
+            if self.handshake.done():
+                pass
+            elif isinstance(event, ev.HandshakeCompleted):
+                self.handshake.set_result(None)
+            elif isinstance(event, ev.ConnectionClosed | ev.ConnectionTerminated):
+                self.handshake.set_exception(fresh_error(terminal_error(engine, event)))
+            if channel is not None:
+                channel._handle_event(event)
+
+    def _deadline(self) -> float | None:
+        deadline = self._engine.get_timer()
+        if not self.handshake.done() and (deadline is None or self._handshake_deadline < deadline):
+            deadline = self._handshake_deadline
+        return deadline
+
+    def _on_deadline(self, now: float) -> None:
+        if not self.handshake.done() and now >= self._handshake_deadline:
+            self._engine.abort(
+                HandshakeTimeout(
+                    f"handshake with {format_address(self._peer)} did not complete within "
+                    f"{self._limit:g} s"
+                )
+            )
+            return
+        self._engine.handle_timer(now)
+
+    def channel_closed(self, channel: Channel) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    async def wait_channel_closed(self, channel: Channel) -> None:
+        await self.wait_lost()
+
+    # -- asyncio.DatagramProtocol ---------------------------------------------------------------
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self._engine.receive_datagram(data, self.now())
+        self.flush()
+
+    def error_received(self, exc: Exception) -> None:
+        if isinstance(exc, OSError) and (
+            isinstance(exc, ConnectionRefusedError) or exc.errno == errno.ECONNREFUSED
+        ):
+            logger.debug("%s: port unreachable", format_address(self._peer))
+            self._engine.abort(translate_os_error(exc, "send to", self._peer))
+            self.flush()
+            return
+        if self._sending and isinstance(exc, OSError):
+            self._send_failure = exc  # Channel.send raises it
+            return
+        logger.debug("socket error from %s ignored: %s", format_address(self._peer), exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._engine.abort(ConnectionLost(f"the socket to {format_address(self._peer)} closed"))
+        self.flush()
+
+
+class _Connector:
+    """What :func:`connect` returns: await it, or use it as an async context manager."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        config: DTLSConfiguration | None,
+        local_addr: Address | None,
+        timeout: float | None,
+        server_hostname: str | None,
+    ) -> None:
+        self._args = (host, port, config, local_addr, timeout, server_hostname)
+        self._channel: Channel | None = None
+
+    def __await__(self) -> Generator[Any, None, Channel]:
+        return _open(*self._args).__await__()
+
+    async def __aenter__(self) -> Channel:
+        self._channel = await _open(*self._args)
+        return self._channel
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            channel.close()
+            await channel.wait_closed()
+
+
+def connect(
+    host: str,
+    port: int,
+    *,
+    config: DTLSConfiguration | None = None,
+    local_addr: Address | None = None,
+    timeout: float | None = None,
+    server_hostname: str | None = None,
+) -> _Connector:
+    """Open a DTLS session to ``host``:``port``; ``await`` it or use ``async with``.
+
+    ``config`` defaults to ``DTLSConfiguration.client()`` (system CAs, hostname checked). The
+    name checked against the certificate and sent in SNI is ``server_hostname``, else
+    ``config.server_hostname``, else ``host``. ``timeout`` (default
+    ``config.handshake_timeout``) covers name resolution and the whole handshake and raises
+    :class:`~dtlskit.exceptions.HandshakeTimeout`. Each resolved address is tried in order only
+    while a socket cannot be opened for it; a handshake failure is final.
+    """
+    return _Connector(host, port, config, local_addr, timeout, server_hostname)
+
+
+async def _open(
+    host: str,
+    port: int,
+    config: DTLSConfiguration | None,
+    local_addr: Address | None,
+    timeout: float | None,
+    server_hostname: str | None,
+) -> Channel:
+    loop = asyncio.get_running_loop()
+    config = config if config is not None else DTLSConfiguration.client()
+    limit = config.handshake_timeout if timeout is None else float(timeout)
+    if not limit > 0:
+        raise ConfigurationError(f"timeout must be a positive number of seconds, not {timeout!r}")
+    deadline = loop.time() + limit
+    name = server_hostname or config.server_hostname or host
+    addresses = await _resolve(loop, host, port, limit)
+    sock, peer = _open_socket(addresses, local_addr, host)
+    try:
+        engine_config = config
+        if limit != config.handshake_timeout:
+            engine_config = config.replace(handshake_timeout=limit)
+        engine = DTLSConnection(
+            engine_config, server=False, peer_address=peer, server_hostname=name
+        )
+        endpoint = _ClientEndpoint(loop, engine, peer, deadline, limit)
+        await loop.create_datagram_endpoint(lambda: endpoint, sock=sock)
+    except BaseException as exc:
+        sock.close()
+        if isinstance(exc, OSError) and not isinstance(exc, TransportError):
+            raise translate_os_error(exc, "open a socket to", peer) from exc
+        raise
+    channel = Channel(engine, endpoint, sock, peer, owns_socket=True)
+    endpoint.attach(channel)
+    engine.connect(loop.time())
+    endpoint.flush()
+    try:
+        await endpoint.handshake
+    except asyncio.CancelledError:
+        channel.close()
+        raise
+    except BaseException:
+        channel.close()
+        await channel.wait_closed()
+        raise
+    logger.debug("connected to %s (%s, %s)", format_address(peer), channel.version, channel.cipher)
+    return channel
+
+
+async def _resolve(
+    loop: asyncio.AbstractEventLoop, host: str, port: int, limit: float
+) -> list[AddrInfo]:
+    try:
+        infos = await asyncio.wait_for(
+            loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM, proto=socket.IPPROTO_UDP),
+            limit,
+        )
+    except asyncio.TimeoutError:
+        raise HandshakeTimeout(f"resolving {host!r} took longer than {limit:g} s") from None
+    except socket.gaierror as exc:
+        raise TransportError(exc.errno, f"cannot resolve {host!r}: {exc.strerror}") from exc
+    addresses = sort_addresses(infos)
+    if not addresses:  # pragma: no cover - getaddrinfo raises instead
+        raise TransportError(errno.EADDRNOTAVAIL, f"{host!r} resolved to no address")
+    return addresses
+
+
+def _open_socket(
+    addresses: list[AddrInfo], local_addr: Address | None, host: str
+) -> tuple[socket.socket, Address]:
+    failure = TransportError(errno.EADDRNOTAVAIL, f"{host!r} resolved to no usable address")
+    for family, address in addresses:
+        try:
+            return make_udp_socket(family, bind=local_addr, connect=address), address
+        except TransportError as exc:
+            logger.debug("cannot use %s for %r: %s", format_address(address), host, exc)
+            failure = exc
+    raise failure

@@ -1,0 +1,603 @@
+"""asyncio DTLS server: :func:`serve`, :func:`listen`, :func:`run_server`.
+
+Theory of operation
+-------------------
+One UDP socket per resolved listening address, one :class:`~dtlskit.core.ServerEngine` (the
+sans-I/O demultiplexer: cookies, limits, peer map) and one :class:`_ServerEndpoint` protocol per
+socket. Nothing blocks: a datagram is fed to the engine, whose events are drained at once; a
+completed handshake becomes a :class:`~dtlskit.asyncio.Channel` handed to a new task running the
+user's handler (``serve``) or to the accept queue (``listen``), so a stalled or hostile peer
+costs the others nothing but the few microseconds its datagrams take to drop.
+
+Shutdown (``close()``): every engine sends close_notify to each established peer and forgets
+every association; channels end with ConnectionClosedLocally (an ``async for`` in a handler
+stops cleanly); the datagrams are flushed and the sockets closed. ``wait_closed()`` then gives
+handler tasks ``close_timeout`` seconds to return before cancelling them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import errno
+import logging
+import signal
+import socket
+import warnings
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any, Generic, TypeVar
+
+from OpenSSL import SSL
+
+from .._channel_base import aggregate_server_statistics, terminal_error
+from .._sockets import (
+    Address,
+    SocketOptions,
+    format_address,
+    make_udp_socket,
+    run_workers,
+    sort_addresses,
+    translate_os_error,
+)
+from ..config import DTLSConfiguration
+from ..core import events as ev
+from ..core.connection import DTLSConnection
+from ..core.cookies import CookieJar
+from ..core.server import ServerEngine, ServerStatistics
+from ..exceptions import (
+    ConfigurationError,
+    ConnectionClosed,
+    ConnectionClosedLocally,
+    ConnectionLost,
+    DTLSTimeoutError,
+    TransportError,
+)
+from .channel import Channel, Endpoint
+
+__all__ = ["Listener", "Server", "install_signal_handlers", "listen", "run_server", "serve"]
+
+logger = logging.getLogger("dtlskit.server")
+
+Handler = Callable[[Channel], Awaitable[None]]
+S = TypeVar("S", bound="Server")
+
+#: Seconds ``wait_closed()`` lets handler tasks finish after ``close()`` before cancelling them.
+DEFAULT_CLOSE_TIMEOUT = 5.0
+
+
+class _ServerEndpoint(Endpoint):
+    """The protocol of one listening socket, driving its ServerEngine."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        server: Server,
+        engine: ServerEngine,
+        sock: socket.socket,
+    ) -> None:
+        super().__init__(loop, logger)
+        self._server = server
+        self.engine = engine
+        self.sock = sock
+        self.channels: dict[DTLSConnection, Channel] = {}
+        self._shutting_down = False
+
+    # -- Endpoint -------------------------------------------------------------------------------
+
+    def _transmit(self) -> None:
+        for datagram, address in self.engine.datagrams_to_send(self.now()):
+            self._sendto(datagram, address)
+
+    def _drain(self) -> None:
+        while (item := self.engine.next_event()) is not None:
+            address, conn, event = item
+            if isinstance(event, ev.HandshakeCompleted):
+                channel = Channel(conn, self, self.sock, address, owns_socket=False)
+                self.channels[conn] = channel
+                logger.debug(
+                    "handshake with %s completed (%s, %s)",
+                    format_address(address),
+                    event.version,
+                    event.cipher,
+                )
+                self._server._on_channel(channel)
+                self._again = True  # the server may have closed it: transmit again
+            elif isinstance(event, ev.MessageReceived):
+                channel_or_none = self.channels.get(conn)
+                if channel_or_none is not None:
+                    channel_or_none._handle_event(event)
+            elif isinstance(event, ev.ConnectionClosed | ev.ConnectionTerminated):
+                ended = self.channels.pop(conn, None)
+                if ended is not None:
+                    ended._handle_event(event)
+                    logger.debug(
+                        "session with %s ended: %s",
+                        format_address(address),
+                        terminal_error(conn, event),
+                    )
+                elif isinstance(event, ev.ConnectionTerminated):
+                    logger.debug(
+                        "handshake with %s failed: %s", format_address(address), event.error
+                    )
+
+    def _deadline(self) -> float | None:
+        return self.engine.get_timer()
+
+    def _on_deadline(self, now: float) -> None:
+        self.engine.handle_timer(now)
+
+    # -- asyncio.DatagramProtocol ---------------------------------------------------------------
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if self._shutting_down:
+            return
+        self.engine.receive_datagram(data, tuple(addr), self.now())
+        self.flush()
+
+    def error_received(self, exc: Exception) -> None:
+        # An unconnected socket: the error names no peer. Count it; it is never fatal to the
+        # server. A datagram too large (EMSGSIZE) also fails the Channel.send that made it.
+        self._server._count_drop("send_failed" if self._sending else "socket_error")
+        if self._sending and isinstance(exc, OSError) and exc.errno == errno.EMSGSIZE:
+            self._send_failure = exc
+        logger.debug("socket error on %s: %s", format_address(self.sock.getsockname()), exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self.engine.connections:
+            error = ConnectionLost("the server socket was closed")
+            for conn in self.engine.connections.values():
+                conn.abort(error)
+            self.flush()
+
+    # -- shutdown -------------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """close_notify to every established peer, forget every association, close the socket."""
+        if self._shutting_down:
+            return
+        self._shutting_down = True
+        self.engine.close_all()
+        self.flush()
+        self._rearm(None)
+        if self._transport is not None:
+            self._transport.close()
+        else:  # pragma: no cover - a socket whose endpoint never started
+            self.sock.close()
+
+
+class Server:
+    """A running DTLS server: one socket per address, one handler task per peer.
+
+    Use ``async with serve(...) as server`` (closes on exit) or ``server = await serve(...)``
+    then ``close()`` and ``await wait_closed()``.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        handler: Handler | None,
+        config: DTLSConfiguration,
+    ) -> None:
+        self._loop = loop
+        self._handler = handler
+        self._config = config
+        self._endpoints: list[_ServerEndpoint] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._accept_queue: collections.deque[Channel] = collections.deque()
+        self._accept_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._drops: collections.Counter[str] = collections.Counter()
+        self._started = False
+        self._closing = False
+        self._closed: asyncio.Future[None] = loop.create_future()
+        self._finisher: asyncio.Task[None] | None = None
+        self.close_timeout = DEFAULT_CLOSE_TIMEOUT
+        """Seconds ``wait_closed()`` gives handler tasks to return before cancelling them."""
+
+    # -- start-up -------------------------------------------------------------------------------
+
+    async def _start(
+        self,
+        host: str | None,
+        port: int,
+        *,
+        ipv6_only: bool | None,
+        reuse_port: bool,
+        context: SSL.Context | None,
+        cookie_jar: CookieJar | None,
+    ) -> None:
+        loop = self._loop
+        wildcard = host in (None, "")
+        try:
+            infos = await loop.getaddrinfo(
+                None if wildcard else host,
+                port,
+                type=socket.SOCK_DGRAM,
+                proto=socket.IPPROTO_UDP,
+                flags=socket.AI_PASSIVE,
+            )
+        except socket.gaierror as exc:
+            raise TransportError(exc.errno, f"cannot resolve {host!r}: {exc.strerror}") from exc
+        addresses = sort_addresses(infos)
+        context = context if context is not None else self._config.build_context(server=True)
+        jar = cookie_jar if cookie_jar is not None else CookieJar(self._config.cookie_secret)
+        several = len(addresses) > 1
+        chosen_port = port
+        try:
+            for family, address in addresses:
+                v6only = ipv6_only
+                if family == socket.AF_INET6 and v6only is None:
+                    # Several addresses: keep IPv6 off the IPv4 ones. "::" alone: dual-stack.
+                    v6only = True if several else (False if host == "::" else None)
+                bind = (address[0], chosen_port, *address[2:])
+                sock = make_udp_socket(family, bind=bind, reuse_port=reuse_port, ipv6_only=v6only)
+                chosen_port = chosen_port or int(sock.getsockname()[1])
+                engine = ServerEngine(self._config, context=context, cookie_jar=jar)
+                endpoint = _ServerEndpoint(loop, self, engine, sock)
+                try:
+                    await loop.create_datagram_endpoint(lambda e=endpoint: e, sock=sock)  # type: ignore[misc]
+                except OSError as exc:
+                    sock.close()
+                    raise translate_os_error(exc, "listen on", bind) from exc
+                except BaseException:
+                    sock.close()
+                    raise
+                self._endpoints.append(endpoint)
+        except BaseException:
+            for started in self._endpoints:
+                started.shutdown()
+            self._endpoints.clear()
+            self._closing = True
+            self._closed.set_result(None)
+            raise
+        self._started = True
+        logger.info("listening on %s", ", ".join(format_address(a) for a in self.addresses))
+
+    # -- peers ----------------------------------------------------------------------------------
+
+    def _on_channel(self, channel: Channel) -> None:
+        if self._handler is not None:
+            task = self._loop.create_task(
+                self._run_handler(self._handler, channel),
+                name=f"dtlskit handler {format_address(channel.getpeername())}",
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        if len(self._accept_queue) >= self._config.limits.accept_backlog:
+            self._count_drop("accept_backlog_full")
+            logger.warning(
+                "accept backlog full (%d): refusing %s",
+                self._config.limits.accept_backlog,
+                format_address(channel.getpeername()),
+            )
+            channel.close()
+            return
+        self._accept_queue.append(channel)
+        self._wake_acceptor()
+
+    async def _run_handler(self, handler: Handler, channel: Channel) -> None:
+        peer = format_address(channel.getpeername())
+        try:
+            await handler(channel)
+        except ConnectionClosed as exc:
+            logger.debug("session with %s ended in its handler: %s", peer, exc)
+        except Exception:
+            logger.exception("handler failed for %s; closing that session", peer)
+        finally:
+            channel.close()
+
+    def _wake_acceptor(self) -> None:
+        while self._accept_waiters:
+            waiter = self._accept_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _count_drop(self, reason: str) -> None:
+        self._drops[reason] += 1
+
+    async def accept(self, timeout: float | None = None) -> Channel:
+        """The next peer whose handshake completed (servers started with :func:`listen`).
+
+        Raises :class:`~dtlskit.exceptions.DTLSTimeoutError` after ``timeout`` seconds, and
+        :class:`~dtlskit.exceptions.ConnectionClosedLocally` once the server is closed.
+        """
+        if self._handler is not None:
+            raise RuntimeError(
+                "this server runs a handler for every peer; use dtlskit.asyncio.listen() to "
+                "accept channels yourself"
+            )
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            if self._accept_queue:
+                return self._accept_queue.popleft()
+            if self._closing:
+                raise ConnectionClosedLocally("the listener is closed")
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                raise DTLSTimeoutError(f"no peer completed a handshake within {timeout:g} s")
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._accept_waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, remaining)
+            except asyncio.TimeoutError:
+                raise DTLSTimeoutError(
+                    f"no peer completed a handshake within {timeout:g} s"
+                ) from None
+            finally:
+                if waiter in self._accept_waiters:
+                    self._accept_waiters.remove(waiter)
+
+    # -- information ----------------------------------------------------------------------------
+
+    @property
+    def sockets(self) -> list[socket.socket]:
+        """The listening sockets, one per address."""
+        return [endpoint.sock for endpoint in self._endpoints]
+
+    @property
+    def addresses(self) -> list[Address]:
+        """The bound addresses, ``(host, port)`` or ``(host, port, flowinfo, scope_id)``."""
+        return [tuple(endpoint.sock.getsockname()) for endpoint in self._endpoints]
+
+    def statistics(self) -> ServerStatistics:
+        """Counters of every socket added up; ``drops`` also has the front end's own reasons."""
+        return aggregate_server_statistics(
+            (endpoint.engine.statistics() for endpoint in self._endpoints), dict(self._drops)
+        )
+
+    def is_serving(self) -> bool:
+        """Whether the server is accepting peers (started and not closed)."""
+        return self._started and not self._closing
+
+    # -- life cycle -----------------------------------------------------------------------------
+
+    async def serve_forever(self) -> None:
+        """Serve until :meth:`close` (a signal handler, another task); then wait until closed.
+
+        Cancelling it closes the server.
+        """
+        try:
+            await asyncio.shield(self._closed)
+        except asyncio.CancelledError:
+            self.close()
+            await self.wait_closed()
+            raise
+        await self.wait_closed()
+
+    def close(self) -> None:
+        """Send close_notify to every peer, stop reading, close the sockets. Idempotent.
+
+        Handlers see their session end; :meth:`wait_closed` waits for them.
+        """
+        if self._closing:
+            return
+        self._closing = True
+        for endpoint in self._endpoints:
+            endpoint.shutdown()
+        self._accept_queue.clear()
+        while self._accept_waiters:
+            waiter = self._accept_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+        if not self._closed.done():
+            self._closed.set_result(None)
+        if not self._loop.is_closed():
+            self._finisher = self._loop.create_task(self._finish(), name="dtlskit server close")
+        logger.info("server closed")
+
+    async def _finish(self) -> None:
+        tasks = set(self._tasks)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self.close_timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                _, stuck = await asyncio.wait(pending, timeout=self.close_timeout)
+                for task in stuck:
+                    logger.warning("handler task %s ignored cancellation", task.get_name())
+        for endpoint in self._endpoints:
+            await endpoint.wait_lost()
+
+    async def wait_closed(self) -> None:
+        """Wait until :meth:`close` was called and has finished: handlers done, sockets closed."""
+        await asyncio.shield(self._closed)
+        if self._finisher is not None:
+            await asyncio.shield(self._finisher)
+
+    async def __aenter__(self: S) -> S:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+        await self.wait_closed()
+
+    def __del__(self) -> None:
+        if getattr(self, "_started", False) and not self._closing:
+            warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self, stacklevel=1)
+
+    def __repr__(self) -> str:
+        state = "serving" if self.is_serving() else "closed" if self._closing else "starting"
+        where = ", ".join(format_address(a) for a in self.addresses) if self._endpoints else "-"
+        return f"<{type(self).__name__} {where} {state}>"
+
+
+class Listener(Server, SocketOptions):
+    """A server without a handler: ``await listener.accept()`` returns each new Channel.
+
+    Completed handshakes wait in a queue of ``config.limits.accept_backlog``; beyond it new peers
+    are refused (their session closed) and counted as the drop ``"accept_backlog_full"``. Socket
+    options apply to the first listening socket.
+    """
+
+    def _options_socket(self) -> Any:
+        if not self._endpoints:
+            raise TransportError(0, "the listener has no socket")
+        return self._endpoints[0].sock
+
+
+class _Starter(Generic[S]):
+    """What :func:`serve`/:func:`listen` return: await it, or use it as an async context manager."""
+
+    def __init__(self, start: Callable[[], Awaitable[S]]) -> None:
+        self._start = start
+        self._server: S | None = None
+
+    def __await__(self) -> Generator[Any, None, S]:
+        return self._start().__await__()
+
+    async def __aenter__(self) -> S:
+        self._server = await self._start()
+        return self._server
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+            await server.wait_closed()
+
+
+async def _start_server(
+    cls: type[S],
+    handler: Handler | None,
+    host: str | None,
+    port: int,
+    config: DTLSConfiguration,
+    *,
+    ipv6_only: bool | None = None,
+    reuse_port: bool = False,
+    context: SSL.Context | None = None,
+    cookie_jar: CookieJar | None = None,
+) -> S:
+    if not isinstance(config, DTLSConfiguration):
+        raise ConfigurationError("config must be a DTLSConfiguration (DTLSConfiguration.server())")
+    server = cls(asyncio.get_running_loop(), handler, config)
+    await server._start(
+        host,
+        port,
+        ipv6_only=ipv6_only,
+        reuse_port=reuse_port,
+        context=context,
+        cookie_jar=cookie_jar,
+    )
+    return server
+
+
+def serve(
+    handler: Handler,
+    host: str | None,
+    port: int,
+    *,
+    config: DTLSConfiguration,
+    ipv6_only: bool | None = None,
+    reuse_port: bool = False,
+) -> _Starter[Server]:
+    """Start a DTLS server running ``await handler(channel)`` in a task per peer.
+
+    ``host`` None or ``""`` listens on every interface (one socket per address family); ``"::"``
+    is dual-stack unless ``ipv6_only``. A handler that raises is logged (logger
+    ``"dtlskit.server"``) and ends its own session only. Await the result, or use it with
+    ``async with`` (the server is closed on exit).
+    """
+    return _Starter(
+        lambda: _start_server(
+            Server, handler, host, port, config, ipv6_only=ipv6_only, reuse_port=reuse_port
+        )
+    )
+
+
+def listen(
+    host: str | None,
+    port: int,
+    *,
+    config: DTLSConfiguration,
+    ipv6_only: bool | None = None,
+    reuse_port: bool = False,
+) -> _Starter[Listener]:
+    """Start a DTLS server whose peers are taken with ``await listener.accept(timeout=None)``."""
+    return _Starter(
+        lambda: _start_server(
+            Listener, None, host, port, config, ipv6_only=ipv6_only, reuse_port=reuse_port
+        )
+    )
+
+
+def install_signal_handlers(server: Server) -> None:
+    """Make SIGINT and SIGTERM close ``server`` (close_notify to every peer), so that
+    ``serve_forever()`` returns. Call it from the running event loop."""
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(signum, _on_signal, server, signum)
+        except NotImplementedError:  # pragma: no cover - event loops without signal support
+            signal.signal(signum, lambda s, f: loop.call_soon_threadsafe(_on_signal, server, s))
+
+
+def _on_signal(server: Server, signum: int) -> None:
+    logger.info("received %s: closing the server", signal.Signals(signum).name)
+    server.close()
+
+
+def run_server(
+    handler: Handler,
+    host: str | None,
+    port: int,
+    *,
+    config: DTLSConfiguration,
+    workers: int = 1,
+    ipv6_only: bool | None = None,
+) -> int:
+    """Serve until SIGINT/SIGTERM, blocking; returns 0 after a clean shutdown.
+
+    With ``workers`` > 1, that many processes each bind their own socket on ``port``
+    (``SO_REUSEPORT``; the kernel keeps each peer on one worker). The OpenSSL context and the
+    cookie secret are made here, before the workers fork, so every worker accepts the others'
+    cookies and session tickets. A fixed port is required then. Returns 1 if a worker failed.
+    """
+    if not isinstance(workers, int) or workers < 1:
+        raise ConfigurationError(f"workers must be a positive integer, not {workers!r}")
+    if workers == 1:
+        asyncio.run(_serve_until_signal(handler, host, port, config, ipv6_only, False, None, None))
+        return 0
+    if port == 0:
+        raise ConfigurationError(
+            "workers need a fixed port: with port 0 every worker would listen on a port of its own"
+        )
+    context = config.build_context(server=True)
+    jar = CookieJar(config.cookie_secret)
+
+    def run_one(index: int) -> None:
+        asyncio.run(_serve_until_signal(handler, host, port, config, ipv6_only, True, context, jar))
+
+    return run_workers(workers, run_one)
+
+
+async def _serve_until_signal(
+    handler: Handler,
+    host: str | None,
+    port: int,
+    config: DTLSConfiguration,
+    ipv6_only: bool | None,
+    reuse_port: bool,
+    context: SSL.Context | None,
+    cookie_jar: CookieJar | None,
+) -> None:
+    server = await _start_server(
+        Server,
+        handler,
+        host,
+        port,
+        config,
+        ipv6_only=ipv6_only,
+        reuse_port=reuse_port,
+        context=context,
+        cookie_jar=cookie_jar,
+    )
+    try:
+        install_signal_handlers(server)
+        await server.serve_forever()
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -1,0 +1,214 @@
+"""What a handshake negotiated: resumable sessions, ALPN, SRTP, PSK identity, exported keys.
+
+Resumption (RFC 5077 tickets and RFC 5246 §7.3 session IDs). After a handshake a client takes
+:attr:`DTLSConnection.session <NegotiatedSession.session>`, keeps it (in memory, or as bytes with
+:meth:`Session.to_bytes` / :meth:`Session.save`) and offers it to a later connection with
+``DTLSConnection(..., session=s)``. The server resumes it when it still knows it: by ticket (its
+context's ticket keys; on by default, ``session_tickets=False`` turns tickets off) or by session ID
+(its context's session cache). Both live in the server's ``SSL.Context``: every association of one
+:class:`~dtlskit.core.ServerEngine` shares it, and worker processes share it when the context is
+built before they fork and handed to each ``ServerEngine(config, context=ctx)``. A session the
+server does not know (another server, restarted, expired) just costs a full handshake.
+
+A :class:`Session` remembers the server name it was made for; a connection to another name does
+not offer it, so resumption never skips checking a certificate for a name it was not checked for.
+The serialised form holds the session's master secret: store it like a private key.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from OpenSSL import SSL
+
+from ..exceptions import ConfigurationError, ConnectionLost, DTLSError, HandshakeTimeout
+from . import _bindings
+
+__all__ = ["NegotiatedSession", "Session"]
+
+_MAGIC = b"dtlskit-session\x01"
+
+
+class Session:
+    """An opaque, resumable DTLS session. Take it from a connection's ``session`` property, or
+    rebuild it with :meth:`from_bytes` / :meth:`load`.
+
+    It holds the session in its serialised form, and each connection it is offered to gets its
+    own OpenSSL copy: OpenSSL marks a session object it shares "not resumable" when any
+    connection using it is freed without close_notify, which would otherwise silently spoil a
+    Session taken from (or offered to) a connection that later failed or was dropped.
+    """
+
+    def __init__(self, der: bytes, server_name: str | None = None) -> None:
+        self._der = bytes(der)
+        self.server_name = server_name
+        """The server name (SNI / checked host name) the session was established for."""
+
+    def _ssl_session(self) -> Any:
+        """A fresh ``SSL_SESSION *`` for one connection."""
+        return _bindings.session_from_der(self._der)
+
+    def __repr__(self) -> str:
+        return f"<Session for {self.server_name or 'an unnamed server'}>"
+
+    def to_bytes(self) -> bytes:
+        """Serialise (includes the master secret: keep it private)."""
+        name = (self.server_name or "").encode()
+        return _MAGIC + struct.pack("!H", len(name)) + name + self._der
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Session:
+        """A session from :meth:`to_bytes` output. Raises :class:`ConfigurationError`."""
+        data = bytes(data)
+        header = len(_MAGIC) + 2
+        if not data.startswith(_MAGIC) or len(data) < header:
+            raise ConfigurationError("not a serialised dtlskit session (bad header)")
+        (length,) = struct.unpack("!H", data[len(_MAGIC) : header])
+        if len(data) < header + length + 1:
+            raise ConfigurationError("serialised dtlskit session is truncated")
+        try:
+            name = data[header : header + length].decode()
+        except UnicodeDecodeError:
+            raise ConfigurationError("serialised dtlskit session has a bad server name") from None
+        der = data[header + length :]
+        _bindings.session_from_der(der)  # decodable: fail here rather than when offered
+        return cls(der, name or None)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write :meth:`to_bytes` to ``path``, readable by the owner only."""
+        target = Path(path)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(self.to_bytes())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Session:
+        """Read a session written by :meth:`save`. Raises :class:`ConfigurationError`."""
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read session file {path}: {exc.strerror}") from exc
+        try:
+            return cls.from_bytes(data)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{path}: {exc}") from exc
+
+
+class NegotiatedSession:
+    """Engine properties describing what the handshake negotiated (mixed into DTLSConnection)."""
+
+    _ssl: SSL.Connection
+    _notes: _bindings.HandshakeNotes
+    _server: bool
+    _server_name: str | None
+    _peer_text: str
+    error: DTLSError | None
+    state: Any  # connection.State; compared by value to avoid an import cycle
+
+    def _setup_negotiation(
+        self, server_hostname: str | None, alpn: Sequence[str], session: Session | None
+    ) -> None:
+        """Constructor part: notes for the callbacks; offer ``session`` if it is for this name."""
+        self._notes = _bindings.attach_notes(self._ssl)
+        self._server_name = server_hostname
+        if not self._server:
+            self._notes.alpn_offered = tuple(alpn)
+        if session is None:
+            return
+        if self._server:
+            raise ConfigurationError("session= is for client engines; servers resume on their own")
+        if not isinstance(session, Session):
+            raise ConfigurationError(f"session must be a dtlskit Session, not {session!r}")
+        if session.server_name == server_hostname:
+            _bindings.set_session(self._ssl, session._ssl_session())
+
+    def _explain_failure(self, error: DTLSError) -> DTLSError:
+        """Add what only the negotiation knows to a terminal error (called on termination)."""
+        if isinstance(error, HandshakeTimeout) and self._notes.psk_identity is not None:
+            # DTLS drops records that fail to decrypt (RFC 6347 §4.1.2.7): with a PSK that
+            # differs between the peers, each side discards the other's Finished and waits.
+            return HandshakeTimeout(
+                f"{error} after the PSK key exchange for identity "
+                f"{self._notes.psk_identity!r}: the two sides most likely hold different keys "
+                "for it (DTLS silently drops the Finished message of a peer whose PSK differs)"
+            )
+        if isinstance(error, ConnectionLost) and self._notes.renegotiation_refused:
+            return ConnectionLost(
+                f"{self._peer_text} tried to renegotiate, which this side refuses "
+                f"(allow_renegotiation=False), and then ended the session: {error}",
+                alert=error.alert,
+            )
+        return error
+
+    @property
+    def session(self) -> Session | None:
+        """The session, for resuming later (clients), once the handshake has completed."""
+        if self.state.value not in ("established", "closed"):
+            return None
+        ssl_session = _bindings.get_session(self._ssl)
+        if ssl_session is None:
+            return None
+        return Session(_bindings.session_to_der(ssl_session), self._server_name)
+
+    @property
+    def peer_verified_chain(self) -> list[Any]:
+        """The peer's chain as OpenSSL verified it, leaf to trusted root (``cryptography``
+        certificates); empty when the peer sent none or it was not verified."""
+        chain = self._ssl.get_verified_chain(as_cryptography=True)
+        return list(chain or [])
+
+    @property
+    def alpn_protocol(self) -> str | None:
+        """The application protocol agreed with ALPN (RFC 7301), or None."""
+        selected = self._ssl.get_alpn_proto_negotiated()
+        return selected.decode("utf-8", "replace") if selected else None
+
+    @property
+    def srtp_profile(self) -> str | None:
+        """The SRTP protection profile agreed (RFC 5764), e.g. ``"SRTP_AES128_CM_SHA1_80"``."""
+        profile = self._ssl.get_selected_srtp_profile()
+        return profile.decode("ascii", "replace") if profile else None
+
+    @property
+    def psk_identity(self) -> str | None:
+        """PSK identity in use: the one the client sent (server) or sends (client)."""
+        return self._notes.psk_identity
+
+    @property
+    def psk_identity_hint(self) -> str | None:
+        """Client: the PSK identity hint the server sent, if any."""
+        return self._notes.psk_identity_hint
+
+    @property
+    def server_name(self) -> str | None:
+        """Server: the SNI host name the client asked for. Client: the name it sent/checks."""
+        if self._server:
+            return self._notes.server_name
+        return self._server_name
+
+    def export_keying_material(
+        self, label: bytes, length: int, context: bytes | None = None
+    ) -> bytes:
+        """Keying material exported from the session (RFC 5705); both peers get the same bytes.
+
+        ``label`` names the use (e.g. ``b"EXTRACTOR-dtls_srtp"``, RFC 5764 §4.2); ``context``
+        binds it to a value both sides know. Needs an established session.
+        """
+        if not isinstance(label, bytes) or not label:
+            raise ValueError("label must be non-empty bytes")
+        if not isinstance(length, int) or not 1 <= length <= 65535:
+            raise ValueError(f"length must be from 1 to 65535 bytes, not {length!r}")
+        if context is not None and not isinstance(context, bytes):
+            raise ValueError("context must be bytes or None")
+        if self.state.value != "established":
+            if self.error is not None:
+                raise self.error
+            raise ConnectionLost("keying material can be exported only after the handshake")
+        try:
+            return bytes(self._ssl.export_keying_material(label, length, context))
+        except SSL.Error as exc:
+            raise ValueError(f"OpenSSL refused to export keying material for {label!r}") from exc

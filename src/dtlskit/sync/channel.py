@@ -1,0 +1,592 @@
+"""Blocking channels, and the one I/O thread per socket that drives their engine.
+
+Theory of operation
+-------------------
+The core is sans-I/O and not thread-safe. Each UDP socket therefore gets exactly one
+:class:`IOThread`, which owns the socket's engine (a client ``DTLSConnection`` or a server
+``ServerEngine``) together with one lock, ``IOThread.lock``. Every engine call, from any thread,
+holds that lock. The thread runs a ``selectors`` loop over the socket and one end of a
+socketpair used to wake it; the select timeout is the engine's ``get_timer()`` deadline. Every
+wake-up is the same three steps (docs/frontends-spec.md): feed the engine (datagrams read from
+the socket, or ``handle_timer(now)``), drain its events, transmit ``datagrams_to_send()`` and
+re-arm the timer. ``now`` is ``time.monotonic()``.
+
+User threads never wait for the I/O thread to do their work: ``Channel.send`` takes the lock,
+calls ``engine.send``, transmits the resulting datagrams itself (so a socket error reaches the
+caller who caused it) and runs the same drain/transmit/re-arm step, waking the I/O thread only
+when the engine's deadline moved earlier. ``Channel.recv`` never touches the engine: the I/O
+thread appends each ``MessageReceived`` to the channel's own deque and notifies its condition
+variable. Lock order is always engine lock, then a channel's condition; no user code ever runs
+on an I/O thread.
+
+Nothing here references a :class:`Channel` strongly from its I/O thread, so a channel that is
+dropped unclosed is garbage-collected: ``__del__`` emits ``ResourceWarning`` and hands the
+clean-up to the I/O thread as a request (``__del__`` may run on any thread, even one that holds
+the engine lock, so it takes no lock itself).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import errno
+import logging
+import select
+import selectors
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .._channel_base import ChannelBase, ends_iteration, fresh_error
+from .._sockets import format_address
+from ..core import events as ev
+from ..core.connection import ConnectionStatistics, DTLSConnection
+from ..exceptions import (
+    BufferTooSmall,
+    ConcurrencyError,
+    ConnectionClosedLocally,
+    ConnectionLost,
+    DTLSError,
+    DTLSTimeoutError,
+    TransportError,
+)
+
+__all__ = ["BufferTooSmall", "Channel", "IOThread"]
+
+logger = logging.getLogger("dtlskit.sync")
+
+Address = tuple[Any, ...]
+
+_RECV_SIZE = 65536
+_BATCH = 64
+"""Datagrams read per wake-up before the other steps run (keeps timers and writers fair)."""
+_JOIN_TIMEOUT = 10.0
+"""Bound on joining an I/O thread; it never runs user code, so this is only a safety net."""
+
+
+def _deadline(timeout: float | None) -> float | None:
+    if timeout is None:
+        return None
+    if timeout < 0:
+        raise ValueError(f"timeout must be None or >= 0 seconds, not {timeout!r}")
+    return time.monotonic() + timeout
+
+
+class IOThread:
+    """One socket, its engine, its lock, and the thread running its selectors loop.
+
+    Subclasses implement the engine-specific steps; every ``*_locked`` method runs with
+    :attr:`lock` held.
+    """
+
+    def __init__(self, sock: socket.socket, name: str) -> None:
+        self.sock = sock
+        self.lock = threading.Lock()
+        """Held around every call into the engine, from any thread."""
+        self.closed = False
+        """The socket is closed (read and written under :attr:`lock`)."""
+        self.drops: dict[str, int] = {}
+        """Datagrams the I/O layer could not send or receive, by reason (under :attr:`lock`)."""
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._wake_lock = threading.Lock()
+        self._requests: collections.deque[Callable[[], None]] = collections.deque()
+        self._stopping = False
+        self._deadline: float | None = None
+        self._final_error: DTLSError = ConnectionLost("the socket was closed")
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    # -- subclass hooks (lock held) ---------------------------------------------------------
+
+    def _start_locked(self, now: float) -> None:
+        """First step on the I/O thread (a client starts its handshake here)."""
+
+    def _receive_locked(self, now: float) -> None:
+        """Read the datagrams waiting on the socket and feed them to the engine."""
+        raise NotImplementedError
+
+    def _get_timer_locked(self) -> float | None:
+        raise NotImplementedError
+
+    def _handle_timer_locked(self, now: float) -> None:
+        raise NotImplementedError
+
+    def _drain_locked(self) -> bool:
+        """Dispatch pending engine events and transmit pending datagrams; True if any."""
+        raise NotImplementedError
+
+    def _send_failed_locked(self, exc: OSError, address: Address | None) -> DTLSError:
+        """A datagram could not be sent: record it, return the error to report."""
+        raise NotImplementedError
+
+    def _abort_all_locked(self, error: DTLSError) -> None:
+        """The socket is going away: end every session still open with ``error``."""
+
+    # -- control ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the thread."""
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Make the loop run a step now (safe from any thread; never blocks)."""
+        with self._wake_lock:
+            if self._wake_w.fileno() < 0:
+                return
+            with contextlib.suppress(OSError):  # full pipe: a wake-up is already pending
+                self._wake_w.send(b"\0")
+
+    def request(self, action: Callable[[], None]) -> None:
+        """Run ``action`` on the I/O thread with the lock held, at its next step."""
+        self._requests.append(action)
+        self.wake()
+
+    def request_stop(self) -> None:
+        """Ask the loop to end and close the sockets, without waiting (for ``__del__``)."""
+        self._stopping = True
+        self.wake()
+
+    def stop(self) -> None:
+        """End the loop, join the thread and close the sockets. Idempotent."""
+        self._stopping = True
+        self.wake()
+        if self._thread.ident is not None and self._thread is not threading.current_thread():
+            self._thread.join(_JOIN_TIMEOUT)
+            if self._thread.is_alive():  # pragma: no cover - would be a bug in the loop
+                logger.error(
+                    "I/O thread %s did not stop within %g s", self._thread.name, _JOIN_TIMEOUT
+                )
+        with self.lock:
+            self._close_sockets_locked()
+
+    @property
+    def alive(self) -> bool:
+        """Whether the I/O thread is running."""
+        return self._thread.is_alive()
+
+    def pump_locked(self) -> None:
+        """After an engine call made by a user thread: drain, transmit, re-arm (and wake the
+        I/O thread if the engine's deadline moved earlier)."""
+        if self.closed:
+            return
+        while self._drain_locked():
+            pass
+        previous = self._deadline
+        self._deadline = self._get_timer_locked()
+        if self._deadline is not None and (previous is None or self._deadline < previous):
+            self.wake()
+
+    def transmit_locked(
+        self,
+        datagrams: list[bytes],
+        address: Address | None,
+        *,
+        deadline: float | None = None,
+        raise_errors: bool = False,
+    ) -> None:
+        """Send datagrams (to ``address``, or on the connected socket when None).
+
+        I/O thread (``raise_errors`` False): a full send buffer or an error is counted and the
+        datagram dropped; DTLS recovers from loss. A user's ``send`` (``raise_errors`` True)
+        waits for room until ``deadline`` and raises what went wrong.
+        """
+        for data in datagrams:
+            if self.closed:
+                return
+            while True:
+                try:
+                    if address is None:
+                        self.sock.send(data)
+                    else:
+                        self.sock.sendto(data, address)
+                except BlockingIOError:
+                    if not raise_errors:
+                        self.count_drop_locked("send_buffer_full")
+                        break
+                    self._wait_writable(deadline, address)
+                    continue
+                except OSError as exc:
+                    error = self._send_failed_locked(exc, address)
+                    if raise_errors:
+                        raise error from exc
+                    return
+                break
+
+    def _wait_writable(self, deadline: float | None, address: Address | None) -> None:
+        remaining = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
+        if remaining <= 0:
+            raise DTLSTimeoutError(
+                f"send to {format_address(address or self._peer_for_errors())} timed out: "
+                "the socket's send buffer stayed full"
+            )
+        poller = select.poll()
+        poller.register(self.sock.fileno(), select.POLLOUT)
+        poller.poll(max(1, int(remaining * 1000)))
+
+    def _peer_for_errors(self) -> Address | None:
+        with contextlib.suppress(OSError):
+            return tuple(self.sock.getpeername())
+        return None
+
+    def count_drop_locked(self, reason: str) -> None:
+        """Count one datagram dropped by the I/O layer."""
+        self.drops[reason] = self.drops.get(reason, 0) + 1
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        selector = selectors.DefaultSelector()
+        try:
+            selector.register(self.sock, selectors.EVENT_READ, True)
+            selector.register(self._wake_r, selectors.EVENT_READ, False)
+            with self.lock:
+                if not self.closed:
+                    self._start_locked(time.monotonic())
+                    self._step_locked(time.monotonic())
+            while not self._stopping:
+                deadline = self._deadline
+                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+                ready = selector.select(timeout)
+                readable = False
+                for key, _ in ready:
+                    if key.data:
+                        readable = True
+                    else:
+                        self._drain_wake()
+                now = time.monotonic()
+                with self.lock:
+                    if self.closed:
+                        break
+                    if readable:
+                        self._receive_locked(now)
+                    self._step_locked(now)
+        except Exception as exc:  # pragma: no cover - a bug; never leave waiters hanging
+            logger.exception("I/O thread %s failed", self._thread.name)
+            self._final_error = DTLSError(f"internal error in the I/O thread: {exc!r}")
+        finally:
+            selector.close()
+            with self.lock:
+                self._run_requests_locked()
+                self._close_sockets_locked()
+
+    def _step_locked(self, now: float) -> None:
+        self._run_requests_locked()
+        if self.closed:
+            return
+        deadline = self._get_timer_locked()
+        if deadline is not None and now >= deadline:
+            self._handle_timer_locked(now)
+        while self._drain_locked():
+            pass
+        self._deadline = self._get_timer_locked()
+
+    def _run_requests_locked(self) -> None:
+        while self._requests:
+            action = self._requests.popleft()
+            try:
+                action()
+            except Exception:  # pragma: no cover - requests are our own clean-ups
+                logger.exception("clean-up request failed on %s", self._thread.name)
+
+    def _drain_wake(self) -> None:
+        while True:
+            try:
+                if not self._wake_r.recv(4096):
+                    return
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # pragma: no cover - closed under us during shutdown
+                return
+
+    def _close_sockets_locked(self) -> None:
+        if self.closed:
+            return
+        # Sessions still open (normally none: close() and shutdown() close them first) end
+        # now, and their channels hear of it; nothing more is transmitted.
+        self._abort_all_locked(self._final_error)
+        self.closed = True
+        while self._drain_locked():
+            pass
+        self._deadline = None
+        self.sock.close()
+        with self._wake_lock:
+            self._wake_w.close()
+        self._wake_r.close()
+
+
+class Channel(ChannelBase):
+    """One DTLS session, message by message, with blocking calls.
+
+    Get one from :func:`dtlskit.sync.connect`, as a :func:`~dtlskit.sync.serve` handler's
+    argument, or from :meth:`Listener.accept`. Received messages wait in a per-channel queue
+    bounded by ``config.limits.max_queued_messages`` (newer ones are dropped and counted as
+    ``"queue_full"``, see :mod:`dtlskit._channel_base`). A client channel owns its socket and
+    I/O thread; a server-side channel shares the listening socket, so socket options set on it
+    apply to every peer of that socket.
+    The life cycle is :mod:`dtlskit._channel_base`'s, shared with the asyncio flavour.
+    """
+
+    def __init__(
+        self,
+        engine: DTLSConnection,
+        io: IOThread,
+        peer_address: Address,
+        *,
+        owns_io: bool,
+    ) -> None:
+        super().__init__(engine, io.sock, peer_address)
+        self._io = io
+        self._owns_io = owns_io
+        self._cond = threading.Condition(threading.Lock())
+        self._reading = False
+
+    # -- called by the I/O layer, engine lock held ------------------------------------------------
+
+    def _handle_event(self, event: ev.Event) -> bool:
+        with self._cond:
+            wake = super()._handle_event(event)
+            if wake:
+                self._cond.notify_all()
+        return wake
+
+    def _end(self, error: DTLSError) -> bool:
+        with self._cond:
+            ended = super()._end(error)
+            if ended:
+                self._cond.notify_all()
+        return ended
+
+    def _abandon(self) -> None:
+        """Mark closed without a warning: the channel was never handed to user code."""
+        self._close_called = True
+        self._end(ConnectionClosedLocally("the connection was closed locally"))
+
+    # -- receiving ----------------------------------------------------------------------------
+
+    def recv(self, timeout: float | None = None) -> bytes:
+        """The next message; blocks until one arrives.
+
+        Raises :class:`DTLSTimeoutError` after ``timeout`` seconds (the channel stays usable);
+        once the session has ended and every message received before was returned, the error
+        that ended it (:class:`ConnectionClosedByPeer`, :class:`ConnectionClosedLocally`,
+        :class:`ConnectionLost`, ...); :class:`ConcurrencyError` if another thread is already
+        waiting in ``recv`` or ``recv_into``.
+        """
+        with self._reading_slot(timeout):
+            return self._inbox.messages.popleft()
+
+    def recv_into(
+        self,
+        buffer: Any,
+        offset: int = 0,
+        length: int | None = None,
+        timeout: float | None = None,
+    ) -> int:
+        """Copy the next message into ``buffer[offset:offset + length]``; return its size.
+
+        If the message does not fit, :class:`BufferTooSmall` is raised and the message stays
+        queued. Waiting and errors are as for :meth:`recv`.
+        """
+        view = memoryview(buffer).cast("B")
+        if view.readonly:
+            raise TypeError("recv_into needs a writable buffer (bytearray, memoryview, ...)")
+        if not isinstance(offset, int) or not 0 <= offset <= len(view):
+            raise ValueError(f"offset must be from 0 to {len(view)}, not {offset!r}")
+        if length is None:
+            length = len(view) - offset
+        if not isinstance(length, int) or not 0 <= length <= len(view) - offset:
+            raise ValueError(
+                f"length must be from 0 to {len(view) - offset} (buffer of {len(view)} bytes, "
+                f"offset {offset}), not {length!r}"
+            )
+        with self._reading_slot(timeout):
+            message = self._inbox.messages[0]
+            if len(message) > length:
+                raise BufferTooSmall(len(message), length)
+            self._inbox.messages.popleft()
+        view[offset : offset + len(message)] = message
+        return len(message)
+
+    @contextlib.contextmanager
+    def _reading_slot(self, timeout: float | None) -> Iterator[None]:
+        """Hold the channel's condition with at least one message queued, or raise."""
+        deadline = _deadline(timeout)
+        with self._cond:
+            if self._reading:
+                raise ConcurrencyError(
+                    f"another thread is already waiting in recv() on the channel to "
+                    f"{self._peer_text}; read from one thread and hand messages to the others"
+                )
+            self._reading = True
+            try:
+                while not self._inbox.messages:
+                    if self._inbox.error is not None:
+                        raise fresh_error(self._inbox.error)
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise DTLSTimeoutError(
+                            f"no message from {self._peer_text} within {timeout:g} s"
+                        )
+                    self._cond.wait(remaining)
+                yield
+            finally:
+                self._reading = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        """Messages until the session ends with close_notify (either side); other ends raise."""
+        while True:
+            try:
+                yield self.recv()
+            except DTLSError as exc:
+                if ends_iteration(exc):
+                    return
+                raise
+
+    def pending(self) -> int:
+        """Number of received messages waiting to be returned by :meth:`recv`."""
+        with self._cond:
+            return len(self._inbox.messages)
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def send(self, data: bytes | bytearray | memoryview, timeout: float | None = None) -> None:
+        """Send one message (1 byte or more) as one DTLS record.
+
+        Raises :class:`MessageTooLarge` beyond :attr:`cleartext_mtu`, the error that ended the
+        session (:class:`ConnectionClosed` family), :class:`DTLSTimeoutError` if the socket's
+        send buffer stays full for ``timeout`` seconds, :class:`TransportError` for socket
+        errors (``EMSGSIZE`` names the MTU).
+        """
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError(
+                f"send() takes bytes-like data, not {type(data).__name__}"
+                + ("; encode text first, e.g. text.encode()" if isinstance(data, str) else "")
+            )
+        if not len(data):
+            # OpenSSL's SSL_write cannot send zero bytes, and the core engine would end the
+            # session over it (it reports "Unexpected EOF"): refuse before touching it.
+            raise ValueError("cannot send an empty message: OpenSSL sends no empty records")
+        deadline = _deadline(timeout)
+        with self._cond:
+            message = self._check_sendable(data)
+        with self._io.lock:
+            if self._io.closed:
+                raise ConnectionClosedLocally("the connection was closed locally")
+            self._engine.send(message)
+            try:
+                self._io.transmit_locked(
+                    self._engine.datagrams_to_send(),
+                    None if self._owns_io else self._peer_address,
+                    deadline=deadline,
+                    raise_errors=True,
+                )
+            finally:
+                self._io.pump_locked()
+
+    # -- closing ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Send close_notify (once, best effort) and end the session. Idempotent.
+
+        Never waits for the peer. Wakes every thread waiting in :meth:`recv`; messages already
+        received are still returned, then :class:`ConnectionClosedLocally` is raised.
+        """
+        with self._cond:
+            if self._close_called:
+                return
+            self._close_called = True
+        try:
+            with self._io.lock:
+                if not self._io.closed:
+                    self._engine.close()
+                    self._io.pump_locked()
+        finally:
+            if self._owns_io:
+                self._io.stop()
+            self._end(ConnectionClosedLocally("the connection was closed locally"))
+
+    def __enter__(self) -> Channel:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_close_called", True):
+            return
+        if not self._owns_io and self._inbox.ended:
+            return  # nothing left to release: the session is over and the socket is shared
+        warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=2, source=self)
+        engine, io = self._engine, self._io
+
+        def close_engine() -> None:
+            engine.close()
+            io.pump_locked()
+
+        io.request(close_engine)  # no lock here: __del__ may run on a thread that holds it
+        if self._owns_io:
+            io.request_stop()
+
+    # -- information (every engine read holds the socket's engine lock) ------------------------
+
+    def _options_socket(self) -> socket.socket:
+        if self._io.closed:
+            raise TransportError(errno.EBADF, "the channel's socket is closed")
+        return self._io.sock
+
+    def statistics(self) -> ConnectionStatistics:
+        """A snapshot of the session's counters, drops of its message queue included."""
+        with self._io.lock:
+            return super().statistics()
+
+    @property
+    def mtu(self) -> int:
+        """Largest datagram this session sends, in bytes."""
+        with self._io.lock:
+            return super().mtu
+
+    @property
+    def cleartext_mtu(self) -> int:
+        """Largest message :meth:`send` accepts, in bytes."""
+        with self._io.lock:
+            return super().cleartext_mtu
+
+    @property
+    def version(self) -> str | None:
+        """Negotiated protocol version, e.g. ``"DTLSv1.2"``."""
+        with self._io.lock:
+            return super().version
+
+    @property
+    def cipher(self) -> str | None:
+        """Negotiated cipher suite (OpenSSL name)."""
+        with self._io.lock:
+            return super().cipher
+
+    @property
+    def alpn_protocol(self) -> str | None:
+        """The application protocol negotiated with ALPN, if any."""
+        with self._io.lock:
+            return super().alpn_protocol
+
+    @property
+    def peer_certificate(self) -> Any:
+        """The peer's certificate (``cryptography.x509.Certificate``), or None."""
+        with self._io.lock:
+            return super().peer_certificate
+
+    @property
+    def peer_certificate_chain(self) -> list[Any]:
+        """The certificates the peer sent, leaf first."""
+        with self._io.lock:
+            return super().peer_certificate_chain
+
+    @property
+    def session_reused(self) -> bool:
+        """Whether the handshake resumed an earlier session."""
+        with self._io.lock:
+            return super().session_reused

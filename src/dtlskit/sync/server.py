@@ -1,0 +1,671 @@
+"""Blocking DTLS servers: the classic threaded server (:func:`serve`) and the
+``createServer``/``accept`` model (:func:`listen`).
+
+Both bind UDP sockets and run one I/O thread per socket driving a
+:class:`~dtlskit.core.ServerEngine` (cookies, demultiplexing, limits). When a handshake
+completes, :func:`serve` starts one thread per peer running ``handler(channel)``;
+:func:`listen` queues the channel for :meth:`Listener.accept` in a queue bounded by
+``config.limits.accept_backlog`` (beyond it the association is closed and the drop counted as
+``"accept_backlog_full"``).
+
+With ``workers=N`` (N > 1), :func:`serve` returns a supervising :class:`Server` that binds
+nothing; its :meth:`Server.serve_forever` forks N processes (before any thread exists) that
+each bind the same fixed port with ``SO_REUSEPORT`` and serve with the OpenSSL context and
+cookie secret built once in the parent, so a cookie or session from one worker is valid in
+every other. SIGINT/SIGTERM sent to the parent are forwarded to every worker, which closes
+its sessions (close_notify) and exits 0.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import logging
+import signal
+import socket
+import threading
+import time
+import warnings
+import weakref
+from collections.abc import Callable, Iterable
+from types import FrameType
+from typing import Any
+
+from .. import _sockets
+from .._channel_base import aggregate_server_statistics, send_error
+from ..config import DTLSConfiguration
+from ..core import events as ev
+from ..core.connection import DTLSConnection
+from ..core.cookies import CookieJar
+from ..core.server import ServerEngine, ServerStatistics
+from ..exceptions import (
+    ConfigurationError,
+    ConnectionClosed,
+    ConnectionClosedLocally,
+    DTLSError,
+    DTLSTimeoutError,
+    TransportError,
+)
+from .channel import Channel, IOThread
+
+__all__ = ["Listener", "Server", "install_signal_handlers", "listen", "serve"]
+
+logger = logging.getLogger("dtlskit.server")
+
+Address = tuple[Any, ...]
+Handler = Callable[[Channel], object]
+
+HANDLER_JOIN_TIMEOUT = 5.0
+"""Seconds :meth:`Server.close` waits, in total, for handler threads to return."""
+
+
+class _ServerIO(IOThread):
+    """The I/O thread of one listening socket and its ``ServerEngine``."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        engine: ServerEngine,
+        on_channel: Callable[[Channel], str | None],
+        mtu: int,
+    ) -> None:
+        super().__init__(sock, name=f"dtlskit-server-{_sockets.format_address(sock.getsockname())}")
+        self.engine = engine
+        self._on_channel = on_channel
+        self._mtu = mtu
+        self._channels: weakref.WeakValueDictionary[DTLSConnection, Channel] = (
+            weakref.WeakValueDictionary()
+        )
+
+    def _receive_locked(self, now: float) -> None:
+        for _ in range(64):
+            try:
+                data, address = self.sock.recvfrom(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.count_drop_locked("receive_failed")
+                return
+            self.engine.receive_datagram(data, address, now)
+
+    def _get_timer_locked(self) -> float | None:
+        return self.engine.get_timer()
+
+    def _handle_timer_locked(self, now: float) -> None:
+        self.engine.handle_timer(now)
+
+    def _drain_locked(self) -> bool:
+        progressed = False
+        while (item := self.engine.next_event()) is not None:
+            progressed = True
+            address, conn, event = item
+            if isinstance(event, ev.HandshakeCompleted):
+                self._established_locked(address, conn)
+            elif isinstance(event, ev.MessageReceived):
+                channel = self._channels.get(conn)
+                if channel is not None:
+                    channel._handle_event(event)
+                else:
+                    self.count_drop_locked("no_channel")
+            elif isinstance(event, ev.ConnectionClosed | ev.ConnectionTerminated):
+                channel = self._channels.pop(conn, None)
+                if channel is not None:
+                    channel._handle_event(event)
+        datagrams = self.engine.datagrams_to_send()
+        if datagrams:
+            progressed = True
+            for data, address in datagrams:
+                self.transmit_locked([data], address)
+        return progressed
+
+    def _established_locked(self, address: Address, conn: DTLSConnection) -> None:
+        channel = Channel(conn, self, address, owns_io=False)
+        self._channels[conn] = channel
+        refused = self._on_channel(channel)
+        if refused is not None:
+            self._channels.pop(conn, None)
+            channel._abandon()
+            conn.close()
+            self.count_drop_locked(refused)
+
+    def _send_failed_locked(self, exc: OSError, address: Address | None) -> DTLSError:
+        self.count_drop_locked("send_failed")
+        conn = self.engine.connection(address) if address is not None else None
+        return send_error(exc, address, conn.mtu if conn is not None else self._mtu)
+
+    def _abort_all_locked(self, error: DTLSError) -> None:
+        for conn in self.engine.connections.values():
+            conn.abort(error)
+
+    def close_all_locked(self) -> None:
+        """close_notify to every peer; their channels end with ConnectionClosedLocally."""
+        if not self.closed:
+            self.engine.close_all()
+            self.pump_locked()
+
+    def shutdown(self) -> None:
+        """Close every association, stop the thread, close the socket."""
+        with self.lock:
+            self.close_all_locked()
+        self.stop()
+
+    def abandon(self) -> None:
+        """Clean up from ``__del__``: no lock, no join."""
+        self.request(self.close_all_locked)
+        self.request_stop()
+
+    def statistics(self) -> ServerStatistics:
+        """The engine's counters plus the drops this I/O layer counted itself."""
+        with self.lock:
+            return aggregate_server_statistics([self.engine.statistics()], dict(self.drops))
+
+
+# -- binding -----------------------------------------------------------------------------------
+
+
+def _bind_sockets(
+    host: str | None, port: int, *, ipv6_only: bool | None, reuse_port: bool
+) -> list[socket.socket]:
+    """One bound socket per resolved address (all interfaces for None or "")."""
+    infos = _sockets.resolve(host or None, port, passive=True)
+    several = len(infos) > 1
+    sockets: list[socket.socket] = []
+    try:
+        for family, address in infos:
+            v6only = ipv6_only
+            if family == socket.AF_INET6 and v6only is None and several:
+                v6only = True  # "::" and "0.0.0.0" side by side, as asyncio does
+            if port == 0 and sockets:  # every socket of one server on the same port
+                address = (address[0], sockets[0].getsockname()[1], *address[2:])
+            sockets.append(
+                _sockets.make_udp_socket(
+                    family, bind=address, reuse_port=reuse_port, ipv6_only=v6only
+                )
+            )
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def _bind_one(
+    host: str | None, port: int, *, ipv6_only: bool | None, reuse_port: bool
+) -> socket.socket:
+    """One bound socket: the first address that binds (``"::"`` dual-stack for all interfaces)."""
+    if host:
+        candidates = _sockets.resolve(host, port, passive=True)
+    else:
+        candidates = [(socket.AF_INET, ("0.0.0.0", port))]
+        if socket.has_ipv6:
+            candidates.insert(0, (socket.AF_INET6, ("::", port, 0, 0)))
+    last: TransportError | None = None
+    for family, address in candidates:
+        try:
+            return _sockets.make_udp_socket(
+                family, bind=address, reuse_port=reuse_port, ipv6_only=ipv6_only
+            )
+        except TransportError as exc:
+            if exc.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                raise
+            last = exc
+    if last is None:  # pragma: no cover - getaddrinfo never returns an empty list
+        raise TransportError(errno.EADDRNOTAVAIL, f"{host!r} resolved to no address")
+    raise last
+
+
+# -- threaded server -----------------------------------------------------------------------------
+
+
+class _PeerThreads:
+    """One thread per peer running the handler; holds no reference to the Server."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self._threads: set[threading.Thread] = set()
+        self._lock = threading.Lock()
+
+    def start(self, channel: Channel) -> str | None:
+        """Start ``handler(channel)`` on its own thread (I/O thread, engine lock held)."""
+        name = f"dtlskit-peer-{_sockets.format_address(channel.getpeername())}"
+        thread = threading.Thread(target=self._run, args=(channel,), name=name, daemon=True)
+        with self._lock:
+            self._threads.add(thread)
+        try:
+            thread.start()
+        except RuntimeError:
+            with self._lock:
+                self._threads.discard(thread)
+            return "thread_start_failed"
+        return None
+
+    def _run(self, channel: Channel) -> None:
+        peer = _sockets.format_address(channel.getpeername())
+        try:
+            self.handler(channel)
+        except ConnectionClosed as exc:
+            logger.debug("session with %s ended in the handler: %s", peer, exc)
+        except Exception:
+            logger.exception("handler for %s raised; that peer's session is closed", peer)
+        finally:
+            try:
+                channel.close()
+            except Exception:  # pragma: no cover - close is best effort
+                logger.exception("closing the channel of %s failed", peer)
+            with self._lock:
+                self._threads.discard(threading.current_thread())
+
+    def join(self, timeout: float) -> list[threading.Thread]:
+        """Wait up to ``timeout`` seconds in total; return the threads still running."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            threads = list(self._threads)
+        current = threading.current_thread()
+        for thread in threads:
+            if thread is not current:
+                thread.join(max(0.0, deadline - time.monotonic()))
+        return [t for t in threads if t.is_alive() and t is not current]
+
+
+class Server:
+    """A running threaded DTLS server. Create it with :func:`serve`.
+
+    Serving starts at once; :meth:`serve_forever` only blocks until :meth:`close`. As a context
+    manager it closes on exit.
+    """
+
+    def __init__(
+        self,
+        handler: Handler,
+        host: str | None,
+        port: int,
+        *,
+        config: DTLSConfiguration,
+        workers: int = 1,
+        ipv6_only: bool | None = None,
+        reuse_port: bool = False,
+        context: Any = None,
+        cookie_jar: CookieJar | None = None,
+    ) -> None:
+        self._lock = threading.Lock()
+        self._closing = True  # until construction succeeds (no ResourceWarning for a failure)
+        self._done = threading.Event()
+        self._closers: list[threading.Thread] = []
+        self._ios: list[_ServerIO] = []
+        self._peers = _PeerThreads(handler)
+        self._workers = workers
+        self._spec = (host, port, config, ipv6_only)
+        if context is None:
+            context = config.build_context(server=True)
+        if cookie_jar is None:
+            cookie_jar = CookieJar(config.cookie_secret)
+        self._context, self._cookie_jar = context, cookie_jar
+        if workers > 1:
+            # Supervisor: bind nothing and start no thread; the workers do both after fork.
+            self._addresses = [address for _, address in _sockets.resolve(host or None, port)]
+            self._closing = False
+            return
+        sockets = _bind_sockets(host, port, ipv6_only=ipv6_only, reuse_port=reuse_port)
+        try:
+            for sock in sockets:
+                engine = ServerEngine(config, context=context, cookie_jar=cookie_jar)
+                self._ios.append(
+                    _ServerIO(
+                        sock,
+                        engine,
+                        self._peers.start,
+                        config.mtu,
+                    )
+                )
+        except BaseException:
+            for io in self._ios:
+                io.stop()
+            for sock in sockets:
+                sock.close()
+            raise
+        self._addresses = [tuple(sock.getsockname()) for sock in sockets]
+        for io in self._ios:
+            io.start()
+        self._closing = False
+
+    # -- running --------------------------------------------------------------------------------
+
+    def serve_forever(self) -> None:
+        """Block until the server is closed (from another thread, a handler or a signal).
+
+        With workers, fork them and wait until every worker has exited; raise
+        :class:`DTLSError` if one failed.
+        """
+        if self._workers > 1:
+            self._run_workers()
+            return
+        self._done.wait()
+        for thread in list(self._closers):
+            if thread is not threading.current_thread():
+                thread.join(HANDLER_JOIN_TIMEOUT + 10.0)
+
+    def close(self) -> None:
+        """Send close_notify to every peer, stop reading, close the sockets, and join the I/O
+        and handler threads (waiting at most :data:`HANDLER_JOIN_TIMEOUT` s for handlers).
+        Idempotent."""
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+        try:
+            for io in self._ios:
+                io.shutdown()
+            stragglers = self._peers.join(HANDLER_JOIN_TIMEOUT)
+            for thread in stragglers:
+                logger.warning(
+                    "handler thread %s still running %g s after close()",
+                    thread.name,
+                    HANDLER_JOIN_TIMEOUT,
+                )
+        finally:
+            self._done.set()
+
+    shutdown = close
+
+    def _close_soon(self, reason: str) -> None:
+        """From a signal handler: close on a helper thread (a signal handler must not take
+        engine or logging locks the interrupted main thread may hold)."""
+        if self._closing:
+            return
+
+        def close() -> None:
+            logger.info("%s received: closing the server", reason)
+            self.close()
+
+        thread = threading.Thread(target=close, name="dtlskit-signal-close")
+        self._closers.append(thread)
+        thread.start()
+
+    def _run_workers(self) -> None:
+        if self._closing:
+            return
+        host, port, config, ipv6_only = self._spec
+        handler = self._peers.handler
+        context, cookie_jar = self._context, self._cookie_jar
+
+        def run_one(index: int) -> None:
+            server = Server(
+                handler,
+                host,
+                port,
+                config=config,
+                ipv6_only=ipv6_only,
+                reuse_port=True,
+                context=context,
+                cookie_jar=cookie_jar,
+            )
+            restore = install_signal_handlers(server)
+            try:
+                server.serve_forever()
+            finally:
+                server.close()
+                restore()
+
+        try:
+            status = _sockets.run_workers(self._workers, run_one)
+        finally:
+            self._closing = True
+            self._done.set()
+        if status != 0:
+            raise DTLSError(
+                "a worker process exited with an error (its traceback is on standard error)"
+            )
+
+    # -- information ----------------------------------------------------------------------------
+
+    @property
+    def sockets(self) -> list[socket.socket]:
+        """The listening sockets (none in a supervising server with workers)."""
+        return [io.sock for io in self._ios]
+
+    @property
+    def addresses(self) -> list[Address]:
+        """Bound addresses, ``(host, port, ...)`` (with workers: the addresses they bind)."""
+        return list(self._addresses)
+
+    def statistics(self) -> ServerStatistics:
+        """Counters of every socket added up (empty in a supervising server with workers)."""
+        return aggregate_server_statistics(io.statistics() for io in self._ios)
+
+    def is_serving(self) -> bool:
+        """Whether the server accepts new peers."""
+        return not self._closing
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_closing", True):
+            return
+        warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=2, source=self)
+        for io in self._ios:
+            io.abandon()
+
+    def __repr__(self) -> str:
+        where = ", ".join(_sockets.format_address(a) for a in self._addresses)
+        state = "closed" if self._closing else "serving"
+        return f"<dtlskit.sync.Server {state} {where}>"
+
+
+def serve(
+    handler: Handler,
+    host: str | None,
+    port: int,
+    *,
+    config: DTLSConfiguration,
+    workers: int = 1,
+    ipv6_only: bool | None = None,
+    reuse_port: bool = False,
+) -> Server:
+    """Serve DTLS on ``host:port``, one thread per peer running ``handler(channel)``.
+
+    ``host`` None or ``""`` binds every interface (one socket per family); ``"::"`` alone is
+    dual-stack unless ``ipv6_only``. A handler that raises is logged (logger
+    ``"dtlskit.server"``) and ends that peer only; its channel is always closed when it returns.
+    ``workers=N`` forks N ``SO_REUSEPORT`` processes from :meth:`Server.serve_forever` and needs
+    a fixed port.
+    """
+    if not isinstance(workers, int) or workers < 1:
+        raise ConfigurationError(f"workers must be a positive integer, not {workers!r}")
+    if workers > 1 and port == 0:
+        raise ConfigurationError(
+            "workers need a fixed port: with port 0 every worker would bind a different one"
+        )
+    return Server(
+        handler,
+        host,
+        port,
+        config=config,
+        workers=workers,
+        ipv6_only=ipv6_only,
+        reuse_port=reuse_port or workers > 1,
+    )
+
+
+# -- listen/accept -----------------------------------------------------------------------------
+
+
+class _AcceptQueue:
+    """Completed handshakes waiting for ``accept()``, bounded."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._cond = threading.Condition(threading.Lock())
+        self._items: collections.deque[Channel] = collections.deque()
+        self._closed = False
+
+    def offer(self, channel: Channel) -> str | None:
+        with self._cond:
+            if self._closed:
+                return "listener_closed"
+            if len(self._items) >= self._limit:
+                return "accept_backlog_full"
+            self._items.append(channel)
+            self._cond.notify()
+            return None
+
+    def take(self, timeout: float | None) -> Channel:
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must be None or >= 0 seconds, not {timeout!r}")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise ConnectionClosedLocally("the listener is closed")
+                if self._items:
+                    return self._items.popleft()
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise DTLSTimeoutError(f"no peer completed a handshake within {timeout:g} s")
+                self._cond.wait(remaining)
+
+    def close(self) -> list[Channel]:
+        with self._cond:
+            self._closed = True
+            items = list(self._items)
+            self._items.clear()
+            self._cond.notify_all()
+        return items
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._items)
+
+
+class Listener(_sockets.SocketOptions):
+    """A bound DTLS socket whose peers are taken one by one with :meth:`accept`.
+
+    Create it with :func:`listen`. Accepted channels share the listener's socket: closing the
+    listener ends every session (close_notify to each peer).
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        config: DTLSConfiguration,
+        context: Any = None,
+        cookie_jar: CookieJar | None = None,
+    ) -> None:
+        self._closed = False
+        self._queue = _AcceptQueue(config.limits.accept_backlog)
+        engine = ServerEngine(config, context=context, cookie_jar=cookie_jar)
+        self._io = _ServerIO(sock, engine, self._queue.offer, config.mtu)
+        self._address = tuple(sock.getsockname())
+        self._io.start()
+
+    def accept(self, timeout: float | None = None) -> Channel:
+        """The next peer whose handshake completed; blocks until one does.
+
+        Raises :class:`DTLSTimeoutError` after ``timeout`` seconds, and
+        :class:`ConnectionClosedLocally` once the listener is closed.
+        """
+        return self._queue.take(timeout)
+
+    def pending(self) -> int:
+        """Completed handshakes waiting for :meth:`accept`."""
+        return len(self._queue)
+
+    def statistics(self) -> ServerStatistics:
+        """The socket's counters: sessions, handshakes, drops by reason."""
+        return self._io.statistics()
+
+    def _options_socket(self) -> socket.socket:
+        if self._io.closed:
+            raise TransportError(errno.EBADF, "the listener's socket is closed")
+        return self._io.sock
+
+    def close(self) -> None:
+        """Send close_notify to every peer (accepted or not), close the socket, wake
+        :meth:`accept` callers. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        waiting = self._queue.close()
+        try:
+            self._io.shutdown()
+        finally:
+            for channel in waiting:
+                channel._abandon()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def __enter__(self) -> Listener:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_closed", True):
+            return
+        warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=2, source=self)
+        for channel in self._queue.close():
+            channel._abandon()
+        self._io.abandon()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "listening"
+        return f"<dtlskit.sync.Listener {state} {_sockets.format_address(self._address)}>"
+
+
+def listen(
+    host: str | None,
+    port: int,
+    *,
+    config: DTLSConfiguration,
+    ipv6_only: bool | None = None,
+    reuse_port: bool = False,
+) -> Listener:
+    """Bind one DTLS server socket and return a :class:`Listener` (EdgerOS ``createServer``).
+
+    ``host`` None or ``""`` binds ``"::"`` (dual-stack unless ``ipv6_only``), or ``"0.0.0.0"``
+    where IPv6 is unavailable. Completed handshakes wait for :meth:`Listener.accept` in a queue
+    of ``config.limits.accept_backlog``.
+    """
+    context = config.build_context(server=True)
+    sock = _bind_one(host, port, ipv6_only=ipv6_only, reuse_port=reuse_port)
+    try:
+        return Listener(sock, config=config, context=context)
+    except BaseException:
+        sock.close()
+        raise
+
+
+# -- signals -----------------------------------------------------------------------------------
+
+
+def install_signal_handlers(
+    server: Server, signals: Iterable[int] = (signal.SIGINT, signal.SIGTERM)
+) -> Callable[[], None]:
+    """Make SIGINT and SIGTERM close ``server`` (close_notify to every peer), so that
+    :meth:`Server.serve_forever` returns. Call from the main thread. Returns a function that
+    restores the previous handlers.
+
+    The handler only starts a thread that runs :meth:`Server.close`: a signal handler runs
+    between two bytecodes of the main thread, which may be holding an engine lock.
+    """
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        server._close_soon(signal.Signals(signum).name)
+
+    previous: dict[int, Any] = {}
+    for sig in signals:
+        previous[sig] = signal.signal(sig, handle)
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
+
+    return restore
