@@ -5,7 +5,9 @@ asyncio front end (:mod:`dtlskit.asyncio`); the blocking mirror image is :mod:`d
 the sans-I/O engines are in :mod:`dtlskit.core`.
 """
 
+from .asyncio import connect, listen, run_server, serve
 from .config import DEFAULT_CIPHERS, DTLSConfiguration, Limits
+from .core.session import Session
 from .exceptions import (
     BufferTooSmall,
     CertificateVerificationError,
@@ -25,8 +27,6 @@ from .exceptions import (
     MessageTooLarge,
     TransportError,
 )
-
-from .asyncio import connect, listen, run_server, serve
 
 __version__ = "0.1.0"
 
@@ -50,6 +50,7 @@ __all__ = [
     "InvalidMessage",
     "Limits",
     "MessageTooLarge",
+    "Session",
     "TransportError",
     "__version__",
     "connect",

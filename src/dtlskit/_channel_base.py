@@ -28,6 +28,7 @@ from ._sockets import Address, SocketOptions, format_address, translate_os_error
 from .core import events as ev
 from .core.connection import ConnectionStatistics, DTLSConnection, State
 from .core.server import ServerStatistics
+from .core.session import Session
 from .exceptions import (
     ConnectionClosedByPeer,
     ConnectionClosedLocally,
@@ -234,6 +235,12 @@ class ChannelBase(SocketOptions):
     def peer_certificate_chain(self) -> list[Any]:
         """The certificates the peer sent, leaf first."""
         return self._engine.peer_certificate_chain
+
+    @property
+    def session(self) -> Session | None:
+        """The negotiated session, to pass as ``connect(..., session=)`` to resume it later
+        (serialisable with ``to_bytes()`` / ``save(path)``); None before the handshake."""
+        return self._engine.session
 
     @property
     def session_reused(self) -> bool:

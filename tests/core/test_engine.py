@@ -395,3 +395,11 @@ def test_check_hostname_without_a_name_is_a_configuration_error(pki):
     config = dtlskit.DTLSConfiguration.client(pki.ca_cert)
     with pytest.raises(dtlskit.ConfigurationError, match="server_hostname"):
         DTLSConnection(config, server=False)
+
+
+def test_configuration_context_is_built_once_and_shared(server_config, client_config):
+    first = DTLSConnection(client_config, server=False)
+    second = DTLSConnection(client_config, server=False)
+    assert first.ssl_object.get_context() is second.ssl_object.get_context()
+    fresh = DTLSConnection(client_config.replace(), server=False)
+    assert fresh.ssl_object.get_context() is not first.ssl_object.get_context()

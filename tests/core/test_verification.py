@@ -117,7 +117,8 @@ def test_system_store_is_used(monkeypatch, pki, other_pki, server_config):
     config = dtlskit.DTLSConfiguration.client(server_hostname="localhost", load_default_certs=True)
     assert MemoryPair(server_config, config).handshake()
     monkeypatch.setenv("SSL_CERT_FILE", str(other_pki.ca_cert))
-    error = failed(MemoryPair(server_config, config))
+    # A configuration reads its trust store once; a new one reads the changed environment.
+    error = failed(MemoryPair(server_config, config.replace()))
     assert "unable to get local issuer certificate" in str(error)
 
 

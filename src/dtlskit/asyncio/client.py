@@ -28,9 +28,12 @@ from .._sockets import (
 from ..config import DTLSConfiguration
 from ..core import events as ev
 from ..core.connection import DTLSConnection
+from ..core.session import Session
 from ..exceptions import (
     ConfigurationError,
     ConnectionLost,
+    ConnectionRefused,
+    DTLSError,
     HandshakeTimeout,
     TransportError,
 )
@@ -143,8 +146,9 @@ class _Connector:
         local_addr: Address | None,
         timeout: float | None,
         server_hostname: str | None,
+        session: Session | None,
     ) -> None:
-        self._args = (host, port, config, local_addr, timeout, server_hostname)
+        self._args = (host, port, config, local_addr, timeout, server_hostname, session)
         self._channel: Channel | None = None
 
     def __await__(self) -> Generator[Any, None, Channel]:
@@ -169,6 +173,7 @@ def connect(
     local_addr: Address | None = None,
     timeout: float | None = None,
     server_hostname: str | None = None,
+    session: Session | None = None,
 ) -> _Connector:
     """Open a DTLS session to ``host``:``port``; ``await`` it or use ``async with``.
 
@@ -176,10 +181,12 @@ def connect(
     name checked against the certificate and sent in SNI is ``server_hostname``, else
     ``config.server_hostname``, else ``host``. ``timeout`` (default
     ``config.handshake_timeout``) covers name resolution and the whole handshake and raises
-    :class:`~dtlskit.exceptions.HandshakeTimeout`. Each resolved address is tried in order only
-    while a socket cannot be opened for it; a handshake failure is final.
+    :class:`~dtlskit.exceptions.HandshakeTimeout`. Resolved addresses are tried in order while a
+    socket cannot be opened or the host refuses (ICMP port unreachable); any other handshake
+    failure is final. ``session`` (from an earlier channel's :attr:`Channel.session`) asks the
+    server to resume it; :attr:`Channel.session_reused` tells whether it did.
     """
-    return _Connector(host, port, config, local_addr, timeout, server_hostname)
+    return _Connector(host, port, config, local_addr, timeout, server_hostname, session)
 
 
 async def _open(
@@ -189,6 +196,7 @@ async def _open(
     local_addr: Address | None,
     timeout: float | None,
     server_hostname: str | None,
+    session: Session | None,
 ) -> Channel:
     loop = asyncio.get_running_loop()
     config = config if config is not None else DTLSConfiguration.client()
@@ -198,13 +206,43 @@ async def _open(
     deadline = loop.time() + limit
     name = server_hostname or config.server_hostname or host
     addresses = await _resolve(loop, host, port, limit)
-    sock, peer = _open_socket(addresses, local_addr, host)
+    engine_config = config
+    if limit != config.handshake_timeout:
+        engine_config = config.replace(handshake_timeout=limit)
+    failure: DTLSError = TransportError(
+        errno.EADDRNOTAVAIL, f"{host!r} resolved to no usable address"
+    )
+    for family, peer in addresses:
+        try:
+            sock = make_udp_socket(family, bind=local_addr, connect=peer)
+        except TransportError as exc:
+            logger.debug("cannot use %s for %r: %s", format_address(peer), host, exc)
+            failure = exc
+            continue
+        try:
+            return await _attempt(loop, sock, peer, engine_config, name, deadline, limit, session)
+        except (ConnectionRefused, TransportError) as exc:
+            logger.debug("%s refused or failed: %s", format_address(peer), exc)
+            failure = exc
+            if loop.time() >= deadline:
+                break
+    raise failure
+
+
+async def _attempt(
+    loop: asyncio.AbstractEventLoop,
+    sock: socket.socket,
+    peer: Address,
+    engine_config: DTLSConfiguration,
+    name: str,
+    deadline: float,
+    limit: float,
+    session: Session | None,
+) -> Channel:
+    """One handshake over ``sock`` (connected to ``peer``); the socket is closed on failure."""
     try:
-        engine_config = config
-        if limit != config.handshake_timeout:
-            engine_config = config.replace(handshake_timeout=limit)
         engine = DTLSConnection(
-            engine_config, server=False, peer_address=peer, server_hostname=name
+            engine_config, server=False, peer_address=peer, server_hostname=name, session=session
         )
         endpoint = _ClientEndpoint(loop, engine, peer, deadline, limit)
         await loop.create_datagram_endpoint(lambda: endpoint, sock=sock)
@@ -246,16 +284,3 @@ async def _resolve(
     if not addresses:  # pragma: no cover - getaddrinfo raises instead
         raise TransportError(errno.EADDRNOTAVAIL, f"{host!r} resolved to no address")
     return addresses
-
-
-def _open_socket(
-    addresses: list[AddrInfo], local_addr: Address | None, host: str
-) -> tuple[socket.socket, Address]:
-    failure = TransportError(errno.EADDRNOTAVAIL, f"{host!r} resolved to no usable address")
-    for family, address in addresses:
-        try:
-            return make_udp_socket(family, bind=local_addr, connect=address), address
-        except TransportError as exc:
-            logger.debug("cannot use %s for %r: %s", format_address(address), host, exc)
-            failure = exc
-    raise failure

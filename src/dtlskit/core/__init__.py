@@ -11,6 +11,7 @@ from .events import (
     MessageReceived,
 )
 from .server import ServerEngine, ServerStatistics
+from .session import Session
 
 __all__ = [
     "ConnectionClosed",
@@ -23,5 +24,6 @@ __all__ = [
     "MessageReceived",
     "ServerEngine",
     "ServerStatistics",
+    "Session",
     "State",
 ]

@@ -154,7 +154,7 @@ class DTLSConnection(NegotiatedSession):
         self._server = server
         self.peer_address = peer_address
         self._peer_text = _format_address(peer_address)
-        ctx = context if context is not None else config.build_context(server)
+        ctx = context if context is not None else config.context(server)
         self._ssl = SSL.Connection(ctx, None)
         self._mtu = config.mtu
         self._fallback_mtu = min(fallback_mtu_for(peer_address), self._mtu)

@@ -21,6 +21,7 @@ from .._channel_base import fresh_error, send_error
 from ..config import DTLSConfiguration
 from ..core import events as ev
 from ..core.connection import DTLSConnection, State
+from ..core.session import Session
 from ..exceptions import (
     ConfigurationError,
     ConnectionLost,
@@ -132,6 +133,7 @@ def connect(
     local_addr: Address | None = None,
     timeout: float | None = None,
     server_hostname: str | None = None,
+    session: Session | None = None,
 ) -> Channel:
     """Open a DTLS session with ``host:port`` and return its :class:`Channel`.
 
@@ -139,7 +141,9 @@ def connect(
     handshake and raises :class:`HandshakeTimeout`. Resolved addresses are tried in order while
     a socket cannot be set up or the host refuses (ICMP port unreachable); any other handshake
     failure is final. ``server_hostname`` (SNI and certificate check) defaults to
-    ``config.server_hostname``, then to ``host``. The channel is also a context manager.
+    ``config.server_hostname``, then to ``host``. ``session`` (from an earlier channel's
+    :attr:`Channel.session`) asks the server to resume it; :attr:`Channel.session_reused` tells
+    whether it did. The channel is also a context manager.
     """
     if config is None:
         config = DTLSConfiguration.client()
@@ -151,7 +155,7 @@ def connect(
     if timeout != config.handshake_timeout:  # the engine's own deadline follows ``timeout``
         config = config.replace(handshake_timeout=timeout)
     name = server_hostname or config.server_hostname or host
-    context = config.build_context(server=False)
+    context = config.context(server=False)
     infos = _sockets.resolve(host, port)
     last_error: DTLSError | None = None
     for family, address in infos:
@@ -161,7 +165,7 @@ def connect(
             last_error = exc
             continue
         try:
-            return _handshake(sock, address, config, context, name, deadline, timeout)
+            return _handshake(sock, address, config, context, name, deadline, timeout, session)
         except (ConnectionRefused, TransportError) as exc:
             last_error = exc
             if time.monotonic() >= deadline:
@@ -179,6 +183,7 @@ def _handshake(
     server_hostname: str,
     deadline: float,
     timeout: float,
+    session: Session | None,
 ) -> Channel:
     try:
         engine = DTLSConnection(
@@ -187,6 +192,7 @@ def _handshake(
             peer_address=address,
             context=context,
             server_hostname=server_hostname,
+            session=session,
         )
         io = _ClientIO(sock, engine, address)
     except BaseException:
