@@ -21,12 +21,11 @@ flights in a row the MTU backs off to the path minimum (548 bytes over IPv4, 123
 An overall handshake deadline (30 s by default) ends a stalled handshake with
 :class:`~dtlskit.exceptions.HandshakeTimeout`; OpenSSL alone would try for minutes.
 
-*The final flight.* The side that sends the last flight (the server in a full handshake) has no
-timer for it: if it is lost, the peer retransmits its own last flight. We remember the
-fingerprints (record bytes minus sequence number) of the peer's last flight, and when one arrives
-again we re-send our final flight, at most once per retransmission timeout. Junk from the peer's
-address matches no fingerprint and gets nothing back. Datagrams keep flowing through OpenSSL after
-the handshake, so OpenSSL's own repeat-Finished logic also works with fresh-sequence peers.
+*Peer repeats.* When the peer retransmits the flight our current flight answers, ours was lost
+and we re-send it at once; the side that sent the final flight (which no timer covers) re-sends
+it the same way. The bookkeeping (timers, flight names, fingerprints, rate) is
+:mod:`dtlskit.core.flights`. Datagrams keep flowing through OpenSSL after the handshake, so
+OpenSSL's own repeat-Finished logic also works with peers that renumber their retransmissions.
 
 The contract for callers: after any method that takes ``now``, and after :meth:`send` and
 :meth:`close`, call :meth:`datagrams_to_send` and transmit the result, drain :meth:`next_event`,
@@ -59,13 +58,11 @@ from ..exceptions import (
 )
 from . import _bindings, _errors
 from . import events as ev
+from .flights import Flights
 from .records import (
-    CONTENT_HANDSHAKE,
     BadPacket,
-    handshake_message_sequence_trusted,
     pack_datagrams,
     split_records_trusted,
-    split_records_untrusted,
 )
 from .session import NegotiatedSession, Session
 
@@ -75,11 +72,8 @@ Address = tuple[Any, ...]
 
 _MAX_READ = 65536
 _MAX_PLAINTEXT = 2**14  # largest plaintext of one record
-_MAX_PEER_FLIGHT_RECORDS = 64
 # How far OpenSSL's wall-clock timer may lag ours before we stop waiting for it.
 _CLOCK_SKEW = 0.05
-# Least spacing of flights re-sent because the peer repeated one of its own.
-_MIN_RESEND_INTERVAL = 0.5
 
 
 def fallback_mtu_for(address: Address | None) -> int:
@@ -175,23 +169,9 @@ class DTLSConnection(NegotiatedSession):
         """Called (without arguments but the engine) whenever output or events are produced
         outside a call that takes ``now``; a server demultiplexer uses it to track work."""
 
-        # Retransmission state.
-        self._rto = config.initial_retransmit_timeout
-        self._retransmit_at: float | None = None
-        self._flight_records: list[bytes] = []
-        self._flight_key: frozenset[tuple[int, int, int | None]] = frozenset()
-        self._flight_retransmitted = False
-        self._consecutive_timeouts = 0
-        self._deferred_for_skew = False
+        self._flights = Flights(config.initial_retransmit_timeout, config.max_retransmit_timeout)
         self._handshake_started: float | None = None
         self._handshake_deadline: float | None = None
-        # Final-flight state.
-        self._peer_flight: set[bytes] = set()
-        self._answered_flight: set[bytes] = set()
-        self._flight_sent_at: float | None = None
-        self._final_flight: list[bytes] = []
-        self._final_flight_until = 0.0
-        self._final_resent_at: float | None = None
         # Idle expiry.
         self._idle_timeout = config.idle_timeout
         self._idle_deadline: float | None = None
@@ -255,7 +235,7 @@ class DTLSConnection(NegotiatedSession):
         self._ssl.set_accept_state()
         self._begin_handshake(now)
         self._count_received(client_hello)
-        self._remember_peer_records(client_hello)
+        self._flights.heard(client_hello)
         try:
             self._ssl.bio_write(client_hello)
             self._ssl.DTLSv1_listen()
@@ -274,26 +254,34 @@ class DTLSConnection(NegotiatedSession):
             self._drop("after_close" if self.state is not State.INITIAL else "before_start")
             return
         self._count_received(data)
+        flights = self._flights
         if self.state is State.HANDSHAKING:
-            repeat = self._matches(data, self._answered_flight)
-            if not repeat:
-                self._remember_peer_records(data)
-            flight = self._flight_key
+            repeat = flights.heard(data)
+            flight = flights.current_name()
             self._bio_write(data)
             self._advance_handshake(now)
             state = self._state_now()
             if state is State.ESTABLISHED:
                 self._read_application_data(now)
-            elif repeat and state is State.HANDSHAKING and flight == self._flight_key:
-                self._resend_flight_early(now)
+            elif (
+                repeat
+                and state is State.HANDSHAKING
+                and flight == flights.current_name()
+                and flights.resend_early(now)
+            ):
+                # The peer repeated what our flight answers: ours was lost, send it again now.
+                self._queue(flights.records)
+                self._stats.early_resends += 1
             return
         # Established: OpenSSL keeps seeing everything (a lost final flight is recovered this way).
-        repeat = bool(self._final_flight) and self._matches(data, self._peer_flight)
+        repeat = flights.final_repeat(data)
         self._bio_write(data)
         produced_before = len(self._outgoing)
         self._read_application_data(now, single_record=_is_single_record(data))
-        if self.state is State.ESTABLISHED and repeat:
-            self._resend_final_flight(now, openssl_did=len(self._outgoing) > produced_before)
+        if repeat and self.state is State.ESTABLISHED and flights.resend_final(now):
+            self._stats.final_flight_resends += 1
+            if len(self._outgoing) == produced_before:  # OpenSSL did not re-send it itself
+                self._queue(flights.final)
 
     def send(self, message: bytes) -> None:
         """Encrypt one message into one record. Then call :meth:`datagrams_to_send`.
@@ -361,7 +349,7 @@ class DTLSConnection(NegotiatedSession):
         """The absolute deadline (caller's clock) at which to call :meth:`handle_timer`."""
         deadlines = [
             d
-            for d in (self._retransmit_at, self._handshake_deadline, self._idle_deadline)
+            for d in (self._flights.deadline, self._handshake_deadline, self._idle_deadline)
             if d is not None
         ]
         return min(deadlines) if deadlines else None
@@ -377,7 +365,7 @@ class DTLSConnection(NegotiatedSession):
                 now,
             )
             return
-        if self._retransmit_at is not None and now >= self._retransmit_at:
+        if self._flights.deadline is not None and now >= self._flights.deadline:
             self._retransmit(now)
         if self._idle_deadline is not None and now >= self._idle_deadline:
             timeout = self._idle_timeout or 0.0
@@ -496,51 +484,26 @@ class DTLSConnection(NegotiatedSession):
         else:
             complete = True
         records = self._drain_openssl()
-        if records:
-            if complete:
-                # We send the last flight: nothing acknowledges it but silence.
-                self._final_flight = records
-                self._final_flight_until = now + self._config.handshake_timeout
-                self._queue(records)
-            else:
-                self._send_flight(records, now)
         if complete:
-            self._handshake_completed(now)
-
-    def _send_flight(self, records: list[bytes], now: float) -> None:
-        key = frozenset(_flight_key(record) for record in records)
-        if key == self._flight_key:
-            # OpenSSL retransmitted on its own wall-clock timer while reading: send it, keep ours.
-            self._stats.retransmissions += 1
-            self._flight_records = records
+            # If we sent the last flight, nothing acknowledges it but silence: keep it.
+            self._flights.completed(records, now, window=self._config.handshake_timeout)
             self._queue(records)
-            return
-        if not self._flight_retransmitted:
-            self._rto = self._config.initial_retransmit_timeout
-        self._flight_retransmitted = False
-        self._consecutive_timeouts = 0
-        self._deferred_for_skew = False
-        self._flight_key = key
-        self._flight_records = records
-        # What the peer sent since our last flight is what this flight answers; if it comes
-        # again, this flight was lost.
-        self._answered_flight = self._peer_flight
-        self._peer_flight = set()
-        self._flight_sent_at = now
-        self._retransmit_at = now + self._rto
-        self._queue(records)
+            self._handshake_completed(now)
+        elif records:
+            if not self._flights.sent(records, now):
+                # OpenSSL re-sent the flight on its own wall-clock timer while reading.
+                self._stats.retransmissions += 1
+            self._queue(records)
 
     def _retransmit(self, now: float) -> None:
+        flights = self._flights
         remaining = self._ssl.DTLSv1_get_timeout()
-        if remaining is not None and 0 < remaining <= _CLOCK_SKEW and not self._deferred_for_skew:
+        if remaining is not None and 0 < remaining <= _CLOCK_SKEW and not flights.deferred_for_skew:
             # OpenSSL's clock is a hair behind ours: let OpenSSL retransmit in a moment.
-            self._deferred_for_skew = True
-            self._retransmit_at = now + remaining
+            flights.deferred_for_skew = True
+            flights.deadline = now + remaining
             return
-        self._deferred_for_skew = False
-        self._consecutive_timeouts += 1
-        self._flight_retransmitted = True
-        if self._consecutive_timeouts >= 2 and self._mtu > self._fallback_mtu:
+        if flights.timed_out() >= 2 and self._mtu > self._fallback_mtu:
             self._set_mtu(self._fallback_mtu)
             self._stats.mtu_backoffs += 1
         try:
@@ -553,20 +516,13 @@ class DTLSConnection(NegotiatedSession):
                 now,
             )
             return
-        rebuilt = self._drain_openssl()
-        if rebuilt:
-            self._flight_records = rebuilt
-        self._queue(self._flight_records)
-        self._flight_sent_at = now
+        flights.retransmitted(now, self._drain_openssl())
+        self._queue(flights.records)
         self._stats.retransmissions += 1
-        self._rto = min(self._rto * 2, self._config.max_retransmit_timeout)
-        self._retransmit_at = now + self._rto
 
     def _handshake_completed(self, now: float) -> None:
         self.state = State.ESTABLISHED
-        self._retransmit_at = None
         self._handshake_deadline = None
-        self._flight_records = []
         if self._handshake_started is not None:
             self._stats.handshake_seconds = now - self._handshake_started
         if self._idle_timeout is not None:
@@ -608,8 +564,7 @@ class DTLSConnection(NegotiatedSession):
                 break
         if got_data:
             # Authenticated data from the peer: it has finished, our final flight arrived.
-            self._final_flight = []
-            self._peer_flight = set()
+            self._flights.peer_finished()
             if self._idle_timeout is not None:
                 self._idle_deadline = now + self._idle_timeout
         self._collect_output(now)
@@ -624,65 +579,10 @@ class DTLSConnection(NegotiatedSession):
         )
         self._events.append(ev.ConnectionClosed(by_peer=True, alert="close notify"))
 
-    def _matches(self, data: bytes, fingerprints: set[bytes]) -> bool:
-        """Whether a datagram repeats a record of a peer flight we already saw (seq ignored)."""
-        if not fingerprints:
-            return False
-        try:
-            records = split_records_untrusted(data)
-        except BadPacket:
-            return False
-        return any(record.fingerprint() in fingerprints for record in records)
-
-    def _resend_flight_early(self, now: float) -> None:
-        """The peer repeated the flight our current flight answers: ours was lost, send it now.
-
-        Rate-limited by :meth:`_resend_allowed`, so duplicated or replayed peer datagrams
-        cannot turn us into a reflector.
-        """
-        if not self._flight_records:
-            return
-        if not self._resend_allowed(now, self._flight_sent_at):
-            return
-        self._queue(self._flight_records)
-        self._stats.early_resends += 1
-        self._flight_sent_at = now
-        self._retransmit_at = now + self._rto
-
-    def _resend_final_flight(self, now: float, openssl_did: bool) -> None:
-        if now > self._final_flight_until:
-            self._final_flight = []
-            self._peer_flight = set()
-            return
-        if not self._resend_allowed(now, self._final_resent_at):
-            return
-        self._final_resent_at = now
-        self._stats.final_flight_resends += 1
-        if not openssl_did:
-            self._queue(self._final_flight)
-
     def _state_now(self) -> State:
         """The state after a call that may have changed it (keeps type checkers from assuming
         it is still what it was before the call)."""
         return self.state
-
-    def _resend_allowed(self, now: float, last_sent: float | None) -> bool:
-        """A flight re-sent because the peer repeated its own goes out at most once per
-        :data:`_MIN_RESEND_INTERVAL` (RELIABILITY rule 8): a peer that really lost our flight
-        waits a whole retransmission timeout (1 s by default) before repeating its own, and a
-        replaying attacker gets no more than that."""
-        return last_sent is None or now - last_sent >= _MIN_RESEND_INTERVAL
-
-    # -- plumbing -------------------------------------------------------------------------------
-
-    def _remember_peer_records(self, data: bytes) -> None:
-        try:
-            records = split_records_untrusted(data)
-        except BadPacket:
-            return
-        for record in records:
-            if len(self._peer_flight) < _MAX_PEER_FLIGHT_RECORDS:
-                self._peer_flight.add(record.fingerprint())
 
     def _bio_write(self, data: bytes) -> None:
         try:
@@ -739,13 +639,9 @@ class DTLSConnection(NegotiatedSession):
 
     def _finish(self, state: State) -> None:
         self.state = state
-        self._retransmit_at = None
+        self._flights.clear()
         self._handshake_deadline = None
         self._idle_deadline = None
-        self._final_flight = []
-        self._flight_records = []
-        self._peer_flight = set()
-        self._answered_flight = set()
 
     def _terminate(self, error: DTLSError, now: float | None) -> None:
         if self.state in (State.CLOSED, State.TERMINATED):
@@ -758,14 +654,6 @@ class DTLSConnection(NegotiatedSession):
     def _notify(self) -> None:
         if self.listener is not None:
             self.listener(self)
-
-
-def _flight_key(record: bytes) -> tuple[int, int, int | None]:
-    epoch = int.from_bytes(record[3:5], "big")
-    sequence = (
-        handshake_message_sequence_trusted(record) if record[0] == CONTENT_HANDSHAKE else None
-    )
-    return (epoch, record[0], sequence)
 
 
 def _is_single_record(data: bytes) -> bool:

@@ -1,0 +1,186 @@
+"""Retransmission bookkeeping of one association (RFC 6347 §4.2.4), as plain state.
+
+The engine (:mod:`dtlskit.core.connection`) owns OpenSSL; this module owns the decisions that
+do not need it, so each can be read and tested on its own:
+
+* **Flights and timers.** Every flight we send starts a timer: 1 s at first, doubling on each
+  loss up to 60 s. Per §4.2.4.1 a backed-off value is kept for the next flight after a lossy
+  one and reset to the initial value after a flight that went through without loss.
+* **Telling a new flight from a repeat.** A flight is named by the set of (epoch, content
+  type, handshake message_seq) of its records; OpenSSL re-sending the current flight on its own
+  wall-clock timer produces the same name and is not a new flight.
+* **Hearing the peer repeat itself.** The records the peer sent since our last flight are what
+  our current flight answers. Their *fingerprints* (a record without its sequence number, see
+  :meth:`Record.fingerprint`) let us recognise the peer retransmitting that flight — which
+  means ours was lost, so we re-send at once instead of waiting for our timer (§4.2.4, "read
+  retransmit"). After the handshake, the side that sent the last flight keeps it and re-sends
+  it the same way, since no timer covers a final flight. Junk matches no fingerprint.
+* **Rate.** Such re-sends go out at most once per :data:`MIN_RESEND_INTERVAL`.
+"""
+
+from __future__ import annotations
+
+from .records import (
+    CONTENT_HANDSHAKE,
+    BadPacket,
+    handshake_message_sequence_trusted,
+    split_records_untrusted,
+)
+
+__all__ = ["MIN_RESEND_INTERVAL", "Flights"]
+
+#: Least spacing of flights re-sent because the peer repeated one of its own (RELIABILITY
+#: rule 8): a peer that really lost our flight waits a whole retransmission timeout (1 s by
+#: default) before repeating its own, and a replaying attacker gets no more than that.
+MIN_RESEND_INTERVAL = 0.5
+
+_MAX_FINGERPRINTS = 64
+
+FlightName = frozenset[tuple[int, int, int | None]]
+
+
+def flight_name(records: list[bytes]) -> FlightName:
+    """What tells one of our flights from another (records are OpenSSL's, trusted)."""
+    name = set()
+    for record in records:
+        epoch = int.from_bytes(record[3:5], "big")
+        sequence = (
+            handshake_message_sequence_trusted(record) if record[0] == CONTENT_HANDSHAKE else None
+        )
+        name.add((epoch, record[0], sequence))
+    return frozenset(name)
+
+
+def _fingerprints(data: bytes) -> list[bytes]:
+    try:
+        return [record.fingerprint() for record in split_records_untrusted(data)]
+    except BadPacket:
+        return []
+
+
+class Flights:
+    """Timers, the current flight, and what the peer sent, for one association."""
+
+    def __init__(self, initial_timeout: float, max_timeout: float) -> None:
+        self._initial = initial_timeout
+        self._max = max_timeout
+        self.timeout = initial_timeout
+        """The current retransmission timeout (RTO)."""
+        self.deadline: float | None = None
+        """When to retransmit the current flight, or None when no flight awaits an answer."""
+        self.records: list[bytes] = []
+        """The records of the current flight, as last sent."""
+        self.consecutive_timeouts = 0
+        self.deferred_for_skew = False
+        """Set while waiting a moment for OpenSSL's slightly later wall-clock timer."""
+        self._name: FlightName = frozenset()
+        self._lossy = False
+        self._sent_at: float | None = None
+        self._heard: set[bytes] = set()
+        self._answered: set[bytes] = set()
+        self.final: list[bytes] = []
+        """Our final flight, kept until the peer shows it arrived (or the window closes)."""
+        self._final_until = 0.0
+        self._final_resent_at: float | None = None
+
+    # -- during the handshake -------------------------------------------------------------------
+
+    def heard(self, data: bytes) -> bool:
+        """Note a datagram from the peer; True if it repeats the flight ours answers."""
+        prints = _fingerprints(data)
+        if self._answered and any(p in self._answered for p in prints):
+            return True
+        for fingerprint in prints:
+            if len(self._heard) < _MAX_FINGERPRINTS:
+                self._heard.add(fingerprint)
+        return False
+
+    def sent(self, records: list[bytes], now: float) -> bool:
+        """Note output OpenSSL produced mid-handshake; True if it is a new flight, False if it
+        is OpenSSL re-sending the current one on its own timer (our timer is kept then)."""
+        name = flight_name(records)
+        self.records = records
+        if name == self._name:
+            return False
+        if not self._lossy:
+            self.timeout = self._initial
+        self._lossy = False
+        self.consecutive_timeouts = 0
+        self.deferred_for_skew = False
+        self._name = name
+        self._answered, self._heard = self._heard, set()
+        self._sent_at = now
+        self.deadline = now + self.timeout
+        return True
+
+    def current_name(self) -> FlightName:
+        """The name of the flight last sent (compare before and after feeding OpenSSL)."""
+        return self._name
+
+    def timed_out(self) -> int:
+        """Our timer fired and we are about to retransmit; returns the consecutive count."""
+        self.deferred_for_skew = False
+        self.consecutive_timeouts += 1
+        self._lossy = True
+        return self.consecutive_timeouts
+
+    def retransmitted(self, now: float, rebuilt: list[bytes]) -> None:
+        """The flight went out again (``rebuilt`` by OpenSSL, or empty if re-sent as stored)."""
+        if rebuilt:
+            self.records = rebuilt
+        self._sent_at = now
+        self.timeout = min(self.timeout * 2, self._max)
+        self.deadline = now + self.timeout
+
+    def resend_early(self, now: float) -> bool:
+        """The peer repeated what our flight answers: True if we may re-send it now."""
+        if not self.records or not _allowed(now, self._sent_at):
+            return False
+        self._sent_at = now
+        self.deadline = now + self.timeout
+        return True
+
+    # -- after the handshake --------------------------------------------------------------------
+
+    def completed(self, final: list[bytes], now: float, window: float) -> None:
+        """The handshake is done; ``final`` is our last flight if we sent it (else empty)."""
+        self.deadline = None
+        self.records = []
+        self.final = final
+        self._final_until = now + window
+        if not final:
+            self._heard = set()
+        self._answered = set()
+
+    def final_repeat(self, data: bytes) -> bool:
+        """Whether ``data`` repeats the peer's last flight while we still keep ours."""
+        if not self.final or not self._heard:
+            return False
+        return any(p in self._heard for p in _fingerprints(data))
+
+    def resend_final(self, now: float) -> bool:
+        """True if our final flight may be re-sent now (window open, rate respected)."""
+        if now > self._final_until:
+            self.peer_finished()
+            return False
+        if not _allowed(now, self._final_resent_at):
+            return False
+        self._final_resent_at = now
+        return True
+
+    def peer_finished(self) -> None:
+        """Authenticated data arrived: the peer has our final flight; forget it."""
+        self.final = []
+        self._heard = set()
+
+    def clear(self) -> None:
+        """The session ended: drop every flight and timer."""
+        self.deadline = None
+        self.records = []
+        self.final = []
+        self._heard = set()
+        self._answered = set()
+
+
+def _allowed(now: float, last_sent: float | None) -> bool:
+    return last_sent is None or now - last_sent >= MIN_RESEND_INTERVAL
