@@ -295,3 +295,39 @@ def test_no_leaked_fds_or_threads(server_config, client_config) -> None:
     _cycle(server_config, client_config)
     assert _fd_count() == fds
     assert set(threading.enumerate()) == threads
+
+
+def test_run_server_serves_until_sigterm(pki, client_config, tmp_path):
+    """sync.run_server mirrors asyncio's: serve, SIGTERM closes every session, exit code 0."""
+    import sys
+
+    from ..peers import free_udp_port, running
+
+    port = free_udp_port()
+    script = tmp_path / "serve.py"
+    cert, key = str(pki.server_cert), str(pki.server_key)
+    script.write_text(
+        "import sys, dtlskit, dtlskit.sync\n"
+        "def echo(ch):\n"
+        "    for m in ch:\n"
+        "        ch.send(m)\n"
+        f"cfg = dtlskit.DTLSConfiguration.server({cert!r}, {key!r})\n"
+        "print('starting', flush=True)\n"
+        f"sys.exit(dtlskit.sync.run_server(echo, '127.0.0.1', {port}, config=cfg))\n"
+    )
+    with running([sys.executable, str(script)], ready="starting") as peer:
+        channel = None
+        for _ in range(50):  # bounded: the port is bound a moment after "starting"
+            try:
+                channel = sync.connect("127.0.0.1", port, config=client_config, timeout=10)
+                break
+            except dtlskit.ConnectionRefused:
+                time.sleep(0.1)
+        assert channel is not None, "the server never started listening"
+        with channel:
+            channel.send(b"ping")
+            assert channel.recv(timeout=10) == b"ping"
+            peer.process.send_signal(signal.SIGTERM)
+            assert peer.process.wait(timeout=15) == 0
+            with pytest.raises(dtlskit.ConnectionClosedByPeer):
+                channel.recv(timeout=10)

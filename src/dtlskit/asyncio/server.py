@@ -43,7 +43,7 @@ from ..config import DTLSConfiguration
 from ..core import events as ev
 from ..core.connection import DTLSConnection
 from ..core.cookies import CookieJar
-from ..core.server import ServerEngine, ServerStatistics
+from ..core.server import ServerEngine, ServerStatistics, cookie_jar_for
 from ..exceptions import (
     ConfigurationError,
     ConnectionClosed,
@@ -220,7 +220,7 @@ class Server:
             raise TransportError(exc.errno, f"cannot resolve {host!r}: {exc.strerror}") from exc
         addresses = sort_addresses(infos)
         context = context if context is not None else self._config.build_context(server=True)
-        jar = cookie_jar if cookie_jar is not None else CookieJar(self._config.cookie_secret)
+        jar = cookie_jar if cookie_jar is not None else cookie_jar_for(self._config)
         several = len(addresses) > 1
         chosen_port = port
         try:
@@ -566,7 +566,7 @@ def run_server(
             "workers need a fixed port: with port 0 every worker would listen on a port of its own"
         )
     context = config.build_context(server=True)
-    jar = CookieJar(config.cookie_secret)
+    jar = cookie_jar_for(config)
 
     def run_one(index: int) -> None:
         asyncio.run(_serve_until_signal(handler, host, port, config, ipv6_only, True, context, jar))

@@ -48,7 +48,7 @@ from .records import (
     parse_client_hello_untrusted,
 )
 
-__all__ = ["ServerEngine", "ServerEvent", "ServerStatistics"]
+__all__ = ["ServerEngine", "ServerEvent", "ServerStatistics", "cookie_jar_for"]
 
 ServerEvent = tuple[Address, DTLSConnection, ev.Event]
 
@@ -101,13 +101,7 @@ class ServerEngine:
         self._config = config
         self._limits = config.limits
         self._context = context if context is not None else config.build_context(server=True)
-        # A cookie lives one to two ticks; a tick as long as the handshake deadline means no
-        # honest client's cookie goes stale while it is still retrying its ClientHello.
-        self.cookies = (
-            cookie_jar
-            if cookie_jar is not None
-            else CookieJar(config.cookie_secret, tick_seconds=max(30.0, config.handshake_timeout))
-        )
+        self.cookies = cookie_jar if cookie_jar is not None else cookie_jar_for(config)
         self._connections: dict[Address, DTLSConnection] = {}
         self._per_ip: collections.Counter[Any] = collections.Counter()
         self._handshaking: set[int] = set()
@@ -354,6 +348,16 @@ class ServerEngine:
 
     def _drop(self, reason: str) -> None:
         self._stats.drops[reason] = self._stats.drops.get(reason, 0) + 1
+
+
+def cookie_jar_for(config: DTLSConfiguration) -> CookieJar:
+    """The cookie jar a server with this configuration uses; build one before forking workers
+    and pass it to each worker's :class:`ServerEngine` so they accept each other's cookies.
+
+    A cookie lives one to two ticks; a tick as long as the handshake deadline means no honest
+    client's cookie goes stale while it is still retrying its ClientHello.
+    """
+    return CookieJar(config.cookie_secret, tick_seconds=max(30.0, config.handshake_timeout))
 
 
 def _may_be_client_hello(data: bytes) -> bool:

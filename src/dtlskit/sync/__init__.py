@@ -23,7 +23,7 @@ lock per socket. See the docstring of :mod:`dtlskit.sync.channel`.
 
 from .channel import BufferTooSmall, Channel
 from .client import connect
-from .server import Listener, Server, install_signal_handlers, listen, serve
+from .server import Listener, Server, install_signal_handlers, listen, run_server, serve
 
 __all__ = [
     "BufferTooSmall",
@@ -33,5 +33,6 @@ __all__ = [
     "connect",
     "install_signal_handlers",
     "listen",
+    "run_server",
     "serve",
 ]

@@ -37,7 +37,7 @@ from ..config import DTLSConfiguration
 from ..core import events as ev
 from ..core.connection import DTLSConnection
 from ..core.cookies import CookieJar
-from ..core.server import ServerEngine, ServerStatistics
+from ..core.server import ServerEngine, ServerStatistics, cookie_jar_for
 from ..exceptions import (
     ConfigurationError,
     ConnectionClosed,
@@ -298,7 +298,7 @@ class Server:
         if context is None:
             context = config.build_context(server=True)
         if cookie_jar is None:
-            cookie_jar = CookieJar(config.cookie_secret)
+            cookie_jar = cookie_jar_for(config)
         self._context, self._cookie_jar = context, cookie_jar
         if workers > 1:
             # Supervisor: bind nothing and start no thread; the workers do both after fork.
@@ -644,6 +644,31 @@ def listen(
 
 
 # -- signals -----------------------------------------------------------------------------------
+
+
+def run_server(
+    handler: Handler,
+    host: str | None,
+    port: int,
+    *,
+    config: DTLSConfiguration,
+    workers: int = 1,
+    ipv6_only: bool | None = None,
+) -> int:
+    """Serve until SIGINT/SIGTERM, blocking; returns 0 after a clean shutdown (1 if a worker
+    failed). The mirror image of :func:`dtlskit.asyncio.run_server`: ``workers`` > 1 forks that
+    many processes sharing ``port`` through ``SO_REUSEPORT`` (see :func:`serve`). Call it from
+    the main thread."""
+    with serve(handler, host, port, config=config, workers=workers, ipv6_only=ipv6_only) as server:
+        restore = install_signal_handlers(server)
+        try:
+            server.serve_forever()
+        except DTLSError as exc:  # a worker failed; it printed its own traceback
+            logger.error("%s", exc)
+            return 1
+        finally:
+            restore()
+    return 0
 
 
 def install_signal_handlers(
