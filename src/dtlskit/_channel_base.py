@@ -21,6 +21,7 @@ import collections
 import copy
 import dataclasses
 import errno
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -268,3 +269,20 @@ def aggregate_server_statistics(
         drops.update(extra_drops)
     total.drops = dict(drops)
     return total
+
+
+_server_logger = logging.getLogger("dtlskit.server")
+
+
+def log_peer_event(address: Address, engine: DTLSConnection, event: ev.Event) -> None:
+    """One log line per peer life-cycle event, the same in both flavours: connected and ended
+    at INFO, a failed handshake at WARNING (only peers that passed the cookie exchange get
+    that far, so spoofed traffic cannot flood the log)."""
+    peer = format_address(address)
+    if isinstance(event, ev.HandshakeCompleted):
+        reused = ", resumed" if event.session_reused else ""
+        _server_logger.info("%s connected (%s, %s%s)", peer, event.version, event.cipher, reused)
+    elif isinstance(event, ev.ConnectionTerminated) and not engine.handshake_completed:
+        _server_logger.warning("handshake with %s failed: %s", peer, event.error)
+    elif isinstance(event, ev.ConnectionClosed | ev.ConnectionTerminated):
+        _server_logger.info("%s disconnected: %s", peer, terminal_error(engine, event))

@@ -80,3 +80,12 @@ def test_cookie_binds_address_fields_and_time():
     assert not jar.verify(b"", address, b"fields", 100.0)
     with pytest.raises(ValueError):
         CookieJar(b"short")
+
+
+def test_cookie_check_works_in_the_first_tick_after_boot():
+    """time.monotonic() counts from boot: a server started then has 'now' below one tick."""
+    jar = CookieJar(b"s" * 32, tick_seconds=30)
+    cookie = jar.issue(("127.0.0.1", 1), b"fields", 5.0)
+    assert jar.verify(cookie, ("127.0.0.1", 1), b"fields", 5.0)
+    assert not jar.verify(cookie, ("127.0.0.1", 2), b"fields", 5.0)
+    assert not jar.verify(b"x" * COOKIE_LENGTH, ("127.0.0.1", 1), b"fields", 0.0)

@@ -29,7 +29,7 @@ from typing import Any, Generic, TypeVar
 
 from OpenSSL import SSL
 
-from .._channel_base import aggregate_server_statistics, terminal_error
+from .._channel_base import aggregate_server_statistics, log_peer_event
 from .._sockets import (
     Address,
     SocketOptions,
@@ -94,12 +94,7 @@ class _ServerEndpoint(Endpoint):
             if isinstance(event, ev.HandshakeCompleted):
                 channel = Channel(conn, self, self.sock, address, owns_socket=False)
                 self.channels[conn] = channel
-                logger.debug(
-                    "handshake with %s completed (%s, %s)",
-                    format_address(address),
-                    event.version,
-                    event.cipher,
-                )
+                log_peer_event(address, conn, event)
                 self._server._on_channel(channel)
                 self._again = True  # the server may have closed it: transmit again
             elif isinstance(event, ev.MessageReceived):
@@ -110,15 +105,7 @@ class _ServerEndpoint(Endpoint):
                 ended = self.channels.pop(conn, None)
                 if ended is not None:
                     ended._handle_event(event)
-                    logger.debug(
-                        "session with %s ended: %s",
-                        format_address(address),
-                        terminal_error(conn, event),
-                    )
-                elif isinstance(event, ev.ConnectionTerminated):
-                    logger.debug(
-                        "handshake with %s failed: %s", format_address(address), event.error
-                    )
+                log_peer_event(address, conn, event)
 
     def _deadline(self) -> float | None:
         return self.engine.get_timer()

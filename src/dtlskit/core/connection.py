@@ -394,6 +394,11 @@ class DTLSConnection(NegotiatedSession):
         self._drop(reason)
 
     @property
+    def handshake_completed(self) -> bool:
+        """Whether the handshake ever completed (stays True after the session ends)."""
+        return self._stats.handshake_seconds is not None
+
+    @property
     def is_server(self) -> bool:
         """Whether this engine plays the server role."""
         return self._server

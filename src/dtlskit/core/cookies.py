@@ -52,7 +52,11 @@ class CookieJar:
             if len(self._key_cache) > 4:
                 self._key_cache.clear()
             key = hmac.new(
-                self._secret, b"dtlskit cookie key " + tick.to_bytes(8, "big"), hashlib.sha256
+                # Signed: the previous tick of a clock under one tick old (monotonic time
+                # counts from boot) is -1.
+                self._secret,
+                b"dtlskit cookie key " + tick.to_bytes(8, "big", signed=True),
+                hashlib.sha256,
             ).digest()
             self._key_cache[tick] = key
         return key

@@ -32,7 +32,7 @@ from types import FrameType
 from typing import Any
 
 from .. import _sockets
-from .._channel_base import aggregate_server_statistics, send_error
+from .._channel_base import aggregate_server_statistics, log_peer_event, send_error
 from ..config import DTLSConfiguration
 from ..core import events as ev
 from ..core.connection import DTLSConnection
@@ -100,6 +100,7 @@ class _ServerIO(IOThread):
             progressed = True
             address, conn, event = item
             if isinstance(event, ev.HandshakeCompleted):
+                log_peer_event(address, conn, event)
                 self._established_locked(address, conn)
             elif isinstance(event, ev.MessageReceived):
                 channel = self._channels.get(conn)
@@ -111,6 +112,7 @@ class _ServerIO(IOThread):
                 channel = self._channels.pop(conn, None)
                 if channel is not None:
                     channel._handle_event(event)
+                log_peer_event(address, conn, event)
         datagrams = self.engine.datagrams_to_send()
         if datagrams:
             progressed = True
