@@ -41,15 +41,19 @@ def free_udp_port(host: str = "127.0.0.1") -> int:
 
 
 class Peer:
-    """A child process whose combined output is collected line by line."""
+    """A child process whose combined output is collected line by line. It runs in a process
+    group of its own, so :meth:`stop` also ends any worker processes it forked."""
 
-    def __init__(self, argv: Sequence[str]) -> None:
+    def __init__(
+        self, argv: Sequence[str], env: dict[str, str] | None = None, stdin: bool = True
+    ) -> None:
         self.argv = list(argv)
         self.process = subprocess.Popen(
             self.argv,
-            stdin=subprocess.PIPE,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            env=env,
             start_new_session=True,
         )
         self.lines: queue.Queue[str] = queue.Queue()
@@ -129,8 +133,7 @@ def openssl_s_server(
     """argv of ``openssl s_server -dtls1_2`` on loopback."""
     assert OPENSSL is not None
     accept = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return [OPENSSL, "s_server", "-dtls1_2", "-accept", accept, "-cert", cert, "-key", key,
-            *extra]
+    return [OPENSSL, "s_server", "-dtls1_2", "-accept", accept, "-cert", cert, "-key", key, *extra]
 
 
 def openssl_s_client(port: int, *extra: str, host: str = "127.0.0.1") -> list[str]:
@@ -144,8 +147,18 @@ def gnutls_serv(port: int, cert: str, key: str, *extra: str) -> list[str]:
     """argv of ``gnutls-serv --udp --echo``. It binds the wildcard address (it has no option to
     bind one); the tests only ever send to it over loopback."""
     assert GNUTLS_SERV is not None
-    return [GNUTLS_SERV, "--udp", "--echo", "-p", str(port),
-            "--x509certfile", cert, "--x509keyfile", key, *extra]
+    return [
+        GNUTLS_SERV,
+        "--udp",
+        "--echo",
+        "-p",
+        str(port),
+        "--x509certfile",
+        cert,
+        "--x509keyfile",
+        key,
+        *extra,
+    ]
 
 
 def gnutls_cli(port: int, *extra: str, host: str = "127.0.0.1") -> list[str]:

@@ -10,16 +10,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import queue
 import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,7 +25,7 @@ import dtlskit
 import dtlskit.sync
 from dtlskit.certs import PKIFiles
 from dtlskit.cli import build_parser
-from tests.peers import free_udp_port
+from tests.peers import Peer, free_udp_port
 
 OPENSSL = shutil.which("openssl")
 needs_openssl = pytest.mark.skipif(OPENSSL is None, reason="the openssl command is not installed")
@@ -67,67 +64,10 @@ def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
-class Child:
-    """A child process we started, its output (stdout and stderr) collected line by line."""
-
-    def __init__(self, argv: Sequence[str], env: dict[str, str]) -> None:
-        self.process = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,  # its own process group: workers are stopped with it
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for raw in iter(self.process.stdout.readline, b""):
-            self.lines.put(raw.decode("utf-8", "replace").rstrip("\n"))
-
-    def wait_for(self, text: str, timeout: float = 10.0) -> str:
-        """The first line containing ``text``; fails with the output after ``timeout`` s."""
-        deadline = time.monotonic() + timeout
-        for line in self.seen:
-            if text in line:
-                return line
-        while True:
-            remaining = deadline - time.monotonic()
-            exited = self.process.poll() is not None and self.lines.empty()
-            if remaining <= 0 or exited:
-                raise AssertionError(f"no line with {text!r}; output:\n" + "\n".join(self.seen))
-            try:
-                line = self.lines.get(timeout=min(remaining, 0.2))
-            except queue.Empty:
-                continue
-            self.seen.append(line)
-            if text in line:
-                return line
-
-    def stop(self) -> None:
-        """SIGTERM (then SIGKILL) the process group we started, by PID; reap it."""
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
-        self._reader.join(timeout=5)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-
-
 @contextlib.contextmanager
-def cli_server(env: dict[str, str], *args: str) -> Iterator[tuple[Child, str]]:
+def cli_server(env: dict[str, str], *args: str) -> Iterator[tuple[Peer, str]]:
     """A ``dtlskit server`` child; yields it and the client command it printed."""
-    peer = Child([sys.executable, "-m", "dtlskit", "server", *args], env=env)
+    peer = Peer([sys.executable, "-m", "dtlskit", "server", *args], env=env, stdin=False)
     try:
         line = peer.wait_for("connect with:", timeout=20)
         yield peer, line.split("connect with:", 1)[1].strip()
@@ -142,7 +82,7 @@ def client_args(command: str) -> list[str]:
     return words[1:]
 
 
-def stop_with(peer: Child, signum: int) -> int:
+def stop_with(peer: Peer, signum: int) -> int:
     os.kill(peer.process.pid, signum)
     return peer.process.wait(timeout=15)
 
@@ -327,7 +267,7 @@ def test_demo(cli_env: dict[str, str], tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def dev_server(cli_env: dict[str, str]) -> Iterator[tuple[Child, list[str]]]:
+def dev_server(cli_env: dict[str, str]) -> Iterator[tuple[Peer, list[str]]]:
     """One ``dtlskit server`` on the development PKI for the client tests of this module."""
     with cli_server(cli_env, "--host", "127.0.0.1", "--port", str(free_udp_port())) as (
         peer,
@@ -337,7 +277,7 @@ def dev_server(cli_env: dict[str, str]) -> Iterator[tuple[Child, list[str]]]:
 
 
 def test_server_prints_a_client_command_that_works(
-    cli_env: dict[str, str], dev_server: tuple[Child, list[str]]
+    cli_env: dict[str, str], dev_server: tuple[Peer, list[str]]
 ) -> None:
     peer, command = dev_server
     assert command[1] == "127.0.0.1" and "--ca" in command
@@ -349,7 +289,7 @@ def test_server_prints_a_client_command_that_works(
 
 
 def test_client_reads_lines_from_stdin(
-    cli_env: dict[str, str], dev_server: tuple[Child, list[str]]
+    cli_env: dict[str, str], dev_server: tuple[Peer, list[str]]
 ) -> None:
     _, command = dev_server
     result = run(cli_env, *command, stdin="first line\n\nsecond line\n")
@@ -358,7 +298,7 @@ def test_client_reads_lines_from_stdin(
 
 
 def test_client_verbose_reports_the_handshake(
-    cli_env: dict[str, str], dev_server: tuple[Child, list[str]]
+    cli_env: dict[str, str], dev_server: tuple[Peer, list[str]]
 ) -> None:
     _, command = dev_server
     result = run(cli_env, *command, "-m", "x", "-v")
@@ -367,7 +307,7 @@ def test_client_verbose_reports_the_handshake(
 
 
 def test_client_with_the_wrong_ca(
-    cli_env: dict[str, str], dev_server: tuple[Child, list[str]], other_pki: PKIFiles
+    cli_env: dict[str, str], dev_server: tuple[Peer, list[str]], other_pki: PKIFiles
 ) -> None:
     _, command = dev_server
     host, port = command[1], command[2]
@@ -378,14 +318,14 @@ def test_client_with_the_wrong_ca(
 
 
 def test_client_with_the_wrong_server_name(
-    cli_env: dict[str, str], dev_server: tuple[Child, list[str]]
+    cli_env: dict[str, str], dev_server: tuple[Peer, list[str]]
 ) -> None:
     _, command = dev_server
     line = one_error_line(run(cli_env, *command, "--server-name", "other.example", "-m", "x"))
     assert "certificate verification failed" in line and "mismatch" in line
 
 
-def test_client_no_verify(cli_env: dict[str, str], dev_server: tuple[Child, list[str]]) -> None:
+def test_client_no_verify(cli_env: dict[str, str], dev_server: tuple[Peer, list[str]]) -> None:
     _, command = dev_server
     host, port = command[1], command[2]
     result = run(cli_env, "client", host, port, "--no-verify", "-m", "trust me", "-v")
@@ -491,7 +431,7 @@ def test_server_with_given_certificate(cli_env: dict[str, str], pki: PKIFiles) -
         "--mtu",
         "576",
     ]
-    peer = Child(argv, env=cli_env)
+    peer = Peer(argv, env=cli_env)
     try:
         peer.wait_for("DTLS echo on 127.0.0.1:")
         result = run(
