@@ -136,8 +136,14 @@ def test_hello_verify_requests_are_rate_limited_per_source(server_config, client
     sent = len(server.datagrams_to_send())
     assert sent == 9  # burst of 10 minus the one already used
     assert server.statistics().drops["hello_verify_rate_limited"] == 91
-    # Another source is unaffected.
-    server.receive_datagram(first, ("127.0.0.9", 5), 1000.0)
+    # Another source (one whose rate-limit slot differs; sharing one has odds of 1/16384) is
+    # unaffected.
+    other = next(
+        f"127.0.0.{n}"
+        for n in range(2, 250)
+        if server._rate_slot(f"127.0.0.{n}") != server._rate_slot(ADDRESS[0])
+    )
+    server.receive_datagram(first, (other, 5), 1000.0)
     assert len(server.datagrams_to_send()) == 1
 
 

@@ -259,13 +259,18 @@ class ServerEngine:
         # a burst of 2 x rate is allowed while it runs at most (burst - 1)/rate ahead.
         rate = self._limits.hello_verify_per_second
         interval = 1.0 / rate
-        tolerance = (2 * rate - 1.0) * interval + 1e-9  # epsilon: float sums of ``interval``
-        slot = hash((self._rate_salt, ip)) % _RATE_SLOTS
+        tolerance = (2 * rate - 1.0) * interval + 1e-6  # epsilon: float sums of ``interval``
+        slot = self._rate_slot(ip)
         due = max(self._rate_due[slot], now)
         if due - now > tolerance:
             return False
         self._rate_due[slot] = due + interval
         return True
+
+    def _rate_slot(self, ip: Any) -> int:
+        """The rate-limit slot of a source IP (salted per engine: a peer cannot aim at a
+        slot; two sources share one with probability 1/16384)."""
+        return hash((self._rate_salt, ip)) % _RATE_SLOTS
 
     def _accept(
         self,
