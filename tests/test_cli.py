@@ -601,3 +601,13 @@ def test_bad_psk_flag_is_a_usage_error(cli_env: dict[str, str]) -> None:
     result = run(cli_env, "client", "127.0.0.1", "9", "--psk", "no-key-here", "-m", "x")
     assert result.returncode == 2
     assert "IDENTITY:HEXKEY" in result.stderr
+
+
+def test_bench_is_reachable_from_the_command_line(cli_env: dict[str, str]) -> None:
+    """`dtlskit bench` hands its flags to the benchmark harness (the run itself is tested in
+    tests/test_benchmarks.py)."""
+    result = run(cli_env, "bench", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "--quick" in result.stdout and "ceiling" in result.stdout
+    listed = run(cli_env, "--help")
+    assert "bench" in listed.stdout

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import logging
 import os
 import signal
@@ -68,8 +69,12 @@ class UsageError(Exception):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``dtlskit`` command line; returns the exit status."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["bench"]:
+        # The benchmark harness parses its own flags (`dtlskit bench --help` lists them).
+        return _cmd_bench(arguments[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     _setup_logging(args)
     try:
         return int(args.func(args))
@@ -860,6 +865,24 @@ def _add_client_parser(commands: Any, common: argparse.ArgumentParser) -> None:
 # -- the parser ---------------------------------------------------------------------------------
 
 
+# -- bench --------------------------------------------------------------------------------------
+
+
+def _cmd_bench(argv: list[str]) -> int:
+    # benchmarks/ of the repository, installed as the subpackage dtlskit.benchmarks.
+    run = importlib.import_module("dtlskit.benchmarks.run")
+    return int(run.main(argv))
+
+
+def _add_bench_parser(commands: Any) -> None:
+    commands.add_parser(
+        "bench",
+        help="measure handshakes/s, echo msgs/s, RTT and memory per session against ceilings "
+        "measured in the same run (see: dtlskit bench --help)",
+        add_help=False,
+    )
+
+
 def _common_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     group = common.add_argument_group("logging")
@@ -897,4 +920,5 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server_parser(commands, common)
     _add_client_parser(commands, common)
     _add_certs_parser(commands, common)
+    _add_bench_parser(commands)
     return parser
