@@ -16,10 +16,12 @@ trust store, ALPN and key-log callbacks from whichever context a connection ends
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -353,6 +355,35 @@ class DTLSConfiguration:
         return self.replace(sni_certificates=certificates)
 
     # -- OpenSSL context ----------------------------------------------------------------------
+
+    def verification_policy(self, server_name: str | None) -> bytes:
+        """A digest of what a client connection to ``server_name`` accepts as the server's
+        identity: verify mode, host name checking, every trust source (CA file contents, CA
+        directory, inline CAs, the system store) and the PSK identity. A session is offered
+        for resumption only to a connection with the same policy: resuming skips certificate
+        checks, so a session one configuration accepted must not reach a stricter one."""
+        digest = self.__dict__.get("_trust_digest")
+        if digest is None:
+            trust = hashlib.sha256()
+            for part in (
+                repr(self.effective_verify_mode(False)),
+                repr(self.check_hostname),
+                repr(self.psk[0] if self.psk is not None else None),
+                repr(os.fspath(self.cafile) if self.cafile is not None else None),
+                repr(os.fspath(self.capath) if self.capath is not None else None),
+                repr(self.load_default_certs),
+            ):
+                trust.update(part.encode() + b"\0")
+            if self.cafile is not None:
+                try:
+                    trust.update(Path(self.cafile).read_bytes())
+                except OSError:
+                    trust.update(b"unreadable")
+            if self.cadata is not None:
+                raw = self.cadata.encode() if isinstance(self.cadata, str) else self.cadata
+                trust.update(raw)
+            digest = self.__dict__.setdefault("_trust_digest", trust.digest())
+        return hashlib.sha256(digest + (server_name or "").encode()).digest()
 
     def context(self, server: bool) -> SSL.Context:
         """The OpenSSL context for this role, built on first use and then shared by every

@@ -184,8 +184,10 @@ def test_session_is_none_before_the_handshake(client_config):
     [
         (b"", "bad header"),
         (b"garbage" * 10, "bad header"),
-        (b"dtlskit-session\x01\x00\x05ab", "truncated"),
-        (b"dtlskit-session\x01\x00\x00" + b"\x30\x03\x02\x01\x01", "could not decode"),
+        (b"dtlskit-session\x01\x00\x00\x00" + b"\x30", "bad header"),  # format 1: no policy
+        (b"dtlskit-session\x02\x00\x05ab", "truncated"),
+        (b"dtlskit-session\x02\x00\x00\x05abc", "truncated"),
+        (b"dtlskit-session\x02\x00\x00\x00" + b"\x30\x03\x02\x01\x01", "could not decode"),
     ],
 )
 def test_bad_session_bytes(data, words):
@@ -275,3 +277,72 @@ def test_resumes_against_gnutls_serv(pki, client_config, tickets):
                 session = loop.engine.session
             finally:
                 close_over_udp(loop)
+
+
+# -- resumption never skips a certificate check the full handshake would make -----------------
+
+
+def _offer(server_config, config, server, session, port):  # type: ignore[no-untyped-def]
+    pair = MemoryPair(server_config, config, server=server, client_address=("127.0.0.1", port))
+    pair.client = DTLSConnection(
+        config, server=False, peer_address=pair.server_address, session=session
+    )
+    return pair
+
+
+def test_session_of_a_lax_client_is_not_offered_by_a_strict_one(tmp_path, pki):
+    from dtlskit.certs import create_pki
+
+    evil = create_pki(tmp_path / "evil")  # a server no strict client trusts, named localhost
+    server_config = dtlskit.DTLSConfiguration.server(evil.server_cert, evil.server_key)
+    server = ServerEngine(server_config)
+    lax = dtlskit.DTLSConfiguration.client(server_hostname="localhost", verify_mode=ssl.CERT_NONE)
+    strict = dtlskit.DTLSConfiguration.client(cafile=pki.ca_cert, server_hostname="localhost")
+    first = MemoryPair(server_config, lax, server=server, client_address=("127.0.0.1", 40001))
+    assert first.handshake()
+    session = first.client.session
+    assert session is not None
+    pair = _offer(server_config, strict, server, session, 40002)
+    assert not pair.handshake()
+    assert not pair.client.session_reused
+    assert isinstance(pair.client.error, dtlskit.CertificateVerificationError)
+
+
+def test_session_for_another_trust_store_is_not_offered(pki, other_pki, server_config):
+    server = ServerEngine(server_config)
+    mine = dtlskit.DTLSConfiguration.client(cafile=pki.ca_cert, server_hostname="localhost")
+    first = MemoryPair(server_config, mine, server=server, client_address=("127.0.0.1", 40003))
+    assert first.handshake()
+    session = first.client.session
+    # Trusting an extra CA is a different policy: a full (verified) handshake, no resumption.
+    both = mine.replace(cadata=other_pki.ca_cert.read_text())
+    pair = _offer(server_config, both, server, session, 40004)
+    assert pair.handshake()
+    assert not pair.client.session_reused
+    # The same policy (an equal configuration) resumes.
+    again = _offer(server_config, mine.replace(), server, session, 40005)
+    assert again.handshake()
+    assert again.client.session_reused
+
+
+def test_forged_policy_on_an_unverified_session_is_refused(tmp_path, pki):
+    """A session file edited to claim the strict policy: OpenSSL's stored verify result still
+    says the certificate was never verified, and the resumed handshake is refused."""
+    from dtlskit.certs import create_pki
+    from dtlskit.core.session import Session
+
+    evil = create_pki(tmp_path / "evil")
+    server_config = dtlskit.DTLSConfiguration.server(evil.server_cert, evil.server_key)
+    server = ServerEngine(server_config)
+    lax = dtlskit.DTLSConfiguration.client(server_hostname="localhost", verify_mode=ssl.CERT_NONE)
+    strict = dtlskit.DTLSConfiguration.client(cafile=pki.ca_cert, server_hostname="localhost")
+    first = MemoryPair(server_config, lax, server=server, client_address=("127.0.0.1", 40006))
+    assert first.handshake()
+    lax_session = first.client.session
+    assert lax_session is not None
+    forged = Session(lax_session._der, "localhost", strict.verification_policy("localhost"))
+    pair = _offer(server_config, strict, server, Session.from_bytes(forged.to_bytes()), 40007)
+    assert not pair.handshake()
+    error = pair.client.error
+    assert isinstance(error, dtlskit.CertificateVerificationError)
+    assert "without verifying" in str(error)

@@ -447,3 +447,10 @@ def memory_bio_pending(ssl_connection: Any, outgoing: bool = True) -> int | None
         return None
     bio = ssl_connection._from_ssl if outgoing else ssl_connection._into_ssl
     return int(_lib.BIO_get_mem_data(bio, _ffi.NULL))
+
+
+def verify_result(connection: SSL.Connection) -> int:
+    """OpenSSL's certificate verification result for the connection (0: verified). After a
+    resumption it is the result stored in the session when it was first established."""
+    lib = _require("SSL_get_verify_result")
+    return int(lib.SSL_get_verify_result(connection._ssl))

@@ -47,6 +47,7 @@ from OpenSSL import SSL
 
 from ..config import DTLSConfiguration
 from ..exceptions import (
+    CertificateVerificationError,
     ConfigurationError,
     ConnectionClosedByPeer,
     ConnectionClosedLocally,
@@ -155,8 +156,12 @@ class DTLSConnection(NegotiatedSession):
         self._ssl.set_ciphertext_mtu(self._mtu)
         self._verify_reason: str | None = None
         self._setup_verification(server_hostname)
+        name = server_hostname or config.server_hostname
         self._setup_negotiation(
-            server_hostname or config.server_hostname, config.alpn_protocols, session
+            name,
+            config.alpn_protocols,
+            session,
+            None if server else config.verification_policy(name),
         )
 
         self.state: State = State.INITIAL
@@ -526,6 +531,24 @@ class DTLSConnection(NegotiatedSession):
         self._stats.retransmissions += 1
 
     def _handshake_completed(self, now: float) -> None:
+        if (
+            not self._server
+            and self.session_reused
+            and self._config.effective_verify_mode(False) != ssl.CERT_NONE
+            and _bindings.verify_result(self._ssl) != 0
+        ):
+            # Defence in depth behind the policy match: a resumed session skips certificate
+            # checks, so one whose certificate did not verify when it was made is refused.
+            reason = _bindings.verify_error_string(_bindings.verify_result(self._ssl))
+            self._terminate(
+                CertificateVerificationError(
+                    f"the resumed session with {self._peer_text} was made without verifying "
+                    f"the server certificate ({reason}); connect without it",
+                    reason=reason,
+                ),
+                now,
+            )
+            return
         self.state = State.ESTABLISHED
         self._handshake_deadline = None
         if self._handshake_started is not None:

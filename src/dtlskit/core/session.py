@@ -10,9 +10,13 @@ context's ticket keys; on by default, ``session_tickets=False`` turns tickets of
 built before they fork and handed to each ``ServerEngine(config, context=ctx)``. A session the
 server does not know (another server, restarted, expired) just costs a full handshake.
 
-A :class:`Session` remembers the server name it was made for; a connection to another name does
-not offer it, so resumption never skips checking a certificate for a name it was not checked for.
-The serialised form holds the session's master secret: store it like a private key.
+A :class:`Session` remembers the server name and the verification policy it was made under
+(:meth:`DTLSConfiguration.verification_policy`): a connection to another name, or one that
+trusts differently (another CA, stricter verify mode, hostname checking on), does not offer it,
+so resumption never skips a certificate check the full handshake would have made. A resumed
+client also refuses a session whose certificate OpenSSL did not verify when it was made. The
+serialised form holds the session's master secret: store it like a private key, and as
+carefully as the trust configuration itself.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from . import _bindings
 
 __all__ = ["NegotiatedSession", "Session"]
 
-_MAGIC = b"dtlskit-session\x01"
+_MAGIC = b"dtlskit-session\x02"
 
 
 class Session:
@@ -43,10 +47,15 @@ class Session:
     Session taken from (or offered to) a connection that later failed or was dropped.
     """
 
-    def __init__(self, der: bytes, server_name: str | None = None) -> None:
+    def __init__(
+        self, der: bytes, server_name: str | None = None, policy: bytes | None = None
+    ) -> None:
         self._der = bytes(der)
         self.server_name = server_name
         """The server name (SNI / checked host name) the session was established for."""
+        self.policy = policy
+        """Digest of the verification policy it was established under (None: offered to no
+        connection that verifies the server)."""
 
     def _ssl_session(self) -> Any:
         """A fresh ``SSL_SESSION *`` for one connection."""
@@ -58,7 +67,10 @@ class Session:
     def to_bytes(self) -> bytes:
         """Serialise (includes the master secret: keep it private)."""
         name = (self.server_name or "").encode()
-        return _MAGIC + struct.pack("!H", len(name)) + name + self._der
+        policy = self.policy or b""
+        return (
+            _MAGIC + struct.pack("!H", len(name)) + name + bytes([len(policy)]) + policy + self._der
+        )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Session:
@@ -68,15 +80,20 @@ class Session:
         if not data.startswith(_MAGIC) or len(data) < header:
             raise ConfigurationError("not a serialised dtlskit session (bad header)")
         (length,) = struct.unpack("!H", data[len(_MAGIC) : header])
-        if len(data) < header + length + 1:
+        if len(data) < header + length + 2:
             raise ConfigurationError("serialised dtlskit session is truncated")
         try:
             name = data[header : header + length].decode()
         except UnicodeDecodeError:
             raise ConfigurationError("serialised dtlskit session has a bad server name") from None
-        der = data[header + length :]
+        offset = header + length
+        policy_length = data[offset]
+        policy = data[offset + 1 : offset + 1 + policy_length]
+        der = data[offset + 1 + policy_length :]
+        if len(policy) != policy_length or not der:
+            raise ConfigurationError("serialised dtlskit session is truncated")
         _bindings.session_from_der(der)  # decodable: fail here rather than when offered
-        return cls(der, name or None)
+        return cls(der, name or None, policy or None)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write :meth:`to_bytes` to ``path``, readable by the owner only."""
@@ -110,11 +127,17 @@ class NegotiatedSession:
     state: Any  # connection.State; compared by value to avoid an import cycle
 
     def _setup_negotiation(
-        self, server_hostname: str | None, alpn: Sequence[str], session: Session | None
+        self,
+        server_hostname: str | None,
+        alpn: Sequence[str],
+        session: Session | None,
+        policy: bytes | None,
     ) -> None:
-        """Constructor part: notes for the callbacks; offer ``session`` if it is for this name."""
+        """Constructor part: notes for the callbacks; offer ``session`` if it was made for this
+        name under this verification ``policy``."""
         self._notes = _bindings.attach_notes(self._ssl)
         self._server_name = server_hostname
+        self._policy = policy
         if not self._server:
             self._notes.alpn_offered = tuple(alpn)
         if session is None:
@@ -123,7 +146,7 @@ class NegotiatedSession:
             raise ConfigurationError("session= is for client engines; servers resume on their own")
         if not isinstance(session, Session):
             raise ConfigurationError(f"session must be a dtlskit Session, not {session!r}")
-        if session.server_name == server_hostname:
+        if session.server_name == server_hostname and session.policy == policy:
             _bindings.set_session(self._ssl, session._ssl_session())
 
     def _explain_failure(self, error: DTLSError) -> DTLSError:
@@ -152,7 +175,7 @@ class NegotiatedSession:
         ssl_session = _bindings.get_session(self._ssl)
         if ssl_session is None:
             return None
-        return Session(_bindings.session_to_der(ssl_session), self._server_name)
+        return Session(_bindings.session_to_der(ssl_session), self._server_name, self._policy)
 
     @property
     def peer_verified_chain(self) -> list[Any]:
