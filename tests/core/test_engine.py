@@ -165,17 +165,44 @@ def test_thirty_percent_loss(server_config, client_config):
 
 
 def test_peer_repeat_triggers_an_early_resend(server_config, client_config):
-    """Flight 5 lost: the server's repeated flight 4 tells the client at once (RFC 6347
-    §4.2.4 'read retransmit'), before the client's own timer would have."""
+    """Flight 5 lost three times: the client's timer has backed off to 4 s, but the server's
+    repeated flight 4 tells the client at once that its flight was lost (RFC 6347 §4.2.4 'read
+    retransmit'), at most once per initial timeout (1 s) since the client last sent it.
+
+    t=0 lost; t=1 client timer, lost (next 3); t=1.5 server repeats flight 4: only 0.5 s since
+    the client sent, ignored; t=3 client timer, lost (next 7); t=4.5 server repeats: 1.5 s since
+    the client sent, so it re-sends at once and the handshake completes at 4.5, not 7.
+    """
     clock = Clock()
-    config = client_config.replace(initial_retransmit_timeout=3.0)
-    drop = DropFlight(5, clock)
-    p = MemoryPair(server_config, config, clock=clock, network=FakeNetwork(filters=[drop]))
-    start = clock.now
-    assert p.handshake()
+    drop = DropFlight(5, clock, times=3)
+    server = server_config.replace(initial_retransmit_timeout=1.5)
+    p = MemoryPair(server, client_config, clock=clock, network=FakeNetwork(filters=[drop]))
+    p.start()
+    p.run(lambda: any(flight_of(d) == 5 for d in p.network.log))
+    start = drop.sent_at[0]
+    assert p.run()
     assert p.client.statistics().early_resends == 1
-    # The server's 1 s timer drove the recovery, not the client's 3 s one.
-    assert drop.sent_at[1] - start == pytest.approx(1.0)
+    assert [t - start for t in drop.sent_at] == pytest.approx([0.0, 1.0, 3.0, 4.5])
+    assert clock.now - start == pytest.approx(4.5)
+
+
+def test_spoofed_junk_never_arms_a_resend(server_config, client_config):
+    """Found in review: one well-framed junk record injected during the handshake used to make
+    every later copy of it trigger a final-flight re-send (an off-path amplifier)."""
+    p = MemoryPair(server_config, client_config)
+    p.start()
+    p.run(lambda: p.server.statistics().associations_created == 1)
+    junk = b"\x16\xfe\xfd\x00\x07" + b"\x00" * 6 + b"\x00\x00"  # empty epoch-7 record
+    p.server.receive_datagram(junk, p.client_address, p.clock.now)
+    assert p.run()
+    before = p.server.statistics()
+    for _ in range(20):
+        p.clock.advance(1.0)
+        p.server.receive_datagram(junk, p.client_address, p.clock.now)
+    assert p.server.datagrams_to_send() == []
+    conn = p.server_connection
+    assert conn is not None and conn.statistics().final_flight_resends == 0
+    assert p.server.statistics().datagrams_received == before.datagrams_received + 20
 
 
 def test_client_hello_delayed_past_cookie_tick_still_completes(server_config, client_config):

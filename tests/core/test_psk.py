@@ -266,7 +266,7 @@ def test_client_with_wrong_key_against_openssl_s_server():
         "dev1",
     ]
     with peers.running(argv, ready="ACCEPT"):
-        config = CLIENT.replace(psk=("dev1", b"\xee" * 16), handshake_timeout=1.5)
+        config = CLIENT.replace(psk=("dev1", b"\xee" * 16), handshake_timeout=4.0)
         loop = run_client(port, config)
         try:
             error = loop.engine.error
@@ -295,7 +295,7 @@ def test_client_with_unknown_identity_against_gnutls_serv(tmp_path):
         "NORMAL:+PSK:+ECDHE-PSK",
     ]
     with peers.running(argv, ready="listening"):
-        loop = run_client(port, CLIENT.replace(psk=("intruder", KEY), handshake_timeout=1.5))
+        loop = run_client(port, CLIENT.replace(psk=("intruder", KEY), handshake_timeout=4.0))
         try:
             # GnuTLS hides which identities exist: for an unknown one it derives a random key
             # (no unknown_psk_identity alert), so this looks exactly like a wrong key.

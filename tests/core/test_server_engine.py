@@ -261,3 +261,30 @@ def test_close_all_sends_close_notify_to_every_peer(server_config, client_config
     while server.next_event() is not None:
         pass
     assert server.statistics().sessions == 0
+
+
+def test_timer_heap_stays_small_while_a_busy_session_moves_its_idle_deadline(
+    server_config, client_config
+):
+    """Found in review: every message pushed a heap entry, kept until it reached the top."""
+    server = ServerEngine(server_config)
+    idle = MemoryPair(server_config, client_config, server=server, client_address=("127.0.0.1", 1))
+    assert idle.handshake()
+    busy = MemoryPair(
+        server_config,
+        client_config,
+        server=server,
+        client_address=("127.0.0.1", 2),
+        clock=idle.clock,
+    )
+    assert busy.handshake()
+    for _ in range(2000):
+        idle.clock.advance(0.01)
+        busy.client.send(b"x")
+        busy.pump()
+        while busy.deliver_one():
+            pass
+    assert len(busy.server_messages()) == 2000
+    assert len(server._timers) <= 2 * len(server.connections) + 64
+    # The timers still work: both sessions expire when idle.
+    assert idle.run(lambda: server.statistics().sessions == 0)

@@ -9,13 +9,16 @@ do not need it, so each can be read and tested on its own:
 * **Telling a new flight from a repeat.** A flight is named by the set of (epoch, content
   type, handshake message_seq) of its records; OpenSSL re-sending the current flight on its own
   wall-clock timer produces the same name and is not a new flight.
-* **Hearing the peer repeat itself.** The records the peer sent since our last flight are what
-  our current flight answers. Their *fingerprints* (a record without its sequence number, see
-  :meth:`Record.fingerprint`) let us recognise the peer retransmitting that flight — which
-  means ours was lost, so we re-send at once instead of waiting for our timer (§4.2.4, "read
-  retransmit"). After the handshake, the side that sent the last flight keeps it and re-sends
-  it the same way, since no timer covers a final flight. Junk matches no fingerprint.
-* **Rate.** Such re-sends go out at most once per :data:`MIN_RESEND_INTERVAL`.
+* **Hearing the peer repeat itself.** The peer datagram that made OpenSSL produce our current
+  flight (or complete the handshake) is what that flight answers. Its *fingerprints* (records
+  without their sequence numbers, see :meth:`Record.fingerprint`) let us recognise the peer
+  retransmitting it — which means our flight was lost, so we re-send at once instead of
+  waiting for our timer (§4.2.4, "read retransmit"). After the handshake, the side that sent
+  the last flight keeps it and re-sends it the same way, since no timer covers a final flight.
+  Only a datagram that made OpenSSL progress is remembered: junk, even well framed, never is,
+  so a spoofed datagram cannot arm re-sends.
+* **Rate.** Such re-sends go out at most once per initial retransmission timeout (RELIABILITY
+  rule 8).
 """
 
 from __future__ import annotations
@@ -27,12 +30,7 @@ from .records import (
     split_records_untrusted,
 )
 
-__all__ = ["MIN_RESEND_INTERVAL", "Flights"]
-
-#: Least spacing of flights re-sent because the peer repeated one of its own (RELIABILITY
-#: rule 8): a peer that really lost our flight waits a whole retransmission timeout (1 s by
-#: default) before repeating its own, and a replaying attacker gets no more than that.
-MIN_RESEND_INTERVAL = 0.5
+__all__ = ["Flights", "flight_name"]
 
 _MAX_FINGERPRINTS = 64
 
@@ -51,11 +49,13 @@ def flight_name(records: list[bytes]) -> FlightName:
     return frozenset(name)
 
 
-def _fingerprints(data: bytes) -> list[bytes]:
+def _fingerprints(data: bytes) -> set[bytes]:
     try:
-        return [record.fingerprint() for record in split_records_untrusted(data)]
+        return {
+            record.fingerprint() for record in split_records_untrusted(data)[:_MAX_FINGERPRINTS]
+        }
     except BadPacket:
-        return []
+        return set()
 
 
 class Flights:
@@ -76,8 +76,9 @@ class Flights:
         self._name: FlightName = frozenset()
         self._lossy = False
         self._sent_at: float | None = None
-        self._heard: set[bytes] = set()
+        self._last_heard: set[bytes] = set()
         self._answered: set[bytes] = set()
+        self._final_answers: set[bytes] = set()
         self.final: list[bytes] = []
         """Our final flight, kept until the peer shows it arrived (or the window closes)."""
         self._final_until = 0.0
@@ -86,14 +87,12 @@ class Flights:
     # -- during the handshake -------------------------------------------------------------------
 
     def heard(self, data: bytes) -> bool:
-        """Note a datagram from the peer; True if it repeats the flight ours answers."""
+        """Note a datagram from the peer, about to be fed to OpenSSL; True if it repeats the
+        datagram our current flight answers. If feeding it makes a new flight or completes the
+        handshake, :meth:`sent` / :meth:`completed` remember it as what that answers."""
         prints = _fingerprints(data)
-        if self._answered and any(p in self._answered for p in prints):
-            return True
-        for fingerprint in prints:
-            if len(self._heard) < _MAX_FINGERPRINTS:
-                self._heard.add(fingerprint)
-        return False
+        self._last_heard = prints
+        return bool(self._answered & prints)
 
     def sent(self, records: list[bytes], now: float) -> bool:
         """Note output OpenSSL produced mid-handshake; True if it is a new flight, False if it
@@ -108,7 +107,7 @@ class Flights:
         self.consecutive_timeouts = 0
         self.deferred_for_skew = False
         self._name = name
-        self._answered, self._heard = self._heard, set()
+        self._answered = self._last_heard
         self._sent_at = now
         self.deadline = now + self.timeout
         return True
@@ -134,7 +133,7 @@ class Flights:
 
     def resend_early(self, now: float) -> bool:
         """The peer repeated what our flight answers: True if we may re-send it now."""
-        if not self.records or not _allowed(now, self._sent_at):
+        if not self.records or not self._allowed(now, self._sent_at):
             return False
         self._sent_at = now
         self.deadline = now + self.timeout
@@ -148,22 +147,21 @@ class Flights:
         self.records = []
         self.final = final
         self._final_until = now + window
-        if not final:
-            self._heard = set()
+        self._final_answers = self._last_heard if final else set()
         self._answered = set()
 
     def final_repeat(self, data: bytes) -> bool:
         """Whether ``data`` repeats the peer's last flight while we still keep ours."""
-        if not self.final or not self._heard:
+        if not self.final or not self._final_answers:
             return False
-        return any(p in self._heard for p in _fingerprints(data))
+        return bool(self._final_answers & _fingerprints(data))
 
     def resend_final(self, now: float) -> bool:
         """True if our final flight may be re-sent now (window open, rate respected)."""
         if now > self._final_until:
             self.peer_finished()
             return False
-        if not _allowed(now, self._final_resent_at):
+        if not self._allowed(now, self._final_resent_at):
             return False
         self._final_resent_at = now
         return True
@@ -171,16 +169,18 @@ class Flights:
     def peer_finished(self) -> None:
         """Authenticated data arrived: the peer has our final flight; forget it."""
         self.final = []
-        self._heard = set()
+        self._final_answers = set()
 
     def clear(self) -> None:
         """The session ended: drop every flight and timer."""
         self.deadline = None
         self.records = []
         self.final = []
-        self._heard = set()
+        self._last_heard = set()
         self._answered = set()
+        self._final_answers = set()
 
-
-def _allowed(now: float, last_sent: float | None) -> bool:
-    return last_sent is None or now - last_sent >= MIN_RESEND_INTERVAL
+    def _allowed(self, now: float, last_sent: float | None) -> bool:
+        """At most one re-send per initial retransmission timeout: a peer that really lost our
+        flight waits at least that long before repeating its own."""
+        return last_sent is None or now - last_sent >= self._initial

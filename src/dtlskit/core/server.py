@@ -336,13 +336,36 @@ class ServerEngine:
                     break
                 self._note(conn, event)
                 self._events.append((address, conn, event))
-            deadline = conn.get_timer()
-            key = id(conn)
-            if deadline is None:
-                self._armed.pop(key, None)
-            elif self._armed.get(key) != deadline and self._connections.get(address) is conn:
-                self._armed[key] = deadline
-                heapq.heappush(self._timers, (deadline, next(self._counter), address, conn))
+            self._arm(address, conn)
+        self._compact_timers()
+
+    def _arm(self, address: Address, conn: DTLSConnection) -> None:
+        """Keep one heap entry per association, at or before its deadline.
+
+        An idle deadline moves later with every message; pushing each new one would grow the
+        heap by an entry per message (stale entries leave only when they reach the top). So a
+        new entry is pushed only when the deadline moves *earlier*; an entry that fires early
+        finds nothing due, and the association is re-armed at its real deadline.
+        """
+        deadline = conn.get_timer()
+        if deadline is None or self._connections.get(address) is not conn:
+            return
+        armed = self._armed.get(id(conn))
+        if armed is None or deadline < armed:
+            self._armed[id(conn)] = deadline
+            heapq.heappush(self._timers, (deadline, next(self._counter), address, conn))
+
+    def _compact_timers(self) -> None:
+        """Drop stale heap entries once they outnumber live ones (they hold engines alive)."""
+        if len(self._timers) <= 2 * len(self._armed) + 64:
+            return
+        self._timers = [
+            entry
+            for entry in self._timers
+            if self._armed.get(id(entry[3])) == entry[0]
+            and self._connections.get(entry[2]) is entry[3]
+        ]
+        heapq.heapify(self._timers)
 
     def _note(self, conn: DTLSConnection, event: ev.Event) -> None:
         if isinstance(event, ev.HandshakeCompleted) and id(conn) in self._handshaking:
@@ -362,6 +385,7 @@ class ServerEngine:
             self._handshaking.discard(id(conn))
             self._stats.handshakes_failed += 1
         conn.listener = None
+        self._compact_timers()
 
     def _drop(self, reason: str) -> None:
         self._stats.drops[reason] = self._stats.drops.get(reason, 0) + 1
