@@ -59,3 +59,30 @@ def test_every_exception_is_a_dtls_error_and_documented():
         cls = getattr(dtlskit.exceptions, name)
         assert issubclass(cls, dtlskit.DTLSError)
         assert name in doc, f"{name} missing from the tree drawn in exceptions.py"
+
+
+def test_configuration_refuses_nan_and_contradictions():
+    import math
+    import ssl
+
+    import pytest
+
+    for name in ("handshake_timeout", "initial_retransmit_timeout", "idle_timeout"):
+        with pytest.raises(dtlskit.ConfigurationError, match=name):
+            dtlskit.DTLSConfiguration(**{name: math.nan})
+    with pytest.raises(dtlskit.ConfigurationError, match="hello_verify_per_second"):
+        dtlskit.Limits(hello_verify_per_second=math.inf)
+    with pytest.raises(dtlskit.ConfigurationError, match="PSK"):
+        dtlskit.DTLSConfiguration.client(psk=("id", b"k" * 16), verify_mode=ssl.CERT_REQUIRED)
+
+
+def test_bad_server_hostname_is_a_configuration_error():
+    import pytest
+
+    from dtlskit.core import DTLSConnection
+
+    config = dtlskit.DTLSConfiguration.client(server_hostname="x" * 70 + ".example")
+    with pytest.raises(dtlskit.ConfigurationError, match="not a valid host name"):
+        DTLSConnection(config, server=False)
+    with pytest.raises(dtlskit.ConfigurationError):
+        DTLSConnection(dtlskit.DTLSConfiguration.client(server_hostname="a\0b"), server=False)

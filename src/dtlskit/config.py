@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import os
 import ssl
 from collections.abc import Callable, Mapping, Sequence
@@ -99,10 +100,10 @@ class Limits:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"Limits.{name} must be a positive integer, not {value!r}")
-        if self.hello_verify_per_second <= 0:
-            raise ConfigurationError("Limits.hello_verify_per_second must be positive")
-        if self.idle_timeout is not None and self.idle_timeout <= 0:
-            raise ConfigurationError("Limits.idle_timeout must be positive or None")
+        if not _positive_seconds(self.hello_verify_per_second):
+            raise ConfigurationError("Limits.hello_verify_per_second must be a positive number")
+        if self.idle_timeout is not None and not _positive_seconds(self.idle_timeout):
+            raise ConfigurationError("Limits.idle_timeout must be a positive number or None")
 
 
 @dataclass(frozen=True)
@@ -224,15 +225,23 @@ class DTLSConfiguration:
                 f"(OpenSSL silently ignores MTUs below {MIN_MTU})"
             )
         for name in ("handshake_timeout", "initial_retransmit_timeout", "max_retransmit_timeout"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or value <= 0:
-                raise ConfigurationError(f"{name} must be a positive number of seconds")
+            if not _positive_seconds(getattr(self, name)):
+                raise ConfigurationError(
+                    f"{name} must be a positive, finite number of seconds, "
+                    f"not {getattr(self, name)!r}"
+                )
         if self.max_retransmit_timeout < self.initial_retransmit_timeout:
             raise ConfigurationError(
                 "max_retransmit_timeout must not be smaller than initial_retransmit_timeout"
             )
-        if self.idle_timeout is not None and self.idle_timeout <= 0:
-            raise ConfigurationError("idle_timeout must be positive or None")
+        if self.idle_timeout is not None and not _positive_seconds(self.idle_timeout):
+            raise ConfigurationError("idle_timeout must be a positive, finite number or None")
+        if self.psk is not None and self.ciphers is None and self.verify_mode == ssl.CERT_REQUIRED:
+            raise ConfigurationError(
+                "verify_mode=CERT_REQUIRED has no effect on a PSK client offering only PSK "
+                "cipher suites (no certificate is ever exchanged): drop verify_mode, or list "
+                "certificate suites in ciphers"
+            )
         if self.cookie_secret is not None and len(self.cookie_secret) < 16:
             raise ConfigurationError("cookie_secret must be at least 16 bytes")
         if self.verify_mode is not None and not isinstance(self.verify_mode, ssl.VerifyMode):
@@ -660,6 +669,16 @@ class _KeyLogWriter:
                 handle.write(line + b"\n")
         except OSError:
             pass
+
+
+def _positive_seconds(value: object) -> bool:
+    """A positive, finite int or float (NaN would make a deadline that never comes)."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
 
 
 def _load_private_key(keyfile: str, password: Password | None) -> Any:

@@ -430,3 +430,64 @@ def test_configuration_context_is_built_once_and_shared(server_config, client_co
     assert first.ssl_object.get_context() is second.ssl_object.get_context()
     fresh = DTLSConnection(client_config.replace(), server=False)
     assert fresh.ssl_object.get_context() is not first.ssl_object.get_context()
+
+
+def test_failed_send_ends_the_association_on_the_server_too(server_config, client_config):
+    """Found in review: a send that OpenSSL refused terminated the engine but never told the
+    server demultiplexer, which kept the dead association (and its session count) forever."""
+    p = pair(server_config, client_config)
+    assert p.handshake()
+    conn = p.server_connection
+    assert conn is not None
+    conn.ssl_object.set_shutdown(1)  # OpenSSL now refuses to write, as after a fatal error
+    with pytest.raises(dtlskit.ConnectionLost):
+        conn.send(b"refused")
+    p.pump()
+    assert p.server.statistics().sessions == 0
+
+
+def test_empty_datagram_is_dropped_and_counted(server_config, client_config):
+    p = pair(server_config, client_config)
+    assert p.handshake()
+    p.client.receive_datagram(b"", p.clock.now)
+    assert p.client.statistics().drops == {"empty_datagram": 1}
+    assert p.client.state is State.ESTABLISHED
+
+
+def test_no_oversized_datagram_after_an_mtu_back_off(tmp_path):
+    """Found in review: after backing off to 548 bytes the stored 1200-byte records were re-sent
+    as they were, to a path that drops them. Now the engine waits for OpenSSL to re-fragment
+    the flight instead (which, under a simulated clock, never happens: the handshake times out
+    without one more oversized datagram)."""
+    root = create_ca("root", key_type="rsa", rsa_bits=4096)
+    leaf, key = issue_certificate(
+        root, "localhost", hosts=["localhost"], key_type="rsa", rsa_bits=4096
+    )
+    from dtlskit.certs import certificate_pem, private_key_pem
+
+    (tmp_path / "cert.pem").write_bytes(certificate_pem(leaf))
+    (tmp_path / "key.pem").write_bytes(private_key_pem(key))
+    (tmp_path / "ca.pem").write_bytes(certificate_pem(root[0]))
+    server = dtlskit.DTLSConfiguration.server(tmp_path / "cert.pem", tmp_path / "key.pem")
+    client = dtlskit.DTLSConfiguration.client(tmp_path / "ca.pem", "localhost")
+    clock = Clock()
+    oversized: list[float] = []  # when the server sent a datagram the path drops
+
+    def path(datagram: Datagram) -> list[Datagram]:
+        if len(datagram.data) > 548:
+            if not datagram.to_server:
+                oversized.append(clock.now)
+            return []
+        return [datagram]
+
+    p = MemoryPair(server, client, clock=clock, network=FakeNetwork(filters=[path]))
+    p.start()
+    p.run(lambda: p.server.statistics().associations_created == 1)
+    conn = p.server.connection(p.client_address)
+    assert conn is not None
+    p.run()
+    assert conn.mtu == 548 and conn.statistics().mtu_backoffs == 1
+    first, retransmitted = sorted(set(oversized))[:2]
+    assert retransmitted - first == pytest.approx(1.0)
+    # Only the first transmission and the one retransmission before the back-off.
+    assert sorted(set(oversized)) == [first, retransmitted]

@@ -288,3 +288,10 @@ def test_timer_heap_stays_small_while_a_busy_session_moves_its_idle_deadline(
     assert len(server._timers) <= 2 * len(server.connections) + 64
     # The timers still work: both sessions expire when idle.
     assert idle.run(lambda: server.statistics().sessions == 0)
+
+
+def test_hello_verify_rate_below_half_a_second_still_answers(server_config, client_config):
+    """Found in review: a rate under 0.5/s made a negative burst allowance and refused all."""
+    config = server_config.replace(limits=dtlskit.Limits(hello_verify_per_second=0.2))
+    server, _, _, _ = hello_exchange(config, client_config)
+    assert server.statistics().hello_verify_requests_sent == 1

@@ -54,8 +54,6 @@ __all__ = [
     "watch_handshake",
 ]
 
-PSK_MAX_IDENTITY_LENGTH = 128  # OpenSSL's PSK_MAX_IDENTITY_LEN
-PSK_MAX_KEY_LENGTH = 512  # OpenSSL 3/4's PSK_MAX_PSK_LEN (256 before 3.0)
 
 # Since OpenSSL 3.0 a server refuses client-initiated renegotiation unless this option is set.
 # Not bound by cryptography; its value is fixed in OpenSSL's ABI (ssl.h: SSL_OP_BIT(8)).

@@ -148,7 +148,7 @@ class DTLSConnection(NegotiatedSession):
         self._config = config
         self._server = server
         self.peer_address = peer_address
-        self._peer_text = _format_address(peer_address)
+        self._peer_text = format_address(peer_address)
         ctx = context if context is not None else config.context(server)
         self._ssl = SSL.Connection(ctx, None)
         self._mtu = config.mtu
@@ -199,7 +199,13 @@ class DTLSConnection(NegotiatedSession):
         name = server_hostname or self._config.server_hostname
         if name:
             if not _is_ip_literal(name):
-                self._ssl.set_tlsext_host_name(name.encode("idna"))
+                try:
+                    encoded = name.encode("idna")
+                    self._ssl.set_tlsext_host_name(encoded)
+                except (UnicodeError, TypeError, ValueError) as exc:
+                    raise ConfigurationError(
+                        f"server_hostname {name!r} is not a valid host name: {exc}"
+                    ) from exc
             if mode != ssl.CERT_NONE and self._config.check_hostname:
                 _bindings.set_expected_peer_name(self._ssl, name)
         elif mode != ssl.CERT_NONE and self._config.check_hostname:
@@ -246,8 +252,7 @@ class DTLSConnection(NegotiatedSession):
             self._ssl.DTLSv1_listen()
         except SSL.Error as exc:
             self._terminate(
-                _errors.handshake_error(exc, verify_reason=None, server=True, peer=self._peer_text),
-                now,
+                _errors.handshake_error(exc, verify_reason=None, server=True, peer=self._peer_text)
             )
             return False
         self._advance_handshake(now)
@@ -259,6 +264,9 @@ class DTLSConnection(NegotiatedSession):
             self._drop("after_close" if self.state is not State.INITIAL else "before_start")
             return
         self._count_received(data)
+        if not data:
+            self._drop("empty_datagram")
+            return
         flights = self._flights
         if self.state is State.HANDSHAKING:
             repeat = flights.heard(data)
@@ -272,6 +280,7 @@ class DTLSConnection(NegotiatedSession):
                 repeat
                 and state is State.HANDSHAKING
                 and flight == flights.current_name()
+                and self._stored_flight_fits()
                 and flights.resend_early(now)
             ):
                 # The peer repeated what our flight answers: ours was lost, send it again now.
@@ -307,10 +316,11 @@ class DTLSConnection(NegotiatedSession):
             self._ssl.write(data)
         except SSL.Error as exc:
             error = _errors.session_error(exc, peer=self._peer_text)
-            self._terminate(error, None)
+            self._terminate(error)
+            self._notify()  # a server demultiplexer must see the session end
             raise error from exc
         self._stats.messages_sent += 1
-        self._collect_output(None)
+        self._collect_output()
         self._notify()
 
     def close(self) -> None:
@@ -320,7 +330,7 @@ class DTLSConnection(NegotiatedSession):
         if self.state is State.ESTABLISHED:
             with contextlib.suppress(SSL.Error):
                 self._ssl.shutdown()
-            self._collect_output(None)
+            self._collect_output()
         self._finish(State.CLOSED)
         self.error = ConnectionClosedLocally("the connection was closed locally")
         self._events.append(ev.ConnectionClosed(by_peer=False))
@@ -330,7 +340,7 @@ class DTLSConnection(NegotiatedSession):
         """End the session at once with ``error`` (no alert is sent). Idempotent."""
         if self.state in (State.CLOSED, State.TERMINATED):
             return
-        self._terminate(error, None)
+        self._terminate(error)
         self._notify()
 
     def datagrams_to_send(self, now: float | None = None) -> list[bytes]:
@@ -366,8 +376,7 @@ class DTLSConnection(NegotiatedSession):
                 HandshakeTimeout(
                     f"handshake with {self._peer_text} did not complete within "
                     f"{self._config.handshake_timeout:g} s"
-                ),
-                now,
+                )
             )
             return
         if self._flights.deadline is not None and now >= self._flights.deadline:
@@ -376,10 +385,9 @@ class DTLSConnection(NegotiatedSession):
             timeout = self._idle_timeout or 0.0
             with contextlib.suppress(SSL.Error):
                 self._ssl.shutdown()
-            self._collect_output(now)
+            self._collect_output()
             self._terminate(
                 ConnectionLost(f"no message from {self._peer_text} for {timeout:g} s (idle)"),
-                now,
             )
 
     def statistics(self) -> ConnectionStatistics:
@@ -443,7 +451,7 @@ class DTLSConnection(NegotiatedSession):
     @property
     def session_reused(self) -> bool:
         """Whether the handshake resumed an earlier session."""
-        return bool(_bindings_session_reused(self._ssl))
+        return _bindings.session_reused(self._ssl)
 
     @property
     def peer_certificate(self) -> Any:
@@ -479,7 +487,7 @@ class DTLSConnection(NegotiatedSession):
         except SSL.WantReadError:
             complete = False
         except SSL.Error as exc:
-            self._collect_output(now)  # the alert OpenSSL queued, if any
+            self._collect_output()  # the alert OpenSSL queued, if any
             self._terminate(
                 _errors.handshake_error(
                     exc,
@@ -487,8 +495,7 @@ class DTLSConnection(NegotiatedSession):
                     notes=self._notes,
                     server=self._server,
                     peer=self._peer_text,
-                ),
-                now,
+                )
             )
             return
         else:
@@ -522,11 +529,17 @@ class DTLSConnection(NegotiatedSession):
             self._terminate(
                 _errors.handshake_error(
                     exc, verify_reason=None, server=self._server, peer=self._peer_text
-                ),
-                now,
+                )
             )
             return
-        flights.retransmitted(now, self._drain_openssl())
+        rebuilt = self._drain_openssl()
+        if not rebuilt and remaining and not self._stored_flight_fits():
+            # The MTU just backed off and OpenSSL (its wall clock not yet expired) did not
+            # rebuild the flight: the stored records no longer fit. Sending them would only
+            # repeat the loss; wait for OpenSSL's timer, which re-fragments the flight.
+            flights.deadline = now + remaining
+            return
+        flights.retransmitted(now, rebuilt)
         self._queue(flights.records)
         self._stats.retransmissions += 1
 
@@ -546,7 +559,6 @@ class DTLSConnection(NegotiatedSession):
                     f"the server certificate ({reason}); connect without it",
                     reason=reason,
                 ),
-                now,
             )
             return
         self.state = State.ESTABLISHED
@@ -578,8 +590,8 @@ class DTLSConnection(NegotiatedSession):
                 self._peer_closed()
                 break
             except SSL.Error as exc:
-                self._collect_output(now)
-                self._terminate(_errors.session_error(exc, peer=self._peer_text), now)
+                self._collect_output()
+                self._terminate(_errors.session_error(exc, peer=self._peer_text))
                 return
             got_data = True
             self._stats.messages_received += 1
@@ -595,17 +607,21 @@ class DTLSConnection(NegotiatedSession):
             self._flights.peer_finished()
             if self._idle_timeout is not None:
                 self._idle_deadline = now + self._idle_timeout
-        self._collect_output(now)
+        self._collect_output()
 
     def _peer_closed(self) -> None:
         with contextlib.suppress(SSL.Error):
             self._ssl.shutdown()  # answer with our close_notify, best effort
-        self._collect_output(None)
+        self._collect_output()
         self._finish(State.CLOSED)
         self.error = ConnectionClosedByPeer(
             f"{self._peer_text} closed the connection (close_notify)", alert="close notify"
         )
         self._events.append(ev.ConnectionClosed(by_peer=True, alert="close notify"))
+
+    def _stored_flight_fits(self) -> bool:
+        """Whether the flight's records, cut by OpenSSL before any MTU back-off, still fit."""
+        return all(len(record) <= self._mtu for record in self._flights.records)
 
     def _state_now(self) -> State:
         """The state after a call that may have changed it (keeps type checkers from assuming
@@ -615,7 +631,7 @@ class DTLSConnection(NegotiatedSession):
     def _bio_write(self, data: bytes) -> None:
         try:
             self._ssl.bio_write(data)
-        except SSL.Error:  # pragma: no cover - a memory BIO accepts any bytes
+        except SSL.Error:  # pragma: no cover - empty datagrams are dropped before this
             self._drop("bio_write_failed")
 
     def _drain_openssl(self) -> list[bytes]:
@@ -639,7 +655,7 @@ class DTLSConnection(NegotiatedSession):
             self._drop("unframed_output")
             return []
 
-    def _collect_output(self, now: float | None) -> None:
+    def _collect_output(self) -> None:
         records = self._drain_openssl()
         if records:
             self._queue(records)
@@ -671,7 +687,7 @@ class DTLSConnection(NegotiatedSession):
         self._handshake_deadline = None
         self._idle_deadline = None
 
-    def _terminate(self, error: DTLSError, now: float | None) -> None:
+    def _terminate(self, error: DTLSError) -> None:
         if self.state in (State.CLOSED, State.TERMINATED):
             return
         error = self._explain_failure(error)
@@ -697,15 +713,9 @@ def _is_ip_literal(name: str) -> bool:
     return True
 
 
-def _format_address(address: Address | None) -> str:
+def format_address(address: Address | None) -> str:
+    """``host:port`` or ``[v6host]:port`` for messages (the core cannot import _sockets)."""
     if address is None:
         return "the peer"
     host, port = address[0], address[1]
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-
-
-def _bindings_session_reused(connection: SSL.Connection) -> bool:
-    lib = _bindings._lib
-    if lib is None or not hasattr(lib, "SSL_session_reused"):  # pragma: no cover
-        return False
-    return bool(lib.SSL_session_reused(connection._ssl))

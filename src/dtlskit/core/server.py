@@ -41,7 +41,7 @@ from OpenSSL import SSL
 from ..config import DTLSConfiguration
 from ..exceptions import ConnectionLost
 from . import events as ev
-from .connection import Address, DTLSConnection
+from .connection import Address, DTLSConnection, format_address
 from .cookies import CookieJar
 from .records import (
     CONTENT_HANDSHAKE,
@@ -167,6 +167,7 @@ class ServerEngine:
             if hello.message_sequence == 0:
                 self._send_hello_verify(hello, data, address, now)
             else:
+                self._stats.bytes_received_unvalidated += len(data)
                 # Forged, tampered or stale. A new HelloVerifyRequest would lead nowhere: the
                 # client would answer with message_seq 2, which OpenSSL's DTLSv1_listen refuses.
                 # Cookies outlive the handshake deadline, so an honest client never gets here.
@@ -259,7 +260,8 @@ class ServerEngine:
         # a burst of 2 x rate is allowed while it runs at most (burst - 1)/rate ahead.
         rate = self._limits.hello_verify_per_second
         interval = 1.0 / rate
-        tolerance = (2 * rate - 1.0) * interval + 1e-6  # epsilon: float sums of ``interval``
+        burst = max(1.0, 2 * rate)  # at least one, or a rate below 0.5/s would refuse all
+        tolerance = (burst - 1.0) * interval + 1e-6  # epsilon: float sums of ``interval``
         slot = self._rate_slot(ip)
         due = max(self._rate_due[slot], now)
         if due - now > tolerance:
@@ -296,7 +298,9 @@ class ServerEngine:
             self._drop("max_half_open")
             return
         if replacing is not None:
-            replacing.abort(ConnectionLost(f"replaced by a new handshake from {_format(address)}"))
+            replacing.abort(
+                ConnectionLost(f"replaced by a new handshake from {format_address(address)}")
+            )
             self._stats.sessions_replaced += 1
             self._touched(address, replacing)
             self._flush()
@@ -409,8 +413,3 @@ def _may_be_client_hello(data: bytes) -> bool:
         and data[3:5] == b"\x00\x00"
         and data[HEADER_LENGTH] == 1
     )
-
-
-def _format(address: Address) -> str:
-    host, port = address[0], address[1]
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
