@@ -491,6 +491,35 @@ def test_workers_need_a_fixed_port(cli_env: dict[str, str]) -> None:
     assert result.stdout == ""
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("server", "--port", "70000"),
+        ("server", "--port", "-1"),
+        ("client", "127.0.0.1", "65536", "-m", "x"),
+        ("client", "127.0.0.1", "4433x", "-m", "x"),
+    ],
+)
+def test_port_out_of_range_is_a_usage_error(cli_env: dict[str, str], args: tuple[str, ...]) -> None:
+    result = run(cli_env, *args)
+    assert result.returncode == 2, result
+    assert "0..65535" in result.stderr and "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="workers need os.fork")
+def test_workers_on_a_taken_port_is_one_line(cli_env: dict[str, str], pki: PKIFiles) -> None:
+    files = ["--cert", str(pki.server_cert), "--key", str(pki.server_key)]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = str(taken.getsockname()[1])
+        result = run(
+            cli_env, "server", *files, "--host", "127.0.0.1", "--port", port, "--workers", "2"
+        )
+    assert "address already in use" in one_error_line(result)
+    assert result.stdout == ""  # no banner for a server that never listened
+
+
 def test_udp_transport_rejects_tls_flags(cli_env: dict[str, str], pki: PKIFiles) -> None:
     result = run(
         cli_env,

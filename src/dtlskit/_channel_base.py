@@ -13,6 +13,13 @@ The channel life cycle, common to both flavours:
   them ``recv`` raises that error, a fresh copy on every call.
 * Iteration stops cleanly when the session ended with close_notify (sent by the peer, or by this
   side's ``close()``, including a server shutting down); any other end raises.
+* A socket error on a client's connected socket (the kernel's report of an ICMP error) is
+  mapped by :func:`client_socket_error`: during the handshake it fails the handshake at once
+  (:class:`ConnectionRefused` for port unreachable, :class:`TransportError` otherwise, so
+  ``connect`` can try the next address); once established it ends the session with
+  :class:`ConnectionLost` naming the cause. Only ``EMSGSIZE`` ends nothing.
+* ``send`` takes ``bytes``, ``bytearray`` or ``memoryview`` of at least one byte; anything else
+  is :class:`InvalidMessage` (:meth:`ChannelBase._check_sendable`), and the session goes on.
 """
 
 from __future__ import annotations
@@ -26,15 +33,18 @@ from collections.abc import Iterable
 from typing import Any
 
 from ._sockets import Address, SocketOptions, format_address, translate_os_error
+from .config import DTLSConfiguration
 from .core import events as ev
 from .core.connection import ConnectionStatistics, DTLSConnection, State
 from .core.server import ServerStatistics
 from .core.session import Session
 from .exceptions import (
+    ConfigurationError,
     ConnectionClosedByPeer,
     ConnectionClosedLocally,
     ConnectionLost,
     DTLSError,
+    InvalidMessage,
     TransportError,
 )
 
@@ -42,8 +52,11 @@ __all__ = [
     "ChannelBase",
     "Inbox",
     "aggregate_server_statistics",
+    "check_server_config",
+    "client_socket_error",
     "ends_iteration",
     "fresh_error",
+    "log_peer_event",
     "send_error",
     "terminal_error",
 ]
@@ -85,6 +98,47 @@ def send_error(exc: OSError, address: Address | None, mtu: int) -> DTLSError:
             f"{format_address(address)}: lower the mtu setting",
         )
     return translate_os_error(exc, "send to", address)
+
+
+def client_socket_error(engine: DTLSConnection, exc: OSError, peer: Address) -> DTLSError:
+    """A socket error on a client's connected socket: end the session as its state says.
+
+    Handshaking: the handshake fails at once with :class:`ConnectionRefused` (port
+    unreachable) or :class:`TransportError` (host or network unreachable, ...), the errors on
+    which ``connect`` moves on to the next resolved address. Established: the session ends
+    with :class:`ConnectionLost` naming the cause (ConnectionClosed family, like every other
+    end of a session). ``EMSGSIZE`` ends nothing: it is returned as the TransportError naming
+    the MTU, for the ``send`` that caused it.
+
+    The engine is aborted with the returned error (except for EMSGSIZE); the caller then
+    drains its events and transmits, as after any engine call, and raises the error if a
+    ``send`` of its user caused it.
+    """
+    if exc.errno == errno.EMSGSIZE:
+        return send_error(exc, peer, engine.mtu)
+    error: DTLSError
+    if engine.state in (State.INITIAL, State.HANDSHAKING):
+        error = translate_os_error(exc, "connect to", peer)
+    elif isinstance(exc, ConnectionRefusedError) or exc.errno == errno.ECONNREFUSED:
+        error = ConnectionLost(
+            f"{format_address(peer)} is gone: its host answered port unreachable"
+        )
+    else:
+        cause = exc.strerror or str(exc)
+        error = ConnectionLost(f"the path to {format_address(peer)} failed: {cause}")
+    error.__cause__ = exc
+    engine.abort(error)  # idempotent: a session already over keeps how it ended
+    return error
+
+
+def check_server_config(config: object) -> DTLSConfiguration:
+    """``config`` if it is a server's configuration; :class:`ConfigurationError` otherwise."""
+    if not isinstance(config, DTLSConfiguration):
+        raise ConfigurationError(
+            f"config must be a DTLSConfiguration (DTLSConfiguration.server()), not "
+            f"{type(config).__name__}"
+        )
+    return config
 
 
 class Inbox:
@@ -161,17 +215,25 @@ class ChannelBase(SocketOptions):
         """End the channel without an engine event (the socket went away); True if it was live."""
         return self._inbox.end(error)
 
-    def _check_sendable(self, data: bytes | bytearray | memoryview) -> bytes:
-        """Validate a message before it is handed to the engine; raises when it cannot go."""
-        if isinstance(data, str):
-            raise TypeError("send() takes bytes; encode text first, e.g. text.encode()")
+    def _check_sendable(self, data: object) -> bytes:
+        """The message to hand to the engine, or raise: :class:`InvalidMessage` (a ValueError)
+        for anything but ``bytes``/``bytearray``/``memoryview`` of at least one byte (the
+        session goes on), the error that ended the session once it is over."""
+        if not isinstance(data, bytes | bytearray | memoryview):
+            hint = "; encode text first, e.g. text.encode()" if isinstance(data, str) else ""
+            raise InvalidMessage(
+                f"send() takes bytes, bytearray or memoryview, not {type(data).__name__}{hint}"
+            )
+        message = bytes(data)
+        if not message:
+            raise InvalidMessage("cannot send an empty message: DTLS records carry 1 byte or more")
         if self._inbox.error is not None:
             raise fresh_error(self._inbox.error)
         if self._close_called:  # pragma: no cover - close() always ends the inbox
             raise ConnectionClosedLocally("the connection was closed locally")
         if self._engine.state is not State.ESTABLISHED:  # pragma: no cover - defensive
             raise ConnectionLost(f"the connection to {self._peer_text} is not established")
-        return bytes(data)
+        return message
 
     @property
     def _peer_text(self) -> str:
@@ -179,7 +241,7 @@ class ChannelBase(SocketOptions):
 
     # -- SocketOptions ------------------------------------------------------------------------
 
-    def _options_socket(self) -> Any:
+    def _bound_socket(self) -> Any:
         return self._sock
 
     # -- properties -----------------------------------------------------------------------------

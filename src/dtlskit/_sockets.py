@@ -1,21 +1,31 @@
 """Socket plumbing shared by the asyncio and blocking front ends.
 
-Both flavours create their UDP sockets here, expose the same socket-level capabilities (the
-``bindToDevice / setTTL / setIPv6Only / get/setRecvBufferSize ...`` of the EdgerOS ``dtls``
-module) through :class:`SocketOptions`, translate ``OSError`` through :func:`translate_os_error`,
-and fork ``SO_REUSEPORT`` workers through :func:`run_workers`.
+Both flavours create their UDP sockets here, bind servers by one rule (:func:`bind_udp_sockets`),
+expose the same socket-level capabilities (the ``bindToDevice / setTTL / setIPv6Only /
+get/setRecvBufferSize ...`` of the EdgerOS ``dtls`` module) through :class:`SocketOptions`,
+translate ``OSError`` through :func:`translate_os_error`, and fork ``SO_REUSEPORT`` workers
+through :func:`run_workers`.
+
+Workers and signals
+-------------------
+:func:`run_workers` forks with SIGINT and SIGTERM blocked, so a signal that arrives while the
+workers start is held, never lost: each child resets both signals to their defaults *before* it
+unblocks them (a signal sent early ends it at once; the worker's own handlers, installed once it
+serves, take over after that), and the parent installs its forwarder before it unblocks them. A
+worker ended by SIGINT or SIGTERM stopped as asked: that counts as a clean exit.
+:func:`stop_signals_held` extends the blocked window back to the start of a ``run_server``, so
+that a signal received while the server is being set up is forwarded too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import ipaddress
 import os
 import signal
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .exceptions import ConfigurationError, ConnectionRefused, DTLSError, TransportError
@@ -24,11 +34,15 @@ __all__ = [
     "MAX_BUFFER_SIZE",
     "MIN_BUFFER_SIZE",
     "SocketOptions",
+    "bind_udp_sockets",
+    "check_port",
     "format_address",
     "make_udp_socket",
+    "probe_bind",
     "resolve",
     "run_workers",
     "sort_addresses",
+    "stop_signals_held",
     "translate_os_error",
 ]
 
@@ -38,6 +52,9 @@ AddrInfo = tuple[int, Address]
 MIN_BUFFER_SIZE = 1024
 MAX_BUFFER_SIZE = 16 * 1024 * 1024
 
+_PORT_ATTEMPTS = 8
+"""Tries at finding one free port for every socket of a server asked to bind port 0."""
+
 
 def format_address(address: Address | None) -> str:
     """``host:port`` or ``[v6host]:port``."""
@@ -45,6 +62,16 @@ def format_address(address: Address | None) -> str:
         return "?"
     host, port = address[0], address[1]
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def check_port(port: object) -> int:
+    """``port`` if it is a UDP port number; :class:`ConfigurationError` otherwise.
+
+    getaddrinfo would silently take a port modulo 65536 (70000 becomes 4464).
+    """
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ConfigurationError(f"port must be 0..65535, not {port!r}")
+    return port
 
 
 def sort_addresses(infos: Sequence[tuple[Any, ...]]) -> list[AddrInfo]:
@@ -59,9 +86,15 @@ def sort_addresses(infos: Sequence[tuple[Any, ...]]) -> list[AddrInfo]:
     return result
 
 
-def resolve(host: str | None, port: int, *, passive: bool = False) -> list[AddrInfo]:
-    """Blocking name resolution for UDP. Raises :class:`TransportError` naming the host."""
-    flags = socket.AI_PASSIVE if passive else 0
+def resolve(
+    host: str | None, port: int, *, passive: bool = False, numeric: bool = False
+) -> list[AddrInfo]:
+    """Blocking name resolution for UDP. Raises :class:`TransportError` naming the host.
+
+    ``numeric`` accepts only IP address literals (no DNS query, so it never blocks).
+    """
+    check_port(port)
+    flags = (socket.AI_PASSIVE if passive else 0) | (socket.AI_NUMERICHOST if numeric else 0)
     try:
         infos = socket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM, socket.IPPROTO_UDP, flags)
     except socket.gaierror as exc:
@@ -79,7 +112,13 @@ def make_udp_socket(
     blocking: bool = False,
 ) -> socket.socket:
     """A UDP socket, bound and/or connected. Raises :class:`TransportError` naming the address."""
-    sock = socket.socket(family, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+    for address in (bind, connect):
+        if address is not None:
+            check_port(address[1])
+    try:
+        sock = socket.socket(family, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+    except OSError as exc:
+        raise translate_os_error(exc, "open a socket for", bind or connect) from exc
     try:
         sock.setblocking(blocking)
         if reuse_port:
@@ -102,6 +141,103 @@ def make_udp_socket(
         sock.close()
         raise
     return sock
+
+
+# -- binding a server ----------------------------------------------------------------------------
+
+
+def bind_udp_sockets(
+    host: str | None,
+    port: int,
+    *,
+    ipv6_only: bool | None = None,
+    reuse_port: bool = False,
+    resolved: Sequence[AddrInfo] | None = None,
+) -> list[socket.socket]:
+    """Bind the listening sockets of a server. Every dtlskit server binds by this one rule:
+
+    * ``host`` None or ``""``: every interface, one socket per address family (``0.0.0.0``
+      and, where the kernel has IPv6, ``::``). The IPv6 socket gets ``IPV6_V6ONLY=1`` so the
+      two never overlap; ``ipv6_only=False`` is refused (ask for host ``"::"`` instead).
+    * ``"::"`` alone: one dual-stack socket (IPv4 peers arrive IPv4-mapped) unless
+      ``ipv6_only=True``.
+    * any other host: one socket per resolved address; when there are several, IPv6 ones get
+      ``IPV6_V6ONLY=1`` unless ``ipv6_only`` says otherwise; a single one gets ``ipv6_only``
+      as given (the kernel's default when None).
+
+    With port 0 every socket gets the port the first one got. ``resolved`` is the passive
+    resolution of ``host`` already made (the asyncio flavour resolves without blocking);
+    otherwise this resolves, blocking. Raises :class:`TransportError` naming the address that
+    could not be bound, :class:`ConfigurationError` for an invalid port or option.
+    """
+    check_port(port)
+    wildcard = host in (None, "")
+    if wildcard and ipv6_only is False:
+        raise ConfigurationError(
+            "ipv6_only=False asks for one dual-stack socket: use host '::' for that (host None "
+            "binds one socket per address family)"
+        )
+    infos = list(resolved) if resolved is not None else resolve(host or None, port, passive=True)
+    if not infos:  # pragma: no cover - getaddrinfo raises instead
+        raise TransportError(errno.EADDRNOTAVAIL, f"{host!r} resolved to no address")
+    several = len(infos) > 1
+    attempts = _PORT_ATTEMPTS if port == 0 and several else 1
+    for attempt in range(attempts):
+        try:
+            return _bind_each(infos, port, wildcard, ipv6_only, several, reuse_port)
+        except TransportError as exc:
+            if exc.errno != errno.EADDRINUSE or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _bind_each(
+    infos: Sequence[AddrInfo],
+    port: int,
+    wildcard: bool,
+    ipv6_only: bool | None,
+    several: bool,
+    reuse_port: bool,
+) -> list[socket.socket]:
+    sockets: list[socket.socket] = []
+    skipped: TransportError | None = None
+    try:
+        for family, address in infos:
+            v6only = ipv6_only
+            if family == socket.AF_INET6 and v6only is None:
+                v6only = True if several else (False if address[0] == "::" else None)
+            chosen = port or (int(sockets[0].getsockname()[1]) if sockets else 0)
+            bind = (address[0], chosen, *address[2:])
+            try:
+                sock = make_udp_socket(family, bind=bind, reuse_port=reuse_port, ipv6_only=v6only)
+            except TransportError as exc:
+                # All interfaces on a host without IPv6 (or IPv4): the other family will do.
+                if wildcard and exc.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                    skipped = exc
+                    continue
+                raise
+            sockets.append(sock)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    if not sockets and skipped is not None:
+        raise skipped
+    return sockets
+
+
+def probe_bind(host: str | None, port: int, *, ipv6_only: bool | None = None) -> list[Address]:
+    """Bind what ``SO_REUSEPORT`` workers will bind, close it again, and return the addresses.
+
+    A supervisor calls it before forking, so that a port already taken (or a host that does
+    not resolve) is one error in the parent rather than one traceback per worker.
+    """
+    sockets = bind_udp_sockets(host, port, ipv6_only=ipv6_only, reuse_port=True)
+    try:
+        return [tuple(sock.getsockname()) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def translate_os_error(exc: OSError, action: str, address: Address | None) -> DTLSError:
@@ -127,16 +263,45 @@ def translate_os_error(exc: OSError, action: str, address: Address | None) -> DT
 class SocketOptions:
     """Socket-level capabilities shared by channels and listeners of both flavours.
 
-    Subclasses provide :meth:`_options_socket`. On a server-side channel the socket is the
-    listening socket, shared by every peer: an option set there applies to all of them.
+    Subclasses provide :meth:`_bound_socket`. On a server-side channel the socket is the
+    listening socket, shared by every peer: an option set there applies to all of them. Every
+    method raises :class:`TransportError` (``EBADF``) once the socket is closed, and translates
+    any other socket error: no raw ``OSError`` escapes.
     """
 
-    def _options_socket(self) -> socket.socket:
+    _socket_owner = "channel"
+    """Who owns the socket, for the message of a closed one ("the channel's socket is closed")."""
+
+    def _bound_socket(self) -> socket.socket | None:
+        """The socket the options apply to (None when there is none)."""
         raise NotImplementedError
+
+    def _options_socket(self) -> socket.socket:
+        sock = self._bound_socket()
+        if sock is None or sock.fileno() < 0:
+            raise TransportError(errno.EBADF, f"the {self._socket_owner}'s socket is closed")
+        return sock
+
+    def _socket_call(self, what: str, call: Callable[[socket.socket], Any]) -> Any:
+        """``call(sock)``, its ``OSError`` translated into :class:`TransportError`."""
+        sock = self._options_socket()
+        try:
+            return call(sock)
+        except OSError as exc:
+            where: Address | None = None
+            with contextlib.suppress(OSError):
+                where = tuple(sock.getsockname())
+            raise translate_os_error(exc, what, where) from exc
+
+    def _getsockopt(self, what: str, level: int, option: int) -> int:
+        return int(self._socket_call(f"read {what} of", lambda s: s.getsockopt(level, option)))
+
+    def _setsockopt(self, what: str, level: int, option: int, value: int | bytes) -> None:
+        self._socket_call(f"set {what} on", lambda s: s.setsockopt(level, option, value))
 
     def getsockname(self) -> Address:
         """The local address of the socket."""
-        return tuple(self._options_socket().getsockname())
+        return tuple(self._socket_call("read the address of", lambda s: s.getsockname()))
 
     def fileno(self) -> int:
         """The socket's file descriptor."""
@@ -144,7 +309,7 @@ class SocketOptions:
 
     def error(self) -> int:
         """The socket's pending error (``SO_ERROR``), which reading clears; 0 when none."""
-        return int(self._options_socket().getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+        return self._getsockopt("SO_ERROR", socket.SOL_SOCKET, socket.SO_ERROR)
 
     def bind_to_device(self, ifname: str) -> None:
         """Send and receive only through interface ``ifname`` (``SO_BINDTODEVICE``).
@@ -153,10 +318,9 @@ class SocketOptions:
         """
         if not hasattr(socket, "SO_BINDTODEVICE"):
             raise TransportError(errno.EOPNOTSUPP, "SO_BINDTODEVICE is not supported here")
+        sock = self._options_socket()
         try:
-            self._options_socket().setsockopt(
-                socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode()
-            )
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode())
         except OSError as exc:
             if exc.errno == errno.EPERM:
                 raise TransportError(
@@ -168,21 +332,23 @@ class SocketOptions:
             ) from exc
 
     def set_ttl(self, ttl: int) -> None:
-        """Set the IPv4 TTL or IPv6 hop limit of outgoing datagrams (0..255)."""
-        if not isinstance(ttl, int) or not 0 <= ttl <= 255:
-            raise ConfigurationError(f"TTL must be an integer from 0 to 255, not {ttl!r}")
+        """Set the IPv4 TTL (1..255) or IPv6 hop limit (0..255) of outgoing datagrams."""
         sock = self._options_socket()
-        if sock.family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, ttl)
+        ipv6 = sock.family == socket.AF_INET6
+        low = 0 if ipv6 else 1
+        if isinstance(ttl, bool) or not isinstance(ttl, int) or not low <= ttl <= 255:
+            what = "an IPv6 hop limit" if ipv6 else "an IPv4 TTL"
+            raise ConfigurationError(f"{what} must be {low}..255, not {ttl!r}")
+        if ipv6:
+            self._setsockopt("the hop limit", socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, ttl)
         else:
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+            self._setsockopt("the TTL", socket.IPPROTO_IP, socket.IP_TTL, ttl)
 
     def get_ttl(self) -> int:
         """The IPv4 TTL or IPv6 hop limit of outgoing datagrams."""
-        sock = self._options_socket()
-        if sock.family == socket.AF_INET6:
-            return int(sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS))
-        return int(sock.getsockopt(socket.IPPROTO_IP, socket.IP_TTL))
+        if self._options_socket().family == socket.AF_INET6:
+            return self._getsockopt("the hop limit", socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS)
+        return self._getsockopt("the TTL", socket.IPPROTO_IP, socket.IP_TTL)
 
     def set_ipv6_only(self, flag: bool) -> None:
         """Set ``IPV6_V6ONLY`` (an IPv6 socket then refuses IPv4-mapped peers).
@@ -202,18 +368,21 @@ class SocketOptions:
 
     def get_ipv6_only(self) -> bool:
         """Whether ``IPV6_V6ONLY`` is set (False for IPv4 sockets)."""
-        sock = self._options_socket()
-        if sock.family != socket.AF_INET6:
+        if self._options_socket().family != socket.AF_INET6:
             return False
-        return bool(sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))
+        return bool(self._getsockopt("IPV6_V6ONLY", socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))
 
     def _set_buffer(self, option: int, size: int, what: str) -> None:
-        if not isinstance(size, int) or not MIN_BUFFER_SIZE <= size <= MAX_BUFFER_SIZE:
+        if (
+            isinstance(size, bool)
+            or not isinstance(size, int)
+            or not MIN_BUFFER_SIZE <= size <= MAX_BUFFER_SIZE
+        ):
             raise ConfigurationError(
                 f"{what} buffer size must be from {MIN_BUFFER_SIZE} bytes (1 KiB) to "
                 f"{MAX_BUFFER_SIZE} bytes (16 MiB), not {size!r}"
             )
-        self._options_socket().setsockopt(socket.SOL_SOCKET, option, size)
+        self._setsockopt(f"the {what} buffer size", socket.SOL_SOCKET, option, size)
 
     def set_recv_buffer_size(self, size: int) -> None:
         """Set ``SO_RCVBUF`` (1 KiB..16 MiB; the kernel may double or cap it)."""
@@ -221,7 +390,7 @@ class SocketOptions:
 
     def get_recv_buffer_size(self) -> int:
         """``SO_RCVBUF`` as the kernel reports it."""
-        return int(self._options_socket().getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+        return self._getsockopt("the receive buffer size", socket.SOL_SOCKET, socket.SO_RCVBUF)
 
     def set_send_buffer_size(self, size: int) -> None:
         """Set ``SO_SNDBUF`` (1 KiB..16 MiB; the kernel may double or cap it)."""
@@ -229,70 +398,131 @@ class SocketOptions:
 
     def get_send_buffer_size(self) -> int:
         """``SO_SNDBUF`` as the kernel reports it."""
-        return int(self._options_socket().getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF))
+        return self._getsockopt("the send buffer size", socket.SOL_SOCKET, socket.SO_SNDBUF)
 
 
-def is_ip_literal(host: str) -> bool:
-    """Whether ``host`` is an IPv4 or IPv6 address rather than a name."""
+# -- worker processes ----------------------------------------------------------------------------
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_STOPPED_BY_SIGNAL = frozenset(-int(sig) for sig in _STOP_SIGNALS)
+
+
+@contextlib.contextmanager
+def stop_signals_held(enabled: bool = True) -> Iterator[None]:
+    """Hold SIGINT and SIGTERM (blocked, pending) while the block runs; restore the mask after.
+
+    A ``run_server`` with workers wraps its whole set-up in it: :func:`run_workers`, called
+    inside, releases the signals once its forwarder is installed, so one received meanwhile
+    reaches the workers instead of killing the parent or being lost. Main thread only.
+    """
+    if not enabled:
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     try:
-        ipaddress.ip_address(host.split("%")[0])
-    except ValueError:
-        return False
-    return True
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def run_workers(count: int, run_one: Callable[[int], None]) -> int:
+def run_workers(
+    count: int, run_one: Callable[[int], None], *, stop_requested: Callable[[], bool] | None = None
+) -> int:
     """Fork ``count`` worker processes each running ``run_one(index)``; wait for all.
 
-    Call it before any thread or event loop exists (fork copies only the calling thread). Build
-    the OpenSSL context and cookie secret first: the children inherit them, so session tickets
-    and cookies issued by one worker are accepted by every other. SIGINT and SIGTERM received
-    by the parent are forwarded to every worker. Returns 0 if every worker exited 0, else 1.
+    Call it from the main thread before any other thread or event loop exists (fork copies
+    only the calling thread). Build the OpenSSL context and cookie secret first: the children
+    inherit them, so session tickets and cookies issued by one worker are accepted by every
+    other. SIGINT and SIGTERM received by the parent are forwarded to every worker; one that
+    arrives while the workers start is held until they can take it (see the module docstring).
+    ``stop_requested`` (checked once the signals are held) returns True when the server was
+    asked to stop before the workers started: then none is started.
+
+    Returns 0 if every worker exited 0 or was ended by SIGINT/SIGTERM, else 1.
     """
     if count < 1:
         raise ConfigurationError(f"workers must be at least 1, not {count}")
     if not hasattr(os, "fork"):
         raise ConfigurationError("workers need os.fork, which this platform lacks")
-    children: list[int] = []
-    for index in range(count):
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child, measured by the worker tests
-            code = 0
-            try:
-                signal.signal(signal.SIGINT, signal.default_int_handler)
-                run_one(index)
-            except KeyboardInterrupt:
-                code = 0
-            except BaseException:
-                import traceback
+    entry_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        if stop_requested is not None and stop_requested():
+            return 0
+        return _fork_and_wait(count, run_one, entry_mask)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, entry_mask)
 
-                traceback.print_exc()
-                code = 1
-            finally:
-                with contextlib.suppress(Exception):
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                os._exit(code)
-        children.append(pid)
+
+def _fork_and_wait(count: int, run_one: Callable[[int], None], entry_mask: Any) -> int:
+    """:func:`run_workers` with SIGINT/SIGTERM blocked on entry."""
+    live: list[int] = []  # worker PIDs, until reaped
 
     def forward(signum: int, frame: Any) -> None:
-        for child in children:
+        for pid in list(live):
             with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signum)
+                os.kill(pid, signum)
 
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
-    status = 0
+    for stream in (sys.stdout, sys.stderr):  # or each child would write the parent's buffer
+        with contextlib.suppress(Exception):
+            stream.flush()
     try:
-        for child in children:
-            while True:
+        for index in range(count):
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - runs in the child, measured by the worker tests
+                code = 1
                 try:
-                    _, raw = os.waitpid(child, 0)
-                except InterruptedError:  # pragma: no cover - PEP 475 retries for us
-                    continue
-                break
-            if os.waitstatus_to_exitcode(raw) != 0:
-                status = 1
+                    code = _worker(index, run_one, entry_mask)
+                finally:
+                    os._exit(code)
+            live.append(pid)
+    except OSError as exc:
+        forward(signal.SIGTERM, None)
+        _reap(live)
+        raise TransportError(exc.errno, f"cannot start worker processes: {exc}") from exc
+    previous = {sig: signal.signal(sig, forward) for sig in _STOP_SIGNALS}
+    try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # held signals: forwarded now
+        return _reap(live)
     finally:
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _reap(live: list[int]) -> int:
+    """Wait for every child in ``live`` (removing each once reaped); the overall exit status."""
+    status = 0
+    for pid in list(live):
+        _, raw = os.waitpid(pid, 0)  # PEP 475: retried after a signal handler runs
+        live.remove(pid)
+        code = os.waitstatus_to_exitcode(raw)
+        if code != 0 and code not in _STOPPED_BY_SIGNAL:
+            status = 1
     return status
+
+
+def _worker(index: int, run_one: Callable[[int], None], mask: Any) -> int:  # pragma: no cover
+    """The body of a worker process (SIGINT/SIGTERM still blocked); its exit status."""
+    code = 0
+    try:
+        # Defaults first, then unblock: a signal held since the fork ends this worker now
+        # (SIGTERM kills it, SIGINT raises KeyboardInterrupt), never a handler the parent had.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+        run_one(index)
+    except KeyboardInterrupt:
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+    return code

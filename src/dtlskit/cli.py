@@ -33,7 +33,7 @@ from OpenSSL import SSL
 from . import __version__, certs, udp
 from . import asyncio as dtlskit_asyncio
 from . import sync as dtlskit_sync
-from ._sockets import Address, format_address
+from ._sockets import Address, format_address, probe_bind
 from .config import DTLSConfiguration
 from .core.connection import ConnectionStatistics
 from .core.session import Session
@@ -459,7 +459,13 @@ def _cmd_server(args: argparse.Namespace) -> int:
         return _serve_udp(args.host, args.port)
     config, client_hint = _server_config(args)
     if args.workers > 1:
-        _out(f"dtlskit server: DTLS echo on port {args.port} with {args.workers} worker processes")
+        # Bind once here, before any fork: a port already taken is one error line, not one
+        # traceback per worker; and the banner names what the workers will bind.
+        where = ", ".join(format_address(a) for a in probe_bind(args.host, args.port))
+        _out(
+            f"dtlskit server: DTLS echo on {where} with {args.workers} worker processes "
+            "(Ctrl-C to stop)"
+        )
         if client_hint:
             _out(f"connect with:  {_client_command(args.host, args.port, client_hint)}")
         return dtlskit_asyncio.run_server(
@@ -604,6 +610,17 @@ def _on_signals(stop: Callable[[], None]) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def _port(text: str) -> int:
+    """argparse type of a UDP port number: a usage error (exit status 2) outside 0..65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"port must be 0..65535, not {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0..65535, not {port}")
+    return port
+
+
 def _reject_tls_flags(args: argparse.Namespace, names: Iterable[str]) -> None:
     for name in names:
         if getattr(args, name, None):
@@ -635,7 +652,7 @@ def _add_server_parser(commands: Any, common: argparse.ArgumentParser) -> None:
         help="address to listen on (default: every interface, IPv4 and IPv6)",
     )
     server.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help=f"UDP port (default: {DEFAULT_PORT})"
+        "--port", type=_port, default=DEFAULT_PORT, help=f"UDP port (default: {DEFAULT_PORT})"
     )
     server.add_argument("--cert", metavar="FILE", help="server certificate chain (PEM)")
     server.add_argument(
@@ -806,7 +823,7 @@ def _add_client_parser(commands: Any, common: argparse.ArgumentParser) -> None:
         "and print each reply. On failure print one line naming the cause and exit 1.",
     )
     client.add_argument("host", metavar="HOST", help="server name or IP address")
-    client.add_argument("port", metavar="PORT", type=int, help="server UDP port")
+    client.add_argument("port", metavar="PORT", type=_port, help="server UDP port")
     client.add_argument(
         "--ca",
         metavar="FILE",

@@ -17,7 +17,14 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ._sockets import Address, format_address, make_udp_socket, resolve, translate_os_error
+from ._sockets import (
+    Address,
+    bind_udp_sockets,
+    format_address,
+    make_udp_socket,
+    resolve,
+    translate_os_error,
+)
 from .exceptions import DTLSTimeoutError, TransportError
 
 __all__ = ["MAX_DATAGRAM", "UDPClient", "UDPEchoServer", "UDPStatistics"]
@@ -44,7 +51,8 @@ class UDPStatistics:
 class UDPEchoServer:
     """Sends every datagram back to its sender, unchanged. One socket per resolved address.
 
-    ``host`` None or ``""`` binds every interface (IPv4 and, where available, IPv6). Use it
+    ``host`` None or ``""`` binds every interface (IPv4 and, where available, IPv6), by the rule
+    every dtlskit server follows (:func:`dtlskit._sockets.bind_udp_sockets`). Use it
     as a context manager, run :meth:`serve_forever` and stop it with :meth:`shutdown` (from
     another thread or a signal handler); ``on_datagram(address, size)`` is called for each
     datagram received, e.g. to log it.
@@ -62,17 +70,9 @@ class UDPEchoServer:
         self._stop = threading.Event()
         self._sockets: list[socket.socket] = []
         self._selector = selectors.DefaultSelector()
-        wildcard = host in (None, "")
         try:
-            infos = resolve(None if wildcard else host, port, passive=True)
-            chosen = port
-            for family, address in infos:
-                v6only = True if family == socket.AF_INET6 and len(infos) > 1 else None
-                sock = make_udp_socket(
-                    family, bind=(address[0], chosen, *address[2:]), ipv6_only=v6only
-                )
-                chosen = chosen or int(sock.getsockname()[1])
-                self._sockets.append(sock)
+            self._sockets = bind_udp_sockets(host, port)
+            for sock in self._sockets:
                 self._selector.register(sock, selectors.EVENT_READ)
         except BaseException:
             self.close()

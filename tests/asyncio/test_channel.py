@@ -329,7 +329,7 @@ def test_concurrent_recv_and_oversized_message(
                 assert info.value.limit == limit
                 await channel.send(b"y" * limit)  # exactly the limit fits
                 assert await asyncio.wait_for(channel.recv(), WAIT) == b"y" * limit
-                with pytest.raises(TypeError):
+                with pytest.raises(dtlskit.InvalidMessage, match="encode"):
                     await channel.send("text")  # type: ignore[arg-type]
 
                 # A reader cancelled while waiting leaves the channel usable.

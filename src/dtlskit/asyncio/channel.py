@@ -9,7 +9,11 @@ drain its events (messages go to the channel's inbox, waiters are woken), and re
 ``loop.call_at`` timer at the engine's next deadline (replaced only when it moved earlier).
 ``flush`` never runs user code and guards against re-entry: a socket error reported while we
 transmit (asyncio calls ``error_received`` from inside ``sendto``) feeds the engine and makes the
-running ``flush`` go round once more.
+running ``flush`` go round once more; the error a ``send`` caused is handed back to it.
+
+Endpoints hold their channels weakly, as the blocking flavour does: a channel its user dropped
+unclosed is garbage-collected, warns (``ResourceWarning``) and has its session closed
+(close_notify) on the next turn of the loop. A handler's task holds its own channel.
 
 The clock is ``loop.time()`` (monotonic), the clock ``call_at`` uses, so deadlines need no
 conversion.
@@ -18,11 +22,11 @@ conversion.
 from __future__ import annotations
 
 import asyncio
-import logging
+import contextlib
 import warnings
 from typing import Any, cast
 
-from .._channel_base import ChannelBase, ends_iteration, send_error
+from .._channel_base import ChannelBase, ends_iteration, fresh_error
 from .._sockets import Address
 from ..core.connection import DTLSConnection
 from ..exceptions import ConcurrencyError, ConnectionClosedLocally, DTLSError
@@ -33,16 +37,17 @@ __all__ = ["Channel"]
 class Endpoint(asyncio.DatagramProtocol):
     """One socket's protocol. Subclasses say what to transmit, what to drain, when to wake."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, logger: logging.Logger) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._logger = logger
         self._transport: asyncio.DatagramTransport | None = None
         self._busy = False
         self._again = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._sending = False
-        self._send_failure: OSError | None = None
+        self._send_failure: DTLSError | None = None
+        """What went wrong with a datagram sent by the running ``flush`` (set by
+        ``error_received``), for the ``send`` that caused it."""
         self._writable = asyncio.Event()
         self._writable.set()
         self._lost: asyncio.Future[None] = loop.create_future()
@@ -67,13 +72,17 @@ class Endpoint(asyncio.DatagramProtocol):
     async def wait_channel_closed(self, channel: Channel) -> None:
         """Wait until what ``channel_closed`` started is finished."""
 
+    def channel_abandoned(self, engine: DTLSConnection) -> None:
+        """The channel of ``engine`` was garbage-collected unclosed (called from ``__del__``,
+        which may run anywhere: only schedule the clean-up)."""
+
     # -- the three steps ------------------------------------------------------------------------
 
     def now(self) -> float:
         """The engine clock: ``loop.time()``."""
         return self._loop.time()
 
-    def flush(self) -> OSError | None:
+    def flush(self) -> DTLSError | None:
         """Transmit, drain events, re-arm the timer. Returns a send failure seen meanwhile."""
         if self._busy:
             self._again = True
@@ -214,7 +223,7 @@ class Channel(ChannelBase):
         self._engine.send(message)
         failure = self._endpoint.flush()
         if failure is not None:
-            raise send_error(failure, self._peer_address, self.mtu) from failure
+            raise fresh_error(failure)
 
     async def recv(self) -> bytes:
         """The next message. After the session ended: queued messages, then the error that ended
@@ -277,7 +286,6 @@ class Channel(ChannelBase):
             return
         warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self, stacklevel=1)
         endpoint = getattr(self, "_endpoint", None)
-        if self._owns_socket and endpoint is not None:
-            transport = endpoint._transport
-            if transport is not None and not endpoint._loop.is_closed():
-                transport.abort()
+        if endpoint is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to clean
+                endpoint.channel_abandoned(self._engine)

@@ -1,9 +1,11 @@
 """asyncio DTLS client: :func:`connect`.
 
-The client's UDP socket is ``connect()``-ed to the server, so the kernel reports an ICMP port
-unreachable as ``ECONNREFUSED``; asyncio hands it to ``error_received`` and the handshake (or the
-session) ends at once with :class:`~dtlskit.exceptions.ConnectionRefused` instead of waiting for
-the handshake deadline.
+The client's UDP socket is ``connect()``-ed to the server, so the kernel reports an ICMP error
+(port unreachable as ``ECONNREFUSED``, host unreachable, ...); asyncio hands it to
+``error_received`` and :func:`dtlskit._channel_base.client_socket_error` decides, as in the
+blocking flavour: during the handshake it fails at once (port unreachable is
+:class:`~dtlskit.exceptions.ConnectionRefused`) instead of waiting for the handshake deadline;
+after it the session ends with :class:`~dtlskit.exceptions.ConnectionLost` naming the cause.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ import weakref
 from collections.abc import Generator
 from typing import Any
 
-from .._channel_base import fresh_error, terminal_error
+from .._channel_base import client_socket_error, fresh_error, terminal_error
 from .._sockets import (
     Address,
     AddrInfo,
+    check_port,
     format_address,
     make_udp_socket,
     sort_addresses,
@@ -55,7 +58,7 @@ class _ClientEndpoint(Endpoint):
         deadline: float,
         limit: float,
     ) -> None:
-        super().__init__(loop, logger)
+        super().__init__(loop)
         self._engine = engine
         self._peer = peer
         self._channel: weakref.ref[Channel] | None = None
@@ -110,6 +113,16 @@ class _ClientEndpoint(Endpoint):
     async def wait_channel_closed(self, channel: Channel) -> None:
         await self.wait_lost()
 
+    def channel_abandoned(self, engine: DTLSConnection) -> None:
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._close_abandoned)
+
+    def _close_abandoned(self) -> None:
+        self._engine.close()
+        self.flush()
+        if self._transport is not None:
+            self._transport.close()
+
     # -- asyncio.DatagramProtocol ---------------------------------------------------------------
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
@@ -117,17 +130,14 @@ class _ClientEndpoint(Endpoint):
         self.flush()
 
     def error_received(self, exc: Exception) -> None:
-        if isinstance(exc, OSError) and (
-            isinstance(exc, ConnectionRefusedError) or exc.errno == errno.ECONNREFUSED
-        ):
-            logger.debug("%s: port unreachable", format_address(self._peer))
-            self._engine.abort(translate_os_error(exc, "send to", self._peer))
-            self.flush()
+        if not isinstance(exc, OSError):  # pragma: no cover - asyncio reports OSError only
+            logger.debug("socket error from %s ignored: %r", format_address(self._peer), exc)
             return
-        if self._sending and isinstance(exc, OSError):
-            self._send_failure = exc  # Channel.send raises it
-            return
-        logger.debug("socket error from %s ignored: %s", format_address(self._peer), exc)
+        logger.debug("socket error from %s: %s", format_address(self._peer), exc)
+        error = client_socket_error(self._engine, exc, self._peer)
+        if self._sending:
+            self._send_failure = error  # the Channel.send that caused it raises it
+        self.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
@@ -182,9 +192,10 @@ def connect(
     ``config.server_hostname``, else ``host``. ``timeout`` (default
     ``config.handshake_timeout``) covers name resolution and the whole handshake and raises
     :class:`~dtlskit.exceptions.HandshakeTimeout`. Resolved addresses are tried in order while a
-    socket cannot be opened or the host refuses (ICMP port unreachable); any other handshake
-    failure is final. ``session`` (from an earlier channel's :attr:`Channel.session`) asks the
-    server to resume it; :attr:`Channel.session_reused` tells whether it did.
+    socket cannot be opened or the host answers with an ICMP error (port unreachable:
+    ConnectionRefused; host unreachable: TransportError); any other handshake failure is
+    final. ``session`` (from an earlier channel's :attr:`Channel.session`) asks the server to
+    resume it; :attr:`Channel.session_reused` tells whether it did.
     """
     return _Connector(host, port, config, local_addr, timeout, server_hostname, session)
 
@@ -271,6 +282,7 @@ async def _attempt(
 async def _resolve(
     loop: asyncio.AbstractEventLoop, host: str, port: int, limit: float
 ) -> list[AddrInfo]:
+    check_port(port)
     try:
         infos = await asyncio.wait_for(
             loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM, proto=socket.IPPROTO_UDP),

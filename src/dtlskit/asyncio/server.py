@@ -19,24 +19,34 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import errno
 import logging
 import signal
 import socket
 import warnings
+import weakref
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any, Generic, TypeVar
 
 from OpenSSL import SSL
 
-from .._channel_base import aggregate_server_statistics, log_peer_event
+from .._channel_base import (
+    aggregate_server_statistics,
+    check_server_config,
+    log_peer_event,
+    send_error,
+)
 from .._sockets import (
     Address,
     SocketOptions,
+    bind_udp_sockets,
+    check_port,
     format_address,
-    make_udp_socket,
+    probe_bind,
     run_workers,
     sort_addresses,
+    stop_signals_held,
     translate_os_error,
 )
 from ..config import DTLSConfiguration
@@ -75,17 +85,24 @@ class _ServerEndpoint(Endpoint):
         engine: ServerEngine,
         sock: socket.socket,
     ) -> None:
-        super().__init__(loop, logger)
+        super().__init__(loop)
         self._server = server
         self.engine = engine
         self.sock = sock
-        self.channels: dict[DTLSConnection, Channel] = {}
+        self.address = tuple(sock.getsockname())
+        """The bound address (kept: the socket cannot tell it once closed)."""
+        self.channels: weakref.WeakValueDictionary[DTLSConnection, Channel] = (
+            weakref.WeakValueDictionary()
+        )
+        """Held weakly, as in the blocking flavour: a dropped channel warns and is closed."""
         self._shutting_down = False
+        self._sending_to: Address | None = None
 
     # -- Endpoint -------------------------------------------------------------------------------
 
     def _transmit(self) -> None:
         for datagram, address in self.engine.datagrams_to_send(self.now()):
+            self._sending_to = address
             self._sendto(datagram, address)
 
     def _drain(self) -> None:
@@ -101,6 +118,8 @@ class _ServerEndpoint(Endpoint):
                 channel_or_none = self.channels.get(conn)
                 if channel_or_none is not None:
                     channel_or_none._handle_event(event)
+                else:
+                    self._server._count_drop("no_channel")
             elif isinstance(event, ev.ConnectionClosed | ev.ConnectionTerminated):
                 ended = self.channels.pop(conn, None)
                 if ended is not None:
@@ -113,6 +132,15 @@ class _ServerEndpoint(Endpoint):
     def _on_deadline(self, now: float) -> None:
         self.engine.handle_timer(now)
 
+    def channel_abandoned(self, engine: DTLSConnection) -> None:
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._close_abandoned, engine)
+
+    def _close_abandoned(self, engine: DTLSConnection) -> None:
+        if not self._shutting_down:
+            engine.close()  # close_notify; the ended session leaves the engine
+            self.flush()
+
     # -- asyncio.DatagramProtocol ---------------------------------------------------------------
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
@@ -123,11 +151,14 @@ class _ServerEndpoint(Endpoint):
 
     def error_received(self, exc: Exception) -> None:
         # An unconnected socket: the error names no peer. Count it; it is never fatal to the
-        # server. A datagram too large (EMSGSIZE) also fails the Channel.send that made it.
-        self._server._count_drop("send_failed" if self._sending else "socket_error")
+        # server (the drop reasons are the blocking flavour's). A datagram too large (EMSGSIZE)
+        # also fails the Channel.send that made it.
+        self._server._count_drop("send_failed" if self._sending else "receive_failed")
         if self._sending and isinstance(exc, OSError) and exc.errno == errno.EMSGSIZE:
-            self._send_failure = exc
-        logger.debug("socket error on %s: %s", format_address(self.sock.getsockname()), exc)
+            conn = self.engine.connection(self._sending_to) if self._sending_to else None
+            mtu = conn.mtu if conn is not None else self._server._config.mtu
+            self._send_failure = send_error(exc, self._sending_to, mtu)
+        logger.debug("socket error on %s: %s", format_address(self.address), exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
@@ -174,6 +205,7 @@ class Server:
         self._accept_queue: collections.deque[Channel] = collections.deque()
         self._accept_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._drops: collections.Counter[str] = collections.Counter()
+        self._addresses: list[Address] = []
         self._started = False
         self._closing = False
         self._closed: asyncio.Future[None] = loop.create_future()
@@ -194,10 +226,10 @@ class Server:
         cookie_jar: CookieJar | None,
     ) -> None:
         loop = self._loop
-        wildcard = host in (None, "")
+        check_port(port)
         try:
             infos = await loop.getaddrinfo(
-                None if wildcard else host,
+                host or None,
                 port,
                 type=socket.SOCK_DGRAM,
                 proto=socket.IPPROTO_UDP,
@@ -205,40 +237,40 @@ class Server:
             )
         except socket.gaierror as exc:
             raise TransportError(exc.errno, f"cannot resolve {host!r}: {exc.strerror}") from exc
-        addresses = sort_addresses(infos)
         context = context if context is not None else self._config.build_context(server=True)
         jar = cookie_jar if cookie_jar is not None else cookie_jar_for(self._config)
-        several = len(addresses) > 1
-        chosen_port = port
+        sockets = bind_udp_sockets(
+            host,
+            port,
+            ipv6_only=ipv6_only,
+            reuse_port=reuse_port,
+            resolved=sort_addresses(infos),
+        )
+        pending = collections.deque(sockets)  # not yet owned by a transport
         try:
-            for family, address in addresses:
-                v6only = ipv6_only
-                if family == socket.AF_INET6 and v6only is None:
-                    # Several addresses: keep IPv6 off the IPv4 ones. "::" alone: dual-stack.
-                    v6only = True if several else (False if host == "::" else None)
-                bind = (address[0], chosen_port, *address[2:])
-                sock = make_udp_socket(family, bind=bind, reuse_port=reuse_port, ipv6_only=v6only)
-                chosen_port = chosen_port or int(sock.getsockname()[1])
-                engine = ServerEngine(self._config, context=context, cookie_jar=jar)
-                endpoint = _ServerEndpoint(loop, self, engine, sock)
+            while pending:
+                sock = pending[0]
+                endpoint = _ServerEndpoint(
+                    loop, self, ServerEngine(self._config, context=context, cookie_jar=jar), sock
+                )
                 try:
                     await loop.create_datagram_endpoint(lambda e=endpoint: e, sock=sock)  # type: ignore[misc]
                 except OSError as exc:
-                    sock.close()
-                    raise translate_os_error(exc, "listen on", bind) from exc
-                except BaseException:
-                    sock.close()
-                    raise
+                    raise translate_os_error(exc, "listen on", endpoint.address) from exc
+                pending.popleft()
                 self._endpoints.append(endpoint)
         except BaseException:
             for started in self._endpoints:
                 started.shutdown()
             self._endpoints.clear()
+            for left in pending:
+                left.close()
             self._closing = True
             self._closed.set_result(None)
             raise
+        self._addresses = [endpoint.address for endpoint in self._endpoints]
         self._started = True
-        logger.info("listening on %s", ", ".join(format_address(a) for a in self.addresses))
+        logger.info("listening on %s", ", ".join(format_address(a) for a in self._addresses))
 
     # -- peers ----------------------------------------------------------------------------------
 
@@ -326,8 +358,9 @@ class Server:
 
     @property
     def addresses(self) -> list[Address]:
-        """The bound addresses, ``(host, port)`` or ``(host, port, flowinfo, scope_id)``."""
-        return [tuple(endpoint.sock.getsockname()) for endpoint in self._endpoints]
+        """The bound addresses, ``(host, port)`` or ``(host, port, flowinfo, scope_id)``; still
+        known after :meth:`close`."""
+        return list(self._addresses)
 
     def statistics(self) -> ServerStatistics:
         """Counters of every socket added up; ``drops`` also has the front end's own reasons."""
@@ -407,7 +440,7 @@ class Server:
 
     def __repr__(self) -> str:
         state = "serving" if self.is_serving() else "closed" if self._closing else "starting"
-        where = ", ".join(format_address(a) for a in self.addresses) if self._endpoints else "-"
+        where = ", ".join(format_address(a) for a in self._addresses) or "-"
         return f"<{type(self).__name__} {where} {state}>"
 
 
@@ -416,13 +449,14 @@ class Listener(Server, SocketOptions):
 
     Completed handshakes wait in a queue of ``config.limits.accept_backlog``; beyond it new peers
     are refused (their session closed) and counted as the drop ``"accept_backlog_full"``. Socket
-    options apply to the first listening socket.
+    options apply to the first listening socket. Accepted channels are held weakly, as in the
+    blocking flavour: one dropped unclosed warns (``ResourceWarning``) and is closed.
     """
 
-    def _options_socket(self) -> Any:
-        if not self._endpoints:
-            raise TransportError(0, "the listener has no socket")
-        return self._endpoints[0].sock
+    _socket_owner = "listener"
+
+    def _bound_socket(self) -> socket.socket | None:
+        return self._endpoints[0].sock if self._endpoints else None
 
 
 class _Starter(Generic[S]):
@@ -458,8 +492,7 @@ async def _start_server(
     context: SSL.Context | None = None,
     cookie_jar: CookieJar | None = None,
 ) -> S:
-    if not isinstance(config, DTLSConfiguration):
-        raise ConfigurationError("config must be a DTLSConfiguration (DTLSConfiguration.server())")
+    check_server_config(config)
     server = cls(asyncio.get_running_loop(), handler, config)
     await server._start(
         host,
@@ -541,24 +574,32 @@ def run_server(
     With ``workers`` > 1, that many processes each bind their own socket on ``port``
     (``SO_REUSEPORT``; the kernel keeps each peer on one worker). The OpenSSL context and the
     cookie secret are made here, before the workers fork, so every worker accepts the others'
-    cookies and session tickets. A fixed port is required then. Returns 1 if a worker failed.
+    cookies and session tickets. A fixed port is required then. The port is bound once here
+    first, so that a port already taken is one error rather than one per worker. A worker ended
+    by SIGINT/SIGTERM stopped cleanly; returns 1 if a worker failed.
     """
     if not isinstance(workers, int) or workers < 1:
         raise ConfigurationError(f"workers must be a positive integer, not {workers!r}")
     if workers == 1:
         asyncio.run(_serve_until_signal(handler, host, port, config, ipv6_only, False, None, None))
         return 0
+    check_port(port)
+    check_server_config(config)
     if port == 0:
         raise ConfigurationError(
             "workers need a fixed port: with port 0 every worker would listen on a port of its own"
         )
-    context = config.build_context(server=True)
-    jar = cookie_jar_for(config)
+    with stop_signals_held():  # a signal from now on reaches the workers (see run_workers)
+        probe_bind(host, port, ipv6_only=ipv6_only)
+        context = config.build_context(server=True)
+        jar = cookie_jar_for(config)
 
-    def run_one(index: int) -> None:
-        asyncio.run(_serve_until_signal(handler, host, port, config, ipv6_only, True, context, jar))
+        def run_one(index: int) -> None:
+            asyncio.run(
+                _serve_until_signal(handler, host, port, config, ipv6_only, True, context, jar)
+            )
 
-    return run_workers(workers, run_one)
+        return run_workers(workers, run_one)
 
 
 async def _serve_until_signal(
@@ -582,9 +623,17 @@ async def _serve_until_signal(
         context=context,
         cookie_jar=cookie_jar,
     )
+    loop = asyncio.get_running_loop()
     try:
         install_signal_handlers(server)
         await server.serve_forever()
     finally:
         server.close()
         await server.wait_closed()
+        # Uninstall now rather than in loop.close(), which closes the signal wake-up socket
+        # first: a second signal (a worker gets the process group's and the forwarded one)
+        # arriving then makes CPython print "Exception ignored ... signal wakeup fd". Now a
+        # late one meets the default action.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(signum)

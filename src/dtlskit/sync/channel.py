@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import errno
 import logging
 import select
 import selectors
@@ -51,7 +50,6 @@ from ..exceptions import (
     ConnectionLost,
     DTLSError,
     DTLSTimeoutError,
-    TransportError,
 )
 
 __all__ = ["BufferTooSmall", "Channel", "IOThread"]
@@ -212,7 +210,7 @@ class IOThread:
                 except OSError as exc:
                     error = self._send_failed_locked(exc, address)
                     if raise_errors:
-                        raise error from exc
+                        raise fresh_error(error) from exc
                     return
                 break
 
@@ -456,20 +454,13 @@ class Channel(ChannelBase):
     def send(self, data: bytes | bytearray | memoryview, timeout: float | None = None) -> None:
         """Send one message (1 byte or more) as one DTLS record.
 
-        Raises :class:`MessageTooLarge` beyond :attr:`cleartext_mtu`, the error that ended the
+        Raises :class:`InvalidMessage` for anything but a non-empty ``bytes``, ``bytearray`` or
+        ``memoryview`` (the session goes on; OpenSSL writes no empty records),
+        :class:`MessageTooLarge` beyond :attr:`cleartext_mtu`, the error that ended the
         session (:class:`ConnectionClosed` family), :class:`DTLSTimeoutError` if the socket's
         send buffer stays full for ``timeout`` seconds, :class:`TransportError` for socket
         errors (``EMSGSIZE`` names the MTU).
         """
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise TypeError(
-                f"send() takes bytes-like data, not {type(data).__name__}"
-                + ("; encode text first, e.g. text.encode()" if isinstance(data, str) else "")
-            )
-        if not len(data):
-            # OpenSSL's SSL_write cannot send zero bytes, and the core engine would end the
-            # session over it (it reports "Unexpected EOF"): refuse before touching it.
-            raise ValueError("cannot send an empty message: OpenSSL sends no empty records")
         deadline = _deadline(timeout)
         with self._cond:
             message = self._check_sendable(data)
@@ -533,9 +524,7 @@ class Channel(ChannelBase):
 
     # -- information (every engine read holds the socket's engine lock) ------------------------
 
-    def _options_socket(self) -> socket.socket:
-        if self._io.closed:
-            raise TransportError(errno.EBADF, "the channel's socket is closed")
+    def _bound_socket(self) -> socket.socket:
         return self._io.sock
 
     def statistics(self) -> ConnectionStatistics:

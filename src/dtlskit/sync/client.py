@@ -2,13 +2,17 @@
 handshake.
 
 The handshake runs on the channel's I/O thread; the calling thread waits for it on an event,
-bounded by ``timeout``. The UDP socket is ``connect()``-ed, so an ICMP port unreachable comes
-back as ``ECONNREFUSED`` on the next read and fails the handshake at once with
-:class:`~dtlskit.exceptions.ConnectionRefused` instead of after the timeout.
+bounded by ``timeout`` (which also bounds name resolution: a host name is resolved on a
+short-lived thread). The UDP socket is ``connect()``-ed, so an ICMP error comes back on the next
+read or send; :func:`dtlskit._channel_base.client_socket_error` maps it as in the asyncio
+flavour: port unreachable fails the handshake at once with
+:class:`~dtlskit.exceptions.ConnectionRefused` instead of after the timeout, and ends an
+established session with :class:`~dtlskit.exceptions.ConnectionLost`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import socket
 import threading
@@ -17,14 +21,13 @@ import weakref
 from typing import Any
 
 from .. import _sockets
-from .._channel_base import fresh_error, send_error
+from .._channel_base import client_socket_error, fresh_error
 from ..config import DTLSConfiguration
 from ..core import events as ev
 from ..core.connection import DTLSConnection, State
 from ..core.session import Session
 from ..exceptions import (
     ConfigurationError,
-    ConnectionLost,
     ConnectionRefused,
     DTLSError,
     HandshakeFailure,
@@ -105,21 +108,11 @@ class _ClientIO(IOThread):
         return self._socket_failed_locked(exc)
 
     def _socket_failed_locked(self, exc: OSError) -> DTLSError:
-        """A socket error on the connected socket ends the session (ICMP errors included)."""
-        if self.engine.state in (State.INITIAL, State.HANDSHAKING):
-            error = _sockets.translate_os_error(exc, "connect to", self.peer)
-        elif exc.errno == errno.ECONNREFUSED:
-            error = ConnectionLost(
-                f"{_sockets.format_address(self.peer)} is gone: its host answered port unreachable"
-            )
-        else:
-            error = send_error(exc, self.peer, self.engine.mtu)
-            if exc.errno == errno.EMSGSIZE:
-                self.count_drop_locked("send_failed")
-                return error  # the session survives a datagram that was too large
-        error.__cause__ = exc
-        self.engine.abort(error)
-        return error
+        """A socket error on the connected socket (ICMP errors included): see
+        :func:`~dtlskit._channel_base.client_socket_error`."""
+        if exc.errno == errno.EMSGSIZE:
+            self.count_drop_locked("send_failed")  # the session survives it
+        return client_socket_error(self.engine, exc, self.peer)
 
     def _abort_all_locked(self, error: DTLSError) -> None:
         self.engine.abort(error)
@@ -139,8 +132,9 @@ def connect(
 
     ``timeout`` (default ``config.handshake_timeout``) bounds name resolution plus the whole
     handshake and raises :class:`HandshakeTimeout`. Resolved addresses are tried in order while
-    a socket cannot be set up or the host refuses (ICMP port unreachable); any other handshake
-    failure is final. ``server_hostname`` (SNI and certificate check) defaults to
+    a socket cannot be set up or the host answers with an ICMP error (port unreachable:
+    ConnectionRefused; host unreachable: TransportError); any other handshake failure is
+    final. ``server_hostname`` (SNI and certificate check) defaults to
     ``config.server_hostname``, then to ``host``. ``session`` (from an earlier channel's
     :attr:`Channel.session`) asks the server to resume it; :attr:`Channel.session_reused` tells
     whether it did. The channel is also a context manager.
@@ -156,7 +150,7 @@ def connect(
         config = config.replace(handshake_timeout=timeout)
     name = server_hostname or config.server_hostname or host
     context = config.context(server=False)
-    infos = _sockets.resolve(host, port)
+    infos = _resolve(host, port, deadline, timeout)
     last_error: DTLSError | None = None
     for family, address in infos:
         try:
@@ -173,6 +167,36 @@ def connect(
     if last_error is None:  # pragma: no cover - getaddrinfo never returns an empty list
         raise TransportError(errno.EADDRNOTAVAIL, f"{host!r} resolved to no address")
     raise last_error
+
+
+def _resolve(host: str, port: int, deadline: float, timeout: float) -> list[_sockets.AddrInfo]:
+    """Resolve ``host`` by ``deadline`` (:class:`HandshakeTimeout` naming ``timeout`` after it).
+
+    An IP address is resolved here at once; a name on a short-lived daemon thread, since
+    getaddrinfo cannot be interrupted: one that outlives the timeout finishes on its own and
+    its answer is dropped.
+    """
+    _sockets.check_port(port)
+    with contextlib.suppress(TransportError):
+        return _sockets.resolve(host, port, numeric=True)
+    outcome: list[list[_sockets.AddrInfo] | BaseException] = []
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            outcome.append(_sockets.resolve(host, port))
+        except BaseException as exc:  # handed to the caller
+            outcome.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name=f"dtlskit-resolve-{host}", daemon=True).start()
+    if not done.wait(max(0.0, deadline - time.monotonic())):
+        raise HandshakeTimeout(f"resolving {host!r} took longer than {timeout:g} s")
+    result = outcome[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 def _handshake(

@@ -13,13 +13,17 @@ nothing; its :meth:`Server.serve_forever` forks N processes (before any thread e
 each bind the same fixed port with ``SO_REUSEPORT`` and serve with the OpenSSL context and
 cookie secret built once in the parent, so a cookie or session from one worker is valid in
 every other. SIGINT/SIGTERM sent to the parent are forwarded to every worker, which closes
-its sessions (close_notify) and exits 0.
+its sessions (close_notify) and exits 0; a signal that arrives while the workers start is
+held until they can take it (:func:`dtlskit._sockets.run_workers`).
+
+Every server binds by the one rule of :func:`dtlskit._sockets.bind_udp_sockets`: host None or
+``""`` is one socket per address family (IPv6 with ``IPV6_V6ONLY=1``), ``"::"`` alone is
+dual-stack unless ``ipv6_only=True``.
 """
 
 from __future__ import annotations
 
 import collections
-import errno
 import logging
 import signal
 import socket
@@ -32,7 +36,12 @@ from types import FrameType
 from typing import Any
 
 from .. import _sockets
-from .._channel_base import aggregate_server_statistics, log_peer_event, send_error
+from .._channel_base import (
+    aggregate_server_statistics,
+    check_server_config,
+    log_peer_event,
+    send_error,
+)
 from ..config import DTLSConfiguration
 from ..core import events as ev
 from ..core.connection import DTLSConnection
@@ -44,11 +53,10 @@ from ..exceptions import (
     ConnectionClosedLocally,
     DTLSError,
     DTLSTimeoutError,
-    TransportError,
 )
 from .channel import Channel, IOThread
 
-__all__ = ["Listener", "Server", "install_signal_handlers", "listen", "serve"]
+__all__ = ["Listener", "Server", "install_signal_handlers", "listen", "run_server", "serve"]
 
 logger = logging.getLogger("dtlskit.server")
 
@@ -162,60 +170,6 @@ class _ServerIO(IOThread):
             return aggregate_server_statistics([self.engine.statistics()], dict(self.drops))
 
 
-# -- binding -----------------------------------------------------------------------------------
-
-
-def _bind_sockets(
-    host: str | None, port: int, *, ipv6_only: bool | None, reuse_port: bool
-) -> list[socket.socket]:
-    """One bound socket per resolved address (all interfaces for None or "")."""
-    infos = _sockets.resolve(host or None, port, passive=True)
-    several = len(infos) > 1
-    sockets: list[socket.socket] = []
-    try:
-        for family, address in infos:
-            v6only = ipv6_only
-            if family == socket.AF_INET6 and v6only is None and several:
-                v6only = True  # "::" and "0.0.0.0" side by side, as asyncio does
-            if port == 0 and sockets:  # every socket of one server on the same port
-                address = (address[0], sockets[0].getsockname()[1], *address[2:])
-            sockets.append(
-                _sockets.make_udp_socket(
-                    family, bind=address, reuse_port=reuse_port, ipv6_only=v6only
-                )
-            )
-    except BaseException:
-        for sock in sockets:
-            sock.close()
-        raise
-    return sockets
-
-
-def _bind_one(
-    host: str | None, port: int, *, ipv6_only: bool | None, reuse_port: bool
-) -> socket.socket:
-    """One bound socket: the first address that binds (``"::"`` dual-stack for all interfaces)."""
-    if host:
-        candidates = _sockets.resolve(host, port, passive=True)
-    else:
-        candidates = [(socket.AF_INET, ("0.0.0.0", port))]
-        if socket.has_ipv6:
-            candidates.insert(0, (socket.AF_INET6, ("::", port, 0, 0)))
-    last: TransportError | None = None
-    for family, address in candidates:
-        try:
-            return _sockets.make_udp_socket(
-                family, bind=address, reuse_port=reuse_port, ipv6_only=ipv6_only
-            )
-        except TransportError as exc:
-            if exc.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
-                raise
-            last = exc
-    if last is None:  # pragma: no cover - getaddrinfo never returns an empty list
-        raise TransportError(errno.EADDRNOTAVAIL, f"{host!r} resolved to no address")
-    raise last
-
-
 # -- threaded server -----------------------------------------------------------------------------
 
 
@@ -291,6 +245,8 @@ class Server:
     ) -> None:
         self._lock = threading.Lock()
         self._closing = True  # until construction succeeds (no ResourceWarning for a failure)
+        self._stop_requested = False
+        """Set by a signal handler at once (the close itself runs on a thread)."""
         self._done = threading.Event()
         self._closers: list[threading.Thread] = []
         self._ios: list[_ServerIO] = []
@@ -303,11 +259,13 @@ class Server:
             cookie_jar = cookie_jar_for(config)
         self._context, self._cookie_jar = context, cookie_jar
         if workers > 1:
-            # Supervisor: bind nothing and start no thread; the workers do both after fork.
-            self._addresses = [address for _, address in _sockets.resolve(host or None, port)]
+            # Supervisor: start no thread, and keep no socket: the workers bind after the
+            # fork. Binding once here (and closing at once) reports a port already taken as
+            # one error, and gives the addresses the workers will have.
+            self._addresses = _sockets.probe_bind(host, port, ipv6_only=ipv6_only)
             self._closing = False
             return
-        sockets = _bind_sockets(host, port, ipv6_only=ipv6_only, reuse_port=reuse_port)
+        sockets = _sockets.bind_udp_sockets(host, port, ipv6_only=ipv6_only, reuse_port=reuse_port)
         try:
             for sock in sockets:
                 engine = ServerEngine(config, context=context, cookie_jar=cookie_jar)
@@ -372,6 +330,7 @@ class Server:
     def _close_soon(self, reason: str) -> None:
         """From a signal handler: close on a helper thread (a signal handler must not take
         engine or logging locks the interrupted main thread may hold)."""
+        self._stop_requested = True
         if self._closing:
             return
 
@@ -384,7 +343,7 @@ class Server:
         thread.start()
 
     def _run_workers(self) -> None:
-        if self._closing:
+        if self._closing or self._stop_requested:
             return
         host, port, config, ipv6_only = self._spec
         handler = self._peers.handler
@@ -409,7 +368,9 @@ class Server:
                 restore()
 
         try:
-            status = _sockets.run_workers(self._workers, run_one)
+            status = _sockets.run_workers(
+                self._workers, run_one, stop_requested=lambda: self._stop_requested
+            )
         finally:
             self._closing = True
             self._done.set()
@@ -469,12 +430,14 @@ def serve(
 ) -> Server:
     """Serve DTLS on ``host:port``, one thread per peer running ``handler(channel)``.
 
-    ``host`` None or ``""`` binds every interface (one socket per family); ``"::"`` alone is
-    dual-stack unless ``ipv6_only``. A handler that raises is logged (logger
-    ``"dtlskit.server"``) and ends that peer only; its channel is always closed when it returns.
-    ``workers=N`` forks N ``SO_REUSEPORT`` processes from :meth:`Server.serve_forever` and needs
-    a fixed port.
+    ``host`` None or ``""`` binds every interface (one socket per family, the IPv6 one with
+    ``IPV6_V6ONLY=1``); ``"::"`` alone is dual-stack unless ``ipv6_only``. A handler that
+    raises is logged (logger ``"dtlskit.server"``) and ends that peer only; its channel is
+    always closed when it returns. ``workers=N`` forks N ``SO_REUSEPORT`` processes from
+    :meth:`Server.serve_forever` and needs a fixed port.
     """
+    check_server_config(config)
+    _sockets.check_port(port)
     if not isinstance(workers, int) or workers < 1:
         raise ConfigurationError(f"workers must be a positive integer, not {workers!r}")
     if workers > 1 and port == 0:
@@ -543,26 +506,40 @@ class _AcceptQueue:
 
 
 class Listener(_sockets.SocketOptions):
-    """A bound DTLS socket whose peers are taken one by one with :meth:`accept`.
+    """Bound DTLS sockets whose peers are taken one by one with :meth:`accept`.
 
-    Create it with :func:`listen`. Accepted channels share the listener's socket: closing the
-    listener ends every session (close_notify to each peer).
+    Create it with :func:`listen`. Accepted channels share the listener's sockets: closing the
+    listener ends every session (close_notify to each peer). Socket options apply to the first
+    socket (there are two for host None: one per address family).
     """
+
+    _socket_owner = "listener"
 
     def __init__(
         self,
-        sock: socket.socket,
+        sockets: list[socket.socket],
         *,
         config: DTLSConfiguration,
         context: Any = None,
         cookie_jar: CookieJar | None = None,
     ) -> None:
-        self._closed = False
+        self._closed = True  # until construction succeeds (no ResourceWarning for a failure)
         self._queue = _AcceptQueue(config.limits.accept_backlog)
-        engine = ServerEngine(config, context=context, cookie_jar=cookie_jar)
-        self._io = _ServerIO(sock, engine, self._queue.offer, config.mtu)
-        self._address = tuple(sock.getsockname())
-        self._io.start()
+        if cookie_jar is None:
+            cookie_jar = cookie_jar_for(config)  # one secret: a cookie is valid on every socket
+        self._ios = [
+            _ServerIO(
+                sock,
+                ServerEngine(config, context=context, cookie_jar=cookie_jar),
+                self._queue.offer,
+                config.mtu,
+            )
+            for sock in sockets
+        ]
+        self._addresses = [tuple(sock.getsockname()) for sock in sockets]
+        for io in self._ios:
+            io.start()
+        self._closed = False
 
     def accept(self, timeout: float | None = None) -> Channel:
         """The next peer whose handshake completed; blocks until one does.
@@ -577,23 +554,32 @@ class Listener(_sockets.SocketOptions):
         return len(self._queue)
 
     def statistics(self) -> ServerStatistics:
-        """The socket's counters: sessions, handshakes, drops by reason."""
-        return self._io.statistics()
+        """The sockets' counters added up: sessions, handshakes, drops by reason."""
+        return aggregate_server_statistics(io.statistics() for io in self._ios)
 
-    def _options_socket(self) -> socket.socket:
-        if self._io.closed:
-            raise TransportError(errno.EBADF, "the listener's socket is closed")
-        return self._io.sock
+    @property
+    def sockets(self) -> list[socket.socket]:
+        """The listening sockets, one per address."""
+        return [io.sock for io in self._ios]
+
+    @property
+    def addresses(self) -> list[Address]:
+        """The bound addresses, ``(host, port, ...)``; still known after :meth:`close`."""
+        return list(self._addresses)
+
+    def _bound_socket(self) -> socket.socket:
+        return self._ios[0].sock
 
     def close(self) -> None:
-        """Send close_notify to every peer (accepted or not), close the socket, wake
+        """Send close_notify to every peer (accepted or not), close the sockets, wake
         :meth:`accept` callers. Idempotent."""
         if self._closed:
             return
         self._closed = True
         waiting = self._queue.close()
         try:
-            self._io.shutdown()
+            for io in self._ios:
+                io.shutdown()
         finally:
             for channel in waiting:
                 channel._abandon()
@@ -615,11 +601,13 @@ class Listener(_sockets.SocketOptions):
         warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=2, source=self)
         for channel in self._queue.close():
             channel._abandon()
-        self._io.abandon()
+        for io in self._ios:
+            io.abandon()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "listening"
-        return f"<dtlskit.sync.Listener {state} {_sockets.format_address(self._address)}>"
+        where = ", ".join(_sockets.format_address(a) for a in self._addresses)
+        return f"<dtlskit.sync.Listener {state} {where}>"
 
 
 def listen(
@@ -630,18 +618,20 @@ def listen(
     ipv6_only: bool | None = None,
     reuse_port: bool = False,
 ) -> Listener:
-    """Bind one DTLS server socket and return a :class:`Listener` (EdgerOS ``createServer``).
+    """Bind DTLS server sockets and return a :class:`Listener` (EdgerOS ``createServer``).
 
-    ``host`` None or ``""`` binds ``"::"`` (dual-stack unless ``ipv6_only``), or ``"0.0.0.0"``
-    where IPv6 is unavailable. Completed handshakes wait for :meth:`Listener.accept` in a queue
-    of ``config.limits.accept_backlog``.
+    ``host`` None or ``""`` binds every interface (one socket per family, the IPv6 one with
+    ``IPV6_V6ONLY=1``); ``"::"`` alone is dual-stack unless ``ipv6_only``. Completed
+    handshakes wait for :meth:`Listener.accept` in a queue of ``config.limits.accept_backlog``.
     """
+    check_server_config(config)
     context = config.build_context(server=True)
-    sock = _bind_one(host, port, ipv6_only=ipv6_only, reuse_port=reuse_port)
+    sockets = _sockets.bind_udp_sockets(host, port, ipv6_only=ipv6_only, reuse_port=reuse_port)
     try:
-        return Listener(sock, config=config, context=context)
+        return Listener(sockets, config=config, context=context)
     except BaseException:
-        sock.close()
+        for sock in sockets:
+            sock.close()
         raise
 
 
@@ -661,7 +651,11 @@ def run_server(
     failed). The mirror image of :func:`dtlskit.asyncio.run_server`: ``workers`` > 1 forks that
     many processes sharing ``port`` through ``SO_REUSEPORT`` (see :func:`serve`). Call it from
     the main thread."""
-    with serve(handler, host, port, config=config, workers=workers, ipv6_only=ipv6_only) as server:
+    # With workers, a signal from now on is held until the workers can take it (run_workers).
+    with (
+        _sockets.stop_signals_held(isinstance(workers, int) and workers > 1),
+        serve(handler, host, port, config=config, workers=workers, ipv6_only=ipv6_only) as server,
+    ):
         restore = install_signal_handlers(server)
         try:
             server.serve_forever()
