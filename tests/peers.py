@@ -68,15 +68,19 @@ class Peer:
 
     def wait_for(self, text: str, timeout: float = 10.0) -> str:
         """Wait until a line containing ``text`` appears; fail with the output so far."""
+        return self.wait_for_lines(text, 1, timeout)[0]
+
+    def wait_for_lines(self, text: str, count: int, timeout: float = 10.0) -> list[str]:
+        """Wait until ``count`` lines containing ``text`` appeared (bounded by ``timeout``);
+        fail with the output so far, or as soon as the process exits without them."""
         deadline = time.monotonic() + timeout
-        for line in self.seen:
-            if text in line:
-                return line
-        while True:
+        found = [line for line in self.seen if text in line]
+        while len(found) < count:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise AssertionError(
-                    f"{self.argv[0]} never printed {text!r}; output:\n" + "\n".join(self.seen)
+                    f"{self.argv[0]} printed {len(found)} of {count} line(s) with {text!r}; "
+                    "output:\n" + "\n".join(self.seen)
                 )
             try:
                 line = self.lines.get(timeout=min(remaining, 0.2))
@@ -89,7 +93,8 @@ class Peer:
                 continue
             self.seen.append(line)
             if text in line:
-                return line
+                found.append(line)
+        return found[:count]
 
     def write(self, data: bytes) -> None:
         """Write to the child's standard input."""

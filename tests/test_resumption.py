@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import queue
 import signal
 import stat
 import subprocess
@@ -25,7 +24,7 @@ from dtlskit import sync
 from dtlskit.asyncio import Channel, connect, serve
 from dtlskit.certs import PKIFiles
 from dtlskit.core.session import Session
-from tests.peers import Peer, free_udp_port, running
+from tests.peers import free_udp_port, running
 
 WAIT = 10.0
 SERVER_SCRIPT = Path(__file__).resolve().parent / "asyncio" / "server_process.py"
@@ -223,26 +222,6 @@ def test_sync_session_of_another_server_costs_a_full_handshake(
 # -- SO_REUSEPORT workers -----------------------------------------------------------------------
 
 
-def wait_lines(peer: Peer, text: str, want: int, bound: float = WAIT) -> list[str]:
-    """Read the peer's output until ``want`` lines containing ``text`` were seen."""
-    found = [line for line in peer.seen if text in line]
-    deadline = time.monotonic() + bound
-    while len(found) < want:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise AssertionError(f"saw {found!r}; output:\n" + "\n".join(peer.seen))
-        try:
-            line = peer.lines.get(timeout=min(remaining, 0.2))
-        except queue.Empty:
-            if peer.process.poll() is not None:
-                raise AssertionError("server exited early:\n" + "\n".join(peer.seen)) from None
-            continue
-        peer.seen.append(line)
-        if text in line:
-            found.append(line)
-    return found
-
-
 def test_workers_resume_each_others_sessions(
     pki: PKIFiles, client_config: dtlskit.DTLSConfiguration
 ) -> None:
@@ -257,7 +236,7 @@ def test_workers_resume_each_others_sessions(
         f"--key={pki.server_key}",
     ]
     with running(argv) as peer:
-        listening = wait_lines(peer, "listening on", 2)
+        listening = peer.wait_for_lines("listening on", 2, WAIT)
         workers = {int(line.split()[0]) for line in listening}
         assert len(workers) == 2 and peer.process.pid not in workers
 

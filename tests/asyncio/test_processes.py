@@ -9,7 +9,6 @@ import queue
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -31,26 +30,6 @@ def script(pki: PKIFiles, *args: str) -> list[str]:
         f"--key={pki.server_key}",
         *args,
     ]
-
-
-def collect_lines(peer: Peer, want: int, text: str, bound: float = WAIT) -> list[str]:
-    """Read the peer's output until ``want`` distinct lines containing ``text`` were seen."""
-    found: list[str] = [line for line in peer.seen if text in line]
-    deadline = time.monotonic() + bound
-    while len(set(found)) < want:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise AssertionError(f"saw {found!r}; output:\n" + "\n".join(peer.seen))
-        try:
-            line = peer.lines.get(timeout=min(remaining, 0.2))
-        except queue.Empty:
-            if peer.process.poll() is not None:
-                raise AssertionError("server exited early:\n" + "\n".join(peer.seen)) from None
-            continue
-        peer.seen.append(line)
-        if text in line:
-            found.append(line)
-    return found
 
 
 def stop_and_wait(peer: Peer) -> int:
@@ -85,7 +64,7 @@ def test_two_workers_share_one_port(
 ) -> None:
     port = free_udp_port()
     with running(script(pki, "--mode=workers", "--workers=2", f"--port={port}")) as peer:
-        listening = collect_lines(peer, 2, "listening on")
+        listening = peer.wait_for_lines("listening on", 2, WAIT)
         assert len({line.split()[0] for line in listening}) == 2  # two worker PIDs
 
         async def main() -> set[int]:
@@ -114,7 +93,7 @@ def test_sigterm_closes_sessions_with_close_notify_and_exits_0(
     pki: PKIFiles, client_config: dtlskit.DTLSConfiguration
 ) -> None:
     with running(script(pki, "--mode=signals")) as peer:
-        ready = collect_lines(peer, 1, "READY")[0]
+        ready = peer.wait_for("READY", WAIT)
         port = int(ready.split()[2])
 
         async def main() -> None:
