@@ -141,6 +141,24 @@ def openssl_s_server(
     return [OPENSSL, "s_server", "-dtls1_2", "-accept", accept, "-cert", cert, "-key", key, *extra]
 
 
+def openssl_psk_s_server(port: int, hex_key: str, identity: str, *extra: str) -> list[str]:
+    """argv of a certificate-less ``openssl s_server -dtls1_2`` accepting one PSK."""
+    assert OPENSSL is not None
+    return [
+        OPENSSL,
+        "s_server",
+        "-dtls1_2",
+        "-accept",
+        f"127.0.0.1:{port}",
+        "-nocert",
+        "-psk",
+        hex_key,
+        "-psk_identity",
+        identity,
+        *extra,
+    ]
+
+
 def openssl_s_client(port: int, *extra: str, host: str = "127.0.0.1") -> list[str]:
     """argv of ``openssl s_client -dtls1_2`` to a loopback port."""
     assert OPENSSL is not None
@@ -163,6 +181,23 @@ def gnutls_serv(port: int, cert: str, key: str, *extra: str) -> list[str]:
         "--x509keyfile",
         key,
         *extra,
+    ]
+
+
+def gnutls_psk_serv(port: int, passwd_file: str) -> list[str]:
+    """argv of a PSK-only ``gnutls-serv --udp --echo`` (identities and keys in ``passwd_file``,
+    ``identity:hexkey`` lines)."""
+    assert GNUTLS_SERV is not None
+    return [
+        GNUTLS_SERV,
+        "--udp",
+        "--echo",
+        "-p",
+        str(port),
+        "--pskpasswd",
+        passwd_file,
+        "--priority",
+        "NORMAL:+PSK:+ECDHE-PSK",
     ]
 
 

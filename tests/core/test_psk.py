@@ -217,23 +217,9 @@ def run_client(port: int, config: dtlskit.DTLSConfiguration) -> ClientLoop:
 @pytest.mark.parametrize("cipher", ["PSK-AES128-GCM-SHA256", "ECDHE-PSK-CHACHA20-POLY1305"])
 def test_client_against_openssl_s_server_psk(cipher):
     port = peers.free_udp_port()
-    assert peers.OPENSSL is not None
-    argv = [
-        peers.OPENSSL,
-        "s_server",
-        "-dtls1_2",
-        "-accept",
-        f"127.0.0.1:{port}",
-        "-nocert",
-        "-psk",
-        HEX,
-        "-psk_identity",
-        "dev1",
-        "-psk_hint",
-        "openssl-hint",
-        "-cipher",
-        cipher,
-    ]
+    argv = peers.openssl_psk_s_server(
+        port, HEX, "dev1", "-psk_hint", "openssl-hint", "-cipher", cipher
+    )
     with peers.running(argv, ready="ACCEPT") as server:
         loop = run_client(port, CLIENT.replace(ciphers=cipher))
         try:
@@ -252,19 +238,7 @@ def test_client_against_openssl_s_server_psk(cipher):
 @peers.needs_openssl
 def test_client_with_wrong_key_against_openssl_s_server():
     port = peers.free_udp_port()
-    assert peers.OPENSSL is not None
-    argv = [
-        peers.OPENSSL,
-        "s_server",
-        "-dtls1_2",
-        "-accept",
-        f"127.0.0.1:{port}",
-        "-nocert",
-        "-psk",
-        HEX,
-        "-psk_identity",
-        "dev1",
-    ]
+    argv = peers.openssl_psk_s_server(port, HEX, "dev1")
     with peers.running(argv, ready="ACCEPT"):
         config = CLIENT.replace(psk=("dev1", b"\xee" * 16), handshake_timeout=4.0)
         loop = run_client(port, config)
@@ -282,18 +256,7 @@ def test_client_with_unknown_identity_against_gnutls_serv(tmp_path):
     passwd = tmp_path / "psk.txt"
     passwd.write_text(f"dev1:{HEX}\n")
     port = peers.free_udp_port()
-    assert peers.GNUTLS_SERV is not None
-    argv = [
-        peers.GNUTLS_SERV,
-        "--udp",
-        "--echo",
-        "-p",
-        str(port),
-        "--pskpasswd",
-        str(passwd),
-        "--priority",
-        "NORMAL:+PSK:+ECDHE-PSK",
-    ]
+    argv = peers.gnutls_psk_serv(port, str(passwd))
     with peers.running(argv, ready="listening"):
         loop = run_client(port, CLIENT.replace(psk=("intruder", KEY), handshake_timeout=4.0))
         try:
@@ -312,18 +275,7 @@ def test_client_against_gnutls_serv_psk(tmp_path):
     passwd = tmp_path / "psk.txt"
     passwd.write_text(f"dev1:{HEX}\n")
     port = peers.free_udp_port()
-    assert peers.GNUTLS_SERV is not None
-    argv = [
-        peers.GNUTLS_SERV,
-        "--udp",
-        "--echo",
-        "-p",
-        str(port),
-        "--pskpasswd",
-        str(passwd),
-        "--priority",
-        "NORMAL:+PSK:+ECDHE-PSK",
-    ]
+    argv = peers.gnutls_psk_serv(port, str(passwd))
     with peers.running(argv, ready="listening"):
         loop = run_client(port, CLIENT)
         try:
