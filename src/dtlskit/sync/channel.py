@@ -37,7 +37,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from .._channel_base import ChannelBase, ends_iteration, fresh_error
 from .._sockets import format_address
@@ -63,6 +63,11 @@ _BATCH = 64
 """Datagrams read per wake-up before the other steps run (keeps timers and writers fair)."""
 _JOIN_TIMEOUT = 10.0
 """Bound on joining an I/O thread; it never runs user code, so this is only a safety net."""
+
+
+class _TimedEngine(Protocol):
+    def get_timer(self) -> float | None: ...
+    def handle_timer(self, now: float) -> None: ...
 
 
 def _deadline(timeout: float | None) -> float | None:
@@ -98,6 +103,10 @@ class IOThread:
         self._final_error: DTLSError = ConnectionLost("the socket was closed")
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
+    engine: _TimedEngine
+    """The engine this thread drives (set by the subclass): a client's association or a
+    listening socket's demultiplexer; both answer ``get_timer`` and ``handle_timer``."""
+
     # -- subclass hooks (lock held) ---------------------------------------------------------
 
     def _start_locked(self, now: float) -> None:
@@ -108,10 +117,10 @@ class IOThread:
         raise NotImplementedError
 
     def _get_timer_locked(self) -> float | None:
-        raise NotImplementedError
+        return self.engine.get_timer()
 
     def _handle_timer_locked(self, now: float) -> None:
-        raise NotImplementedError
+        self.engine.handle_timer(now)
 
     def _drain_locked(self) -> bool:
         """Dispatch pending engine events and transmit pending datagrams; True if any."""

@@ -46,7 +46,7 @@ class _ClientIO(IOThread):
 
     def __init__(self, sock: socket.socket, engine: DTLSConnection, peer: Address) -> None:
         super().__init__(sock, name=f"dtlskit-client-{_sockets.format_address(peer)}")
-        self.engine = engine
+        self.engine: DTLSConnection = engine
         self.peer = peer
         self.handshake_done = threading.Event()
         """Set when the handshake completed or the session ended before that."""
@@ -73,12 +73,6 @@ class _ClientIO(IOThread):
                 self._socket_failed_locked(exc)
                 return
             self.engine.receive_datagram(data, now)
-
-    def _get_timer_locked(self) -> float | None:
-        return self.engine.get_timer()
-
-    def _handle_timer_locked(self, now: float) -> None:
-        self.engine.handle_timer(now)
 
     def _drain_locked(self) -> bool:
         progressed = False

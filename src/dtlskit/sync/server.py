@@ -78,7 +78,7 @@ class _ServerIO(IOThread):
         mtu: int,
     ) -> None:
         super().__init__(sock, name=f"dtlskit-server-{_sockets.format_address(sock.getsockname())}")
-        self.engine = engine
+        self.engine: ServerEngine = engine
         self._on_channel = on_channel
         self._mtu = mtu
         self._channels: weakref.WeakValueDictionary[DTLSConnection, Channel] = (
@@ -95,12 +95,6 @@ class _ServerIO(IOThread):
                 self.count_drop_locked("receive_failed")
                 return
             self.engine.receive_datagram(data, address, now)
-
-    def _get_timer_locked(self) -> float | None:
-        return self.engine.get_timer()
-
-    def _handle_timer_locked(self, now: float) -> None:
-        self.engine.handle_timer(now)
 
     def _drain_locked(self) -> bool:
         progressed = False
