@@ -145,6 +145,13 @@ class ServerEngine:
             conn.receive_datagram(data, now)
             self._touched(address, conn)
             return
+        self._receive_client_hello(data, address, conn, now)
+
+    def _receive_client_hello(
+        self, data: bytes, address: Address, conn: DTLSConnection | None, now: float
+    ) -> None:
+        """A datagram that may start a handshake: from a new address, or a ClientHello from an
+        address that has an association (cookies, limits and replacement live here)."""
         try:
             hello = parse_client_hello_untrusted(data)
         except BadPacket:
