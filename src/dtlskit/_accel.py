@@ -1,0 +1,177 @@
+"""The few primitives an established datagram goes through, in C when the accelerator is built.
+
+Theory of operation
+-------------------
+Once a handshake is over, an application datagram needs only four things: the socket's
+datagrams read in a batch, one record given to OpenSSL and its plaintext read back, one message
+written to OpenSSL and its record read back, and the records sent in a batch. Everything else —
+which peer a datagram belongs to, whether it may be queued, deadlines, counters, errors — is
+policy, and policy stays in Python (the engine in :mod:`dtlskit.core`, the drivers in
+``asyncio/`` and ``sync/``).
+
+This module offers those four primitives with one contract and two implementations:
+
+* **python**: direct calls through the cffi binding of ``cryptography`` (the OpenSSL pyOpenSSL
+  uses), skipping pyOpenSSL's per-call wrappers, and ``socket.recvfrom``/``sendto`` loops;
+* **native**: the optional C extension :mod:`dtlskit._native`, which calls the *same* OpenSSL
+  through function pointers taken from that binding (``ffi.addressof(lib, "SSL_read")``; it
+  never links an OpenSSL of its own) and uses ``recvmmsg``/``sendmmsg``.
+
+The native one is used when it was built and imports, unless the environment variable
+``DTLSKIT_NATIVE`` is ``0`` (or ``off``/``no``/``false``). :data:`ACCELERATOR` says which is
+active. Both must behave identically: the test suite runs once each way.
+
+The contract
+------------
+``handle = make_handle(connection)``
+    once per established session (``connection``: its ``OpenSSL.SSL.Connection`` on memory
+    BIOs). The handle keeps the connection alive.
+``open_record(handle, datagram) -> bytes | int``
+    write one datagram into OpenSSL and read one record's plaintext: the plaintext (never
+    empty), or OpenSSL's ``SSL_get_error`` code: :data:`WANT_READ` (OpenSSL consumed it and
+    produced no data: a replay, a bad MAC, a record it handled itself), :data:`ZERO_RETURN`
+    (close_notify), anything else an error whose details wait on OpenSSL's error queue of this
+    thread: call :func:`raise_error` at once, on the same thread.
+``seal_record(handle, message) -> bytes | int``
+    encrypt one message (at most the cleartext MTU, checked by the caller) and return every
+    byte OpenSSL wrote (one record), or an ``SSL_get_error`` code as above.
+``recv_batch(sock, max_count) -> (list of (datagram, address), OSError | None)``
+    read up to ``max_count`` datagrams without blocking from a non-blocking socket; stops at
+    the first would-block. An error ends the batch and is returned beside what was read.
+``send_batch(sock, items) -> (number sent, OSError | None)``
+    send ``(datagram, address)`` pairs in order (address None on a connected socket); stops at
+    the first failure and returns it with how many went out before it.
+
+Every byte given to these functions is untrusted; none of them decides anything.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from OpenSSL import SSL
+
+from .core._bindings import _ffi, _lib
+
+__all__ = [
+    "ACCELERATOR",
+    "WANT_READ",
+    "ZERO_RETURN",
+    "make_handle",
+    "open_record",
+    "raise_error",
+    "recv_batch",
+    "seal_record",
+    "send_batch",
+]
+
+WANT_READ: int = int(getattr(_lib, "SSL_ERROR_WANT_READ", 2))
+ZERO_RETURN: int = int(getattr(_lib, "SSL_ERROR_ZERO_RETURN", 6))
+
+_RECORD_PLAINTEXT_MAX = 16384 + 2048  # 2**14 plus what OpenSSL may hand back with it
+_DATAGRAM_MAX = 65536
+_alloc = _ffi.new_allocator(should_clear_after_alloc=False)
+
+
+class _Handle:
+    """The pure-Python handle: the pointers a record needs, and the connection they live in."""
+
+    __slots__ = ("connection", "rbio", "ssl", "wbio")
+
+    def __init__(self, connection: SSL.Connection) -> None:
+        self.connection = connection
+        self.ssl = connection._ssl
+        self.rbio = connection._into_ssl
+        self.wbio = connection._from_ssl
+
+
+def _py_make_handle(connection: SSL.Connection) -> Any:
+    return _Handle(connection)
+
+
+def _py_open_record(handle: Any, datagram: bytes) -> bytes | int:
+    if _lib.BIO_write(handle.rbio, datagram, len(datagram)) <= 0:
+        return int(_lib.SSL_ERROR_SYSCALL)
+    buf = _alloc("char[]", _RECORD_PLAINTEXT_MAX)
+    result = _lib.SSL_read(handle.ssl, buf, _RECORD_PLAINTEXT_MAX)
+    if result > 0:
+        return _ffi.buffer(buf, result)[:]  # type: ignore[no-any-return]
+    return int(_lib.SSL_get_error(handle.ssl, result))
+
+
+def _py_seal_record(handle: Any, message: bytes) -> bytes | int:
+    result = _lib.SSL_write(handle.ssl, message, len(message))
+    if result <= 0:
+        return int(_lib.SSL_get_error(handle.ssl, result))
+    pending = int(_lib.BIO_get_mem_data(handle.wbio, _ffi.NULL))
+    if pending <= 0:  # pragma: no cover - a successful write always produces a record
+        return b""
+    buf = _alloc("char[]", pending)
+    read = _lib.BIO_read(handle.wbio, buf, pending)
+    return _ffi.buffer(buf, max(read, 0))[:]  # type: ignore[no-any-return]
+
+
+def _py_recv_batch(sock: Any, max_count: int) -> tuple[list[tuple[bytes, Any]], OSError | None]:
+    received: list[tuple[bytes, Any]] = []
+    recvfrom = sock.recvfrom
+    try:
+        for _ in range(max_count):
+            received.append(recvfrom(_DATAGRAM_MAX))
+    except (BlockingIOError, InterruptedError):
+        pass
+    except OSError as exc:
+        return received, exc
+    return received, None
+
+
+def _py_send_batch(sock: Any, items: list[tuple[bytes, Any]]) -> tuple[int, OSError | None]:
+    sent = 0
+    try:
+        for datagram, address in items:
+            if address is None:
+                sock.send(datagram)
+            else:
+                sock.sendto(datagram, address)
+            sent += 1
+    except OSError as exc:
+        return sent, exc
+    return sent, None
+
+
+def raise_error(connection: SSL.Connection, code: int) -> None:
+    """Raise the pyOpenSSL exception for the error a primitive returned as ``code`` (the
+    caller translates it at its one boundary). Must run on the thread that got ``code``."""
+    if code == WANT_READ:
+        raise SSL.WantReadError()
+    if code == ZERO_RETURN:
+        raise SSL.ZeroReturnError()
+    connection._raise_ssl_error(connection._ssl, -1)
+    raise SSL.Error([("dtlskit", "record", f"SSL_get_error {code}")])  # pragma: no cover
+
+
+def _native_wanted() -> bool:
+    return os.environ.get("DTLSKIT_NATIVE", "1").strip().lower() not in ("0", "off", "no", "false")
+
+
+make_handle = _py_make_handle
+open_record = _py_open_record
+seal_record = _py_seal_record
+recv_batch = _py_recv_batch
+send_batch = _py_send_batch
+ACCELERATOR = "python"
+"""Which implementation is active: ``"native"`` (the C extension) or ``"python"``."""
+
+if _native_wanted():  # pragma: no branch
+    try:
+        from . import _native  # type: ignore[attr-defined]
+    except ImportError:
+        pass
+    else:  # pragma: no cover - only where the extension was built
+        _native.init(_ffi, _lib)
+        make_handle = _native.make_handle
+        open_record = _native.open_record
+        seal_record = _native.seal_record
+        recv_batch = _native.recv_batch
+        send_batch = _native.send_batch
+        ACCELERATOR = "native"
