@@ -455,7 +455,32 @@ def test_server_with_an_unloadable_key_is_one_line(cli_env: dict[str, str], pki:
         str(pki.client_key),
     )
     line = one_error_line(result)
-    assert re.search("does not match|key values mismatch", line), line
+    assert "do not belong together" in line, line
+    assert str(pki.server_cert) in line and str(pki.client_key) in line, line
+    assert "OpenSSL" not in line, line
+
+
+def test_client_with_a_key_of_another_certificate_is_one_line(
+    cli_env: dict[str, str], pki: PKIFiles
+) -> None:
+    # The configuration fails before any datagram is sent: no server is needed on the port.
+    result = run(
+        cli_env,
+        "client",
+        "127.0.0.1",
+        "9",
+        "--ca",
+        str(pki.ca_cert),
+        "--cert",
+        str(pki.client_cert),
+        "--key",
+        str(pki.server_key),
+        "-m",
+        "x",
+    )
+    line = one_error_line(result)
+    assert "do not belong together" in line, line
+    assert str(pki.client_cert) in line and str(pki.server_key) in line, line
 
 
 # -- plain UDP ------------------------------------------------------------------------------------
