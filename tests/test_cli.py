@@ -14,6 +14,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -55,10 +56,14 @@ def run(
     )
 
 
+SECURITY = " WARNING dtlskit.security: "
+
+
 def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     """The failure was reported as exactly one line on stderr, without a traceback."""
     assert result.returncode == 1, result
-    lines = result.stderr.strip().splitlines()
+    # Security warnings (verification off, key log) are log lines of their own, not errors.
+    lines = [line for line in result.stderr.strip().splitlines() if SECURITY not in line]
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("dtlskit: error: ")
     return lines[0]
@@ -259,8 +264,26 @@ def test_demo(cli_env: dict[str, str], tmp_path: Path) -> None:
     assert "client sent close_notify, server saw it" in out
     assert len(out.splitlines()) < 25  # short and readable
     # SSLKEYLOGFILE is honoured: both ends logged the session's secret (NSS key log format).
-    lines = (tmp_path / "keys.log").read_text().splitlines()
+    keylog = tmp_path / "keys.log"
+    lines = keylog.read_text().splitlines()
     assert lines and all(line.startswith("CLIENT_RANDOM ") for line in lines)
+    assert stat.S_IMODE(keylog.stat().st_mode) == 0o600
+    # ... and said so on stderr at the default verbosity.
+    warned = [line for line in result.stderr.splitlines() if SECURITY in line]
+    assert len(warned) == 1 and "key log" in warned[0] and str(keylog) in warned[0], warned
+
+
+def test_keylog_open_to_others_is_refused_in_one_line(
+    cli_env: dict[str, str], tmp_path: Path, pki: PKIFiles
+) -> None:
+    keylog = tmp_path / "keys.log"
+    keylog.touch(mode=0o644)
+    keylog.chmod(0o644)
+    env = dict(cli_env, SSLKEYLOGFILE=str(keylog))
+    cert = ("--cert", str(pki.server_cert), "--key", str(pki.server_key))
+    line = one_error_line(run(env, "server", "--host", "127.0.0.1", "--port", "0", *cert))
+    assert str(keylog) in line and "0644" in line and "chmod 600" in line, line
+    assert keylog.read_bytes() == b""
 
 
 # -- server and client ----------------------------------------------------------------------------
@@ -328,10 +351,25 @@ def test_client_with_the_wrong_server_name(
 def test_client_no_verify(cli_env: dict[str, str], dev_server: tuple[Peer, list[str]]) -> None:
     _, command = dev_server
     host, port = command[1], command[2]
-    result = run(cli_env, "client", host, port, "--no-verify", "-m", "trust me", "-v")
+    verbose = run(cli_env, "client", host, port, "--no-verify", "-m", "trust me", "-v")
+    assert verbose.returncode == 0, verbose.stderr
+    assert verbose.stdout == "trust me\n"
+    assert "NOT verified" in verbose.stderr
+    # At the default verbosity the only stderr line is the warning that nothing is verified.
+    quiet = run(cli_env, "client", host, port, "--no-verify", "-m", "trust me")
+    assert quiet.returncode == 0, quiet.stderr
+    lines = quiet.stderr.splitlines()
+    assert len(lines) == 1 and SECURITY in lines[0], quiet.stderr
+    assert "does not verify the server's certificate" in lines[0]
+
+
+def test_client_that_verifies_prints_no_warning(
+    cli_env: dict[str, str], dev_server: tuple[Peer, list[str]]
+) -> None:
+    _, command = dev_server
+    result = run(cli_env, *command, "-m", "checked")
     assert result.returncode == 0, result.stderr
-    assert result.stdout == "trust me\n"
-    assert "NOT verified" in result.stderr
+    assert result.stdout == "checked\n" and result.stderr == ""
 
 
 def test_client_debug_shows_the_traceback(cli_env: dict[str, str]) -> None:

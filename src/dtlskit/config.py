@@ -28,6 +28,7 @@ from typing import Any
 from cryptography.exceptions import UnsupportedAlgorithm
 from OpenSSL import SSL, crypto
 
+from ._secrets import open_private_append, security_warning
 from .exceptions import ConfigurationError
 
 __all__ = ["DEFAULT_CIPHERS", "PSK_CIPHERS", "DTLSConfiguration", "Limits"]
@@ -422,6 +423,13 @@ class DTLSConfiguration:
         self._load_identity(ctx)
         if server:
             self._install_sni(ctx)
+        elif self.effective_verify_mode(False) == ssl.CERT_NONE and not (
+            self.psk is not None and _psk_only(self.effective_ciphers(False))
+        ):
+            security_warning(
+                "this client does not verify the server's certificate (verify_mode=CERT_NONE): "
+                "anyone on the path can pose as the server and read the traffic"
+            )
         return ctx
 
     def _base_context(self, server: bool) -> SSL.Context:
@@ -681,24 +689,29 @@ def _check_certificate_spec(what: str, spec: object) -> None:
 
 
 class _KeyLogWriter:
-    """Appends NSS key log lines to a file (a pyOpenSSL key-log callback)."""
+    """Appends NSS key log lines to a file (a pyOpenSSL key-log callback).
+
+    The file is opened for each line (it may be rotated meanwhile) with the checks of
+    :func:`dtlskit._secrets.open_private_append`: created 0600, never through a symbolic link,
+    refused when others may read it."""
 
     def __init__(self, path: str) -> None:
         self.path = path
-        try:
-            with open(path, "ab"):
-                pass
-        except OSError as exc:
-            raise ConfigurationError(
-                f"keylog_file {path} cannot be opened for appending: {exc.strerror}"
-            ) from exc
+        os.close(open_private_append(path, "keylog_file"))
+        security_warning(
+            f"session secrets are being written to the key log {path}: anyone who reads it "
+            "can decrypt the traffic (keylog_file / SSLKEYLOGFILE are for debugging only)"
+        )
 
     def __call__(self, connection: SSL.Connection, line: bytes) -> None:
         try:  # runs inside an OpenSSL callback: nothing may escape
-            with open(self.path, "ab") as handle:
-                handle.write(line + b"\n")
-        except OSError:
-            pass
+            fd = open_private_append(self.path, "keylog_file")
+            try:
+                os.write(fd, line + b"\n")
+            finally:
+                os.close(fd)
+        except (OSError, ConfigurationError) as exc:
+            security_warning(f"key log lines are being dropped: {exc}")
 
 
 def _positive_seconds(value: object) -> bool:
