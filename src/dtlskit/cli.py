@@ -834,7 +834,8 @@ def _add_client_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     client.add_argument(
         "--no-verify",
         action="store_true",
-        help="do not verify the server certificate (INSECURE: anyone can pose as the server)",
+        help="do not verify the server certificate (INSECURE: anyone can pose as the server; "
+        "a warning says so on stderr)",
     )
     client.add_argument(
         "--psk",
@@ -845,8 +846,8 @@ def _add_client_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     client.add_argument(
         "--session-file",
         metavar="FILE",
-        help="resume the session saved in FILE (if any), save the new one to FILE, and print "
-        "whether it was reused",
+        help="resume the session saved in FILE (if any), save the new one to FILE (mode 0600, "
+        "atomically; a symbolic link is refused), and print whether it was reused",
     )
     client.add_argument(
         "--message",
@@ -919,7 +920,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Secure sessions over UDP (DTLS 1.2): certificates, an echo server and "
         "client, and a self-contained demo. Start with: dtlskit demo",
         epilog="Environment: SSLKEYLOGFILE=PATH appends the session secrets (NSS key log "
-        "format, for Wireshark) to PATH; for debugging only. Exit status: 0 success, 1 failure "
+        "format, for Wireshark) to PATH, created mode 0600 (a symbolic link or a file others "
+        "can read is refused), with a warning on stderr; for debugging only. Exit status: 0 "
+        "success, 1 failure "
         "(one line on stderr names the cause), 2 usage error, 130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"dtlskit {__version__}")
