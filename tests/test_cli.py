@@ -71,13 +71,47 @@ def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
 
 @contextlib.contextmanager
 def cli_server(env: dict[str, str], *args: str) -> Iterator[tuple[Peer, str]]:
-    """A ``dtlskit server`` child; yields it and the client command it printed."""
+    """A ``dtlskit server`` child; yields it and the client command it printed (which names
+    the port it bound: give ``--port 0``, and read it with :func:`command_port`)."""
     peer = Peer([sys.executable, "-m", "dtlskit", "server", *args], env=env, stdin=False)
     try:
         line = peer.wait_for("connect with:", timeout=20)
         yield peer, line.split("connect with:", 1)[1].strip()
     finally:
         peer.stop()
+
+
+@contextlib.contextmanager
+def cli_server_on_a_fixed_port(
+    env: dict[str, str], *args: str, attempts: int = 5
+) -> Iterator[tuple[Peer, str]]:
+    """:func:`cli_server` for what needs a fixed ``--port`` (workers): a port that was free a
+    moment ago may be taken by another process before the server binds it; then the server
+    exits saying so, and another port is tried (bounded)."""
+    failures: list[str] = []
+    for _ in range(attempts):
+        port = str(free_udp_port())
+        peer = Peer(
+            [sys.executable, "-m", "dtlskit", "server", *args, "--port", port], env=env, stdin=False
+        )
+        try:
+            try:
+                line = peer.wait_for("connect with:", timeout=20)
+            except AssertionError as exc:
+                if peer.process.poll() is not None and "address already in use" in str(exc):
+                    failures.append(port)
+                    continue
+                raise
+            yield peer, line.split("connect with:", 1)[1].strip()
+            return
+        finally:
+            peer.stop()
+    raise AssertionError(f"ports {failures} were all taken before the server bound them")
+
+
+def command_port(command: str) -> str:
+    """The port of a printed ``dtlskit client HOST PORT ...`` command."""
+    return client_args(command)[2]
 
 
 def client_args(command: str) -> list[str]:
@@ -292,10 +326,7 @@ def test_keylog_open_to_others_is_refused_in_one_line(
 @pytest.fixture(scope="module")
 def dev_server(cli_env: dict[str, str]) -> Iterator[tuple[Peer, list[str]]]:
     """One ``dtlskit server`` on the development PKI for the client tests of this module."""
-    with cli_server(cli_env, "--host", "127.0.0.1", "--port", str(free_udp_port())) as (
-        peer,
-        command,
-    ):
+    with cli_server(cli_env, "--host", "127.0.0.1", "--port", "0") as (peer, command):
         yield peer, client_args(command)
 
 
@@ -397,9 +428,9 @@ def test_client_to_a_silent_port_times_out(cli_env: dict[str, str]) -> None:
 
 
 def test_server_sigterm_closes_sessions_and_exits_0(cli_env: dict[str, str]) -> None:
-    port = free_udp_port()
-    with cli_server(cli_env, "--host", "127.0.0.1", "--port", str(port)) as (peer, command):
+    with cli_server(cli_env, "--host", "127.0.0.1", "--port", "0") as (peer, command):
         args = client_args(command)
+        port = int(command_port(command))
         ca = args[args.index("--ca") + 1]
         config = dtlskit.DTLSConfiguration.client(cafile=ca)
         with dtlskit.sync.connect("127.0.0.1", port, config=config, timeout=10) as channel:
@@ -415,32 +446,30 @@ def test_server_sigterm_closes_sessions_and_exits_0(cli_env: dict[str, str]) -> 
 
 
 def test_server_sigint_exits_0(cli_env: dict[str, str]) -> None:
-    with cli_server(cli_env, "--host", "127.0.0.1", "--port", str(free_udp_port())) as (peer, _):
+    with cli_server(cli_env, "--host", "127.0.0.1", "--port", "0") as (peer, _):
         assert stop_with(peer, signal.SIGINT) == 0
 
 
 def test_server_with_required_client_certificates(cli_env: dict[str, str]) -> None:
-    port = free_udp_port()
-    with cli_server(
-        cli_env, "--host", "127.0.0.1", "--port", str(port), "--require-client-cert"
-    ) as (peer, command):
+    with cli_server(cli_env, "--host", "127.0.0.1", "--port", "0", "--require-client-cert") as (
+        peer,
+        command,
+    ):
         args = client_args(command)
+        port = command_port(command)
         assert "--cert" in args and "--key" in args
         result = run(cli_env, *args, "-m", "mutual")
         assert result.returncode == 0, result.stderr
         assert result.stdout == "mutual\n"
         peer.wait_for("client certificate CN=dtlskit client")
         ca = args[args.index("--ca") + 1]
-        refused = run(
-            cli_env, "client", "127.0.0.1", str(port), "--ca", ca, "-m", "x", "--timeout", "5"
-        )
+        refused = run(cli_env, "client", "127.0.0.1", port, "--ca", ca, "-m", "x", "--timeout", "5")
         line = one_error_line(refused)
         assert "certificate required" in line and "--cert" in line
 
 
 def test_server_with_workers(cli_env: dict[str, str]) -> None:
-    port = free_udp_port()
-    with cli_server(cli_env, "--host", "127.0.0.1", "--port", str(port), "--workers", "2") as (
+    with cli_server_on_a_fixed_port(cli_env, "--host", "127.0.0.1", "--workers", "2") as (
         peer,
         command,
     ):
@@ -452,7 +481,6 @@ def test_server_with_workers(cli_env: dict[str, str]) -> None:
 
 
 def test_server_with_given_certificate(cli_env: dict[str, str], pki: PKIFiles) -> None:
-    port = free_udp_port()
     argv = [
         sys.executable,
         "-m",
@@ -461,7 +489,7 @@ def test_server_with_given_certificate(cli_env: dict[str, str], pki: PKIFiles) -
         "--host",
         "127.0.0.1",
         "--port",
-        str(port),
+        "0",
         "--cert",
         str(pki.server_cert),
         "--key",
@@ -471,7 +499,8 @@ def test_server_with_given_certificate(cli_env: dict[str, str], pki: PKIFiles) -
     ]
     peer = Peer(argv, env=cli_env)
     try:
-        peer.wait_for("DTLS echo on 127.0.0.1:")
+        banner = peer.wait_for("DTLS echo on 127.0.0.1:")
+        port = banner.split("DTLS echo on 127.0.0.1:", 1)[1].split()[0]
         result = run(
             cli_env, "client", "localhost", str(port), "--ca", str(pki.ca_cert), "-m", "own cert"
         )
@@ -652,9 +681,9 @@ def test_console_script_and_version(cli_env: dict[str, str]) -> None:
 
 def test_psk_server_and_client(cli_env: dict[str, str]) -> None:
     """`dtlskit server --psk` runs PSK-only (no certificate) and prints the client command."""
-    port = str(free_udp_port())
     psk = "sensor-7:00112233445566778899aabbccddeeff"
-    with cli_server(cli_env, "--host", "127.0.0.1", "--port", port, "--psk", psk) as (_, hint):
+    with cli_server(cli_env, "--host", "127.0.0.1", "--port", "0", "--psk", psk) as (_, hint):
+        port = command_port(hint)
         assert f"--psk {psk}" in hint
         ok = run(cli_env, "client", "127.0.0.1", port, "--psk", psk, "-m", "over psk")
         assert ok.returncode == 0, ok.stderr
@@ -675,9 +704,9 @@ def test_psk_server_and_client(cli_env: dict[str, str]) -> None:
 
 
 def test_client_session_file_resumes(cli_env: dict[str, str], tmp_path: Path) -> None:
-    port = str(free_udp_port())
     session_file = tmp_path / "session.bin"
-    with cli_server(cli_env, "--host", "127.0.0.1", "--port", port) as (_, hint):
+    with cli_server(cli_env, "--host", "127.0.0.1", "--port", "0") as (_, hint):
+        port = command_port(hint)
         ca = hint.split("--ca", 1)[1].split()[0]
         common = ("client", "127.0.0.1", port, "--ca", ca, "--server-name", "localhost")
         first = run(cli_env, *common, "--session-file", str(session_file), "-m", "one")
