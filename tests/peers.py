@@ -146,6 +146,7 @@ def serving(
     ready: str | None = None,
     host: str = "127.0.0.1",
     attempts: int = 5,
+    ready_count: int = 1,
 ) -> Iterator[tuple[Peer, int]]:
     """Start a foreign server on a port nobody else holds; yield it and its port; stop it.
 
@@ -153,7 +154,9 @@ def serving(
     host:port`` line: no race at all. ``gnutls-serv`` cannot tell its port, so it gets a port
     that was free a moment ago; when another process took it meanwhile, gnutls-serv says
     ``bind() failed`` and keeps running, and the next free port is tried (bounded). Other
-    servers get one free port and wait for ``ready``.
+    servers (ours, in a child process: workers need a fixed port) get a free port and are
+    waited for until ``ready_count`` lines contain ``ready``; one that exits saying "address
+    already in use" meanwhile is tried again on another port.
     """
     probe = " ".join(argv_for_port(0))
     if "s_server" in probe:
@@ -176,7 +179,13 @@ def serving(
                     failures.append(line)
                     continue
             elif ready is not None:
-                peer.wait_for(ready)
+                try:
+                    peer.wait_for_lines(ready, ready_count)
+                except AssertionError as exc:
+                    if peer.process.poll() is None or "already in use" not in str(exc).lower():
+                        raise
+                    failures.append(f"port {port} taken")
+                    continue
             yield peer, port
             return
         finally:
