@@ -15,7 +15,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 
@@ -63,8 +63,11 @@ class Peer:
 
     def _read(self) -> None:
         assert self.process.stdout is not None
-        for raw in iter(self.process.stdout.readline, b""):
-            self.lines.put(raw.decode("utf-8", "replace").rstrip("\r\n"))
+        try:
+            for raw in iter(self.process.stdout.readline, b""):
+                self.lines.put(raw.decode("utf-8", "replace").rstrip("\r\n"))
+        except (OSError, ValueError):  # stop() closed the pipe under a reader still blocked
+            pass
 
     def wait_for(self, text: str, timeout: float = 10.0) -> str:
         """Wait until a line containing ``text`` appears; fail with the output so far."""
@@ -113,11 +116,16 @@ class Peer:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=5)
-        for stream in (self.process.stdin, self.process.stdout):
-            if stream is not None:
-                with contextlib.suppress(OSError):
-                    stream.close()
+        if self.process.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.process.stdin.close()
+        # The reader ends at EOF, once every process holding the pipe (the group) has exited.
+        # Closing the pipe while it still reads made readline fail in that thread ("ValueError:
+        # PyMemoryView_FromBuffer(): info->buf must not be NULL"), seen under load: close after.
         self._reader.join(timeout=5)
+        if self.process.stdout is not None and not self._reader.is_alive():
+            with contextlib.suppress(OSError):
+                self.process.stdout.close()
 
 
 @contextlib.contextmanager
@@ -130,6 +138,59 @@ def running(argv: Sequence[str], ready: str | None = None) -> Iterator[Peer]:
         yield peer
     finally:
         peer.stop()
+
+
+@contextlib.contextmanager
+def serving(
+    argv_for_port: Callable[[int], Sequence[str]],
+    ready: str | None = None,
+    host: str = "127.0.0.1",
+    attempts: int = 5,
+    ready_count: int = 1,
+) -> Iterator[tuple[Peer, int]]:
+    """Start a foreign server on a port nobody else holds; yield it and its port; stop it.
+
+    ``openssl s_server`` is given port 0 and its port read back from its ``ACCEPT
+    host:port`` line: no race at all. ``gnutls-serv`` cannot tell its port, so it gets a port
+    that was free a moment ago; when another process took it meanwhile, gnutls-serv says
+    ``bind() failed`` and keeps running, and the next free port is tried (bounded). Other
+    servers (ours, in a child process: workers need a fixed port) get a free port and are
+    waited for until ``ready_count`` lines contain ``ready``; one that exits saying "address
+    already in use" meanwhile is tried again on another port.
+    """
+    probe = " ".join(argv_for_port(0))
+    if "s_server" in probe:
+        with running(argv_for_port(0), ready="ACCEPT") as peer:
+            line = peer.wait_for("ACCEPT")
+            yield peer, int(line.rsplit(":", 1)[1])
+        return
+    gnutls = "gnutls-serv" in probe
+    family = "IPv6" if ":" in host else "IPv4"
+    failures: list[str] = []
+    for _ in range(attempts):
+        port = free_udp_port(host)
+        peer = Peer(argv_for_port(port))
+        try:
+            if gnutls:
+                # "UDP Echo Server listening on IPv4 0.0.0.0 port N...done" (or "...bind()
+                # failed: Address already in use"): printed once the bind was tried.
+                line = peer.wait_for(f"listening on {family}")
+                if not line.endswith("done"):
+                    failures.append(line)
+                    continue
+            elif ready is not None:
+                try:
+                    peer.wait_for_lines(ready, ready_count)
+                except AssertionError as exc:
+                    if peer.process.poll() is None or "already in use" not in str(exc).lower():
+                        raise
+                    failures.append(f"port {port} taken")
+                    continue
+            yield peer, port
+            return
+        finally:
+            peer.stop()
+    raise AssertionError(f"{probe.split()[0]} found no free port: {failures}")
 
 
 def openssl_s_server(

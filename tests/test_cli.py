@@ -14,6 +14,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -55,10 +56,14 @@ def run(
     )
 
 
+SECURITY = " WARNING dtlskit.security: "
+
+
 def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     """The failure was reported as exactly one line on stderr, without a traceback."""
     assert result.returncode == 1, result
-    lines = result.stderr.strip().splitlines()
+    # Security warnings (verification off, key log) are log lines of their own, not errors.
+    lines = [line for line in result.stderr.strip().splitlines() if SECURITY not in line]
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("dtlskit: error: ")
     return lines[0]
@@ -66,13 +71,47 @@ def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
 
 @contextlib.contextmanager
 def cli_server(env: dict[str, str], *args: str) -> Iterator[tuple[Peer, str]]:
-    """A ``dtlskit server`` child; yields it and the client command it printed."""
+    """A ``dtlskit server`` child; yields it and the client command it printed (which names
+    the port it bound: give ``--port 0``, and read it with :func:`command_port`)."""
     peer = Peer([sys.executable, "-m", "dtlskit", "server", *args], env=env, stdin=False)
     try:
         line = peer.wait_for("connect with:", timeout=20)
         yield peer, line.split("connect with:", 1)[1].strip()
     finally:
         peer.stop()
+
+
+@contextlib.contextmanager
+def cli_server_on_a_fixed_port(
+    env: dict[str, str], *args: str, attempts: int = 5
+) -> Iterator[tuple[Peer, str]]:
+    """:func:`cli_server` for what needs a fixed ``--port`` (workers): a port that was free a
+    moment ago may be taken by another process before the server binds it; then the server
+    exits saying so, and another port is tried (bounded)."""
+    failures: list[str] = []
+    for _ in range(attempts):
+        port = str(free_udp_port())
+        peer = Peer(
+            [sys.executable, "-m", "dtlskit", "server", *args, "--port", port], env=env, stdin=False
+        )
+        try:
+            try:
+                line = peer.wait_for("connect with:", timeout=20)
+            except AssertionError as exc:
+                if peer.process.poll() is not None and "address already in use" in str(exc):
+                    failures.append(port)
+                    continue
+                raise
+            yield peer, line.split("connect with:", 1)[1].strip()
+            return
+        finally:
+            peer.stop()
+    raise AssertionError(f"ports {failures} were all taken before the server bound them")
+
+
+def command_port(command: str) -> str:
+    """The port of a printed ``dtlskit client HOST PORT ...`` command."""
+    return client_args(command)[2]
 
 
 def client_args(command: str) -> list[str]:
@@ -259,8 +298,26 @@ def test_demo(cli_env: dict[str, str], tmp_path: Path) -> None:
     assert "client sent close_notify, server saw it" in out
     assert len(out.splitlines()) < 25  # short and readable
     # SSLKEYLOGFILE is honoured: both ends logged the session's secret (NSS key log format).
-    lines = (tmp_path / "keys.log").read_text().splitlines()
+    keylog = tmp_path / "keys.log"
+    lines = keylog.read_text().splitlines()
     assert lines and all(line.startswith("CLIENT_RANDOM ") for line in lines)
+    assert stat.S_IMODE(keylog.stat().st_mode) == 0o600
+    # ... and said so on stderr at the default verbosity.
+    warned = [line for line in result.stderr.splitlines() if SECURITY in line]
+    assert len(warned) == 1 and "key log" in warned[0] and str(keylog) in warned[0], warned
+
+
+def test_keylog_open_to_others_is_refused_in_one_line(
+    cli_env: dict[str, str], tmp_path: Path, pki: PKIFiles
+) -> None:
+    keylog = tmp_path / "keys.log"
+    keylog.touch(mode=0o644)
+    keylog.chmod(0o644)
+    env = dict(cli_env, SSLKEYLOGFILE=str(keylog))
+    cert = ("--cert", str(pki.server_cert), "--key", str(pki.server_key))
+    line = one_error_line(run(env, "server", "--host", "127.0.0.1", "--port", "0", *cert))
+    assert str(keylog) in line and "0644" in line and "chmod 600" in line, line
+    assert keylog.read_bytes() == b""
 
 
 # -- server and client ----------------------------------------------------------------------------
@@ -269,10 +326,7 @@ def test_demo(cli_env: dict[str, str], tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def dev_server(cli_env: dict[str, str]) -> Iterator[tuple[Peer, list[str]]]:
     """One ``dtlskit server`` on the development PKI for the client tests of this module."""
-    with cli_server(cli_env, "--host", "127.0.0.1", "--port", str(free_udp_port())) as (
-        peer,
-        command,
-    ):
+    with cli_server(cli_env, "--host", "127.0.0.1", "--port", "0") as (peer, command):
         yield peer, client_args(command)
 
 
@@ -328,10 +382,25 @@ def test_client_with_the_wrong_server_name(
 def test_client_no_verify(cli_env: dict[str, str], dev_server: tuple[Peer, list[str]]) -> None:
     _, command = dev_server
     host, port = command[1], command[2]
-    result = run(cli_env, "client", host, port, "--no-verify", "-m", "trust me", "-v")
+    verbose = run(cli_env, "client", host, port, "--no-verify", "-m", "trust me", "-v")
+    assert verbose.returncode == 0, verbose.stderr
+    assert verbose.stdout == "trust me\n"
+    assert "NOT verified" in verbose.stderr
+    # At the default verbosity the only stderr line is the warning that nothing is verified.
+    quiet = run(cli_env, "client", host, port, "--no-verify", "-m", "trust me")
+    assert quiet.returncode == 0, quiet.stderr
+    lines = quiet.stderr.splitlines()
+    assert len(lines) == 1 and SECURITY in lines[0], quiet.stderr
+    assert "does not verify the server's certificate" in lines[0]
+
+
+def test_client_that_verifies_prints_no_warning(
+    cli_env: dict[str, str], dev_server: tuple[Peer, list[str]]
+) -> None:
+    _, command = dev_server
+    result = run(cli_env, *command, "-m", "checked")
     assert result.returncode == 0, result.stderr
-    assert result.stdout == "trust me\n"
-    assert "NOT verified" in result.stderr
+    assert result.stdout == "checked\n" and result.stderr == ""
 
 
 def test_client_debug_shows_the_traceback(cli_env: dict[str, str]) -> None:
@@ -359,9 +428,9 @@ def test_client_to_a_silent_port_times_out(cli_env: dict[str, str]) -> None:
 
 
 def test_server_sigterm_closes_sessions_and_exits_0(cli_env: dict[str, str]) -> None:
-    port = free_udp_port()
-    with cli_server(cli_env, "--host", "127.0.0.1", "--port", str(port)) as (peer, command):
+    with cli_server(cli_env, "--host", "127.0.0.1", "--port", "0") as (peer, command):
         args = client_args(command)
+        port = int(command_port(command))
         ca = args[args.index("--ca") + 1]
         config = dtlskit.DTLSConfiguration.client(cafile=ca)
         with dtlskit.sync.connect("127.0.0.1", port, config=config, timeout=10) as channel:
@@ -377,32 +446,30 @@ def test_server_sigterm_closes_sessions_and_exits_0(cli_env: dict[str, str]) -> 
 
 
 def test_server_sigint_exits_0(cli_env: dict[str, str]) -> None:
-    with cli_server(cli_env, "--host", "127.0.0.1", "--port", str(free_udp_port())) as (peer, _):
+    with cli_server(cli_env, "--host", "127.0.0.1", "--port", "0") as (peer, _):
         assert stop_with(peer, signal.SIGINT) == 0
 
 
 def test_server_with_required_client_certificates(cli_env: dict[str, str]) -> None:
-    port = free_udp_port()
-    with cli_server(
-        cli_env, "--host", "127.0.0.1", "--port", str(port), "--require-client-cert"
-    ) as (peer, command):
+    with cli_server(cli_env, "--host", "127.0.0.1", "--port", "0", "--require-client-cert") as (
+        peer,
+        command,
+    ):
         args = client_args(command)
+        port = command_port(command)
         assert "--cert" in args and "--key" in args
         result = run(cli_env, *args, "-m", "mutual")
         assert result.returncode == 0, result.stderr
         assert result.stdout == "mutual\n"
         peer.wait_for("client certificate CN=dtlskit client")
         ca = args[args.index("--ca") + 1]
-        refused = run(
-            cli_env, "client", "127.0.0.1", str(port), "--ca", ca, "-m", "x", "--timeout", "5"
-        )
+        refused = run(cli_env, "client", "127.0.0.1", port, "--ca", ca, "-m", "x", "--timeout", "5")
         line = one_error_line(refused)
         assert "certificate required" in line and "--cert" in line
 
 
 def test_server_with_workers(cli_env: dict[str, str]) -> None:
-    port = free_udp_port()
-    with cli_server(cli_env, "--host", "127.0.0.1", "--port", str(port), "--workers", "2") as (
+    with cli_server_on_a_fixed_port(cli_env, "--host", "127.0.0.1", "--workers", "2") as (
         peer,
         command,
     ):
@@ -414,7 +481,6 @@ def test_server_with_workers(cli_env: dict[str, str]) -> None:
 
 
 def test_server_with_given_certificate(cli_env: dict[str, str], pki: PKIFiles) -> None:
-    port = free_udp_port()
     argv = [
         sys.executable,
         "-m",
@@ -423,7 +489,7 @@ def test_server_with_given_certificate(cli_env: dict[str, str], pki: PKIFiles) -
         "--host",
         "127.0.0.1",
         "--port",
-        str(port),
+        "0",
         "--cert",
         str(pki.server_cert),
         "--key",
@@ -433,7 +499,8 @@ def test_server_with_given_certificate(cli_env: dict[str, str], pki: PKIFiles) -
     ]
     peer = Peer(argv, env=cli_env)
     try:
-        peer.wait_for("DTLS echo on 127.0.0.1:")
+        banner = peer.wait_for("DTLS echo on 127.0.0.1:")
+        port = banner.split("DTLS echo on 127.0.0.1:", 1)[1].split()[0]
         result = run(
             cli_env, "client", "localhost", str(port), "--ca", str(pki.ca_cert), "-m", "own cert"
         )
@@ -455,7 +522,32 @@ def test_server_with_an_unloadable_key_is_one_line(cli_env: dict[str, str], pki:
         str(pki.client_key),
     )
     line = one_error_line(result)
-    assert re.search("does not match|key values mismatch", line), line
+    assert "do not belong together" in line, line
+    assert str(pki.server_cert) in line and str(pki.client_key) in line, line
+    assert "OpenSSL" not in line, line
+
+
+def test_client_with_a_key_of_another_certificate_is_one_line(
+    cli_env: dict[str, str], pki: PKIFiles
+) -> None:
+    # The configuration fails before any datagram is sent: no server is needed on the port.
+    result = run(
+        cli_env,
+        "client",
+        "127.0.0.1",
+        "9",
+        "--ca",
+        str(pki.ca_cert),
+        "--cert",
+        str(pki.client_cert),
+        "--key",
+        str(pki.server_key),
+        "-m",
+        "x",
+    )
+    line = one_error_line(result)
+    assert "do not belong together" in line, line
+    assert str(pki.client_cert) in line and str(pki.server_key) in line, line
 
 
 # -- plain UDP ------------------------------------------------------------------------------------
@@ -589,9 +681,9 @@ def test_console_script_and_version(cli_env: dict[str, str]) -> None:
 
 def test_psk_server_and_client(cli_env: dict[str, str]) -> None:
     """`dtlskit server --psk` runs PSK-only (no certificate) and prints the client command."""
-    port = str(free_udp_port())
     psk = "sensor-7:00112233445566778899aabbccddeeff"
-    with cli_server(cli_env, "--host", "127.0.0.1", "--port", port, "--psk", psk) as (_, hint):
+    with cli_server(cli_env, "--host", "127.0.0.1", "--port", "0", "--psk", psk) as (_, hint):
+        port = command_port(hint)
         assert f"--psk {psk}" in hint
         ok = run(cli_env, "client", "127.0.0.1", port, "--psk", psk, "-m", "over psk")
         assert ok.returncode == 0, ok.stderr
@@ -612,9 +704,9 @@ def test_psk_server_and_client(cli_env: dict[str, str]) -> None:
 
 
 def test_client_session_file_resumes(cli_env: dict[str, str], tmp_path: Path) -> None:
-    port = str(free_udp_port())
     session_file = tmp_path / "session.bin"
-    with cli_server(cli_env, "--host", "127.0.0.1", "--port", port) as (_, hint):
+    with cli_server(cli_env, "--host", "127.0.0.1", "--port", "0") as (_, hint):
+        port = command_port(hint)
         ca = hint.split("--ca", 1)[1].split()[0]
         common = ("client", "127.0.0.1", port, "--ca", ca, "--server-name", "localhost")
         first = run(cli_env, *common, "--session-file", str(session_file), "-m", "one")

@@ -492,9 +492,13 @@ def test_asyncio_dropped_accepted_channel_warns_and_closes(
 def test_asyncio_handler_channel_is_not_collected(
     server_config: dtlskit.DTLSConfiguration, client_config: dtlskit.DTLSConfiguration
 ) -> None:
+    received = asyncio.Event()
+    collected = asyncio.Event()
+
     async def slow_echo(channel: aio.Channel) -> None:
         message = await channel.recv()
-        await asyncio.sleep(0.2)  # the test collects garbage meanwhile
+        received.set()
+        await collected.wait()  # the test collects garbage meanwhile
         await channel.send(message)
 
     async def main() -> None:
@@ -502,8 +506,9 @@ def test_asyncio_handler_channel_is_not_collected(
             port = server.addresses[0][1]
             async with aio.connect("127.0.0.1", port, config=client_config) as client:
                 await client.send(b"hold on")
-                await asyncio.sleep(0.05)
-                gc.collect()
+                await asyncio.wait_for(received.wait(), WAIT)
+                gc.collect()  # while the handler holds only its channel, waiting
+                collected.set()
                 assert await asyncio.wait_for(client.recv(), WAIT) == b"hold on"
 
     run(main())

@@ -34,7 +34,6 @@ from dtlskit.certs import PKIFiles
 from dtlskit.core.server import ServerStatistics
 from tests.peers import (
     Peer,
-    free_udp_port,
     gnutls_cli,
     gnutls_serv,
     needs_gnutls,
@@ -42,6 +41,7 @@ from tests.peers import (
     openssl_s_client,
     openssl_s_server,
     running,
+    serving,
 )
 
 pytestmark = pytest.mark.interop
@@ -97,8 +97,7 @@ def openssl_server_requiring_certificates(pki: PKIFiles, port: int) -> list[str]
 
 @needs_openssl
 def test_client_certificate_accepted_by_openssl_s_server(pki: PKIFiles) -> None:
-    port = free_udp_port()
-    with running(openssl_server_requiring_certificates(pki, port), ready="ACCEPT") as peer:
+    with serving(lambda port: openssl_server_requiring_certificates(pki, port)) as (peer, port):
         with sync.connect(
             "127.0.0.1", port, config=client_with_certificate(pki), timeout=WAIT
         ) as channel:
@@ -122,8 +121,7 @@ def test_client_certificate_accepted_by_openssl_s_server(pki: PKIFiles) -> None:
 def test_client_without_certificate_refused_by_openssl_s_server(
     pki: PKIFiles, client_config: dtlskit.DTLSConfiguration
 ) -> None:
-    port = free_udp_port()
-    with running(openssl_server_requiring_certificates(pki, port), ready="ACCEPT") as peer:
+    with serving(lambda port: openssl_server_requiring_certificates(pki, port)) as (peer, port):
         with pytest.raises(dtlskit.HandshakeError) as caught:
             sync.connect("127.0.0.1", port, config=client_config, timeout=WAIT)
         peer.wait_for("peer did not return a certificate")
@@ -288,19 +286,20 @@ def test_gnutls_cli_without_certificate_is_refused(pki: PKIFiles) -> None:
 
 @needs_gnutls
 def test_client_certificate_accepted_by_gnutls_serv(pki: PKIFiles) -> None:
-    port = free_udp_port()
-    argv = line_buffered(
-        gnutls_serv(
-            port,
-            str(pki.server_cert),
-            str(pki.server_key),
-            "--require-client-cert",
-            "--verify-client-cert",
-            "--x509cafile",
-            str(pki.ca_cert),
+    def argv(port: int) -> list[str]:
+        return line_buffered(
+            gnutls_serv(
+                port,
+                str(pki.server_cert),
+                str(pki.server_key),
+                "--require-client-cert",
+                "--verify-client-cert",
+                "--x509cafile",
+                str(pki.ca_cert),
+            )
         )
-    )
-    with running(argv, ready="listening on IPv4") as peer:
+
+    with serving(argv) as (peer, port):
 
         async def main() -> None:
             config = client_with_certificate(pki)

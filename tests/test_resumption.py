@@ -24,7 +24,7 @@ from dtlskit import sync
 from dtlskit.asyncio import Channel, connect, serve
 from dtlskit.certs import PKIFiles
 from dtlskit.core.session import Session
-from tests.peers import free_udp_port, running
+from tests.peers import serving
 
 WAIT = 10.0
 SERVER_SCRIPT = Path(__file__).resolve().parent / "asyncio" / "server_process.py"
@@ -225,17 +225,18 @@ def test_sync_session_of_another_server_costs_a_full_handshake(
 def test_workers_resume_each_others_sessions(
     pki: PKIFiles, client_config: dtlskit.DTLSConfiguration
 ) -> None:
-    port = free_udp_port()
-    argv = [
-        sys.executable,
-        str(SERVER_SCRIPT),
-        "--mode=workers",
-        "--workers=2",
-        f"--port={port}",
-        f"--cert={pki.server_cert}",
-        f"--key={pki.server_key}",
-    ]
-    with running(argv) as peer:
+    def argv(port: int) -> list[str]:
+        return [
+            sys.executable,
+            str(SERVER_SCRIPT),
+            "--mode=workers",
+            "--workers=2",
+            f"--port={port}",
+            f"--cert={pki.server_cert}",
+            f"--key={pki.server_key}",
+        ]
+
+    with serving(argv, ready="listening on", ready_count=2) as (peer, port):
         listening = peer.wait_for_lines("listening on", 2, WAIT)
         workers = {int(line.split()[0]) for line in listening}
         assert len(workers) == 2 and peer.process.pid not in workers

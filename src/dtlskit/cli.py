@@ -149,16 +149,13 @@ def _out(text: str = "") -> None:
     print(text, flush=True)
 
 
-def _with_keylog(config: DTLSConfiguration, announce: bool) -> DTLSConfiguration:
-    """Honour SSLKEYLOGFILE (NSS key log, readable by Wireshark): debugging only."""
+def _with_keylog(config: DTLSConfiguration) -> DTLSConfiguration:
+    """Honour SSLKEYLOGFILE (NSS key log, readable by Wireshark): debugging only. The library
+    warns (logger ``dtlskit.security``, shown at the default verbosity) when it opens the file,
+    and refuses a symbolic link or a file others may read."""
     path = os.environ.get("SSLKEYLOGFILE")
     if not path:
         return config
-    (logger.warning if announce else logger.info)(
-        "SSLKEYLOGFILE is set: session keys are appended to %s (anyone reading it can decrypt "
-        "the traffic)",
-        path,
-    )
     return config.replace(keylog_file=path)
 
 
@@ -346,14 +343,12 @@ async def _demo() -> None:
                 pki.server_key,
                 cafile=pki.ca_cert,
                 verify_mode=ssl.CERT_REQUIRED,
-            ),
-            announce=True,
+            )
         )
         client_config = _with_keylog(
             DTLSConfiguration.client(
                 cafile=pki.ca_cert, certfile=pki.client_cert, keyfile=pki.client_key
-            ),
-            announce=False,
+            )
         )
         loop = asyncio.get_running_loop()
         seen_client: asyncio.Future[str] = loop.create_future()
@@ -511,9 +506,9 @@ def _server_config(args: argparse.Namespace) -> tuple[DTLSConfiguration, str]:
         settings["mtu"] = args.mtu
     if psk:
         settings["psk_lookup"] = psk
-    config = DTLSConfiguration.server(cert, key, args.key_password, **settings)
+    config = _with_keylog(DTLSConfiguration.server(cert, key, args.key_password, **settings))
     config.build_context(server=True)  # fail now, in one line, if a file cannot be loaded
-    return _with_keylog(config, announce=True), hint
+    return config, hint
 
 
 def _client_command(host: str | None, port: int, flags: str) -> str:
@@ -738,9 +733,7 @@ def _dtls_client(args: argparse.Namespace, messages: Iterator[bytes]) -> int:
             raise UsageError("a client uses one --psk IDENTITY:HEXKEY")
         ((identity, psk_key),) = _psk_table(args.psk).items()
         settings["psk"] = (identity, psk_key)
-    config = _with_keylog(
-        DTLSConfiguration.client(args.ca, args.server_name, **settings), announce=False
-    )
+    config = _with_keylog(DTLSConfiguration.client(args.ca, args.server_name, **settings))
     session = _load_session(args.session_file)
     started = time.perf_counter()
     with dtlskit_sync.connect(
@@ -841,7 +834,8 @@ def _add_client_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     client.add_argument(
         "--no-verify",
         action="store_true",
-        help="do not verify the server certificate (INSECURE: anyone can pose as the server)",
+        help="do not verify the server certificate (INSECURE: anyone can pose as the server; "
+        "a warning says so on stderr)",
     )
     client.add_argument(
         "--psk",
@@ -852,8 +846,8 @@ def _add_client_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     client.add_argument(
         "--session-file",
         metavar="FILE",
-        help="resume the session saved in FILE (if any), save the new one to FILE, and print "
-        "whether it was reused",
+        help="resume the session saved in FILE (if any), save the new one to FILE (mode 0600, "
+        "atomically; a symbolic link is refused), and print whether it was reused",
     )
     client.add_argument(
         "--message",
@@ -926,7 +920,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Secure sessions over UDP (DTLS 1.2): certificates, an echo server and "
         "client, and a self-contained demo. Start with: dtlskit demo",
         epilog="Environment: SSLKEYLOGFILE=PATH appends the session secrets (NSS key log "
-        "format, for Wireshark) to PATH; for debugging only. Exit status: 0 success, 1 failure "
+        "format, for Wireshark) to PATH, created mode 0600 (a symbolic link or a file others "
+        "can read is refused), with a warning on stderr; for debugging only. Exit status: 0 "
+        "success, 1 failure "
         "(one line on stderr names the cause), 2 usage error, 130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"dtlskit {__version__}")

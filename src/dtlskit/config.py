@@ -28,6 +28,7 @@ from typing import Any
 from cryptography.exceptions import UnsupportedAlgorithm
 from OpenSSL import SSL, crypto
 
+from ._secrets import open_private_append, security_warning
 from .exceptions import ConfigurationError
 
 __all__ = ["DEFAULT_CIPHERS", "PSK_CIPHERS", "DTLSConfiguration", "Limits"]
@@ -422,6 +423,13 @@ class DTLSConfiguration:
         self._load_identity(ctx)
         if server:
             self._install_sni(ctx)
+        elif self.effective_verify_mode(False) == ssl.CERT_NONE and not (
+            self.psk is not None and _psk_only(self.effective_ciphers(False))
+        ):
+            security_warning(
+                "this client does not verify the server's certificate (verify_mode=CERT_NONE): "
+                "anyone on the path can pose as the server and read the traffic"
+            )
         return ctx
 
     def _base_context(self, server: bool) -> SSL.Context:
@@ -567,6 +575,10 @@ class DTLSConfiguration:
         if self.cafile is not None or self.capath is not None:
             cafile = os.fspath(self.cafile) if self.cafile is not None else None
             capath = os.fspath(self.capath) if self.capath is not None else None
+            if cafile is not None:
+                _check_readable(cafile, "CA file")
+            if capath is not None and not os.path.isdir(capath):
+                raise ConfigurationError(f"capath {capath} is not a directory")
             try:
                 ctx.load_verify_locations(cafile, capath)
             except SSL.Error as exc:
@@ -579,7 +591,12 @@ class DTLSConfiguration:
             if store is None:  # pragma: no cover - OpenSSL always has one
                 raise ConfigurationError("OpenSSL context has no certificate store")
             for cert in _parse_cadata(self.cadata):
-                store.add_cert(cert)
+                try:
+                    store.add_cert(cert)
+                except crypto.Error as exc:  # pragma: no cover - OpenSSL 3 accepts duplicates
+                    raise ConfigurationError(
+                        f"cadata: OpenSSL refused a certificate: {exc}"
+                    ) from exc
             loaded = True
         if self.load_default_certs or (not loaded and not server):
             ctx.set_default_verify_paths()
@@ -591,22 +608,43 @@ def _use_identity(
     keyfile_path: str | os.PathLike[str] | None,
     password: Password | None,
 ) -> None:
-    """Load a certificate chain and its private key into ``ctx``."""
+    """Load a certificate chain and its private key into ``ctx``; every failure is a
+    :class:`ConfigurationError` naming the file(s) and the cause."""
     certfile = os.fspath(certfile_path)
     keyfile = os.fspath(keyfile_path) if keyfile_path is not None else certfile
+    _check_readable(certfile, "certificate file")
     try:
         ctx.use_certificate_chain_file(certfile)
     except SSL.Error as exc:
         raise ConfigurationError(
-            f"cannot load certificate chain from {certfile}: {_reason(exc)}"
+            f"cannot load certificate chain from {certfile}: {_reason(exc)} "
+            "(expected PEM 'BEGIN CERTIFICATE' blocks, our certificate first)"
         ) from exc
-    ctx.use_privatekey(_load_private_key(keyfile, password))
+    key = _load_private_key(keyfile, password)
     try:
+        ctx.use_privatekey(key)
         ctx.check_privatekey()
+    except TypeError as exc:  # pyOpenSSL takes only key types that can sign
+        raise ConfigurationError(
+            f"private key {keyfile} is a {type(key).__name__.lstrip('_')}, which cannot "
+            "sign a handshake (use an RSA, EC, Ed25519 or Ed448 key)"
+        ) from exc
     except SSL.Error as exc:
         raise ConfigurationError(
-            f"private key {keyfile} does not match the certificate in {certfile}"
+            f"certificate {certfile} and private key {keyfile} do not belong together: the "
+            f"key is not the one the certificate was issued for ({_reason(exc)})"
         ) from exc
+
+
+def _check_readable(path: str, what: str) -> None:
+    """Fail with the OS's words (not OpenSSL's "system lib") when ``path`` cannot be read."""
+    if os.path.isdir(path):
+        raise ConfigurationError(f"cannot read {what} {path}: it is a directory")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {what} {path}: {exc.strerror}") from exc
 
 
 def _check_psk(psk: object) -> None:
@@ -651,24 +689,29 @@ def _check_certificate_spec(what: str, spec: object) -> None:
 
 
 class _KeyLogWriter:
-    """Appends NSS key log lines to a file (a pyOpenSSL key-log callback)."""
+    """Appends NSS key log lines to a file (a pyOpenSSL key-log callback).
+
+    The file is opened for each line (it may be rotated meanwhile) with the checks of
+    :func:`dtlskit._secrets.open_private_append`: created 0600, never through a symbolic link,
+    refused when others may read it."""
 
     def __init__(self, path: str) -> None:
         self.path = path
-        try:
-            with open(path, "ab"):
-                pass
-        except OSError as exc:
-            raise ConfigurationError(
-                f"keylog_file {path} cannot be opened for appending: {exc.strerror}"
-            ) from exc
+        os.close(open_private_append(path, "keylog_file"))
+        security_warning(
+            f"session secrets are being written to the key log {path}: anyone who reads it "
+            "can decrypt the traffic (keylog_file / SSLKEYLOGFILE are for debugging only)"
+        )
 
     def __call__(self, connection: SSL.Connection, line: bytes) -> None:
         try:  # runs inside an OpenSSL callback: nothing may escape
-            with open(self.path, "ab") as handle:
-                handle.write(line + b"\n")
-        except OSError:
-            pass
+            fd = open_private_append(self.path, "keylog_file")
+            try:
+                os.write(fd, line + b"\n")
+            finally:
+                os.close(fd)
+        except (OSError, ConfigurationError) as exc:
+            security_warning(f"key log lines are being dropped: {exc}")
 
 
 def _positive_seconds(value: object) -> bool:
@@ -692,7 +735,21 @@ def _load_private_key(keyfile: str, password: Password | None) -> Any:
         raise ConfigurationError(f"cannot read private key file {keyfile}: {exc.strerror}") from exc
     secret: bytes | None = None
     if password is not None:
-        value = password() if callable(password) else password
+        if callable(password):
+            try:
+                value = password()
+            except Exception as exc:
+                raise ConfigurationError(
+                    f"the password callable for private key {keyfile} raised "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+        else:
+            value = password
+        if not isinstance(value, str | bytes):
+            raise ConfigurationError(
+                f"the password for private key {keyfile} must be str or bytes, "
+                f"not {type(value).__name__}"
+            )
         secret = value.encode() if isinstance(value, str) else bytes(value)
     try:
         return load_pem_private_key(data, secret)
@@ -722,7 +779,9 @@ def _parse_cadata(cadata: str | bytes) -> Sequence[crypto.X509]:
         else:
             certs = [x509.load_der_x509_certificate(cadata)]
     except ValueError as exc:
-        raise ConfigurationError(f"cadata holds no valid certificate: {exc}") from exc
+        raise ConfigurationError(
+            f"cadata holds no valid certificate (expected PEM text or DER bytes): {exc}"
+        ) from exc
     return [crypto.X509.from_cryptography(cert) for cert in certs]
 
 

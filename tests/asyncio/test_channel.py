@@ -185,8 +185,9 @@ def test_closed_port_fails_fast_with_connection_refused(
 
     async def main() -> None:
         with pytest.raises(dtlskit.ConnectionRefused) as info:
-            # The bound is a safety net: the handshake deadline is 30 s, refusal comes at once.
-            await asyncio.wait_for(connect(host, port, config=config), 5.0)
+            # The handshake deadline is 30 s: a missed ICMP error would end in HandshakeTimeout,
+            # not ConnectionRefused (no time bound here: a loaded machine may be slow).
+            await connect(host, port, config=config)
         assert isinstance(info.value, ConnectionRefusedError)
         assert str(port) in str(info.value)
 

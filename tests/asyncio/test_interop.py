@@ -12,7 +12,6 @@ from dtlskit.asyncio import Channel, connect, serve
 from dtlskit.certs import PKIFiles
 from tests.peers import (
     Peer,
-    free_udp_port,
     gnutls_cli,
     gnutls_serv,
     needs_gnutls,
@@ -20,6 +19,7 @@ from tests.peers import (
     openssl_s_client,
     openssl_s_server,
     running,
+    serving,
 )
 
 pytestmark = pytest.mark.interop
@@ -39,9 +39,10 @@ async def wait_line(peer: Peer, text: str) -> str:
 def test_client_against_openssl_s_server(
     pki: PKIFiles, client_config: dtlskit.DTLSConfiguration
 ) -> None:
-    port = free_udp_port()
-    argv = openssl_s_server(port, str(pki.server_cert), str(pki.server_key))
-    with running(argv, ready="ACCEPT") as peer:
+    def argv(port: int) -> list[str]:
+        return openssl_s_server(port, str(pki.server_cert), str(pki.server_key))
+
+    with serving(argv, ready="ACCEPT") as (peer, port):
 
         async def main() -> None:
             async with connect("127.0.0.1", port, config=client_config) as channel:
@@ -59,9 +60,10 @@ def test_client_against_openssl_s_server(
 def test_client_against_gnutls_serv_echo(
     pki: PKIFiles, client_config: dtlskit.DTLSConfiguration
 ) -> None:
-    port = free_udp_port()
-    argv = gnutls_serv(port, str(pki.server_cert), str(pki.server_key))
-    with running(argv, ready="listening on IPv4") as peer:
+    def argv(port: int) -> list[str]:
+        return gnutls_serv(port, str(pki.server_cert), str(pki.server_key))
+
+    with serving(argv, ready="listening on IPv4") as (peer, port):
 
         async def main() -> None:
             async with connect("127.0.0.1", port, config=client_config) as channel:

@@ -16,7 +16,7 @@ import pytest
 import dtlskit
 from dtlskit.asyncio import connect
 from dtlskit.certs import PKIFiles
-from tests.peers import Peer, free_udp_port, running
+from tests.peers import Peer, running, serving
 
 SCRIPT = Path(__file__).with_name("server_process.py")
 WAIT = 10.0
@@ -62,8 +62,10 @@ def assert_clean(output: list[str]) -> None:
 def test_two_workers_share_one_port(
     pki: PKIFiles, client_config: dtlskit.DTLSConfiguration
 ) -> None:
-    port = free_udp_port()
-    with running(script(pki, "--mode=workers", "--workers=2", f"--port={port}")) as peer:
+    def argv(port: int) -> list[str]:
+        return script(pki, "--mode=workers", "--workers=2", f"--port={port}")
+
+    with serving(argv, ready="listening on", ready_count=2) as (peer, port):
         listening = peer.wait_for_lines("listening on", 2, WAIT)
         assert len({line.split()[0] for line in listening}) == 2  # two worker PIDs
 

@@ -10,7 +10,13 @@ import dtlskit
 from dtlskit.core import DTLSConnection, ServerEngine
 from dtlskit.core import events as ev
 
-from ..peers import free_udp_port, needs_openssl, openssl_s_client, openssl_s_server, running
+from ..peers import (
+    needs_openssl,
+    openssl_s_client,
+    openssl_s_server,
+    running,
+    serving,
+)
 from .loop import ClientLoop, ServerLoop
 
 pytestmark = [pytest.mark.interop, needs_openssl]
@@ -18,9 +24,10 @@ pytestmark = [pytest.mark.interop, needs_openssl]
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
 def test_engine_client_against_openssl_s_server(pki, client_config, host):
-    port = free_udp_port(host)
-    argv = openssl_s_server(port, str(pki.server_cert), str(pki.server_key), host=host)
-    with running(argv, ready="ACCEPT") as server:
+    def argv(port: int) -> list[str]:
+        return openssl_s_server(port, str(pki.server_cert), str(pki.server_key), host=host)
+
+    with serving(argv, host=host, ready="ACCEPT") as (server, port):
         engine = DTLSConnection(client_config, server=False, peer_address=(host, port))
         loop = ClientLoop(engine, (host, port))
         try:
@@ -38,9 +45,10 @@ def test_engine_client_against_openssl_s_server(pki, client_config, host):
 
 
 def test_engine_client_rejects_openssl_server_with_wrong_ca(pki, other_pki):
-    port = free_udp_port()
-    argv = openssl_s_server(port, str(other_pki.server_cert), str(other_pki.server_key))
-    with running(argv, ready="ACCEPT"):
+    def argv(port: int) -> list[str]:
+        return openssl_s_server(port, str(other_pki.server_cert), str(other_pki.server_key))
+
+    with serving(argv, ready="ACCEPT") as (_, port):
         config = dtlskit.DTLSConfiguration.client(pki.ca_cert, "localhost")
         engine = DTLSConnection(config, server=False, peer_address=("127.0.0.1", port))
         loop = ClientLoop(engine, ("127.0.0.1", port))

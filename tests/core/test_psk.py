@@ -216,11 +216,12 @@ def run_client(port: int, config: dtlskit.DTLSConfiguration) -> ClientLoop:
 @peers.needs_openssl
 @pytest.mark.parametrize("cipher", ["PSK-AES128-GCM-SHA256", "ECDHE-PSK-CHACHA20-POLY1305"])
 def test_client_against_openssl_s_server_psk(cipher):
-    port = peers.free_udp_port()
-    argv = peers.openssl_psk_s_server(
-        port, HEX, "dev1", "-psk_hint", "openssl-hint", "-cipher", cipher
-    )
-    with peers.running(argv, ready="ACCEPT") as server:
+    def argv(port: int) -> list[str]:
+        return peers.openssl_psk_s_server(
+            port, HEX, "dev1", "-psk_hint", "openssl-hint", "-cipher", cipher
+        )
+
+    with peers.serving(argv, ready="ACCEPT") as (server, port):
         loop = run_client(port, CLIENT.replace(ciphers=cipher))
         try:
             assert loop.engine.state.value == "established", loop.engine.error
@@ -237,9 +238,10 @@ def test_client_against_openssl_s_server_psk(cipher):
 @pytest.mark.interop
 @peers.needs_openssl
 def test_client_with_wrong_key_against_openssl_s_server():
-    port = peers.free_udp_port()
-    argv = peers.openssl_psk_s_server(port, HEX, "dev1")
-    with peers.running(argv, ready="ACCEPT"):
+    def argv(port: int) -> list[str]:
+        return peers.openssl_psk_s_server(port, HEX, "dev1")
+
+    with peers.serving(argv, ready="ACCEPT") as (_, port):
         config = CLIENT.replace(psk=("dev1", b"\xee" * 16), handshake_timeout=4.0)
         loop = run_client(port, config)
         try:
@@ -255,9 +257,11 @@ def test_client_with_wrong_key_against_openssl_s_server():
 def test_client_with_unknown_identity_against_gnutls_serv(tmp_path):
     passwd = tmp_path / "psk.txt"
     passwd.write_text(f"dev1:{HEX}\n")
-    port = peers.free_udp_port()
-    argv = peers.gnutls_psk_serv(port, str(passwd))
-    with peers.running(argv, ready="listening"):
+
+    def argv(port: int) -> list[str]:
+        return peers.gnutls_psk_serv(port, str(passwd))
+
+    with peers.serving(argv, ready="listening") as (_, port):
         loop = run_client(port, CLIENT.replace(psk=("intruder", KEY), handshake_timeout=4.0))
         try:
             # GnuTLS hides which identities exist: for an unknown one it derives a random key
@@ -274,9 +278,11 @@ def test_client_with_unknown_identity_against_gnutls_serv(tmp_path):
 def test_client_against_gnutls_serv_psk(tmp_path):
     passwd = tmp_path / "psk.txt"
     passwd.write_text(f"dev1:{HEX}\n")
-    port = peers.free_udp_port()
-    argv = peers.gnutls_psk_serv(port, str(passwd))
-    with peers.running(argv, ready="listening"):
+
+    def argv(port: int) -> list[str]:
+        return peers.gnutls_psk_serv(port, str(passwd))
+
+    with peers.serving(argv, ready="listening") as (_, port):
         loop = run_client(port, CLIENT)
         try:
             assert loop.engine.state.value == "established", loop.engine.error

@@ -237,10 +237,12 @@ def close_over_udp(loop: ClientLoop) -> None:
 @peers.needs_openssl
 @pytest.mark.parametrize("tickets", [True, False], ids=["tickets", "session-ids"])
 def test_resumes_against_openssl_s_server(pki, client_config, tickets):
-    port = peers.free_udp_port()
     extra = [] if tickets else ["-no_ticket"]
-    argv = peers.openssl_s_server(port, str(pki.server_cert), str(pki.server_key), *extra)
-    with peers.running(argv, ready="ACCEPT") as server:
+
+    def argv(port: int) -> list[str]:
+        return peers.openssl_s_server(port, str(pki.server_cert), str(pki.server_key), *extra)
+
+    with peers.serving(argv, ready="ACCEPT") as (server, port):
         first = connect_over_udp(port, client_config, None)
         assert not first.engine.session_reused
         first.send(b"first connection\n")
@@ -261,10 +263,12 @@ def test_resumes_against_openssl_s_server(pki, client_config, tickets):
 @peers.needs_gnutls
 @pytest.mark.parametrize("tickets", [True, False], ids=["tickets", "session-ids"])
 def test_resumes_against_gnutls_serv(pki, client_config, tickets):
-    port = peers.free_udp_port()
     extra = [] if tickets else ["--noticket"]
-    argv = peers.gnutls_serv(port, str(pki.server_cert), str(pki.server_key), *extra)
-    with peers.running(argv, ready="listening"):
+
+    def argv(port: int) -> list[str]:
+        return peers.gnutls_serv(port, str(pki.server_cert), str(pki.server_key), *extra)
+
+    with peers.serving(argv, ready="listening") as (_, port):
         session = None
         for attempt in range(2):
             loop = connect_over_udp(port, client_config, session)

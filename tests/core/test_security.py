@@ -432,18 +432,19 @@ def connect_over_udp(port: int, config: dtlskit.DTLSConfiguration) -> ClientLoop
 @pytest.mark.interop
 @peers.needs_openssl
 def test_alpn_srtp_and_exporter_against_openssl_s_server(pki, client_config):
-    port = peers.free_udp_port()
-    argv = peers.openssl_s_server(
-        port,
-        str(pki.server_cert),
-        str(pki.server_key),
-        *("-alpn", "coap,h2", "-use_srtp", "SRTP_AES128_CM_SHA1_80"),
-        *("-keymatexport", "EXPERIMENTAL-dtlskit", "-keymatexportlen", "20"),
-    )
+    def argv(port: int) -> list[str]:
+        return peers.openssl_s_server(
+            port,
+            str(pki.server_cert),
+            str(pki.server_key),
+            *("-alpn", "coap,h2", "-use_srtp", "SRTP_AES128_CM_SHA1_80"),
+            *("-keymatexport", "EXPERIMENTAL-dtlskit", "-keymatexportlen", "20"),
+        )
+
     config = client_config.replace(
         alpn_protocols=["h2", "coap"], srtp_profiles=["SRTP_AES128_CM_SHA1_80"]
     )
-    with peers.running(argv, ready="ACCEPT") as server:
+    with peers.serving(argv, ready="ACCEPT") as (server, port):
         loop = connect_over_udp(port, config)
         try:
             assert loop.engine.alpn_protocol == "coap"
@@ -459,17 +460,18 @@ def test_alpn_srtp_and_exporter_against_openssl_s_server(pki, client_config):
 @pytest.mark.interop
 @peers.needs_gnutls
 def test_alpn_and_srtp_against_gnutls_serv(pki, client_config):
-    port = peers.free_udp_port()
-    argv = peers.gnutls_serv(
-        port,
-        str(pki.server_cert),
-        str(pki.server_key),
-        *("--alpn", "coap", "--srtp-profiles", "SRTP_AES128_CM_HMAC_SHA1_80"),
-    )
+    def argv(port: int) -> list[str]:
+        return peers.gnutls_serv(
+            port,
+            str(pki.server_cert),
+            str(pki.server_key),
+            *("--alpn", "coap", "--srtp-profiles", "SRTP_AES128_CM_HMAC_SHA1_80"),
+        )
+
     config = client_config.replace(
         alpn_protocols=["h2", "coap"], srtp_profiles=["SRTP_AES128_CM_SHA1_80"]
     )
-    with peers.running(argv, ready="listening"):
+    with peers.serving(argv, ready="listening") as (_, port):
         loop = connect_over_udp(port, config)
         try:
             assert loop.engine.alpn_protocol == "coap"

@@ -13,7 +13,6 @@ from dtlskit import sync
 from dtlskit.certs import PKIFiles
 from dtlskit.sync import Channel
 from tests.peers import (
-    free_udp_port,
     gnutls_cli,
     gnutls_serv,
     needs_gnutls,
@@ -21,6 +20,7 @@ from tests.peers import (
     openssl_s_client,
     openssl_s_server,
     running,
+    serving,
 )
 
 pytestmark = pytest.mark.interop
@@ -51,10 +51,11 @@ def recording_server(server_config) -> Iterator[tuple[sync.Server, RecordingEcho
 
 @needs_openssl
 def test_client_against_openssl_s_server(pki: PKIFiles, client_config) -> None:
-    port = free_udp_port()
-    argv = openssl_s_server(port, str(pki.server_cert), str(pki.server_key))
+    def argv(port: int) -> list[str]:
+        return openssl_s_server(port, str(pki.server_cert), str(pki.server_key))
+
     with (
-        running(argv, ready="ACCEPT") as peer,
+        serving(argv, ready="ACCEPT") as (peer, port),
         sync.connect("127.0.0.1", port, config=client_config, timeout=WAIT) as channel,
     ):
         assert channel.version == "DTLSv1.2"
@@ -66,10 +67,11 @@ def test_client_against_openssl_s_server(pki: PKIFiles, client_config) -> None:
 
 @needs_gnutls
 def test_client_against_gnutls_serv(pki: PKIFiles, client_config) -> None:
-    port = free_udp_port()
-    argv = gnutls_serv(port, str(pki.server_cert), str(pki.server_key))
+    def argv(port: int) -> list[str]:
+        return gnutls_serv(port, str(pki.server_cert), str(pki.server_key))
+
     with (
-        running(argv, ready="listening on IPv4"),
+        serving(argv, ready="listening on IPv4") as (_, port),
         sync.connect("127.0.0.1", port, config=client_config, timeout=WAIT) as channel,
     ):
         # gnutls-serv echoes through a buffer of about 254 bytes: keep messages short.
@@ -121,10 +123,11 @@ def test_gnutls_cli_against_server(
 def test_client_rejects_openssl_s_server_from_another_ca(
     pki: PKIFiles, other_pki: PKIFiles, client_config
 ) -> None:
-    port = free_udp_port()
-    argv = openssl_s_server(port, str(other_pki.server_cert), str(other_pki.server_key))
+    def argv(port: int) -> list[str]:
+        return openssl_s_server(port, str(other_pki.server_cert), str(other_pki.server_key))
+
     with (
-        running(argv, ready="ACCEPT"),
+        serving(argv, ready="ACCEPT") as (_, port),
         pytest.raises(dtlskit.CertificateVerificationError) as info,
     ):
         sync.connect("127.0.0.1", port, config=client_config, timeout=WAIT)

@@ -251,6 +251,7 @@ async def _attempt(
     session: Session | None,
 ) -> Channel:
     """One handshake over ``sock`` (connected to ``peer``); the socket is closed on failure."""
+    endpoint: _ClientEndpoint | None = None
     try:
         engine = DTLSConnection(
             engine_config, server=False, peer_address=peer, server_hostname=name, session=session
@@ -258,6 +259,10 @@ async def _attempt(
         endpoint = _ClientEndpoint(loop, engine, peer, deadline, limit)
         await loop.create_datagram_endpoint(lambda: endpoint, sock=sock)
     except BaseException as exc:
+        if endpoint is not None:
+            # Cancelled while asyncio set the socket up: it closes the transport, whose
+            # connection_lost would fail a handshake future nobody awaits any more.
+            _settle(endpoint.handshake)
         sock.close()
         if isinstance(exc, OSError) and not isinstance(exc, TransportError):
             raise translate_os_error(exc, "open a socket to", peer) from exc
@@ -269,6 +274,7 @@ async def _attempt(
     try:
         await endpoint.handshake
     except asyncio.CancelledError:
+        _settle(endpoint.handshake)
         channel.close()
         raise
     except BaseException:
@@ -283,16 +289,36 @@ async def _resolve(
     loop: asyncio.AbstractEventLoop, host: str, port: int, limit: float
 ) -> list[AddrInfo]:
     check_port(port)
+    # Not asyncio.wait_for: on Python 3.10/3.11 it returns the result of a lookup that finishes
+    # as the caller is cancelled, swallowing the cancel. asyncio.wait never does.
+    lookup = asyncio.ensure_future(
+        loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM, proto=socket.IPPROTO_UDP)
+    )
     try:
-        infos = await asyncio.wait_for(
-            loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM, proto=socket.IPPROTO_UDP),
-            limit,
-        )
-    except asyncio.TimeoutError:
-        raise HandshakeTimeout(f"resolving {host!r} took longer than {limit:g} s") from None
+        done, _ = await asyncio.wait({lookup}, timeout=limit)
+    except BaseException:
+        _settle(lookup)
+        raise
+    if not done:
+        _settle(lookup)
+        raise HandshakeTimeout(f"resolving {host!r} took longer than {limit:g} s")
+    try:
+        infos = lookup.result()
     except socket.gaierror as exc:
         raise TransportError(exc.errno, f"cannot resolve {host!r}: {exc.strerror}") from exc
     addresses = sort_addresses(infos)
     if not addresses:  # pragma: no cover - getaddrinfo raises instead
         raise TransportError(errno.EADDRNOTAVAIL, f"{host!r} resolved to no address")
     return addresses
+
+
+def _settle(future: asyncio.Future[Any]) -> None:
+    """Give up on ``future``: cancel it if pending, and mark a failure it has (or will get)
+    as retrieved, so that asyncio never logs "exception was never retrieved" for it."""
+    future.cancel()
+    future.add_done_callback(_retrieve)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()

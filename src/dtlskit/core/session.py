@@ -29,6 +29,7 @@ from typing import Any
 
 from OpenSSL import SSL
 
+from .._secrets import write_private_file
 from ..exceptions import ConfigurationError, ConnectionLost, DTLSError, HandshakeTimeout
 from . import _bindings
 
@@ -96,11 +97,11 @@ class Session:
         return cls(der, name or None, policy or None)
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write :meth:`to_bytes` to ``path``, readable by the owner only."""
-        target = Path(path)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(self.to_bytes())
+        """Write :meth:`to_bytes` to ``path``: mode 0600 (whatever the old file's mode was),
+        atomically (a temporary file in the same directory renamed over it: readers see the old
+        session or the new one, and a failure leaves the old file), and never through a
+        symbolic link (refused). Raises :class:`ConfigurationError` naming the file."""
+        write_private_file(path, self.to_bytes(), "session file")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Session:
