@@ -12,8 +12,12 @@ hide from anyone on the path, for three reasons:
 
 * **Recognising a ClientHello** before any state exists (untrusted bytes).
   :func:`parse_client_hello_untrusted` finds the first record of a datagram, checks that it is an
-  unfragmented epoch-0 ClientHello and returns the pieces the cookie is computed over
-  (RFC 6347 §4.2.1).
+  epoch-0 ClientHello, or the first fragment of one, and returns the pieces the cookie exchange
+  needs (RFC 6347 §4.2.1). A ClientHello may be fragmented (a small-MTU client, a large
+  session ticket); everything the cookie exchange needs — version, random, session id and the
+  cookie itself — comes before the cipher suites, so the first fragment always carries it and
+  the server can answer or verify it without keeping any state. Later fragments are never
+  parsed here: they go to an association only once its first fragment's cookie verified.
 
 * **Answering it statelessly**: :func:`build_hello_verify_request` writes a HelloVerifyRequest
   record carrying the cookie, with the record sequence number copied from the ClientHello and
@@ -155,15 +159,24 @@ def pack_datagrams(records: list[bytes], mtu: int) -> list[bytes]:
 
 @dataclass(frozen=True)
 class ClientHello:
-    """The parts of an unfragmented ClientHello that the cookie exchange needs."""
+    """The parts of a ClientHello (whole, or its first fragment) that the cookie exchange needs."""
 
     record_sequence: int
     message_sequence: int
     cookie: bytes
-    # Everything in the ClientHello body except the cookie: client version, random, session id,
-    # cipher suites, compression methods and extensions. The cookie is bound to these bytes.
+    # Client version, random and session id: the fields before the cookie, so even the first
+    # fragment of a fragmented ClientHello carries them (a cookie may be bound to them).
     bound_fields: bytes
+    # The ClientHello body as received: the whole body, or the first fragment's part of it.
     body: bytes
+    random: bytes = b""
+    message_length: int = 0
+    """Length of the whole ClientHello body (larger than ``len(body)`` when fragmented)."""
+
+    @property
+    def fragmented(self) -> bool:
+        """Whether this is only the first fragment of a larger ClientHello."""
+        return len(self.body) < self.message_length
 
 
 class _Reader:
@@ -186,10 +199,14 @@ class _Reader:
 
 
 def parse_client_hello_untrusted(datagram: bytes) -> ClientHello:
-    """Parse the first record of ``datagram`` as an unfragmented epoch-0 ClientHello.
+    """Parse the first record of ``datagram`` as an epoch-0 ClientHello, whole or the first
+    fragment of one (fragment offset 0).
 
-    Raises :class:`BadPacket` when it is anything else. Later records in the datagram are not
-    looked at (OpenSSL will see them if the association is created).
+    A whole ClientHello is checked to the end of its extensions. Of a first fragment only what
+    it holds is checked: version, random, session id and cookie must all fit in it (RFC 6347
+    §4.2.1 puts the cookie there; OpenSSL's ``DTLSv1_listen`` needs it there too), the rest is
+    OpenSSL's to judge once the cookie is verified. Raises :class:`BadPacket` for anything else,
+    including later fragments. Later records in the datagram are not looked at.
     """
     if len(datagram) < HEADER_LENGTH:
         raise BadPacket("datagram shorter than a record header")
@@ -214,40 +231,44 @@ def parse_client_hello_untrusted(datagram: bytes) -> ClientHello:
     (message_sequence,) = struct.unpack_from("!H", payload, 4)
     fragment_offset = int.from_bytes(payload[6:9], "big")
     fragment_length = int.from_bytes(payload[9:12], "big")
-    if fragment_offset != 0 or fragment_length != message_length:
-        raise BadPacket("ClientHello is fragmented")
+    if fragment_offset != 0:
+        raise BadPacket("ClientHello fragment is not the first one")
+    if fragment_length > message_length:
+        raise BadPacket("ClientHello fragment is longer than the message")
     body = payload[HANDSHAKE_HEADER_LENGTH:]
-    if len(body) != message_length:
-        raise BadPacket("ClientHello length does not match its record")
+    if len(body) != fragment_length:
+        raise BadPacket("ClientHello fragment length does not match its record")
 
     reader = _Reader(body)
     version = reader.take(2)
     if version not in _DTLS_VERSIONS:
         raise BadPacket("ClientHello version is not DTLS")
-    reader.take(32)  # random
+    random = reader.take(32)
     reader.vector(1)  # session id
     cookie_start = reader.offset
-    cookie = reader.vector(1)
-    cookie_end = reader.offset
-    cipher_suites = reader.vector(2)
-    if not cipher_suites or len(cipher_suites) % 2:
-        raise BadPacket("ClientHello cipher suite list is malformed")
-    if not reader.vector(1):
-        raise BadPacket("ClientHello has no compression methods")
-    if reader.offset < len(body):
-        extensions = reader.vector(2)
-        if reader.offset != len(body):
-            raise BadPacket("trailing bytes after ClientHello extensions")
-        ext = _Reader(extensions)
-        while ext.offset < len(extensions):
-            ext.take(2)
-            ext.vector(2)
+    cookie = reader.vector(1)  # in a fragment: must fit in it, or _Reader raises
+    if fragment_length == message_length:
+        cipher_suites = reader.vector(2)
+        if not cipher_suites or len(cipher_suites) % 2:
+            raise BadPacket("ClientHello cipher suite list is malformed")
+        if not reader.vector(1):
+            raise BadPacket("ClientHello has no compression methods")
+        if reader.offset < len(body):
+            extensions = reader.vector(2)
+            if reader.offset != len(body):
+                raise BadPacket("trailing bytes after ClientHello extensions")
+            ext = _Reader(extensions)
+            while ext.offset < len(extensions):
+                ext.take(2)
+                ext.vector(2)
     return ClientHello(
         record_sequence=record_sequence,
         message_sequence=message_sequence,
         cookie=cookie,
-        bound_fields=body[:cookie_start] + body[cookie_end:],
+        bound_fields=body[:cookie_start],
         body=body,
+        random=random,
+        message_length=message_length,
     )
 
 
