@@ -257,9 +257,7 @@ def test_legitimate_clients_connect_while_a_few_addresses_hold_handshakes_open(
     """Four IPv4 addresses and one IPv6 /64 (many addresses) attack: the per-source caps keep
     them to a fraction of the pool. Before the fix they held every slot and legitimate clients
     timed out."""
-    config = server_config.replace(
-        limits=limits(**ATTACK_LIMITS, max_half_open_per_ipv6_prefix=8)
-    )
+    config = server_config.replace(limits=limits(**ATTACK_LIMITS, max_half_open_per_ipv6_prefix=8))
 
     def attacker_for(step: int) -> Address:
         port = 10_000 + step
@@ -327,9 +325,7 @@ def test_spoofed_flood_from_the_victims_address_does_not_lock_it_out(
     assert stats.bytes_sent_unvalidated <= stats.bytes_received_unvalidated
 
 
-def test_one_address_can_do_far_more_than_fifty_handshakes_a_second(
-    server_config, client_config
-):
+def test_one_address_can_do_far_more_than_fifty_handshakes_a_second(server_config, client_config):
     """Before the fix one address got at most ~50 cookie exchanges a second."""
     server = ServerEngine(server_config)
     hub = Hub(server, latency=0.0)

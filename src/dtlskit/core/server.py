@@ -232,9 +232,7 @@ class ServerEngine:
             conn.receive_datagram(data, now)
             self._touched(address, conn)
             return
-        if not hello.cookie or not self.cookies.verify(
-            hello.cookie, address, _COOKIE_BINDING, now
-        ):
+        if not hello.cookie or not self.cookies.verify(hello.cookie, address, _COOKIE_BINDING, now):
             if hello.message_sequence == 0:
                 self._send_hello_verify(hello, data, address, now)
             else:
