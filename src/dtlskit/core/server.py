@@ -215,7 +215,7 @@ class ServerEngine:
                 # The rest of a fragmented ClientHello, or junk: OpenSSL judges it.
                 conn.receive_datagram(data, now)
                 self._touched(address, conn)
-            elif _may_be_client_hello(data) and data[19:22] != b"\x00\x00\x00":
+            elif _is_later_client_hello_fragment(data):
                 self._drop("unvalidated_client_hello_fragment")
             else:
                 self._drop("not_client_hello" if data[:1] != b"\x16" else "malformed_client_hello")
@@ -594,6 +594,15 @@ def _source_key(host: Any) -> tuple[int, Any]:
             return (4, str(ip.ipv4_mapped))
         return (6, int(ip) >> 64)
     return (4, text)
+
+
+def _is_later_client_hello_fragment(data: bytes) -> bool:
+    """A whole handshake header of a ClientHello fragment at a non-zero offset."""
+    return (
+        _may_be_client_hello(data)
+        and len(data) >= HEADER_LENGTH + 12
+        and data[HEADER_LENGTH + 6 : HEADER_LENGTH + 9] != b"\x00\x00\x00"
+    )
 
 
 def _may_be_client_hello(data: bytes) -> bool:
