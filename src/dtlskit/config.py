@@ -533,7 +533,7 @@ class DTLSConfiguration:
                 ) from exc
         if self.keylog_file is not None:
             ctx.set_keylog_callback(_KeyLogWriter(os.fspath(self.keylog_file)))
-        _bindings.watch_handshake(ctx)
+        _bindings.watch_handshake(ctx, server)
 
     def _install_sni(self, ctx: SSL.Context) -> None:
         if not self.sni_certificates and self.sni_callback is None and self.ip_certificate is None:

@@ -15,6 +15,8 @@ from dtlskit.core.records import (
     build_hello_verify_request,
     pack_datagrams,
     parse_client_hello_untrusted,
+    record_fingerprints_untrusted,
+    split_records_trusted,
     split_records_untrusted,
 )
 
@@ -111,3 +113,25 @@ def test_first_fragment_of_a_client_hello_is_parsed_up_to_its_cookie():
         parse_client_hello_untrusted(_client_hello(prefix, 100, len(prefix), 900))
     with pytest.raises(BadPacket, match="longer than the message"):
         parse_client_hello_untrusted(_client_hello(prefix, 0, len(prefix), 10))
+
+
+@given(st.binary(max_size=2000))
+def test_fingerprints_agree_with_the_record_splitter(data):
+    try:
+        records = split_records_untrusted(data)
+    except BadPacket:
+        with pytest.raises(BadPacket):
+            record_fingerprints_untrusted(data, 64)
+        return
+    assert record_fingerprints_untrusted(data, 64) == {r.fingerprint() for r in records[:64]}
+
+
+@given(st.lists(st.binary(min_size=1, max_size=300), max_size=8))
+def test_trusted_splitter_agrees_with_the_untrusted_one(payloads):
+    stream = b"".join(
+        b"\x16\xfe\xfd\x00\x00" + bytes(6) + len(p).to_bytes(2, "big") + p for p in payloads
+    )
+    assert split_records_trusted(stream) == [r.raw for r in split_records_untrusted(stream)]
+    if stream:
+        with pytest.raises(BadPacket):
+            split_records_trusted(stream[:-1])

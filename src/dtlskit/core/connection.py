@@ -563,6 +563,7 @@ class DTLSConnection(NegotiatedSession):
             return
         self.state = State.ESTABLISHED
         self._handshake_deadline = None
+        _bindings.watch_established(self._ssl)
         if self._handshake_started is not None:
             self._stats.handshake_seconds = now - self._handshake_started
         if self._idle_timeout is not None:

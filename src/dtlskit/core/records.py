@@ -44,6 +44,7 @@ __all__ = [
     "build_hello_verify_request",
     "pack_datagrams",
     "parse_client_hello_untrusted",
+    "record_fingerprints_untrusted",
     "split_records_trusted",
     "split_records_untrusted",
 ]
@@ -134,9 +135,52 @@ def split_records_trusted(data: bytes) -> list[bytes]:
     """Split OpenSSL's own output stream into raw records.
 
     OpenSSL wrote these bytes, so a framing error is a bug; it still raises :class:`BadPacket`
-    rather than producing garbage.
+    rather than producing garbage. (On every flight of every handshake: it builds no
+    :class:`Record` objects.)
     """
-    return [record.raw for record in _split(data)]
+    records = []
+    offset = 0
+    length = len(data)
+    while offset < length:
+        if length - offset < HEADER_LENGTH:
+            raise BadPacket("OpenSSL's output ends in a truncated record header")
+        end = offset + HEADER_LENGTH + ((data[offset + 11] << 8) | data[offset + 12])
+        if end > length:
+            raise BadPacket("OpenSSL's output ends in a truncated record")
+        if (
+            data[offset] not in _CONTENT_TYPES
+            or data[offset + 1 : offset + 3] not in _DTLS_VERSIONS
+        ):
+            raise BadPacket("OpenSSL's output holds a record that is not DTLS")
+        records.append(data[offset:end])
+        offset = end
+    return records
+
+
+def record_fingerprints_untrusted(data: bytes, limit: int) -> set[bytes]:
+    """The :meth:`Record.fingerprint` of each of the first ``limit`` records of a datagram
+    from the network (what tells a peer's retransmission from a new flight).
+
+    Raises :class:`BadPacket` if the framing is wrong anywhere in the datagram.
+    """
+    prints: set[bytes] = set()
+    offset = 0
+    length = len(data)
+    while offset < length:
+        if length - offset < HEADER_LENGTH:
+            raise BadPacket(f"truncated record header ({length - offset} bytes)")
+        end = offset + HEADER_LENGTH + ((data[offset + 11] << 8) | data[offset + 12])
+        if end > length:
+            raise BadPacket("record length runs past the end of the datagram")
+        if (
+            data[offset] not in _CONTENT_TYPES
+            or data[offset + 1 : offset + 3] not in _DTLS_VERSIONS
+        ):
+            raise BadPacket("record is not DTLS")
+        if len(prints) < limit:
+            prints.add(data[offset : offset + 5] + data[offset + 11 : end])
+        offset = end
+    return prints
 
 
 def pack_datagrams(records: list[bytes], mtu: int) -> list[bytes]:
