@@ -67,9 +67,19 @@ _ALERT_UNRECOGNIZED_NAME = 112
 _keepalive: weakref.WeakKeyDictionary[SSL.Context, list[Any]] = weakref.WeakKeyDictionary()
 
 
+_bound: dict[str, bool] = {}
+
+
 def has(*names: str) -> bool:
-    """Whether every named OpenSSL symbol is available in the bindings."""
-    return _lib is not None and all(hasattr(_lib, name) for name in names)
+    """Whether every named OpenSSL symbol is available in the bindings (cached: some are asked
+    about on every handshake)."""
+    for name in names:
+        found = _bound.get(name)
+        if found is None:
+            found = _bound[name] = _lib is not None and hasattr(_lib, name)
+        if not found:
+            return False
+    return True
 
 
 def _require(*names: str) -> Any:

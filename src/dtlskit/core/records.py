@@ -223,23 +223,30 @@ class ClientHello:
         return len(self.body) < self.message_length
 
 
-class _Reader:
-    """Bounds-checked cursor over untrusted bytes."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.offset = 0
-
-    def take(self, count: int) -> bytes:
-        end = self.offset + count
-        if count < 0 or end > len(self.data):
-            raise BadPacket("ClientHello is truncated")
-        chunk = self.data[self.offset : end]
-        self.offset = end
-        return chunk
-
-    def vector(self, length_size: int) -> bytes:
-        return self.take(int.from_bytes(self.take(length_size), "big"))
+def _check_client_hello_tail(body: bytes, offset: int) -> None:
+    """The framing after the cookie of a whole ClientHello: cipher suites (a non-empty even
+    length), compression methods (non-empty), then extensions filling the body exactly."""
+    size = len(body)
+    if offset + 2 > size:
+        raise BadPacket("ClientHello is truncated")
+    suites = (body[offset] << 8) | body[offset + 1]
+    if not suites or suites % 2:
+        raise BadPacket("ClientHello cipher suite list is malformed")
+    offset += 2 + suites
+    if offset >= size:
+        raise BadPacket("ClientHello is truncated")
+    methods = body[offset]
+    if not methods:
+        raise BadPacket("ClientHello has no compression methods")
+    offset += 1 + methods
+    if offset > size:
+        raise BadPacket("ClientHello is truncated")
+    if offset == size:
+        return
+    if offset + 2 > size:
+        raise BadPacket("ClientHello is truncated")
+    if offset + 2 + ((body[offset] << 8) | body[offset + 1]) != size:
+        raise BadPacket("ClientHello extensions do not fill the message")
 
 
 def parse_client_hello_untrusted(datagram: bytes) -> ClientHello:
@@ -283,28 +290,22 @@ def parse_client_hello_untrusted(datagram: bytes) -> ClientHello:
     if len(body) != fragment_length:
         raise BadPacket("ClientHello fragment length does not match its record")
 
-    reader = _Reader(body)
-    version = reader.take(2)
-    if version not in _DTLS_VERSIONS:
-        raise BadPacket("ClientHello version is not DTLS")
-    random = reader.take(32)
-    reader.vector(1)  # session id
-    cookie_start = reader.offset
-    cookie = reader.vector(1)  # in a fragment: must fit in it, or _Reader raises
+    # Version, random, session id and cookie: all that the cookie exchange needs. The rest
+    # (cipher suites, compression methods, extensions) is OpenSSL's to judge once the cookie
+    # verified; only its outer framing is checked here, and only in a whole ClientHello.
+    size = len(body)
+    if size < 35 or body[:2] not in _DTLS_VERSIONS:
+        raise BadPacket("ClientHello is truncated or its version is not DTLS")
+    random = body[2:34]
+    cookie_start = 35 + body[34]
+    if cookie_start >= size:
+        raise BadPacket("ClientHello is truncated in its session id")
+    cookie_end = cookie_start + 1 + body[cookie_start]
+    if cookie_end > size:
+        raise BadPacket("ClientHello is truncated in its cookie")
+    cookie = body[cookie_start + 1 : cookie_end]
     if fragment_length == message_length:
-        cipher_suites = reader.vector(2)
-        if not cipher_suites or len(cipher_suites) % 2:
-            raise BadPacket("ClientHello cipher suite list is malformed")
-        if not reader.vector(1):
-            raise BadPacket("ClientHello has no compression methods")
-        if reader.offset < len(body):
-            extensions = reader.vector(2)
-            if reader.offset != len(body):
-                raise BadPacket("trailing bytes after ClientHello extensions")
-            ext = _Reader(extensions)
-            while ext.offset < len(extensions):
-                ext.take(2)
-                ext.vector(2)
+        _check_client_hello_tail(body, cookie_end)
     return ClientHello(
         record_sequence=record_sequence,
         message_sequence=message_sequence,

@@ -584,7 +584,10 @@ def cookie_jar_for(config: DTLSConfiguration) -> CookieJar:
 def _source_key(host: Any) -> tuple[int, Any]:
     """Who a half-open association counts against: an IPv4 address, or an IPv6 /64 (one host
     can hold a whole /64). IPv4-mapped IPv6 addresses count as IPv4."""
-    text = str(host).split("%", 1)[0]
+    text = str(host)
+    if ":" not in text:  # the common case: an IPv4 address as the socket gives it
+        return (4, text)
+    text = text.split("%", 1)[0]
     try:
         ip = ipaddress.ip_address(text)
     except ValueError:
