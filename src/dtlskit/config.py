@@ -81,8 +81,30 @@ class Limits:
     max_queued_messages: int = 1_024
     """Received messages waiting for the application, per peer; newer ones are dropped."""
 
-    hello_verify_per_second: float = 50.0
-    """HelloVerifyRequests sent to one source IP per second (burst: twice that)."""
+    max_half_open_per_address: int = 64
+    """Half-open associations from one IPv4 address (all ports together); more are refused, so
+    a few addresses cannot take the whole half-open pool."""
+
+    max_half_open_per_ipv6_prefix: int = 64
+    """Half-open associations from one IPv6 /64 (one host can use every address in it)."""
+
+    first_flight_timeout: float | None = None
+    """Seconds a half-open association may wait for the client's answer to the server's first
+    flight before it is dropped; None means a third of ``handshake_timeout`` (10 s by default),
+    so a configuration made for lossy links scales both. The overall ``handshake_timeout`` still
+    bounds the rest of the handshake."""
+
+    max_client_hello_size: int = 16_384
+    """Largest ClientHello (whole message, before fragmentation) accepted, in bytes. A
+    fragmented ClientHello is reassembled (by OpenSSL) only after its cookie verified; this
+    bounds what it may make the server hold."""
+
+    hello_verify_per_second: float | None = None
+    """HelloVerifyRequests sent per second to all sources together (burst: twice that), or None
+    for no cap. There is no per-source cap: replies are never larger than the ClientHellos they
+    answer (no amplification), and a per-source cap would let a spoofer lock out a chosen
+    address. A global cap bounds CPU and bandwidth spent on cookies, at the price that a flood
+    then delays every new client alike."""
 
     idle_timeout: float | None = 300.0
     """Seconds without a message from an established peer before the server drops it."""
@@ -95,14 +117,27 @@ class Limits:
             "max_sessions",
             "max_sessions_per_address",
             "max_half_open",
+            "max_half_open_per_address",
+            "max_half_open_per_ipv6_prefix",
+            "max_client_hello_size",
             "max_queued_messages",
             "accept_backlog",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"Limits.{name} must be a positive integer, not {value!r}")
-        if not _positive_seconds(self.hello_verify_per_second):
-            raise ConfigurationError("Limits.hello_verify_per_second must be a positive number")
+        if self.hello_verify_per_second is not None and not _positive_seconds(
+            self.hello_verify_per_second
+        ):
+            raise ConfigurationError(
+                "Limits.hello_verify_per_second must be a positive number or None"
+            )
+        if self.first_flight_timeout is not None and not _positive_seconds(
+            self.first_flight_timeout
+        ):
+            raise ConfigurationError(
+                "Limits.first_flight_timeout must be a positive number or None"
+            )
         if self.idle_timeout is not None and not _positive_seconds(self.idle_timeout):
             raise ConfigurationError("Limits.idle_timeout must be a positive number or None")
 
@@ -506,7 +541,7 @@ class DTLSConfiguration:
                 ) from exc
         if self.keylog_file is not None:
             ctx.set_keylog_callback(_KeyLogWriter(os.fspath(self.keylog_file)))
-        _bindings.watch_handshake(ctx)
+        _bindings.watch_handshake(ctx, server)
 
     def _install_sni(self, ctx: SSL.Context) -> None:
         if not self.sni_certificates and self.sni_callback is None and self.ip_certificate is None:

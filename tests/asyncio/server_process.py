@@ -75,7 +75,8 @@ def main() -> int:
     parser.add_argument("--cert", required=True)
     parser.add_argument("--key", required=True)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--hello-verify-rate", type=float, default=50.0)
+    # A global cap on HelloVerifyRequests (all sources together); none by default.
+    parser.add_argument("--hello-verify-rate", type=float, default=None)
     args = parser.parse_args()
     limits = dtlskit.Limits(hello_verify_per_second=args.hello_verify_rate)
     config = dtlskit.DTLSConfiguration.server(args.cert, args.key, limits=limits)

@@ -468,7 +468,13 @@ def test_no_oversized_datagram_after_an_mtu_back_off(tmp_path):
     (tmp_path / "cert.pem").write_bytes(certificate_pem(leaf))
     (tmp_path / "key.pem").write_bytes(private_key_pem(key))
     (tmp_path / "ca.pem").write_bytes(certificate_pem(root[0]))
-    server = dtlskit.DTLSConfiguration.server(tmp_path / "cert.pem", tmp_path / "key.pem")
+    server = dtlskit.DTLSConfiguration.server(
+        tmp_path / "cert.pem",
+        tmp_path / "key.pem",
+        # One association's life is under test: not the server dropping it after its first
+        # flight went unanswered (the client's retry would start a second one).
+        limits=dtlskit.Limits(first_flight_timeout=60.0),
+    )
     client = dtlskit.DTLSConfiguration.client(tmp_path / "ca.pem", "localhost")
     clock = Clock()
     oversized: list[float] = []  # when the server sent a datagram the path drops

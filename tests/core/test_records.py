@@ -15,6 +15,8 @@ from dtlskit.core.records import (
     build_hello_verify_request,
     pack_datagrams,
     parse_client_hello_untrusted,
+    record_fingerprints_untrusted,
+    split_records_trusted,
     split_records_untrusted,
 )
 
@@ -89,3 +91,47 @@ def test_cookie_check_works_in_the_first_tick_after_boot():
     assert jar.verify(cookie, ("127.0.0.1", 1), b"fields", 5.0)
     assert not jar.verify(cookie, ("127.0.0.1", 2), b"fields", 5.0)
     assert not jar.verify(b"x" * COOKIE_LENGTH, ("127.0.0.1", 1), b"fields", 0.0)
+
+
+def _client_hello(body: bytes, offset: int, length: int, total: int) -> bytes:
+    message = b"\x01" + total.to_bytes(3, "big") + b"\x00\x01"
+    message += offset.to_bytes(3, "big") + length.to_bytes(3, "big") + body
+    return b"\x16\xfe\xfd\x00\x00" + b"\x00" * 6 + len(message).to_bytes(2, "big") + message
+
+
+def test_first_fragment_of_a_client_hello_is_parsed_up_to_its_cookie():
+    prefix = b"\xfe\xfd" + b"R" * 32 + b"\x01S" + b"\x20" + b"C" * 32
+    hello = parse_client_hello_untrusted(_client_hello(prefix + b"\x00", 0, len(prefix) + 1, 900))
+    assert hello.fragmented and hello.message_length == 900
+    assert hello.random == b"R" * 32 and hello.cookie == b"C" * 32
+    assert hello.bound_fields == prefix[:36]  # version, random, session id
+    # The cookie must fit in the first fragment; a later fragment is never parsed.
+    cut = prefix[:-5]
+    with pytest.raises(BadPacket):
+        parse_client_hello_untrusted(_client_hello(cut, 0, len(cut), 900))
+    with pytest.raises(BadPacket, match="not the first"):
+        parse_client_hello_untrusted(_client_hello(prefix, 100, len(prefix), 900))
+    with pytest.raises(BadPacket, match="longer than the message"):
+        parse_client_hello_untrusted(_client_hello(prefix, 0, len(prefix), 10))
+
+
+@given(st.binary(max_size=2000))
+def test_fingerprints_agree_with_the_record_splitter(data):
+    try:
+        records = split_records_untrusted(data)
+    except BadPacket:
+        with pytest.raises(BadPacket):
+            record_fingerprints_untrusted(data, 64)
+        return
+    assert record_fingerprints_untrusted(data, 64) == {r.fingerprint() for r in records[:64]}
+
+
+@given(st.lists(st.binary(min_size=1, max_size=300), max_size=8))
+def test_trusted_splitter_agrees_with_the_untrusted_one(payloads):
+    stream = b"".join(
+        b"\x16\xfe\xfd\x00\x00" + bytes(6) + len(p).to_bytes(2, "big") + p for p in payloads
+    )
+    assert split_records_trusted(stream) == [r.raw for r in split_records_untrusted(stream)]
+    if stream:
+        with pytest.raises(BadPacket):
+            split_records_trusted(stream[:-1])

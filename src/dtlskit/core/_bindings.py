@@ -51,6 +51,7 @@ __all__ = [
     "set_servername_callback",
     "set_session",
     "verify_error_string",
+    "watch_established",
     "watch_handshake",
 ]
 
@@ -66,9 +67,19 @@ _ALERT_UNRECOGNIZED_NAME = 112
 _keepalive: weakref.WeakKeyDictionary[SSL.Context, list[Any]] = weakref.WeakKeyDictionary()
 
 
+_bound: dict[str, bool] = {}
+
+
 def has(*names: str) -> bool:
-    """Whether every named OpenSSL symbol is available in the bindings."""
-    return _lib is not None and all(hasattr(_lib, name) for name in names)
+    """Whether every named OpenSSL symbol is available in the bindings (cached: some are asked
+    about on every handshake)."""
+    for name in names:
+        found = _bound.get(name)
+        if found is None:
+            found = _bound[name] = _lib is not None and hasattr(_lib, name)
+        if not found:
+            return False
+    return True
 
 
 def _require(*names: str) -> Any:
@@ -417,24 +428,58 @@ _CB_WRITE_ALERT = 0x4008  # SSL_CB_WRITE_ALERT
 _ALERT_NO_RENEGOTIATION = 100
 
 
-def watch_handshake(ctx: SSL.Context) -> None:
-    """Note in each connection's notes when the server asks for a client certificate (so the
-    bare ``handshake_failure`` alert a server sends when none comes can be explained), and when
-    this side refuses a renegotiation (warning alert ``no_renegotiation``)."""
+def watch_handshake(ctx: SSL.Context, server: bool) -> None:
+    """Client contexts: note in each connection's notes when the server asks for a client
+    certificate, so the bare ``handshake_failure`` alert a server sends when none comes can be
+    explained. OpenSSL's certificate callback runs exactly then, once; an info callback (which
+    this replaced) ran on every state change of every handshake, about 20 times.
 
-    def info(connection: SSL.Connection, where: int, ret: int) -> None:
+    Refused renegotiations are watched only once a session is established: see
+    :func:`watch_established`.
+    """
+    if server:
+        return
+    lib = _require("SSL_CTX_set_cert_cb")
+
+    def callback(ssl: Any, arg: Any) -> int:
         try:  # runs inside an OpenSSL callback: nothing may escape
-            notes = notes_of(connection)
-            if notes is None:
-                return
-            if where & _CB_WRITE_ALERT == _CB_WRITE_ALERT and ret & 0xFF == _ALERT_NO_RENEGOTIATION:
-                notes.renegotiation_refused = True
-            elif b"certificate request" in connection.get_state_string():
+            notes = notes_of(_connection_of(ssl))
+            if notes is not None:
                 notes.certificate_requested = True
         except Exception:  # pragma: no cover - defensive
             pass
+        return 1  # go on: OpenSSL then sends the certificate we have, or none
 
-    ctx.set_info_callback(info)
+    c_callback = _ffi.callback("int (*)(SSL *, void *)", callback, error=1, onerror=_swallow)
+    lib.SSL_CTX_set_cert_cb(ctx._context, c_callback, _ffi.NULL)
+    _keep(ctx, c_callback)
+
+
+def _established_info(ssl: Any, where: int, ret: int) -> None:
+    try:  # runs inside an OpenSSL callback: nothing may escape
+        if where & _CB_WRITE_ALERT == _CB_WRITE_ALERT and ret & 0xFF == _ALERT_NO_RENEGOTIATION:
+            notes = notes_of(_connection_of(ssl))
+            if notes is not None:
+                notes.renegotiation_refused = True
+    except Exception:  # pragma: no cover - defensive
+        pass
+
+
+_established_info_callback: Any = None
+
+
+def watch_established(connection: SSL.Connection) -> None:
+    """Once a session is established: note when this side refuses a renegotiation (it writes
+    the warning alert ``no_renegotiation``). One callback serves every connection; after the
+    handshake OpenSSL calls it only on state changes and alerts, never per record."""
+    global _established_info_callback
+    if not has("SSL_set_info_callback"):  # pragma: no cover - bound for years
+        return
+    if _established_info_callback is None:
+        _established_info_callback = _ffi.callback(
+            "void (*)(const SSL *, int, int)", _established_info, onerror=_swallow
+        )
+    _lib.SSL_set_info_callback(connection._ssl, _established_info_callback)
 
 
 def memory_bio_pending(ssl_connection: Any, outgoing: bool = True) -> int | None:

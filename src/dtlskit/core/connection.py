@@ -79,7 +79,7 @@ _CLOCK_SKEW = 0.05
 
 def fallback_mtu_for(address: Address | None) -> int:
     """Minimum datagram size every path carries: 576-28 over IPv4, 1280-48 over IPv6."""
-    if address is not None:
+    if address is not None and ":" in str(address[0]):  # an IPv4 address has no colon
         try:
             if ipaddress.ip_address(str(address[0]).split("%")[0]).version == 6:
                 return 1232
@@ -563,6 +563,7 @@ class DTLSConnection(NegotiatedSession):
             return
         self.state = State.ESTABLISHED
         self._handshake_deadline = None
+        _bindings.watch_established(self._ssl)
         if self._handshake_started is not None:
             self._stats.handshake_seconds = now - self._handshake_started
         if self._idle_timeout is not None:

@@ -3,9 +3,14 @@
 A cookie proves that a client can receive datagrams at the address it claims, without the server
 keeping anything per client. It is ``HMAC-SHA256(key_t, address || ClientHello fields)`` where
 ``key_t`` is derived from a secret and the current time tick ``t = floor(now / tick_seconds)``.
-The server accepts the cookies of the current and the previous tick, so a cookie lives between
-one and two ticks; keys rotate with every tick by construction, and :meth:`CookieJar.rotate`
-replaces the master secret itself (every cookie issued before it becomes invalid).
+
+``ClientHello fields`` may be empty, and the server passes nothing (see
+:mod:`dtlskit.core.server`): a cookie then proves exactly what it must — that the sender
+receives datagrams at the address — and it can be checked from the first fragment of a
+fragmented ClientHello, statelessly. Binding ClientHello fields such as the random would let a
+spoofer who sends ClientHellos from a victim's exact address and port poison the victim's own
+handshake (the answers to the spoofed ClientHellos reach the victim); replays are refused by
+the server's record of client randoms instead.
 
 The comparison is constant-time (``hmac.compare_digest``) and the cookie length is fixed at 32
 bytes, well under the 255-byte cap of DTLS 1.2, so a peer cannot make us hash or store more.
@@ -38,6 +43,11 @@ class CookieJar:
         self._secret = secret if secret is not None else os.urandom(32)
         self._tick_seconds = tick_seconds
         self._key_cache: dict[int, bytes] = {}
+
+    @property
+    def tick_seconds(self) -> float:
+        """Length of a tick: a cookie is accepted for one to two of them."""
+        return self._tick_seconds
 
     def rotate(self, secret: bytes | None = None) -> None:
         """Replace the master secret; every cookie issued so far stops being valid."""

@@ -27,7 +27,7 @@ from .records import (
     CONTENT_HANDSHAKE,
     BadPacket,
     handshake_message_sequence_trusted,
-    split_records_untrusted,
+    record_fingerprints_untrusted,
 )
 
 __all__ = ["Flights", "flight_name"]
@@ -51,9 +51,7 @@ def flight_name(records: list[bytes]) -> FlightName:
 
 def _fingerprints(data: bytes) -> set[bytes]:
     try:
-        return {
-            record.fingerprint() for record in split_records_untrusted(data)[:_MAX_FINGERPRINTS]
-        }
+        return record_fingerprints_untrusted(data, _MAX_FINGERPRINTS)
     except BadPacket:
         return set()
 

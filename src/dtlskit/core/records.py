@@ -12,8 +12,12 @@ hide from anyone on the path, for three reasons:
 
 * **Recognising a ClientHello** before any state exists (untrusted bytes).
   :func:`parse_client_hello_untrusted` finds the first record of a datagram, checks that it is an
-  unfragmented epoch-0 ClientHello and returns the pieces the cookie is computed over
-  (RFC 6347 §4.2.1).
+  epoch-0 ClientHello, or the first fragment of one, and returns the pieces the cookie exchange
+  needs (RFC 6347 §4.2.1). A ClientHello may be fragmented (a small-MTU client, a large
+  session ticket); everything the cookie exchange needs — version, random, session id and the
+  cookie itself — comes before the cipher suites, so the first fragment always carries it and
+  the server can answer or verify it without keeping any state. Later fragments are never
+  parsed here: they go to an association only once its first fragment's cookie verified.
 
 * **Answering it statelessly**: :func:`build_hello_verify_request` writes a HelloVerifyRequest
   record carrying the cookie, with the record sequence number copied from the ClientHello and
@@ -40,6 +44,7 @@ __all__ = [
     "build_hello_verify_request",
     "pack_datagrams",
     "parse_client_hello_untrusted",
+    "record_fingerprints_untrusted",
     "split_records_trusted",
     "split_records_untrusted",
 ]
@@ -130,9 +135,52 @@ def split_records_trusted(data: bytes) -> list[bytes]:
     """Split OpenSSL's own output stream into raw records.
 
     OpenSSL wrote these bytes, so a framing error is a bug; it still raises :class:`BadPacket`
-    rather than producing garbage.
+    rather than producing garbage. (On every flight of every handshake: it builds no
+    :class:`Record` objects.)
     """
-    return [record.raw for record in _split(data)]
+    records = []
+    offset = 0
+    length = len(data)
+    while offset < length:
+        if length - offset < HEADER_LENGTH:
+            raise BadPacket("OpenSSL's output ends in a truncated record header")
+        end = offset + HEADER_LENGTH + ((data[offset + 11] << 8) | data[offset + 12])
+        if end > length:
+            raise BadPacket("OpenSSL's output ends in a truncated record")
+        if (
+            data[offset] not in _CONTENT_TYPES
+            or data[offset + 1 : offset + 3] not in _DTLS_VERSIONS
+        ):
+            raise BadPacket("OpenSSL's output holds a record that is not DTLS")
+        records.append(data[offset:end])
+        offset = end
+    return records
+
+
+def record_fingerprints_untrusted(data: bytes, limit: int) -> set[bytes]:
+    """The :meth:`Record.fingerprint` of each of the first ``limit`` records of a datagram
+    from the network (what tells a peer's retransmission from a new flight).
+
+    Raises :class:`BadPacket` if the framing is wrong anywhere in the datagram.
+    """
+    prints: set[bytes] = set()
+    offset = 0
+    length = len(data)
+    while offset < length:
+        if length - offset < HEADER_LENGTH:
+            raise BadPacket(f"truncated record header ({length - offset} bytes)")
+        end = offset + HEADER_LENGTH + ((data[offset + 11] << 8) | data[offset + 12])
+        if end > length:
+            raise BadPacket("record length runs past the end of the datagram")
+        if (
+            data[offset] not in _CONTENT_TYPES
+            or data[offset + 1 : offset + 3] not in _DTLS_VERSIONS
+        ):
+            raise BadPacket("record is not DTLS")
+        if len(prints) < limit:
+            prints.add(data[offset : offset + 5] + data[offset + 11 : end])
+        offset = end
+    return prints
 
 
 def pack_datagrams(records: list[bytes], mtu: int) -> list[bytes]:
@@ -155,41 +203,61 @@ def pack_datagrams(records: list[bytes], mtu: int) -> list[bytes]:
 
 @dataclass(frozen=True)
 class ClientHello:
-    """The parts of an unfragmented ClientHello that the cookie exchange needs."""
+    """The parts of a ClientHello (whole, or its first fragment) that the cookie exchange needs."""
 
     record_sequence: int
     message_sequence: int
     cookie: bytes
-    # Everything in the ClientHello body except the cookie: client version, random, session id,
-    # cipher suites, compression methods and extensions. The cookie is bound to these bytes.
+    # Client version, random and session id: the fields before the cookie, so even the first
+    # fragment of a fragmented ClientHello carries them (a cookie may be bound to them).
     bound_fields: bytes
+    # The ClientHello body as received: the whole body, or the first fragment's part of it.
     body: bytes
+    random: bytes = b""
+    message_length: int = 0
+    """Length of the whole ClientHello body (larger than ``len(body)`` when fragmented)."""
+
+    @property
+    def fragmented(self) -> bool:
+        """Whether this is only the first fragment of a larger ClientHello."""
+        return len(self.body) < self.message_length
 
 
-class _Reader:
-    """Bounds-checked cursor over untrusted bytes."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.offset = 0
-
-    def take(self, count: int) -> bytes:
-        end = self.offset + count
-        if count < 0 or end > len(self.data):
-            raise BadPacket("ClientHello is truncated")
-        chunk = self.data[self.offset : end]
-        self.offset = end
-        return chunk
-
-    def vector(self, length_size: int) -> bytes:
-        return self.take(int.from_bytes(self.take(length_size), "big"))
+def _check_client_hello_tail(body: bytes, offset: int) -> None:
+    """The framing after the cookie of a whole ClientHello: cipher suites (a non-empty even
+    length), compression methods (non-empty), then extensions filling the body exactly."""
+    size = len(body)
+    if offset + 2 > size:
+        raise BadPacket("ClientHello is truncated")
+    suites = (body[offset] << 8) | body[offset + 1]
+    if not suites or suites % 2:
+        raise BadPacket("ClientHello cipher suite list is malformed")
+    offset += 2 + suites
+    if offset >= size:
+        raise BadPacket("ClientHello is truncated")
+    methods = body[offset]
+    if not methods:
+        raise BadPacket("ClientHello has no compression methods")
+    offset += 1 + methods
+    if offset > size:
+        raise BadPacket("ClientHello is truncated")
+    if offset == size:
+        return
+    if offset + 2 > size:
+        raise BadPacket("ClientHello is truncated")
+    if offset + 2 + ((body[offset] << 8) | body[offset + 1]) != size:
+        raise BadPacket("ClientHello extensions do not fill the message")
 
 
 def parse_client_hello_untrusted(datagram: bytes) -> ClientHello:
-    """Parse the first record of ``datagram`` as an unfragmented epoch-0 ClientHello.
+    """Parse the first record of ``datagram`` as an epoch-0 ClientHello, whole or the first
+    fragment of one (fragment offset 0).
 
-    Raises :class:`BadPacket` when it is anything else. Later records in the datagram are not
-    looked at (OpenSSL will see them if the association is created).
+    A whole ClientHello is checked to the end of its extensions. Of a first fragment only what
+    it holds is checked: version, random, session id and cookie must all fit in it (RFC 6347
+    §4.2.1 puts the cookie there; OpenSSL's ``DTLSv1_listen`` needs it there too), the rest is
+    OpenSSL's to judge once the cookie is verified. Raises :class:`BadPacket` for anything else,
+    including later fragments. Later records in the datagram are not looked at.
     """
     if len(datagram) < HEADER_LENGTH:
         raise BadPacket("datagram shorter than a record header")
@@ -214,40 +282,38 @@ def parse_client_hello_untrusted(datagram: bytes) -> ClientHello:
     (message_sequence,) = struct.unpack_from("!H", payload, 4)
     fragment_offset = int.from_bytes(payload[6:9], "big")
     fragment_length = int.from_bytes(payload[9:12], "big")
-    if fragment_offset != 0 or fragment_length != message_length:
-        raise BadPacket("ClientHello is fragmented")
+    if fragment_offset != 0:
+        raise BadPacket("ClientHello fragment is not the first one")
+    if fragment_length > message_length:
+        raise BadPacket("ClientHello fragment is longer than the message")
     body = payload[HANDSHAKE_HEADER_LENGTH:]
-    if len(body) != message_length:
-        raise BadPacket("ClientHello length does not match its record")
+    if len(body) != fragment_length:
+        raise BadPacket("ClientHello fragment length does not match its record")
 
-    reader = _Reader(body)
-    version = reader.take(2)
-    if version not in _DTLS_VERSIONS:
-        raise BadPacket("ClientHello version is not DTLS")
-    reader.take(32)  # random
-    reader.vector(1)  # session id
-    cookie_start = reader.offset
-    cookie = reader.vector(1)
-    cookie_end = reader.offset
-    cipher_suites = reader.vector(2)
-    if not cipher_suites or len(cipher_suites) % 2:
-        raise BadPacket("ClientHello cipher suite list is malformed")
-    if not reader.vector(1):
-        raise BadPacket("ClientHello has no compression methods")
-    if reader.offset < len(body):
-        extensions = reader.vector(2)
-        if reader.offset != len(body):
-            raise BadPacket("trailing bytes after ClientHello extensions")
-        ext = _Reader(extensions)
-        while ext.offset < len(extensions):
-            ext.take(2)
-            ext.vector(2)
+    # Version, random, session id and cookie: all that the cookie exchange needs. The rest
+    # (cipher suites, compression methods, extensions) is OpenSSL's to judge once the cookie
+    # verified; only its outer framing is checked here, and only in a whole ClientHello.
+    size = len(body)
+    if size < 35 or body[:2] not in _DTLS_VERSIONS:
+        raise BadPacket("ClientHello is truncated or its version is not DTLS")
+    random = body[2:34]
+    cookie_start = 35 + body[34]
+    if cookie_start >= size:
+        raise BadPacket("ClientHello is truncated in its session id")
+    cookie_end = cookie_start + 1 + body[cookie_start]
+    if cookie_end > size:
+        raise BadPacket("ClientHello is truncated in its cookie")
+    cookie = body[cookie_start + 1 : cookie_end]
+    if fragment_length == message_length:
+        _check_client_hello_tail(body, cookie_end)
     return ClientHello(
         record_sequence=record_sequence,
         message_sequence=message_sequence,
         cookie=cookie,
-        bound_fields=body[:cookie_start] + body[cookie_end:],
+        bound_fields=body[:cookie_start],
         body=body,
+        random=random,
+        message_length=message_length,
     )
 
 

@@ -4,18 +4,57 @@ Theory of operation
 -------------------
 Every datagram arrives with its source address. If an association exists for that address and
 the datagram is not a ClientHello, it goes to that association's engine. Otherwise the first
-record is parsed (untrusted) as a ClientHello:
+record is parsed (untrusted) as a ClientHello, whole or its first fragment:
 
 1. A first ClientHello (message_seq 0) without a valid cookie: answer statelessly with a
    HelloVerifyRequest (RFC 6347 §4.2.1). Nothing is stored. A later ClientHello whose cookie
    does not verify is dropped and counted (``bad_cookie``). The answer is sent only if it is no
-   larger than the ClientHello (bytes sent toward an unvalidated address never exceed bytes
-   received from it), and at most ``Limits.hello_verify_per_second`` times a second per source IP.
+   larger than the datagram that asked for it.
 2. A valid cookie: the client proved it receives at its address. Only now, and only within the
-   limits on sessions, sessions per IP and half-open handshakes, is an association allocated. If
-   one already existed for the address, it is replaced (§4.2.8: the client restarted), unless the
-   new ClientHello is an exact repeat of the one that created it (a retransmission), which is
-   ignored.
+   limits (sessions, sessions per IP, half-open handshakes in total and per source), is an
+   association allocated. If one already existed for the address, it is replaced (§4.2.8: the
+   client restarted) — but only by a genuinely new ClientHello (see *Replays* below).
+
+*Fragmented ClientHellos* (a small-MTU client; a resumption ClientHello carrying a large
+ticket). The cookie and every field it is bound to (version, random, session id) are in the
+first fragment, so steps 1 and 2 run on that fragment alone and nothing is kept for a peer
+before its cookie verifies; later fragments from an address with no association are dropped
+(``unvalidated_client_hello_fragment``). Once the cookie verifies, the association is created
+from the first fragment (OpenSSL's ``DTLSv1_listen`` accepts a first fragment that holds the
+cookie) and the later fragments go to it, one per ``bio_write``; OpenSSL reassembles. What a
+validated peer can make us hold is bounded by ``Limits.max_client_hello_size`` (checked on the
+first fragment's message length; ``client_hello_too_large``) and by the half-open limits.
+
+*Amplification and the HelloVerifyRequest rate* (RELIABILITY rules 5 and 16). Bytes sent toward
+an address that has not proven itself never exceed the bytes received from it, datagram by
+datagram: a HelloVerifyRequest (60 bytes) is smaller than any ClientHello that asks for it, and
+one that would not be is not sent. So a spoofer reflecting through us reaches its target with
+fewer bytes than it sends us; it could send them to the target itself. A per-source rate limit
+adds nothing to that bound, and it hands an off-path spoofer a weapon: ClientHellos forged from
+a victim's address use up the victim's budget and lock it (or everyone behind its NAT) out; it
+also capped an honest address at a few dozen handshakes a second. So there is no per-source
+limit. ``Limits.hello_verify_per_second`` (off by default) caps HelloVerifyRequests from all
+sources together, for an operator who wants to bound the CPU and bandwidth spent on cookies;
+with it set a flood delays everyone equally rather than one chosen address.
+
+*Fairness of the half-open pool* (RELIABILITY rule 16). A half-open association costs an
+OpenSSL object (~70 KiB), and a peer with cookies for its addresses can hold one as long as it
+stays silent after our first flight. So: at most ``Limits.max_half_open_per_address`` half-open
+associations per IPv4 address and ``Limits.max_half_open_per_ipv6_prefix`` per IPv6 /64 (one
+host's worth of addresses); one that never got past our first flight is dropped after
+``Limits.first_flight_timeout`` (a third of the handshake deadline by default;
+``first_flight_timeout``); and when the pool is full, a new
+validated client evicts the oldest half-open association that has not got past our first flight
+(``half_open_evicted``). Associations are kept in creation order for this, so the oldest is
+found at the front and the first-flight deadlines come due in that order.
+
+*Replays* (RFC 6347 §4.2.8). A cookie-carrying ClientHello stays valid for the cookie's
+lifetime, so one seen on the path could be replayed to tear down the session it created, or the
+session after it. Replacement therefore needs a client random not seen from that address in the
+cookie's lifetime: an exact repeat of the ClientHello that created the association is a
+retransmission (fed to OpenSSL, which ignores it: ``duplicate_client_hello``); a repeat of an
+earlier one is dropped (``replayed_client_hello``). The randoms are kept per address, a few
+dozen bytes each, at most :data:`_HELLO_HISTORY` of them, and forgotten with the address.
 
 Datagrams that are neither are dropped and counted by reason; nothing a peer sends can raise out
 of :meth:`ServerEngine.receive_datagram`.
@@ -27,26 +66,26 @@ Timers of all associations are kept in one heap, so the server's deadline is che
 
 from __future__ import annotations
 
-import array
 import collections
 import heapq
+import ipaddress
 import itertools
 import math
-import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
 from OpenSSL import SSL
 
 from ..config import DTLSConfiguration
-from ..exceptions import ConnectionLost
+from ..exceptions import ConnectionLost, DTLSError, HandshakeTimeout
 from . import events as ev
-from .connection import Address, DTLSConnection, format_address
+from .connection import Address, DTLSConnection, State, format_address
 from .cookies import CookieJar
 from .records import (
     CONTENT_HANDSHAKE,
     HEADER_LENGTH,
     BadPacket,
+    ClientHello,
     build_hello_verify_request,
     parse_client_hello_untrusted,
 )
@@ -55,15 +94,23 @@ __all__ = ["ServerEngine", "ServerEvent", "ServerStatistics", "cookie_jar_for"]
 
 ServerEvent = tuple[Address, DTLSConnection, ev.Event]
 
-# Per-source HelloVerifyRequest rate limiting in constant memory (RELIABILITY rule 5, scenario 8).
-# A token bucket per source IP in an LRU dict of up to 65,536 entries cost ~300 bytes an entry:
-# 100,000 ClientHellos from distinct 127/8 sources grew a server's RSS by 20 MiB (by 0.5 MiB from
-# 2,000 sources), and fresh sources could evict, so refill, a victim's bucket. Instead: a fixed
-# table of _RATE_SLOTS "theoretical arrival times" (GCRA, the token bucket's one-number form), 8
-# bytes a slot, 128 KiB allocated once; a source's slot is chosen by a hash salted per engine, so
-# a remote sender cannot aim at another source's slot. Sources sharing a slot share its budget:
-# one IP never gets more than the limit, and only rarely (1 / _RATE_SLOTS a pair) less.
-_RATE_SLOTS = 16_384
+# What a cookie is bound to besides the address and the time tick: nothing. Binding ClientHello
+# fields (the random) would let a spoofer sending ClientHellos from a victim's exact address and
+# port poison the victim's handshake: our answers to the spoofed ClientHellos reach the victim,
+# which sends its own ClientHello back with a cookie made for someone else's random. A cookie
+# only has to prove that the sender receives at the address; replays are refused by the client
+# random (see *Replays*), not by the cookie.
+_COOKIE_BINDING = b""
+
+# Client randoms remembered per address to refuse replayed ClientHellos (see *Replays*).
+_HELLO_HISTORY = 16
+
+# OpenSSL handshake states of a server association that has not heard anything from the client
+# since its first flight: waiting for the rest of a fragmented ClientHello, or for the client's
+# answer to our ServerHello...ServerHelloDone (full) or ServerHello...Finished (resumed).
+_FIRST_FLIGHT_STATES = frozenset(
+    {b"before SSL initialization", b"SSLv3/TLS write server done", b"SSLv3/TLS write finished"}
+)
 
 
 @dataclass
@@ -115,15 +162,24 @@ class ServerEngine:
         self.cookies = cookie_jar if cookie_jar is not None else cookie_jar_for(config)
         self._connections: dict[Address, DTLSConnection] = {}
         self._per_ip: collections.Counter[Any] = collections.Counter()
-        self._handshaking: set[int] = set()
+        # Half-open associations: id → source key (IPv4 address or IPv6 /64), counted per key.
+        self._handshaking: dict[int, Any] = {}
+        self._half_open_per_source: collections.Counter[Any] = collections.Counter()
+        # Half-open associations not yet seen past our first flight, oldest first (pruned lazily).
+        self._first_flight: dict[int, tuple[float, Address, DTLSConnection]] = {}
+        self._hello_history: dict[Address, list[tuple[float, bytes]]] = {}
         self._dirty: dict[int, tuple[Address, DTLSConnection]] = {}
         self._outgoing: list[tuple[bytes, Address]] = []
         self._events: collections.deque[ServerEvent] = collections.deque()
         self._timers: list[tuple[float, int, Address, DTLSConnection]] = []
         self._armed: dict[int, float] = {}
         self._counter = itertools.count()
-        self._rate_salt = secrets.randbits(64)
-        self._rate_due = array.array("d", [-math.inf]) * _RATE_SLOTS  # see _RATE_SLOTS
+        self._first_flight_timeout = (
+            self._limits.first_flight_timeout
+            if self._limits.first_flight_timeout is not None
+            else config.handshake_timeout / 3
+        )
+        self._rate_due = -math.inf  # global HelloVerifyRequest budget (GCRA), if one is set
         self._stats = ServerStatistics()
         self._idle_timeout = (
             config.idle_timeout if config.idle_timeout is not None else config.limits.idle_timeout
@@ -156,21 +212,27 @@ class ServerEngine:
             hello = parse_client_hello_untrusted(data)
         except BadPacket:
             if conn is not None:
-                conn.receive_datagram(data, now)  # let OpenSSL judge it; it drops junk
+                # The rest of a fragmented ClientHello, or junk: OpenSSL judges it.
+                conn.receive_datagram(data, now)
                 self._touched(address, conn)
+            elif _is_later_client_hello_fragment(data):
+                self._drop("unvalidated_client_hello_fragment")
             else:
                 self._drop("not_client_hello" if data[:1] != b"\x16" else "malformed_client_hello")
             return
-        if conn is not None and conn.client_hello_body == hello.body:
-            # A retransmission of the ClientHello that created the association: the engine
-            # takes it as a sign that its answer was lost (OpenSSL itself ignores it).
+        if hello.message_length > self._limits.max_client_hello_size:
+            self._drop("client_hello_too_large")
+            return
+        history = self._hello_history.get(address) if conn is not None else None
+        if conn is not None and history and history[-1][1] == hello.random:
+            # A retransmission of the ClientHello that created the association (or of one of
+            # its fragments): the engine takes it as a sign that its answer was lost (OpenSSL
+            # itself ignores it).
             self._drop("duplicate_client_hello")
             conn.receive_datagram(data, now)
             self._touched(address, conn)
             return
-        if not hello.cookie or not self.cookies.verify(
-            hello.cookie, address, hello.bound_fields, now
-        ):
+        if not hello.cookie or not self.cookies.verify(hello.cookie, address, _COOKIE_BINDING, now):
             if hello.message_sequence == 0:
                 self._send_hello_verify(hello, data, address, now)
             else:
@@ -183,7 +245,12 @@ class ServerEngine:
         if hello.message_sequence > 1:
             self._drop("client_hello_sequence_too_high")
             return
-        self._accept(hello.body, data, address, now, replacing=conn)
+        if history and any(random == hello.random for _, random in history):
+            # A valid cookie, but this ClientHello already started a handshake from here: a
+            # replay must not replace the session that followed it (§4.2.8).
+            self._drop("replayed_client_hello")
+            return
+        self._accept(hello, data, address, now, replacing=conn)
 
     def datagrams_to_send(self, now: float | None = None) -> list[tuple[bytes, Address]]:
         """``(datagram, address)`` pairs to transmit, in order."""
@@ -204,16 +271,18 @@ class ServerEngine:
     def get_timer(self) -> float | None:
         """The earliest deadline of any association, or None."""
         self._flush()
+        first_flight = self._first_flight_deadline()
         while self._timers:
             deadline, _, address, conn = self._timers[0]
             if self._armed.get(id(conn)) == deadline and self._connections.get(address) is conn:
-                return deadline
+                return deadline if first_flight is None else min(deadline, first_flight)
             heapq.heappop(self._timers)
-        return None
+        return first_flight
 
     def handle_timer(self, now: float) -> None:
         """Run every association's timer that has expired."""
         self._flush()
+        self._expire_first_flights(now)
         while self._timers and self._timers[0][0] <= now:
             deadline, _, address, conn = heapq.heappop(self._timers)
             if self._armed.get(id(conn)) != deadline or self._connections.get(address) is not conn:
@@ -245,45 +314,44 @@ class ServerEngine:
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _send_hello_verify(self, hello: Any, data: bytes, address: Address, now: float) -> None:
+    def _send_hello_verify(
+        self, hello: ClientHello, data: bytes, address: Address, now: float
+    ) -> None:
         self._stats.bytes_received_unvalidated += len(data)
-        if not self._take_token(address[0], now):
+        if not self._take_token(now):
             self._drop("hello_verify_rate_limited")
             return
-        cookie = self.cookies.issue(address, hello.bound_fields, now)
+        cookie = self.cookies.issue(address, _COOKIE_BINDING, now)
         reply = build_hello_verify_request(hello, cookie)
         if len(reply) > len(data):  # pragma: no cover - see below
             # Never amplify toward an address that has not proven it is real. With 32-byte
-            # cookies a reply (60 bytes) is smaller than any well-formed ClientHello (67), so
-            # this only guards against a future, longer cookie.
+            # cookies a reply (60 bytes) is smaller than any well-formed ClientHello (67), or
+            # first fragment holding its cookie field, so this only guards a longer cookie.
             self._drop("client_hello_too_small")
             return
         self._outgoing.append((reply, address))
         self._stats.hello_verify_requests_sent += 1
         self._stats.bytes_sent_unvalidated += len(reply)
 
-    def _take_token(self, ip: Any, now: float) -> bool:
-        # GCRA: a slot's "due" time runs ahead of ``now`` by 1/rate per HelloVerifyRequest sent;
-        # a burst of 2 x rate is allowed while it runs at most (burst - 1)/rate ahead.
+    def _take_token(self, now: float) -> bool:
+        """The optional global HelloVerifyRequest budget (see the module essay: no per-source
+        limit). GCRA: the due time runs ahead of ``now`` by 1/rate per request sent; a burst of
+        2 x rate is allowed while it runs at most (burst - 1)/rate ahead."""
         rate = self._limits.hello_verify_per_second
+        if rate is None:
+            return True
         interval = 1.0 / rate
         burst = max(1.0, 2 * rate)  # at least one, or a rate below 0.5/s would refuse all
         tolerance = (burst - 1.0) * interval + 1e-6  # epsilon: float sums of ``interval``
-        slot = self._rate_slot(ip)
-        due = max(self._rate_due[slot], now)
+        due = max(self._rate_due, now)
         if due - now > tolerance:
             return False
-        self._rate_due[slot] = due + interval
+        self._rate_due = due + interval
         return True
-
-    def _rate_slot(self, ip: Any) -> int:
-        """The rate-limit slot of a source IP (salted per engine: a peer cannot aim at a
-        slot; two sources share one with probability 1/16384)."""
-        return hash((self._rate_salt, ip)) % _RATE_SLOTS
 
     def _accept(
         self,
-        hello_body: bytes,
+        hello: ClientHello,
         data: bytes,
         address: Address,
         now: float,
@@ -298,31 +366,124 @@ class ServerEngine:
         if replacing is None and self._per_ip[ip] >= limits.max_sessions_per_address:
             self._drop("max_sessions_per_address")
             return
-        half_open = len(self._handshaking) - (
-            1 if replacing is not None and id(replacing) in self._handshaking else 0
+        source = _source_key(ip)
+        replaces_half_open = replacing is not None and id(replacing) in self._handshaking
+        same_source = replaces_half_open and self._handshaking.get(id(replacing)) == source
+        per_source_limit = (
+            limits.max_half_open_per_ipv6_prefix
+            if source[0] == 6
+            else limits.max_half_open_per_address
         )
-        if half_open >= limits.max_half_open:
-            self._drop("max_half_open")
-            return
-        if replacing is not None:
-            replacing.abort(
-                ConnectionLost(f"replaced by a new handshake from {format_address(address)}")
+        if self._half_open_per_source[source] - (1 if same_source else 0) >= per_source_limit:
+            self._drop(
+                "max_half_open_per_ipv6_prefix" if source[0] == 6 else "max_half_open_per_address"
             )
+            return
+        half_open = len(self._handshaking) - (1 if replaces_half_open else 0)
+        if half_open >= limits.max_half_open:
+            victim = self._least_progressed(exclude=replacing)
+            if victim is None:
+                self._drop("max_half_open")
+                return
+            victim_address, victim_conn = victim
+            self._drop("half_open_evicted")
+            self._end(
+                victim_address,
+                victim_conn,
+                HandshakeTimeout(
+                    f"handshake with {format_address(victim_address)} was dropped to make room: "
+                    "the server's half-open pool was full and it had not answered the first flight"
+                ),
+            )
+        history = self._hello_history.get(address, []) if replacing is not None else []
+        if replacing is not None:
             self._stats.sessions_replaced += 1
-            self._touched(address, replacing)
-            self._flush()
-            self._forget(address, replacing)
+            self._end(
+                address,
+                replacing,
+                ConnectionLost(f"replaced by a new handshake from {format_address(address)}"),
+            )
+        horizon = now - 2 * self.cookies.tick_seconds  # older randoms carry no valid cookie
+        history = [entry for entry in history if entry[0] > horizon][-(_HELLO_HISTORY - 1) :]
+        history.append((now, hello.random))
+        self._hello_history[address] = history
         conn = DTLSConnection(
             self._session_config, server=True, peer_address=address, context=self._context
         )
-        conn.client_hello_body = hello_body
+        conn.client_hello_body = hello.body
         conn.listener = self._on_engine_activity(address)
         self._connections[address] = conn
         self._per_ip[ip] += 1
-        self._handshaking.add(id(conn))
+        self._handshaking[id(conn)] = source
+        self._half_open_per_source[source] += 1
+        self._first_flight[id(conn)] = (now, address, conn)
         self._stats.associations_created += 1
         conn.start_server(data, now)
         self._touched(address, conn)
+
+    def _end(self, address: Address, conn: DTLSConnection, error: DTLSError) -> None:
+        """Abort an association now, deliver its terminal event, and forget it."""
+        conn.abort(error)
+        self._touched(address, conn)
+        self._flush()
+        self._forget(address, conn)
+
+    def _progressed(self, conn: DTLSConnection) -> bool:
+        """Whether a half-open association heard from its client after our first flight."""
+        return conn.ssl_object.get_state_string() not in _FIRST_FLIGHT_STATES
+
+    def _least_progressed(
+        self, exclude: DTLSConnection | None
+    ) -> tuple[Address, DTLSConnection] | None:
+        """The oldest half-open association still at our first flight, if any. Entries that
+        ended or got further are dropped from the front as they are met (each once)."""
+        stale = []
+        found = None
+        for key, (_, address, conn) in self._first_flight.items():
+            if (
+                id(conn) not in self._handshaking
+                or self._connections.get(address) is not conn
+                or conn.state is not State.HANDSHAKING
+                or self._progressed(conn)
+            ):
+                stale.append(key)
+            elif conn is not exclude:
+                found = address, conn
+                break
+        for key in stale:
+            del self._first_flight[key]
+        return found
+
+    def _first_flight_deadline(self) -> float | None:
+        for created, _, _ in self._first_flight.values():
+            return created + self._first_flight_timeout
+        return None
+
+    def _expire_first_flights(self, now: float) -> None:
+        """Drop half-open associations that never got past our first flight in time."""
+        timeout = self._first_flight_timeout
+        while self._first_flight:
+            key = next(iter(self._first_flight))
+            created, address, conn = self._first_flight[key]
+            if created + timeout > now:
+                return
+            del self._first_flight[key]
+            if (
+                id(conn) not in self._handshaking
+                or self._connections.get(address) is not conn
+                or conn.state is not State.HANDSHAKING
+                or self._progressed(conn)
+            ):
+                continue
+            self._drop("first_flight_timeout")
+            self._end(
+                address,
+                conn,
+                HandshakeTimeout(
+                    f"handshake with {format_address(address)} did not get past the server's "
+                    f"first flight within {timeout:g} s"
+                ),
+            )
 
     def _on_engine_activity(self, address: Address) -> Any:
         def listener(conn: DTLSConnection) -> None:
@@ -380,8 +541,14 @@ class ServerEngine:
 
     def _note(self, conn: DTLSConnection, event: ev.Event) -> None:
         if isinstance(event, ev.HandshakeCompleted) and id(conn) in self._handshaking:
-            self._handshaking.discard(id(conn))
+            self._end_half_open(conn)
             self._stats.handshakes_completed += 1
+
+    def _end_half_open(self, conn: DTLSConnection) -> None:
+        source = self._handshaking.pop(id(conn))
+        self._half_open_per_source[source] -= 1
+        if self._half_open_per_source[source] <= 0:
+            del self._half_open_per_source[source]
 
     def _forget(self, address: Address, conn: DTLSConnection) -> None:
         if self._connections.get(address) is not conn:
@@ -393,8 +560,10 @@ class ServerEngine:
         if self._per_ip[ip] <= 0:
             del self._per_ip[ip]
         if id(conn) in self._handshaking:
-            self._handshaking.discard(id(conn))
+            self._end_half_open(conn)
             self._stats.handshakes_failed += 1
+        self._first_flight.pop(id(conn), None)
+        self._hello_history.pop(address, None)
         conn.listener = None
         self._compact_timers()
 
@@ -410,6 +579,33 @@ def cookie_jar_for(config: DTLSConfiguration) -> CookieJar:
     client's cookie goes stale while it is still retrying its ClientHello.
     """
     return CookieJar(config.cookie_secret, tick_seconds=max(30.0, config.handshake_timeout))
+
+
+def _source_key(host: Any) -> tuple[int, Any]:
+    """Who a half-open association counts against: an IPv4 address, or an IPv6 /64 (one host
+    can hold a whole /64). IPv4-mapped IPv6 addresses count as IPv4."""
+    text = str(host)
+    if ":" not in text:  # the common case: an IPv4 address as the socket gives it
+        return (4, text)
+    text = text.split("%", 1)[0]
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return (0, text)
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return (4, str(ip.ipv4_mapped))
+        return (6, int(ip) >> 64)
+    return (4, text)
+
+
+def _is_later_client_hello_fragment(data: bytes) -> bool:
+    """A whole handshake header of a ClientHello fragment at a non-zero offset."""
+    return (
+        _may_be_client_hello(data)
+        and len(data) >= HEADER_LENGTH + 12
+        and data[HEADER_LENGTH + 6 : HEADER_LENGTH + 9] != b"\x00\x00\x00"
+    )
 
 
 def _may_be_client_hello(data: bytes) -> bool:
