@@ -82,6 +82,7 @@ def row_label(key: str, kind: str, loop: str, style: str, accelerator: str | Non
         "udp-block": "plain UDP, blocking recvfrom",
         "pyopenssl": "minimal pyOpenSSL (floor)",
         "trio": "trio DTLSEndpoint",
+        "mbedtls": "python-mbedtls",
     }
     if kind in names:
         return names[kind]
@@ -203,6 +204,14 @@ def add_ratios(document: Document) -> None:
             echo("trio", 64, "server_cpu_us_per_op"),
             "lower",
             None if native else 0.2,  # "at least 5x trio's DTLSEndpoint"
+        )
+        add(
+            key,
+            "CPU/msg 64 B vs python-mbedtls",
+            echo(key, 64, "server_cpu_us_per_op"),
+            echo("mbedtls", 64, "server_cpu_us_per_op"),
+            "lower",
+            1.0 if native else None,  # accelerated: "at least as fast as python-mbedtls"
         )
         add(
             key,

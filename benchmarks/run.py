@@ -3,7 +3,7 @@ same run.
 
     dtlskit bench [--quick] [--seconds S] [--sessions N] [--flavour asyncio|sync|both]
                   [--accelerator on|off|both] [--load auto|c|python] [--skip-uvloop]
-                  [--skip-trio] [--skip-newcomer] [--socket-buffer BYTES]
+                  [--skip-trio] [--skip-mbedtls] [--skip-newcomer] [--socket-buffer BYTES]
                   [--json FILE] [--plot FILE.png]
     python benchmarks/run.py ...          (from a checkout)
 
@@ -19,7 +19,7 @@ Rows, in order (one progress line each on stderr):
    ``DatagramProtocol`` and a reader draining up to 64 datagrams per wake-up; the cheaper is
    the ceiling) and blocking (``recvfrom``/``sendto``);
 2. the floor: a minimal pyOpenSSL DTLS server, no cookies (messages, handshakes, memory);
-3. a peer: trio's ``DTLSEndpoint`` (when trio is installed);
+3. peers: trio's ``DTLSEndpoint`` (when trio is installed) and python-mbedtls (when it is);
 4. dtlskit: asyncio, uvloop, blocking; each with the accelerator on and off (when there is one)
    and each handler style of :data:`.servers.STYLES` (messages and handshakes; memory per
    session at ``--sessions`` sessions for asyncio and blocking);
@@ -60,6 +60,7 @@ from .servers import (
     STYLES,
     ServerSpec,
     accelerator,
+    mbedtls_unavailable,
     start_server,
     trio_unavailable,
     uvloop_unavailable,
@@ -113,7 +114,11 @@ class Row:
 
 
 def plan(
-    flavours: list[str], accelerators: list[str], with_trio: bool, with_uvloop: bool
+    flavours: list[str],
+    accelerators: list[str],
+    with_trio: bool,
+    with_uvloop: bool,
+    with_mbedtls: bool = False,
 ) -> list[Row]:
     """The rows of one run, in the order they are measured."""
     rows: list[Row] = []
@@ -130,6 +135,8 @@ def plan(
     rows.append(Row("pyopenssl-floor", "floor", ServerSpec("pyopenssl", "sync"), memory=True))
     if with_trio:
         rows.append(Row("trio", "peer", ServerSpec("trio", "trio")))
+    if with_mbedtls:
+        rows.append(Row("mbedtls", "peer", ServerSpec("mbedtls", "sync")))
     for loop in loops:
         for switch in accelerators:
             for style in STYLES:
@@ -193,6 +200,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--skip-uvloop", action="store_true", help="do not measure uvloop")
     parser.add_argument("--skip-trio", action="store_true", help="do not measure trio")
+    parser.add_argument("--skip-mbedtls", action="store_true", help="do not measure python-mbedtls")
     parser.add_argument(
         "--skip-newcomer", action="store_true", help="do not run the newcomer's program"
     )
@@ -253,11 +261,16 @@ def main(argv: list[str] | None = None) -> int:
     elif args.accelerator == "both":
         accelerators = ["on", "off"]
     document["meta"]["accelerator_installed"] = installed
-    document["skipped"]["python-mbedtls"] = (
-        "not measured: python-mbedtls (abandoned) installs here from a wheel, but its DTLS "
-        "server API has no row in this benchmark yet"
+    why_not_mbedtls = "--skip-mbedtls" if args.skip_mbedtls else mbedtls_unavailable()
+    if why_not_mbedtls is not None:
+        document["skipped"]["python-mbedtls"] = why_not_mbedtls
+    rows = plan(
+        flavours,
+        accelerators,
+        why_not_trio is None,
+        why_not_uvloop is None,
+        why_not_mbedtls is None,
     )
-    rows = plan(flavours, accelerators, why_not_trio is None, why_not_uvloop is None)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="dtlskit-bench-") as directory:
         pki = create_pki(directory)

@@ -11,6 +11,7 @@ kind           what runs                                                        
 ``udp-block``  plain UDP echo, one thread in a ``recvfrom``/``sendto`` loop            sync
 ``pyopenssl``  the floor: a minimal DTLS server on pyOpenSSL, no cookies, one          sync
                ``recvfrom`` loop, a dict of ``SSL.Connection`` by address
+``mbedtls``    python-mbedtls (Cython over mbed TLS), the same shape, its own cookies   sync
 ``trio``       trio's ``DTLSEndpoint`` (cookies), a task per peer                      trio
 ``dtlskit``    ``dtlskit.asyncio.serve`` / ``dtlskit.sync.serve``, echoing each         asyncio,
                message; ``style`` picks the handler style (:data:`STYLES`) and          uvloop,
@@ -48,6 +49,7 @@ __all__ = [
     "STYLES",
     "ServerSpec",
     "accelerator",
+    "mbedtls_unavailable",
     "start_server",
     "trio_unavailable",
     "uvloop_unavailable",
@@ -56,7 +58,7 @@ __all__ = [
 SERVER_CPU = 0
 """The core every server process is pinned to (the load generator gets the others)."""
 
-KINDS = ("udp", "udp-drain", "udp-block", "pyopenssl", "trio", "dtlskit")
+KINDS = ("udp", "udp-drain", "udp-block", "pyopenssl", "mbedtls", "trio", "dtlskit")
 
 STYLES: tuple[str, ...] = ("iterator",)
 """dtlskit handler styles measured: ``iterator`` is ``async for message in channel`` (asyncio)
@@ -471,10 +473,112 @@ def _run_pyopenssl(conn: Connection, spec: ServerSpec, info: dict[str, Any]) -> 
     _serve_in_thread(conn, sock, info, echo_forever, lambda: {**count, "sessions": len(peers)})
 
 
+def _run_mbedtls(conn: Connection, spec: ServerSpec, info: dict[str, Any]) -> None:
+    """python-mbedtls (Cython over mbed TLS), the same shape as the floor: one ``recvfrom``
+    loop, a wrapped buffer per address, mbed TLS's own cookie exchange."""
+    from mbedtls import pk, tls, x509  # type: ignore[import-not-found]
+    from mbedtls.exceptions import TLSError  # type: ignore[import-not-found]
+
+    sock = _bound_socket(spec)
+    key = pk.ECC.from_file(spec.keyfile)
+    chain = tuple(x509.CRT.from_PEM(part) for part in _pem_blocks(spec.certfile))
+    config = tls.DTLSConfiguration(
+        certificate_chain=(chain, key),
+        validate_certificates=False,
+        lowest_supported_version=tls.DTLSVersion.DTLSv1_2,
+        # the suite every other row negotiates with the same client (mbed TLS prefers ChaCha20)
+        ciphers=("TLS-ECDHE-ECDSA-WITH-AES-256-GCM-SHA384",),
+    )
+    context = tls.ServerContext(config)
+    peers: dict[Any, Any] = {}
+    established: set[Any] = set()
+    count = {"datagrams_received": 0, "handshakes_completed": 0, "hello_verify": 0, "errors": 0}
+    done = tls.HandshakeStep.HANDSHAKE_OVER
+
+    def new_peer(address: Any) -> Any:
+        peer = context.wrap_buffers()
+        peer.setcookieparam(f"{address[0]}:{address[1]}".encode())
+        peers[address] = peer
+        return peer
+
+    def echo_forever(stop: threading.Event) -> None:
+        recvfrom, sendto = sock.recvfrom, sock.sendto
+        want_read, want_write = tls.WantReadError, tls.WantWriteError
+
+        def flush(peer: Any, address: Any) -> None:
+            outgoing = peer.peek_outgoing(65536)
+            if outgoing:
+                peer.consume_outgoing(len(outgoing))
+                sendto(outgoing, address)
+
+        while not stop.is_set():
+            data, address = recvfrom(65536)
+            if not data:
+                continue
+            count["datagrams_received"] += 1
+            peer = peers.get(address) or new_peer(address)
+            try:
+                peer.receive_from_network(data)
+                if address not in established:
+                    for _ in range(64):  # one handshake step per call, a few dozen at most
+                        try:
+                            peer.do_handshake()
+                        except want_write:
+                            flush(peer, address)
+                            continue
+                        except want_read:
+                            break
+                        except tls.HelloVerifyRequest:
+                            count["hello_verify"] += 1
+                            flush(peer, address)
+                            new_peer(address)  # mbed TLS needs a fresh context after it
+                            break
+                        if peer._handshake_state == done:
+                            break
+                    if peer._handshake_state == done:
+                        established.add(address)
+                        count["handshakes_completed"] += 1
+                else:
+                    while True:
+                        try:
+                            message = peer.read(65536)
+                        except want_read:
+                            break
+                        if not message:
+                            break
+                        peer.write(message)
+                        flush(peer, address)
+                flush(peer, address)
+            except (TLSError, OSError, ValueError):  # close_notify too: forget the peer
+                count["errors"] += 1
+                peers.pop(address, None)
+                established.discard(address)
+
+    _serve_in_thread(conn, sock, info, echo_forever, lambda: {**count, "sessions": len(peers)})
+
+
+def _pem_blocks(path: str) -> list[str]:
+    from pathlib import Path
+
+    text = Path(path).read_text()
+    end = "-----END CERTIFICATE-----"
+    return [block + end + "\n" for block in text.split(end) if "BEGIN CERTIFICATE" in block]
+
+
+def mbedtls_unavailable() -> str | None:
+    """Why python-mbedtls cannot be measured here, or None when it can."""
+    try:
+        importlib.import_module("mbedtls.tls")
+    except ImportError as exc:
+        return f"python-mbedtls is not importable ({exc}); pip install python-mbedtls to measure it"
+    return None
+
+
 _BLOCKING: dict[str, Callable[[Connection, ServerSpec, dict[str, Any]], None]] = {
     "dtlskit": _run_dtlskit_blocking,
     "udp-block": _run_udp_blocking,
     "pyopenssl": _run_pyopenssl,
+    "mbedtls": _run_mbedtls,
 }
 
 

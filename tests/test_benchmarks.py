@@ -126,6 +126,10 @@ def test_quick_run_measured_every_row(quick: Any) -> None:
         assert importlib.util.find_spec("trio") is None
     else:
         expected.add("trio")
+    if "python-mbedtls" in document["skipped"]:
+        assert importlib.util.find_spec("mbedtls") is None
+    else:
+        expected.add("mbedtls")
     switches = ["on", "off"] if ACCELERATOR != "python" else ["off"]
     if ACCELERATOR == "python":
         assert "accelerator on" in document["skipped"]
@@ -238,6 +242,8 @@ def test_quick_run_ratios_come_from_its_own_figures(quick: Any) -> None:
         expected = set(ECHO_MEASURES)
         if "trio" in document["rows"]:
             expected.add("CPU/msg 64 B vs trio")
+        if "mbedtls" in document["rows"]:
+            expected.add("CPU/msg 64 B vs python-mbedtls")
         assert measures == expected, key
     # Each loop against its own plain UDP ceiling; asyncio against the cheaper of its two.
     ceilings = document["ceilings"]
@@ -295,7 +301,7 @@ def test_bad_flavour_is_a_usage_error() -> None:
 
 
 def test_plan_makes_the_accelerator_and_the_style_parameters() -> None:
-    rows = run.plan(["asyncio", "uvloop", "sync"], ["on", "off"], True, True)
+    rows = run.plan(["asyncio", "uvloop", "sync"], ["on", "off"], True, True, True)
     keys = [row.key for row in rows]
     for loop in ("asyncio", "uvloop", "sync"):
         for switch in ("on", "off"):
@@ -310,7 +316,7 @@ def test_plan_makes_the_accelerator_and_the_style_parameters() -> None:
         f"dtlskit-asyncio-{servers.STYLES[0]}-accel-on",
         f"dtlskit-sync-{servers.STYLES[0]}-accel-on",
     }
-    assert "trio" in keys and "udp-uvloop" in keys
+    assert "trio" in keys and "udp-uvloop" in keys and "mbedtls" in keys
     assert "trio" not in [row.key for row in run.plan(["asyncio"], ["off"], False, True)]
 
 
