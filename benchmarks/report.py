@@ -31,6 +31,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -175,6 +176,15 @@ def add_ratios(document: Document) -> None:
                     "lower",
                     targets.get(loop) if size == 64 else None,
                 )
+            for other in _PLAIN_UDP[loop]:
+                if other != udp:  # the other candidate, for information (no target)
+                    add(
+                        key,
+                        f"CPU/msg 64 B vs {other}",
+                        echo(key, 64, "server_cpu_us_per_op"),
+                        echo(other, 64, "server_cpu_us_per_op"),
+                        "lower",
+                    )
             add(
                 key,
                 "msgs/s 64 B vs plain UDP",
@@ -572,7 +582,7 @@ def plot(document: Document, path: str | Path) -> None:
                 ax.plot([target], [index], marker="|", color="black", markersize=12)
         ax.set_title(titles[better], fontsize=9)
         ax.set_xlabel("ratio to the reference of the same run (| = issue 14 target)", fontsize=8)
-    figure.suptitle(document.get("summary", "")[:160], fontsize=8)
+    figure.suptitle(textwrap.fill(document.get("summary", ""), 140), fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     pyplot.close(figure)
