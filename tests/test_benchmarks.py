@@ -365,6 +365,7 @@ def test_ratios_pick_the_cheaper_asyncio_ceiling_and_skip_what_was_not_measured(
     got = {e["measure"]: (e["ratio"], e["meets"]) for e in document["ratios"]}
     assert got == {
         "CPU/msg 64 B vs plain UDP": (10.0, False),  # target 1.0 on the default asyncio loop
+        "CPU/msg 64 B vs udp-asyncio-protocol": (2.5, None),  # the other candidate
         "msgs/s 64 B vs plain UDP": (0.25, None),
         "p99 RTT 64 B vs plain UDP": (3.0, False),
         "CPU/msg 64 B vs pyOpenSSL floor": (4.0, None),
