@@ -465,7 +465,7 @@ def table(document: Document) -> str:
     lines += [
         "",
         "Ratios (value / reference of this run; 'better' says which way is good)",
-        f"  {'server':<40}{'measure':<34}{'value':>9}{'ref':>9}{'ratio':>8}  better  target",
+        f"  {'server':<40}{'measure':<38}{'value':>9}{'ref':>9}{'ratio':>8}  better  target",
     ]
     for entry in document["ratios"]:
         label = document["rows"][entry["row"]].get("label", entry["row"])
@@ -474,7 +474,7 @@ def table(document: Document) -> str:
             sign = "<=" if entry["better"] == "lower" else ">="
             target = f"{sign}{entry['target']:g} {'ok' if entry['meets'] else 'NOT MET'}"
         lines.append(
-            f"  {label[:39]:<40}{entry['measure']:<34}{_number(entry['value']):>9}"
+            f"  {label[:39]:<40}{entry['measure']:<38}{_number(entry['value']):>9}"
             f"{_number(entry['reference']):>9}{entry['ratio']:>8.2f}  {entry['better']:<6}  "
             f"{target}"
         )
