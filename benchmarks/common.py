@@ -144,20 +144,37 @@ def report_failure(conn: Connection) -> None:
 
 
 class Child:
-    """A spawned process running ``target(conn, *args)`` and answering on the pipe ``conn``.
+    """A spawned process running ``target(conn, *args)`` and answering on the pipe ``conn``
+    (with ``environment`` added to its environment variables).
 
     Protocol: the child sends one message when it is ready, then answers each request with one
     message; a message ``("error", text)`` means the child failed (``text`` is its traceback).
     """
 
-    def __init__(self, name: str, target: Callable[..., None], *args: Any) -> None:
+    def __init__(
+        self,
+        name: str,
+        target: Callable[..., None],
+        *args: Any,
+        environment: dict[str, str] | None = None,
+    ) -> None:
         self.name = name
         context = multiprocessing.get_context("spawn")
         self._conn, child_end = context.Pipe()
         self._process = context.Process(
             target=target, args=(child_end, *args), name=name, daemon=True
         )
-        self._process.start()
+        # A spawned child copies os.environ when it starts: set ``environment`` just for that.
+        saved = {key: os.environ.get(key) for key in environment or {}}
+        os.environ.update(environment or {})
+        try:
+            self._process.start()
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
         child_end.close()
 
     @property

@@ -1,4 +1,5 @@
-"""The load generator: one process of its own, driving a server with asyncio clients.
+"""The Python load generator (the fallback of :mod:`.cload`): one process of its own, pinned to
+CPU 1, driving a server with asyncio clients.
 
 The parent starts it once (:func:`start_load`) and hands it jobs over the pipe
 (``("job", spec)`` answered by ``("result", dict)``). Every client binds its own loopback
@@ -78,6 +79,8 @@ def start_load(timeout: float = 30.0) -> Child:
 def load_main(conn: Connection) -> None:
     """Entry point of the load process: run jobs until asked to stop (or the parent is gone)."""
     child_setup(files=_MAX_FILES)
+    if hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > 1:
+        os.sched_setaffinity(0, {1})  # the servers run on CPU 0 (benchmarks/servers.py)
     state = _State(conn)
     conn.send(("ready",))
     while True:

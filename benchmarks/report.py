@@ -1,22 +1,29 @@
-"""The benchmark's outputs: the ratios, the table on stdout, the JSON document, the bar chart.
+"""The benchmark's outputs: ratios, targets, the one-line summary, the table, JSON and the plot.
 
 The JSON document (``--json``) is the source of everything printed::
 
     {
-      "meta":     {"seconds": ..., "sessions": ..., "quick": ..., "python": ..., ...},
-      "ceilings": {"in_memory": {<figures of benchmarks.engine.measure>},
-                   "plain_udp": {"asyncio": {"64": {echo figures}, "1024": {...}}, ...}},
-      "servers":  {"asyncio": {"handshakes": {...}, "echo": {"64": {...}, "1024": {...}},
-                               "rss": {...}, "statistics": {...}}, ...},
-      "ratios":   [{"server", "measure", "value", "ceiling", "ratio",
-                    "value_path", "ceiling_path"}, ...],
-      "skipped":  {"uvloop": "why"},
-      "errors":   {"sync": "what failed"},
-      "notes":    ["..."]
+      "meta":     {"seconds", "sessions", "quick", "in_flight", "load_generator", ...},
+      "rows":     {"udp-uvloop": {"role": "ceiling", "echo": {"64": {...}, "1024": {...}}},
+                   "pyopenssl-floor": {"role": "floor", "echo": ..., "handshakes": {...},
+                                       "memory": {...}},
+                   "trio": {"role": "peer", ...},
+                   "dtlskit-uvloop-iterator-accel-off": {"role": "dtlskit", "accelerator":
+                                                         "python", ...}, ...},
+      "ceilings": {"asyncio": {"row": "udp-asyncio-drain", "why": "..."}, "uvloop": ..., ...},
+      "newcomer": {"delivered", "sent", "counted_in_statistics", "uncounted", ...},
+      "ratios":   [{"row", "measure", "value", "reference", "reference_row", "ratio",
+                    "better", "target", "meets", "value_path", "reference_path"}, ...],
+      "memory":   [{"row", "kib_per_session", "floor_kib_per_session", "adds_kib", "target"}],
+      "targets":  [{"figure", "value", "target", "meets"}, ...],
+      "summary":  "one line a newcomer understands",
+      "skipped":  {"trio": "why"}, "errors": {"row": "what failed"}, "notes": ["..."]
     }
 
-Each ratio names the places of its value and ceiling in the document (``*_path``, a list of
-keys), and ``ratio == value / ceiling`` exactly: nothing is computed anywhere else.
+Each ratio names the places of its value and reference in the document (``*_path``, a list of
+keys), and ``ratio == value / reference`` exactly: nothing is computed anywhere else.
+``better`` says which way is good (``"lower"`` for CPU time and round trips, ``"higher"`` for
+messages per second); ``target`` is the issue 14 figure to reach, where it set one.
 """
 
 from __future__ import annotations
@@ -24,15 +31,36 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ECHO_SIZES", "add_ratios", "can_plot", "lookup", "plot", "table", "write_json"]
+__all__ = [
+    "ECHO_SIZES",
+    "add_ratios",
+    "can_plot",
+    "lookup",
+    "plot",
+    "row_label",
+    "table",
+    "write_json",
+]
 
 ECHO_SIZES = (64, 1024)
 
 Document = dict[str, Any]
+
+_PLAIN_UDP = {
+    "uvloop": ("udp-uvloop",),
+    "asyncio": ("udp-asyncio-protocol", "udp-asyncio-drain"),
+    "sync": ("udp-blocking",),
+}
+"""dtlskit's loop -> the plain UDP rows that may be its ceiling (the cheapest per message)."""
+
+_MEMORY_TARGET_KIB = {"asyncio": 3.0, "sync": 8.0}
+_PYTHON_CPU_TARGET = {"uvloop": 2.5, "sync": 2.5, "asyncio": 1.0}
+_NATIVE_CPU_TARGET = {"uvloop": 1.0, "sync": 1.0}
 
 
 def lookup(document: Document, path: Sequence[str]) -> Any:
@@ -47,54 +75,301 @@ def _size_label(size: int) -> str:
     return f"{size // 1024} KiB" if size % 1024 == 0 else f"{size} B"
 
 
-def add_ratios(document: Document) -> None:
-    """Fill ``document["ratios"]`` from the figures already in it (skipping absent ones)."""
-    ratios: list[dict[str, Any]] = []
+def row_label(key: str, kind: str, loop: str, style: str, accelerator: str | None) -> str:
+    """How a row is named in the table."""
+    names = {
+        "udp": f"plain UDP, {loop}, DatagramProtocol",
+        "udp-drain": f"plain UDP, {loop}, reader x64",
+        "udp-block": "plain UDP, blocking recvfrom",
+        "pyopenssl": "minimal pyOpenSSL (floor)",
+        "trio": "trio DTLSEndpoint",
+        "mbedtls": "python-mbedtls",
+    }
+    if kind in names:
+        return names[kind]
+    path = f", {accelerator}" if accelerator else ""
+    return f"dtlskit {'blocking' if loop == 'sync' else loop}, {style}{path}"
 
-    def add(server: str, measure: str, value_path: list[str], ceiling_path: list[str]) -> None:
+
+def _ceiling_row(document: Document, loop: str) -> str | None:
+    """The plain UDP row that is ``loop``'s ceiling: the cheapest per 64-byte message."""
+    best: tuple[float, str] | None = None
+    for key in _PLAIN_UDP.get(loop, ()):
+        try:
+            cost = float(document["rows"][key]["echo"]["64"]["server_cpu_us_per_op"])
+        except (KeyError, TypeError):
+            continue
+        if cost > 0 and (best is None or cost < best[0]):
+            best = (cost, key)
+    return best[1] if best else None
+
+
+def add_ratios(document: Document) -> None:
+    """Fill ``ratios``, ``ceilings``, ``memory``, ``targets`` and ``summary`` from the rows."""
+    ratios: list[dict[str, Any]] = []
+    rows = document["rows"]
+
+    def add(
+        row: str,
+        measure: str,
+        value_path: list[str],
+        reference_path: list[str],
+        better: str,
+        target: float | None = None,
+    ) -> dict[str, Any] | None:
         try:
             value = float(lookup(document, value_path))
-            ceiling = float(lookup(document, ceiling_path))
+            reference = float(lookup(document, reference_path))
         except (KeyError, TypeError):
-            return  # not measured (skipped or failed): no ratio
-        ratios.append(
+            return None  # not measured (skipped or failed): no ratio
+        if not value > 0 or not reference > 0:
+            return None
+        ratio = value / reference
+        entry = {
+            "row": row,
+            "measure": measure,
+            "value": value,
+            "reference": reference,
+            "reference_row": reference_path[1],
+            "ratio": ratio,
+            "better": better,
+            "target": target,
+            "meets": None
+            if target is None
+            else (ratio <= target if better == "lower" else ratio >= target),
+            "value_path": value_path,
+            "reference_path": reference_path,
+        }
+        ratios.append(entry)
+        return entry
+
+    ceilings: dict[str, Any] = {}
+    for loop in _PLAIN_UDP:
+        chosen = _ceiling_row(document, loop)
+        if chosen is None:
+            continue
+        ceilings[loop] = {"row": chosen}
+        if loop == "asyncio":
+            ceilings[loop]["why"] = (
+                f"{chosen} spends the least server CPU per 64-byte message of "
+                + " and ".join(k for k in _PLAIN_UDP[loop] if k in rows)
+            )
+    document["ceilings"] = ceilings
+
+    def echo(row: str, size: int, field: str) -> list[str]:
+        return ["rows", row, "echo", str(size), field]
+
+    for key, figures in rows.items():
+        if figures.get("role") != "dtlskit":
+            continue
+        loop = figures["loop"]
+        native = figures.get("accelerator", "python") != "python"
+        udp = ceilings.get(loop, {}).get("row")
+        if udp is not None:
+            targets = _NATIVE_CPU_TARGET if native else _PYTHON_CPU_TARGET
+            for size in ECHO_SIZES:
+                add(
+                    key,
+                    f"CPU/msg {_size_label(size)} vs plain UDP",
+                    echo(key, size, "server_cpu_us_per_op"),
+                    echo(udp, size, "server_cpu_us_per_op"),
+                    "lower",
+                    targets.get(loop) if size == 64 else None,
+                )
+            for other in _PLAIN_UDP[loop]:
+                if other != udp:  # the other candidate, for information (no target)
+                    add(
+                        key,
+                        f"CPU/msg 64 B vs {other}",
+                        echo(key, 64, "server_cpu_us_per_op"),
+                        echo(other, 64, "server_cpu_us_per_op"),
+                        "lower",
+                    )
+            add(
+                key,
+                "msgs/s 64 B vs plain UDP",
+                echo(key, 64, "msgs_per_s"),
+                echo(udp, 64, "msgs_per_s"),
+                "higher",
+            )
+            add(
+                key,
+                "p99 RTT 64 B vs plain UDP",
+                echo(key, 64, "rtt_p99_ms"),
+                echo(udp, 64, "rtt_p99_ms"),
+                "lower",
+                2.0,
+            )
+        add(
+            key,
+            "CPU/msg 64 B vs pyOpenSSL floor",
+            echo(key, 64, "server_cpu_us_per_op"),
+            echo("pyopenssl-floor", 64, "server_cpu_us_per_op"),
+            "lower",
+        )
+        add(
+            key,
+            "CPU/msg 64 B vs trio",
+            echo(key, 64, "server_cpu_us_per_op"),
+            echo("trio", 64, "server_cpu_us_per_op"),
+            "lower",
+            None if native else 0.2,  # "at least 5x trio's DTLSEndpoint"
+        )
+        add(
+            key,
+            "CPU/msg 64 B vs python-mbedtls",
+            echo(key, 64, "server_cpu_us_per_op"),
+            echo("mbedtls", 64, "server_cpu_us_per_op"),
+            "lower",
+            1.0 if native else None,  # accelerated: "at least as fast as python-mbedtls"
+        )
+        add(
+            key,
+            "CPU/handshake vs pyOpenSSL floor",
+            ["rows", key, "handshakes", "server_cpu_ms_per_op"],
+            ["rows", "pyopenssl-floor", "handshakes", "server_cpu_ms_per_op"],
+            "lower",
+            1.3,
+        )
+    document["ratios"] = ratios
+    document["memory"] = _memory(document)
+    document["targets"] = _targets(document)
+    document["summary"] = summary(document)
+
+
+def _memory(document: Document) -> list[dict[str, Any]]:
+    rows = document["rows"]
+    floor = rows.get("pyopenssl-floor", {}).get("memory")
+    entries = []
+    for key, figures in rows.items():
+        memory = figures.get("memory")
+        if figures.get("role") != "dtlskit" or not memory:
+            continue
+        entry: dict[str, Any] = {
+            "row": key,
+            "sessions": memory["established"],
+            "kib_per_session": memory["kib_per_session"],
+            "floor_kib_per_session": floor["kib_per_session"] if floor else None,
+            "adds_kib": memory["kib_per_session"] - floor["kib_per_session"] if floor else None,
+            "target": _MEMORY_TARGET_KIB.get(figures["loop"]),
+        }
+        entry["meets"] = (
+            None
+            if entry["adds_kib"] is None or entry["target"] is None
+            else entry["adds_kib"] <= entry["target"]
+        )
+        entries.append(entry)
+    return entries
+
+
+def _targets(document: Document) -> list[dict[str, Any]]:
+    """Issue 14's figures to reach, each with what this run measured."""
+    targets = []
+    for entry in document["ratios"]:
+        if entry["target"] is not None:
+            label = document["rows"][entry["row"]].get("label", entry["row"])
+            sign = "<=" if entry["better"] == "lower" else ">="
+            targets.append(
+                {
+                    "figure": f"{label}: {entry['measure']}",
+                    "value": entry["ratio"],
+                    "unit": "x",
+                    "target": f"{sign} {entry['target']:g}x",
+                    "meets": entry["meets"],
+                }
+            )
+    for entry in document["memory"]:
+        if entry["adds_kib"] is not None and entry["target"] is not None:
+            label = document["rows"][entry["row"]].get("label", entry["row"])
+            targets.append(
+                {
+                    "figure": f"{label}: KiB/session beyond OpenSSL's SSL object",
+                    "value": entry["adds_kib"],
+                    "unit": "KiB",
+                    "target": f"<= {entry['target']:g} KiB",
+                    "meets": entry["meets"],
+                }
+            )
+    newcomer = document.get("newcomer")
+    if newcomer:
+        targets.append(
             {
-                "server": server,
-                "measure": measure,
-                "value": value,
-                "ceiling": ceiling,
-                "ratio": value / ceiling if ceiling else float("nan"),
-                "value_path": value_path,
-                "ceiling_path": ceiling_path,
+                "figure": "newcomer's program: delivered",
+                "value": 100 * newcomer["delivered_share"],
+                "unit": "%",
+                "target": ">= 99%",
+                "meets": newcomer["delivered_share"] >= 0.99,
             }
         )
-
-    for server in document["servers"]:
-        add(
-            server,
-            "handshakes/s",
-            ["servers", server, "handshakes", "per_s"],
-            ["ceilings", "in_memory", "raw_pyopenssl_handshakes_per_s"],
+        targets.append(
+            {
+                "figure": "newcomer's program: messages lost with no count anywhere",
+                "value": newcomer["uncounted"],
+                "unit": "",
+                "target": "0",
+                "meets": newcomer["uncounted"] == 0,
+            }
         )
-        for size in ECHO_SIZES:
-            key = str(size)
-            for field, label in (
-                ("msgs_per_s", "msgs/s"),
-                ("rtt_p50_ms", "RTT p50 ms"),
-                ("rtt_p99_ms", "RTT p99 ms"),
-            ):
-                add(
-                    server,
-                    f"echo {_size_label(size)} {label}",
-                    ["servers", server, "echo", key, field],
-                    ["ceilings", "plain_udp", server, key, field],
-                )
-    document["ratios"] = ratios
+    return targets
 
+
+def _pick_dtlskit(document: Document) -> str | None:
+    """The row the summary speaks of: uvloop, else asyncio, else blocking; accelerator on."""
+    rows = document["rows"]
+    for loop in ("uvloop", "asyncio", "sync"):
+        for switch in ("on", "off"):
+            for key, figures in rows.items():
+                if (
+                    figures.get("role") == "dtlskit"
+                    and figures["loop"] == loop
+                    and figures.get("accelerator_switch") == switch
+                    and figures["echo"].get("64")
+                ):
+                    return key
+    return None
+
+
+def summary(document: Document) -> str:
+    """One line a newcomer understands."""
+    key = _pick_dtlskit(document)
+    if key is None:
+        return "no dtlskit figure was measured"
+    figures = document["rows"][key]
+    ratios = {e["measure"]: e for e in document["ratios"] if e["row"] == key}
+    cost = figures["echo"]["64"]["server_cpu_us_per_op"]
+    parts = [f"{figures['label']} spends {cost:.0f} us of server CPU per 64-byte message"]
+    plain = ratios.get("CPU/msg 64 B vs plain UDP")
+    if plain:
+        parts[0] += (
+            f", {cost - plain['reference']:.0f} us more than plain UDP echo on the same loop "
+            f"({plain['ratio']:.1f}x)"
+        )
+    trio = ratios.get("CPU/msg 64 B vs trio")
+    if trio:
+        parts.append(f"{1 / trio['ratio']:.1f}x cheaper than trio")
+    handshake = ratios.get("CPU/handshake vs pyOpenSSL floor")
+    if handshake:
+        parts.append(f"a new handshake costs {handshake['ratio']:.2f}x a minimal pyOpenSSL server")
+    for entry in document["memory"]:
+        if entry["adds_kib"] is not None and document["rows"][entry["row"]]["loop"] == "asyncio":
+            parts.append(
+                f"each session adds {entry['adds_kib']:.1f} KiB beyond OpenSSL's "
+                f"{entry['floor_kib_per_session']:.0f} KiB"
+            )
+            break
+    newcomer = document.get("newcomer")
+    if newcomer:
+        parts.append(
+            f"the newcomer's program delivered {newcomer['delivered']:,} of "
+            f"{newcomer['sent']:,} messages, {newcomer['uncounted']:,} lost with no count"
+        )
+    return "; ".join(parts) + "."
+
+
+# -- the table ---------------------------------------------------------------------------------
 
 SATURATED = 0.9
-"""A process using this share of a core or more is marked ``*``: it, not the server, may have
-set the pace (a figure measured with a saturated load generator is a lower bound)."""
+"""A process using this share of a core or more is marked ``*``: it may have set the pace."""
 CONTENDED = 0.25
 """Other processes using this share of a core or more are marked ``!``: the figure is noisy."""
 
@@ -106,25 +381,9 @@ def _percent(share: Any, mark_at: float | None = None, mark: str = "*") -> str:
     return text + mark if mark_at is not None and share >= mark_at else text + " "
 
 
-def _shares(figures: dict[str, Any]) -> str:
-    """The server, load and other CPU columns of one measurement."""
-    return (
-        f"{_percent(figures.get('server_cpu_share'), SATURATED):>9}"
-        f"{_percent(figures.get('load_cpu_share'), SATURATED):>10}"
-        f"{_percent(figures.get('other_cpu_share'), CONTENDED, '!'):>7}"
-    )
-
-
-def _cost(figures: dict[str, Any]) -> str:
-    """Server CPU time per operation: microseconds per echoed message, ms per handshake."""
-    if "server_cpu_us_per_op" in figures:
-        return f"{figures['server_cpu_us_per_op']:.0f} us"
-    if "server_cpu_ms_per_op" in figures:
-        return f"{figures['server_cpu_ms_per_op']:.2f} ms"
-    return "-"
-
-
-def _number(value: float) -> str:
+def _number(value: Any) -> str:
+    if not isinstance(value, int | float):
+        return "-"
     if value >= 1000:
         return f"{value:,.0f}"
     if value >= 10:
@@ -132,94 +391,146 @@ def _number(value: float) -> str:
     return f"{value:.2f}"
 
 
+def _row_lines(document: Document) -> list[str]:
+    header = (
+        f"  {'server':<40}{'size':>6}{'us/msg':>8}{'msgs/s':>9}{'p50 ms':>8}{'p99 ms':>8}"
+        f"{'lost':>6}{'srv':>6}{'load':>6}{'other':>7}"
+    )
+    lines = [header]
+    for key, figures in document["rows"].items():
+        label = figures.get("label", key)
+        for size_key, echo in figures.get("echo", {}).items():
+            lines.append(
+                f"  {label[:39]:<40}{_size_label(int(size_key)):>6}"
+                f"{_number(echo.get('server_cpu_us_per_op')):>8}"
+                f"{_number(echo.get('msgs_per_s')):>9}{_number(echo.get('rtt_p50_ms')):>8}"
+                f"{_number(echo.get('rtt_p99_ms')):>8}{echo.get('lost', '-')!s:>6}"
+                f"{_percent(echo.get('server_cpu_share'), SATURATED):>6}"
+                f"{_percent(echo.get('load_cpu_share'), SATURATED):>6}"
+                f"{_percent(echo.get('other_cpu_share'), CONTENDED, '!'):>7}"
+            )
+            label = ""
+    lines += [
+        "",
+        f"  {'server':<40}{'ms/handshake':>13}{'hs/s':>8}{'failed':>8}{'srv':>6}"
+        f"{'load':>6}{'other':>7}{'KiB/session':>13}",
+    ]
+    for key, figures in document["rows"].items():
+        handshakes, memory = figures.get("handshakes"), figures.get("memory")
+        if not handshakes and not memory:
+            continue
+        handshakes = handshakes or {}
+        kib = f"{memory['kib_per_session']:.1f}" if memory else "-"
+        lines.append(
+            f"  {figures.get('label', key)[:39]:<40}"
+            f"{_number(handshakes.get('server_cpu_ms_per_op')):>13}"
+            f"{_number(handshakes.get('per_s')):>8}{handshakes.get('failed', '-')!s:>8}"
+            f"{_percent(handshakes.get('server_cpu_share'), SATURATED):>6}"
+            f"{_percent(handshakes.get('load_cpu_share'), SATURATED):>6}"
+            f"{_percent(handshakes.get('other_cpu_share'), CONTENDED, '!'):>7}{kib:>13}"
+        )
+    return lines
+
+
 def table(document: Document) -> str:
     """The human-readable report."""
     meta = document["meta"]
     lines = [
-        f"dtlskit benchmark: loopback, {meta['seconds']:g} s per measurement, "
-        f"{meta['cpus']} CPUs, Python {meta['python']}, pyOpenSSL {meta['pyopenssl']}, "
-        f"{meta['openssl']}",
-        f"load: a separate process on the default asyncio loop; handshakes {meta['concurrency']}"
-        f" at a time; echo {meta['clients']} clients x {meta['window']} messages in flight; "
-        "every client from its own loopback address (127.1.x.y); default server Limits",
-        "CPU columns: share of one core used by the server, the load generator and all other "
-        "processes during the measurement; srv/op: server CPU time per echoed message or per "
-        "handshake; drops: datagrams the kernel dropped for want of socket receive-buffer room; "
-        f"* = {100 * SATURATED:.0f}% of a core or more (that process may have set the pace), "
-        f"! = other processes took {100 * CONTENDED:.0f}% or more (a noisy figure)",
+        f"dtlskit benchmark: loopback, {meta['seconds']:g} s per figure, {meta['cpus']} CPUs, "
+        f"Python {meta['python']}, pyOpenSSL {meta['pyopenssl']}, {meta['openssl']}",
+        f"dtlskit accelerator installed: {meta.get('accelerator_installed', 'python')}; "
+        f"load generator: {meta.get('load_generator_description', '?')}",
+        f"servers pinned to CPU {meta['server_cpu']}, the load to another; echo: "
+        f"{meta['in_flight']} messages in flight ({meta['echo_sessions']} sessions x "
+        f"{meta['window']}); handshakes: {meta['concurrency']} at a time, each from its own "
+        "loopback address",
+        "us/msg: server CPU time per echoed message; srv/load/other: share of one core used by "
+        f"the server, the load generator and everything else; * = {100 * SATURATED:.0f}% or "
+        f"more, ! = others took {100 * CONTENDED:.0f}% or more (a noisy figure)",
+        f"load average at start {_loads(meta.get('load_average_at_start'))}, at end "
+        f"{_loads(meta.get('load_average_at_end'))}",
         "",
-        "Ceilings measured in this run",
+        "Figures",
+        *_row_lines(document),
     ]
-    memory = document["ceilings"].get("in_memory")
-    if memory:
-        lines.append(
-            f"  in-memory raw pyOpenSSL, client and server on one core: "
-            f"{_number(memory['raw_pyopenssl_handshakes_per_s'])} handshakes/s, "
-            f"{_number(memory['raw_pyopenssl_records_per_s'])} 64-byte records/s "
-            "(other processes meanwhile: "
-            f"{_percent(memory.get('other_cpu_share'), CONTENDED, '!').strip()} of a core)"
-        )
-        lines.append(
-            f"  in-memory dtlskit engine (cookie exchange, re-packing, events): "
-            f"{_number(memory['dtlskit_engine_handshakes_per_s'])} handshakes/s "
-            f"({memory['handshake_ratio']:.2f} of raw), "
-            f"{_number(memory['dtlskit_engine_records_per_s'])} records/s "
-            f"({memory['record_ratio']:.2f} of raw)"
-        )
-    plain = document["ceilings"].get("plain_udp", {})
-    if plain:
-        lines.append("  plain UDP echo, same server loop and same load generator:")
-        lines.append(
-            f"    {'server':<9}{'size':>7}{'msgs/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
-            f"{'lost':>7}{'drops':>7}{'srv CPU':>9}{'load CPU':>10}{'other':>7}{'srv/msg':>10}"
-        )
-        for server, sizes in plain.items():
-            for key, echo in sizes.items():
-                lines.append(
-                    f"    {server:<9}{_size_label(int(key)):>7}{_number(echo['msgs_per_s']):>10}"
-                    f"{echo['rtt_p50_ms']:>9.2f}{echo['rtt_p99_ms']:>9.2f}{echo['lost']:>7}"
-                    f"{echo.get('socket_drops', '-')!s:>7}{_shares(echo)}{_cost(echo):>10}"
-                )
+    ceilings = document.get("ceilings", {})
+    if ceilings:
+        lines += [
+            "",
+            "Ceilings (plain UDP echo per loop): "
+            + ", ".join(f"{loop} = {entry['row']}" for loop, entry in ceilings.items()),
+        ]
+        if "why" in ceilings.get("asyncio", {}):
+            lines.append(f"  ({ceilings['asyncio']['why']})")
     lines += [
         "",
-        "dtlskit servers: ratio = value / ceiling (handshakes: in-memory raw pyOpenSSL; echo: "
-        "plain UDP on the same loop; for RTT, lower is better)",
-        f"  {'server':<9}{'measure':<22}{'value':>10}{'ceiling':>10}{'ratio':>8}"
-        f"{'lost/failed':>12}{'drops':>7}{'srv CPU':>9}{'load CPU':>10}{'other':>7}"
-        f"{'srv/op':>10}",
+        "Ratios (value / reference of this run; 'better' says which way is good)",
+        f"  {'server':<40}{'measure':<38}{'value':>9}{'ref':>9}{'ratio':>8}  better  target",
     ]
     for entry in document["ratios"]:
-        source = lookup(document, entry["value_path"][:-1])
-        line = (
-            f"  {entry['server']:<9}{entry['measure']:<22}{_number(entry['value']):>10}"
-            f"{_number(entry['ceiling']):>10}{entry['ratio']:>8.2f}"
+        label = document["rows"][entry["row"]].get("label", entry["row"])
+        target = ""
+        if entry["target"] is not None:
+            sign = "<=" if entry["better"] == "lower" else ">="
+            target = f"{sign}{entry['target']:g} {'ok' if entry['meets'] else 'NOT MET'}"
+        lines.append(
+            f"  {label[:39]:<40}{entry['measure']:<38}{_number(entry['value']):>9}"
+            f"{_number(entry['reference']):>9}{entry['ratio']:>8.2f}  {entry['better']:<6}  "
+            f"{target}"
         )
-        if "RTT" not in entry["measure"]:  # RTT rows share the msgs/s row's measurement
-            handshakes = entry["measure"].startswith("handshakes")
-            missing = source.get("failed" if handshakes else "lost", 0)
-            drops = source.get("server_socket_drops" if handshakes else "socket_drops", "-")
-            line += f"{missing!s:>12}{drops!s:>7}{_shares(source)}{_cost(source):>10}"
-        lines.append(line)
-    for server, figures in document["servers"].items():
-        rss = figures.get("rss")
-        if rss:
+    if document.get("memory"):
+        lines += ["", "Memory per established session (resident set)"]
+        for entry in document["memory"]:
+            label = document["rows"][entry["row"]].get("label", entry["row"])
+            adds = "-" if entry["adds_kib"] is None else f"{entry['adds_kib']:.1f}"
+            floor = entry["floor_kib_per_session"]
             lines.append(
-                f"  {server:<9}{'RSS KiB/session':<22}{rss['kib_per_session']:>10.1f}"
-                f"{'-':>10}{'-':>8}{rss['failed']!s:>12}"
-                f"{'':>7}  ({rss['established']} sessions: {rss['before_kib']} -> "
-                f"{rss['after_kib']} KiB)"
+                f"  {label[:39]:<40}{entry['kib_per_session']:.1f} KiB at {entry['sessions']:,}"
+                f" sessions; OpenSSL's SSL object (floor) {_number(floor)} KiB; dtlskit adds "
+                f"{adds} KiB (target <= {entry['target']:g})"
             )
-    for server, figures in document["servers"].items():
-        drops = figures.get("statistics", {}).get("drops")
-        if drops:
-            lines.append(f"  {server:<9}server drops by reason: {drops}")
+    newcomer = document.get("newcomer")
+    if newcomer:
+        lines += [
+            "",
+            f"The newcomer's program ({newcomer['clients']} asyncio clients x "
+            f"{newcomer['messages_per_client']} messages, fire and forget, default settings)",
+            f"  delivered {newcomer['delivered']:,} of {newcomer['sent']:,} "
+            f"({100 * newcomer['delivered_share']:.1f}%); missing {newcomer['missing']:,}: "
+            f"counted in server statistics {newcomer['counted_in_statistics']:,}, reported to "
+            f"clients {newcomer['unsent_after_client_error']:,}, counted nowhere "
+            f"{newcomer['uncounted']:,}",
+            f"  (the kernel dropped {newcomer['kernel_socket_drops']:,} datagrams at the server "
+            "socket, /proc/net/udp; statistics() "
+            + (
+                "reports kernel_drops"
+                if newcomer["statistics_has_kernel_drops"]
+                else "has no kernel_drops field"
+            )
+            + ")",
+        ]
+    if document.get("targets"):
+        lines += ["", "Issue 14 figures to reach"]
+        for entry in document["targets"]:
+            value = f"{entry['value']:.2f}{entry['unit']}"
+            verdict = "ok" if entry["meets"] else "NOT MET"
+            lines.append(
+                f"  {entry['figure'][:78]:<80}{value:>10}  {entry['target']:<10} {verdict}"
+            )
     for name, why in document.get("skipped", {}).items():
         lines.append(f"skipped {name}: {why}")
     for name, what in document.get("errors", {}).items():
         lines.append(f"FAILED {name}: {what}")
     for note in document.get("notes", []):
         lines.append(f"note: {note}")
+    lines += ["", f"Summary: {document.get('summary', '')}"]
     return "\n".join(lines)
+
+
+def _loads(values: Any) -> str:
+    if not values:
+        return "-"
+    return " ".join(f"{value:.2f}" for value in values)
 
 
 def write_json(document: Document, path: str | Path) -> None:
@@ -233,26 +544,45 @@ def can_plot() -> bool:
 
 
 def plot(document: Document, path: str | Path) -> None:
-    """A horizontal bar chart of every ratio, to ``path`` (PNG). Needs matplotlib."""
+    """Every ratio as a bar, in two panels: lower is better, higher is better. Needs
+    matplotlib. A target is drawn as a black tick on its bar."""
     matplotlib = importlib.import_module("matplotlib")
     matplotlib.use("Agg")
     pyplot = importlib.import_module("matplotlib.pyplot")
-    entries = document["ratios"]
-    labels = [f"{e['server']}: {e['measure']}" for e in entries]
-    values = [e["ratio"] for e in entries]
-    colours = [
-        "tab:red" if "RTT" in m else "tab:blue" if "msgs" in m else "tab:green"
-        for m in (e["measure"] for e in entries)
-    ]
-    figure, axes = pyplot.subplots(figsize=(9, 0.32 * len(entries) + 1.5))
-    axes.barh(range(len(entries)), values, color=colours)
-    axes.set_yticks(range(len(entries)), labels)
-    axes.invert_yaxis()
-    axes.axvline(1.0, color="black", linewidth=0.8)
-    for index, value in enumerate(values):
-        axes.annotate(f" {value:.2f}", (value, index), va="center", fontsize=8)
-    axes.set_xlabel("value / ceiling of the same run (for RTT, lower is better)")
-    axes.set_title("dtlskit on loopback: ratios to ceilings")
+    panels: dict[str, list[tuple[str, float, float | None]]] = {"lower": [], "higher": []}
+    for entry in document["ratios"]:
+        label = document["rows"][entry["row"]].get("label", entry["row"])
+        panels[entry["better"]].append(
+            (f"{label}: {entry['measure']}", entry["ratio"], entry["target"])
+        )
+    newcomer = document.get("newcomer")
+    if newcomer:
+        panels["higher"].append(
+            ("newcomer's program: delivered / sent", newcomer["delivered_share"], 0.99)
+        )
+    heights = [max(1, len(items)) for items in panels.values()]
+    figure, axes = pyplot.subplots(
+        2, 1, figsize=(10, 0.3 * sum(heights) + 3), gridspec_kw={"height_ratios": heights}
+    )
+    titles = {
+        "lower": "lower is better: server CPU per message / handshake, p99 round trip",
+        "higher": "higher is better: messages per second, newcomer's delivery",
+    }
+    colours = {"lower": "tab:red", "higher": "tab:blue"}
+    for ax, (better, items) in zip(axes, panels.items(), strict=True):
+        labels = [item[0] for item in items]
+        values = [item[1] for item in items]
+        ax.barh(range(len(items)), values, color=colours[better])
+        ax.set_yticks(range(len(items)), labels, fontsize=7)
+        ax.invert_yaxis()
+        ax.axvline(1.0, color="black", linewidth=0.8)
+        for index, (_, value, target) in enumerate(items):
+            ax.annotate(f" {value:.2f}", (value, index), va="center", fontsize=7)
+            if target is not None:
+                ax.plot([target], [index], marker="|", color="black", markersize=12)
+        ax.set_title(titles[better], fontsize=9)
+        ax.set_xlabel("ratio to the reference of the same run (| = issue 14 target)", fontsize=8)
+    figure.suptitle(textwrap.fill(document.get("summary", ""), 140), fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     pyplot.close(figure)

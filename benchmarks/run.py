@@ -1,25 +1,34 @@
-"""Run every dtlskit benchmark on loopback and report each figure next to a ceiling of the same run.
+"""Run every dtlskit benchmark on loopback; report each figure next to ceilings and floors of the
+same run.
 
     dtlskit bench [--quick] [--seconds S] [--sessions N] [--flavour asyncio|sync|both]
-                  [--skip-uvloop] [--socket-buffer BYTES] [--json FILE] [--plot FILE.png]
+                  [--accelerator on|off|both] [--load auto|c|python] [--skip-uvloop]
+                  [--skip-trio] [--skip-mbedtls] [--skip-newcomer] [--socket-buffer BYTES]
+                  [--json FILE] [--plot FILE.png]
     python benchmarks/run.py ...          (from a checkout)
 
-Steps, in order (one progress line each on stderr):
+Each server runs in a process of its own pinned to CPU 0; the load generator (the C one of
+:mod:`.cload`, built on the fly, or the Python fallback) runs pinned to CPU 1. The main figure
+is the **server's CPU time per echoed message** (user + system, from /proc/PID/stat over the
+measured interval, divided by the replies received in it), which does not depend on whether the
+load kept the server busy.
 
-1. Ceilings: in-memory raw pyOpenSSL handshakes/s and 64-byte records/s on one core
-   (:mod:`.engine`, in this process, before anything else runs).
-2. For each server flavour (asyncio on the default loop, asyncio on uvloop when importable,
-   the blocking ``dtlskit.sync`` server), with the load in a separate process:
+Rows, in order (one progress line each on stderr):
 
-   a. plain UDP echo on the same loop (or a plain blocking echo thread): msgs/s, p50/p99 RTT;
-   b. new DTLS handshakes per second, cookie exchange on, from distinct source addresses;
-   c. DTLS echo msgs/s and p50/p99 RTT, 64 B and 1 KiB, a window of messages per client;
-   d. resident memory per established session: a fresh server, /proc VmRSS before and after
-      the load process establishes ``--sessions`` sessions.
+1. ceilings: plain UDP echo in Python on uvloop, on the default asyncio loop (a
+   ``DatagramProtocol`` and a reader draining up to 64 datagrams per wake-up; the cheaper is
+   the ceiling) and blocking (``recvfrom``/``sendto``);
+2. the floor: a minimal pyOpenSSL DTLS server, no cookies (messages, handshakes, memory);
+3. peers: trio's ``DTLSEndpoint`` (when trio is installed) and python-mbedtls (when it is);
+4. dtlskit: asyncio, uvloop, blocking; each with the accelerator on and off (when there is one)
+   and each handler style of :data:`.servers.STYLES` (messages and handshakes; memory per
+   session at ``--sessions`` sessions for asyncio and blocking);
+5. the newcomer's program (:mod:`.newcomer`): 100 clients x 100 fire-and-forget messages.
 
 The table goes to stdout, the figures to ``--json`` (default ``bench-results.json``), and with
-``--plot`` a bar chart of the ratios (needs matplotlib). Exit status 0 when every step was
-measured, 1 when one failed (the others are still reported), 2 for a usage error.
+``--plot`` a chart of the ratios in two panels (lower is better, higher is better). Exit status
+0 when every row was measured, 1 when one failed (the others are still reported), 2 for a usage
+error.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ import platform
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 if __package__ in (None, ""):  # run as a script: import this directory as the package it is
@@ -43,17 +52,26 @@ from OpenSSL import SSL
 
 from dtlskit.certs import PKIFiles, create_pki
 
-from . import engine, report
-from .common import BenchmarkError, Child, machine_busy_seconds, progress, rss_kib
-from .loadgen import start_load
-from .servers import ServerSpec, start_server, uvloop_unavailable
+from . import newcomer, report
+from .cload import Load, open_load
+from .common import BenchmarkError, progress, rss_kib
+from .servers import (
+    SERVER_CPU,
+    STYLES,
+    ServerSpec,
+    accelerator,
+    mbedtls_unavailable,
+    start_server,
+    trio_unavailable,
+    uvloop_unavailable,
+)
 
-__all__ = ["Settings", "main"]
+__all__ = ["Settings", "main", "plan"]
 
 DEFAULT_SOCKET_BUFFER = 1 << 20
-"""Bytes of SO_RCVBUF/SO_SNDBUF on every socket: room for the whole echo window of 1 KiB
-messages (4 x 32 in flight). Linux's usual default (212,992 bytes) is not: when the server
-falls behind, the kernel drops the excess and it shows up as lost messages."""
+"""Bytes of SO_RCVBUF/SO_SNDBUF on every measured socket (not the newcomer's): room for the echo
+window of 1 KiB messages. With Linux's usual default a server that falls behind loses the
+excess, which would show up as lost messages rather than as CPU per message."""
 
 _SETTLE = 0.5  # seconds to let a server finish its work before reading its memory
 
@@ -64,63 +82,137 @@ class Settings:
 
     seconds: float = 5.0
     """Measured seconds per figure (after a warm-up)."""
-    sessions: int = 1000
-    """Sessions held open for the memory measurement."""
+    sessions: int = 10_000
+    """Sessions held open for the memory figure."""
     warmup: float = 0.5
     """Seconds of echo load before measuring."""
-    concurrency: int = 16
+    concurrency: int = 32
     """Handshakes in flight at once."""
-    clients: int = 4
-    """Echo clients."""
-    window: int = 32
-    """Echo messages in flight per client."""
+    echo_sessions: int = 4
+    """Echo sessions (each from its own source address)."""
+    window: int = 8
+    """Echo messages in flight per session (32 in all by default)."""
     loss_timeout: float = 1.0
     """Seconds after which an unanswered echo message is counted lost."""
     socket_buffer: int | None = DEFAULT_SOCKET_BUFFER
-    """SO_RCVBUF/SO_SNDBUF of every socket (None: the system default)."""
+    """SO_RCVBUF/SO_SNDBUF of every measured socket (None: the system default)."""
+    newcomer_clients: int = 100
+    newcomer_messages: int = 100
+
+
+@dataclass(frozen=True)
+class Row:
+    """One server to measure, and what to measure on it."""
+
+    key: str
+    """Its name in the document (``rows``)."""
+    role: str
+    """``ceiling`` (plain UDP), ``floor`` (minimal pyOpenSSL), ``peer`` (trio) or ``dtlskit``."""
+    spec: ServerSpec
+    handshakes: bool = True
+    memory: bool = False
+
+
+def plan(
+    flavours: list[str],
+    accelerators: list[str],
+    with_trio: bool,
+    with_uvloop: bool,
+    with_mbedtls: bool = False,
+) -> list[Row]:
+    """The rows of one run, in the order they are measured."""
+    rows: list[Row] = []
+    loops = [loop for loop in ("asyncio", "uvloop", "sync") if loop in flavours]
+    if not with_uvloop and "uvloop" in loops:
+        loops.remove("uvloop")
+    if "uvloop" in loops:
+        rows.append(Row("udp-uvloop", "ceiling", ServerSpec("udp", "uvloop"), handshakes=False))
+    if "asyncio" in loops:
+        for kind, key in (("udp", "udp-asyncio-protocol"), ("udp-drain", "udp-asyncio-drain")):
+            rows.append(Row(key, "ceiling", ServerSpec(kind, "asyncio"), handshakes=False))
+    if "sync" in loops:
+        rows.append(Row("udp-blocking", "ceiling", ServerSpec("udp-block", "sync"), False))
+    rows.append(Row("pyopenssl-floor", "floor", ServerSpec("pyopenssl", "sync"), memory=True))
+    if with_trio:
+        rows.append(Row("trio", "peer", ServerSpec("trio", "trio")))
+    if with_mbedtls:
+        rows.append(Row("mbedtls", "peer", ServerSpec("mbedtls", "sync")))
+    for loop in loops:
+        for switch in accelerators:
+            for style in STYLES:
+                key = f"dtlskit-{loop}-{style}-accel-{switch}"
+                memory = loop != "uvloop" and switch == accelerators[0] and style == STYLES[0]
+                spec = ServerSpec("dtlskit", loop, style=style, accelerator=switch)
+                rows.append(Row(key, "dtlskit", spec, memory=memory))
+    return rows
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dtlskit bench",
-        description="Benchmark dtlskit servers on loopback; every figure is reported as a "
-        "ratio to a ceiling measured in the same run.",
+        description="Benchmark dtlskit servers on loopback: server CPU per echoed message and "
+        "per new handshake, round trips, memory per session and the newcomer's fire-and-forget "
+        "program, each next to ceilings (plain UDP echo) and floors (a minimal pyOpenSSL "
+        "server) measured in the same run. Servers run pinned to CPU 0, the load (a C client "
+        "built on the fly with cc and the system libssl) on CPU 1.",
     )
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="a short run for CI: about 1 s per measurement and 100 sessions (under a minute)",
+        help="a short run for CI: 0.5 s per figure, 1,000 sessions for memory (under a minute)",
     )
     parser.add_argument(
-        "--seconds", type=float, help="seconds per measurement (default 5; 1 with --quick)"
+        "--seconds", type=float, help="seconds per figure (default 5; 0.5 with --quick)"
     )
     parser.add_argument(
         "--sessions",
         type=int,
-        help="sessions held for the memory figure (default 1000; 100 with --quick)",
+        help="sessions held for the memory figure (default 10000; 1000 with --quick)",
     )
     parser.add_argument(
         "--flavour",
         choices=("asyncio", "sync", "both"),
         default="both",
-        help="which front end to measure (asyncio includes uvloop when importable)",
+        help="which dtlskit front end to measure (asyncio includes uvloop when importable)",
+    )
+    parser.add_argument(
+        "--accelerator",
+        choices=("on", "off", "both"),
+        default="both",
+        help="measure dtlskit with its native accelerator on, off (DTLSKIT_NATIVE=0 in the "
+        "server) or both (default; 'on' is only measured when an accelerator is installed)",
+    )
+    parser.add_argument(
+        "--load",
+        choices=("auto", "c", "python"),
+        default="auto",
+        help="load generator: the C one (built with cc and libssl; 'auto' falls back to the "
+        "Python one when it cannot be built) or the Python one",
     )
     parser.add_argument(
         "--socket-buffer",
         type=int,
         default=DEFAULT_SOCKET_BUFFER,
         metavar="BYTES",
-        help="SO_RCVBUF/SO_SNDBUF of every socket, servers and clients alike "
-        "(default %(default)s; 0 keeps the system default)",
+        help="SO_RCVBUF/SO_SNDBUF of every measured socket, servers and clients alike "
+        "(default %(default)s; 0 keeps the system default; the newcomer's program always "
+        "keeps the default)",
     )
     parser.add_argument("--skip-uvloop", action="store_true", help="do not measure uvloop")
+    parser.add_argument("--skip-trio", action="store_true", help="do not measure trio")
+    parser.add_argument("--skip-mbedtls", action="store_true", help="do not measure python-mbedtls")
+    parser.add_argument(
+        "--skip-newcomer", action="store_true", help="do not run the newcomer's program"
+    )
     parser.add_argument(
         "--json",
         default="bench-results.json",
         metavar="FILE",
         help="write the figures here (default: %(default)s)",
     )
-    parser.add_argument("--plot", metavar="FILE.png", help="draw the ratios (needs matplotlib)")
+    parser.add_argument(
+        "--plot", metavar="FILE.png", help="draw the ratios, two panels (needs matplotlib)"
+    )
     return parser
 
 
@@ -135,8 +227,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    seconds = args.seconds if args.seconds is not None else (1.0 if args.quick else 5.0)
-    sessions = args.sessions if args.sessions is not None else (100 if args.quick else 1000)
+    seconds = args.seconds if args.seconds is not None else (0.5 if args.quick else 5.0)
+    sessions = args.sessions if args.sessions is not None else (1000 if args.quick else 10_000)
     if not seconds > 0 or sessions < 1 or args.socket_buffer < 0:
         parser.error("--seconds must be positive, --sessions at least 1, --socket-buffer >= 0")
     settings = Settings(
@@ -146,35 +238,57 @@ def main(argv: list[str] | None = None) -> int:
         loss_timeout=0.5 if args.quick else 1.0,
         socket_buffer=args.socket_buffer or None,
     )
+    document = _new_document(settings, args.quick)
     flavours = ["asyncio", "uvloop", "sync"]
     if args.flavour == "asyncio":
         flavours.remove("sync")
     elif args.flavour == "sync":
         flavours = ["sync"]
-    document = _new_document(settings, args.quick)
-    if "uvloop" in flavours:
-        why = "--skip-uvloop" if args.skip_uvloop else uvloop_unavailable()
-        if why is not None:
-            flavours.remove("uvloop")
-            document["skipped"]["uvloop"] = why
-            progress(f"note: uvloop skipped: {why}")
+    why_not_uvloop = "--skip-uvloop" if args.skip_uvloop else uvloop_unavailable()
+    if "uvloop" in flavours and why_not_uvloop is not None:
+        document["skipped"]["uvloop"] = why_not_uvloop
+    why_not_trio = "--skip-trio" if args.skip_trio else trio_unavailable()
+    if why_not_trio is not None:
+        document["skipped"]["trio"] = why_not_trio
+    installed = accelerator()
+    accelerators = ["off"] if args.accelerator == "off" else ["on"]
+    if args.accelerator in ("on", "both") and installed == "python":
+        document["skipped"]["accelerator on"] = (
+            "no native accelerator installed (dtlskit.ACCELERATOR is 'python'): the pure-Python "
+            "path is what runs"
+        )
+        accelerators = ["off"]
+    elif args.accelerator == "both":
+        accelerators = ["on", "off"]
+    document["meta"]["accelerator_installed"] = installed
+    why_not_mbedtls = "--skip-mbedtls" if args.skip_mbedtls else mbedtls_unavailable()
+    if why_not_mbedtls is not None:
+        document["skipped"]["python-mbedtls"] = why_not_mbedtls
+    rows = plan(
+        flavours,
+        accelerators,
+        why_not_trio is None,
+        why_not_uvloop is None,
+        why_not_mbedtls is None,
+    )
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="dtlskit-bench-") as directory:
         pki = create_pki(directory)
-        progress(f"ceiling: in-memory pyOpenSSL handshakes and records, {seconds:g} s each")
-        document["ceilings"]["in_memory"] = _measure_in_memory(seconds, pki)
-        load = start_load()
         try:
-            for flavour in flavours:
-                try:
-                    _measure_flavour(document, flavour, settings, pki, load)
-                except BenchmarkError as exc:
-                    progress(f"{flavour}: FAILED: {exc}")
-                    document["errors"][flavour] = str(exc)
-                    load.end()  # it may be mid-job: start the next flavour with a fresh one
-                    load = start_load()
+            load = open_load(args.load, str(pki.ca_cert))
+        except BenchmarkError as exc:
+            print(f"dtlskit bench: error: {exc}", file=sys.stderr)
+            return 2
+        document["meta"]["load_generator"] = load.kind
+        document["meta"]["load_generator_description"] = load.description
+        progress(f"load generator: {load.description}")
+        try:
+            for row in rows:
+                _measure_row(document, row, settings, pki, load)
         finally:
-            load.end()
+            load.close()
+        if not args.skip_newcomer:
+            _measure_newcomer(document, settings, pki)
     document["meta"]["total_seconds"] = time.monotonic() - started
     document["meta"]["load_average_at_end"] = list(os.getloadavg())
     report.add_ratios(document)
@@ -187,30 +301,26 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if document["errors"] else 0
 
 
-def _measure_in_memory(seconds: float, pki: PKIFiles) -> dict[str, float]:
-    """:func:`.engine.measure`, plus how busy the rest of the machine was meanwhile."""
-    wall, own, machine = time.monotonic(), time.process_time(), machine_busy_seconds()
-    figures = engine.measure(seconds, pki=pki)
-    wall = time.monotonic() - wall
-    other = machine_busy_seconds() - machine - (time.process_time() - own)
-    return {**figures, "other_cpu_share": max(0.0, other) / wall}
-
-
 def _new_document(settings: Settings, quick: bool) -> dict[str, Any]:
+    in_flight = settings.echo_sessions * settings.window
     notes = [
-        "the handshake ceiling runs client AND server on one core in memory; the servers "
-        "measured run only the server side on their core (the clients run in another process), "
-        "so their ratio can exceed 1",
-        "echo msgs/s counts replies received by the clients; a message unanswered after "
-        f"{settings.loss_timeout:g} s is counted lost (DTLS never retransmits application data)",
+        "server CPU per message = the server process's user+system CPU time over the measured "
+        "interval (/proc/PID/stat, 10 ms ticks) divided by the replies received in it",
+        f"echo: {settings.echo_sessions} sessions x {settings.window} = {in_flight} messages "
+        f"in flight; a message unanswered after {settings.loss_timeout:g} s is counted lost "
+        "(DTLS never retransmits application data)",
+        "handshakes: new sessions with full handshakes (no resumption), each from its own "
+        "loopback source address, so no per-address limit (HelloVerifyRequests per second) caps "
+        "them; the floor and trio get the same load",
+        "memory: resident set growth of a fresh server from a warm start to --sessions "
+        "established sessions, divided by the sessions; what dtlskit adds = its figure minus "
+        "the minimal pyOpenSSL server's (the same SSL objects, a dict entry each)",
     ]
     if settings.socket_buffer is not None:
         notes.append(
-            f"SO_RCVBUF/SO_SNDBUF set to {settings.socket_buffer} bytes on every socket "
+            f"SO_RCVBUF/SO_SNDBUF set to {settings.socket_buffer} bytes on every measured socket "
             "(--socket-buffer 0 keeps the system default)"
         )
-    else:
-        notes.append("socket buffers: the system default")
     return {
         "meta": {
             "seconds": settings.seconds,
@@ -218,10 +328,12 @@ def _new_document(settings: Settings, quick: bool) -> dict[str, Any]:
             "quick": quick,
             "warmup": settings.warmup,
             "concurrency": settings.concurrency,
-            "clients": settings.clients,
+            "echo_sessions": settings.echo_sessions,
             "window": settings.window,
+            "in_flight": in_flight,
             "loss_timeout": settings.loss_timeout,
             "socket_buffer": settings.socket_buffer,
+            "server_cpu": SERVER_CPU,
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "pyopenssl": OpenSSL.__version__,
@@ -229,110 +341,123 @@ def _new_document(settings: Settings, quick: bool) -> dict[str, Any]:
             "platform": platform.platform(),
             "load_average_at_start": list(os.getloadavg()),
         },
-        "ceilings": {"plain_udp": {}},
-        "servers": {},
+        "rows": {},
+        "ceilings": {},
+        "newcomer": None,
         "ratios": [],
+        "memory": [],
+        "targets": [],
+        "summary": "",
         "skipped": {},
         "errors": {},
         "notes": notes,
     }
 
 
-def _job_timeout(settings: Settings) -> float:
-    return settings.warmup + settings.seconds + settings.loss_timeout + 60.0
-
-
-def _measure_flavour(
-    document: dict[str, Any], flavour: str, settings: Settings, pki: PKIFiles, load: Child
+def _measure_row(
+    document: dict[str, Any], row: Row, settings: Settings, pki: PKIFiles, load: Load
 ) -> None:
-    figures: dict[str, Any] = {}
-    document["servers"][flavour] = figures
-    base = {
-        "cafile": str(pki.ca_cert),
-        "seconds": settings.seconds,
-        "socket_buffer": settings.socket_buffer,
-    }
-    echo = {
-        **base,
-        "job": "echo",
-        "clients": settings.clients,
-        "window": settings.window,
-        "warmup": settings.warmup,
-        "loss_timeout": settings.loss_timeout,
-    }
-    timeout = _job_timeout(settings)
-
-    # Ceiling: plain UDP echo on the same loop, through the same load generator.
-    plain: dict[str, Any] = {}
-    document["ceilings"]["plain_udp"][flavour] = plain
-    child, port = start_server(ServerSpec(flavour, "udp", socket_buffer=settings.socket_buffer))
-    try:
-        for size in report.ECHO_SIZES:
-            progress(f"{flavour}: ceiling: plain UDP echo, {size}-byte messages")
-            spec = {**echo, "protocol": "udp", "port": port, "server_pid": child.pid, "size": size}
-            plain[str(size)] = load.request(("job", spec), timeout)[1]
-    finally:
-        child.end()
-
-    dtls = ServerSpec(
-        flavour,
-        "dtls",
+    spec = replace(
+        row.spec,
         certfile=str(pki.server_cert),
         keyfile=str(pki.server_key),
         socket_buffer=settings.socket_buffer,
+        max_sessions=max(20_000, 2 * settings.sessions),
     )
-    child, port = start_server(dtls)
+    figures: dict[str, Any] = {
+        "role": row.role,
+        "kind": spec.kind,
+        "loop": spec.loop,
+        "style": spec.style if spec.kind == "dtlskit" else None,
+        "accelerator_switch": spec.accelerator if spec.kind == "dtlskit" else None,
+        "label": report.row_label(row.key, spec.kind, spec.loop, spec.style, None),
+        "echo": {},
+    }
+    document["rows"][row.key] = figures
+    protocol = "udp" if spec.kind.startswith("udp") else "dtls"
     try:
-        where = {"port": port, "server_pid": child.pid}
-        progress(f"{flavour}: DTLS handshakes/s, {settings.concurrency} clients at a time")
-        spec = {**base, **where, "job": "handshakes", "concurrency": settings.concurrency}
-        figures["handshakes"] = load.request(("job", spec), timeout)[1]
-        figures["echo"] = {}
-        for size in report.ECHO_SIZES:
-            progress(f"{flavour}: DTLS echo, {size}-byte messages")
-            spec = {**echo, **where, "protocol": "dtls", "size": size}
-            figures["echo"][str(size)] = load.request(("job", spec), timeout)[1]
-        figures["statistics"] = child.request(("stats",), 30.0)[1]
-    finally:
-        child.end()
+        child, port, info = start_server(spec)
+        try:
+            figures["accelerator"] = info["accelerator"]
+            figures["server_cpus"] = info["cpus"]
+            figures["label"] = report.row_label(
+                row.key, spec.kind, spec.loop, spec.style, info["accelerator"]
+            )
+            for size in report.ECHO_SIZES:
+                progress(f"{row.key}: echo, {size}-byte messages")
+                figures["echo"][str(size)] = load.echo(
+                    protocol=protocol,
+                    port=port,
+                    server_pid=child.pid,
+                    sessions=settings.echo_sessions,
+                    window=settings.window,
+                    size=size,
+                    warmup=settings.warmup,
+                    seconds=settings.seconds,
+                    loss_timeout=settings.loss_timeout,
+                    socket_buffer=settings.socket_buffer,
+                )
+            if row.handshakes:
+                progress(f"{row.key}: new handshakes, {settings.concurrency} at a time")
+                figures["handshakes"] = load.handshakes(
+                    port=port,
+                    server_pid=child.pid,
+                    concurrency=settings.concurrency,
+                    seconds=settings.seconds,
+                )
+            figures["statistics"] = child.request(("stats",), 30.0)[1]
+        finally:
+            child.end()
+        if row.memory:
+            progress(f"{row.key}: memory, {settings.sessions} sessions on a fresh server")
+            figures["memory"] = _measure_memory(spec, settings, load)
+    except BenchmarkError as exc:
+        progress(f"{row.key}: FAILED: {exc}")
+        document["errors"][row.key] = str(exc)
 
-    progress(f"{flavour}: memory per session, {settings.sessions} sessions on a fresh server")
-    figures["rss"] = _measure_rss(dtls, str(pki.ca_cert), settings, load)
 
-
-def _measure_rss(spec: ServerSpec, cafile: str, settings: Settings, load: Child) -> dict[str, Any]:
-    child, port = start_server(spec)
+def _measure_memory(spec: ServerSpec, settings: Settings, load: Load) -> dict[str, Any]:
+    child, port, _ = start_server(spec)
     try:
-        hold = {
-            "job": "hold",
-            "cafile": cafile,
-            "port": port,
-            "concurrency": settings.concurrency,
-            "hold_timeout": 120.0,
-        }
-        timeout = 60.0 + settings.sessions / 10  # generous: a few hundred handshakes/s expected
+        keep = {"port": port, "server_pid": child.pid, "concurrency": settings.concurrency}
         # Warm up (code paths, first allocations, a handler thread or task), then measure.
-        load.request(("job", {**hold, "sessions": settings.concurrency}), timeout)
-        load.request(("release",), timeout)
+        load.handshakes(**keep, count=settings.concurrency, keep=True)
+        load.release()
         time.sleep(_SETTLE)
         before = rss_kib(child.pid)
-        held = load.request(("job", {**hold, "sessions": settings.sessions}), timeout)[1]
+        held = load.handshakes(**keep, count=settings.sessions, keep=True)
         time.sleep(_SETTLE)
         after = rss_kib(child.pid)
         statistics = child.request(("stats",), 30.0)[1]
-        load.request(("release",), timeout)
+        load.release()
     finally:
         child.end()
-    established = int(held["established"])
+    established = int(held["completed"])
     if established < 1:
         raise BenchmarkError(f"no session could be established for the memory figure: {held}")
+    server_sessions = int(statistics.get("sessions", 0))
     return {
-        **held,
+        "sessions_wanted": settings.sessions,
+        "established": established,
+        "failed": int(held.get("failed", 0)),
+        "server_sessions": server_sessions,
+        "seconds_to_establish": held.get("wall_s", held.get("seconds_to_establish")),
         "before_kib": before,
         "after_kib": after,
         "kib_per_session": (after - before) / established,
-        "server_sessions": statistics["sessions"],
     }
+
+
+def _measure_newcomer(document: dict[str, Any], settings: Settings, pki: PKIFiles) -> None:
+    clients, messages = settings.newcomer_clients, settings.newcomer_messages
+    progress(f"newcomer's program: {clients} clients x {messages} fire-and-forget messages")
+    try:
+        document["newcomer"] = newcomer.run_in_child(
+            str(pki.server_cert), str(pki.server_key), str(pki.ca_cert), clients, messages
+        )
+    except BenchmarkError as exc:
+        progress(f"newcomer: FAILED: {exc}")
+        document["errors"]["newcomer"] = str(exc)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
 Nothing here asserts a speed. A benchmark's figures depend on the machine and on whatever else
 runs on it; what can be checked is that every figure was measured (present, positive), that
-the ratios are computed from figures of the same run (``ratio == value / ceiling``), and that
-the helpers the harness relies on (quantiles, addresses, kernel drop counters) are right.
+the ratios are computed from figures of the same run (``ratio == value / reference``), that the
+load generators count what they claim to (a reply, a loss), and that the helpers the harness
+relies on (quantiles, addresses, kernel drop counters, pinning, the environment of a server
+process) are right.
 """
 
 from __future__ import annotations
@@ -11,154 +13,277 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
+import shutil
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
+import dtlskit
+
 ROOT = Path(__file__).resolve().parents[1]
 RUN_SCRIPT = ROOT / "benchmarks" / "run.py"
-QUICK_TIMEOUT = 300  # seconds; the quick run takes well under a minute on an idle machine
+QUICK_TIMEOUT = 300  # seconds; the quick run takes under a minute on an idle machine
 
 
-def _benchmarks() -> tuple[ModuleType, ModuleType, ModuleType]:
-    """(run, report, common), installed as dtlskit.benchmarks or from the checkout."""
+def _benchmarks() -> tuple[ModuleType, ...]:
+    """(run, report, common, cload, servers), installed as dtlskit.benchmarks or from the
+    checkout."""
     try:
-        from dtlskit.benchmarks import common, report, run
+        from dtlskit.benchmarks import cload, common, report, run, servers
     except ImportError:
         if str(ROOT) not in sys.path:
             sys.path.insert(0, str(ROOT))
-        from benchmarks import common, report, run
-    return run, report, common
+        from benchmarks import cload, common, report, run, servers
+    return run, report, common, cload, servers
 
 
-run, report, common = _benchmarks()
+run, report, common, cload, servers = _benchmarks()
 
-EXPECTED_MEASURES = {
-    "handshakes/s",
-    *(
-        f"echo {size} {what}"
-        for size in ("64 B", "1 KiB")
-        for what in ("msgs/s", "RTT p50 ms", "RTT p99 ms")
-    ),
+ACCELERATOR = getattr(dtlskit, "ACCELERATOR", "python")
+C_TOOLCHAIN = shutil.which("cc") is not None and Path("/usr/include/openssl/ssl.h").exists()
+MULTICORE = hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) > 1
+
+ECHO_MEASURES = {
+    "CPU/msg 64 B vs plain UDP",
+    "CPU/msg 1 KiB vs plain UDP",
+    "msgs/s 64 B vs plain UDP",
+    "p99 RTT 64 B vs plain UDP",
+    "CPU/msg 64 B vs pyOpenSSL floor",
+    "CPU/handshake vs pyOpenSSL floor",
 }
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Any]:
+def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any, Path]:
     """One ``--quick`` run of the whole harness, as a user would start it, bounded in time."""
     directory = tmp_path_factory.mktemp("bench")
-    output = directory / "x.json"
+    output, picture = directory / "x.json", directory / "x.png"
+    command = [sys.executable, str(RUN_SCRIPT), "--quick", "--json", str(output)]
     process = subprocess.run(
-        [sys.executable, str(RUN_SCRIPT), "--quick", "--json", str(output), "--flavour", "both"],
+        [*command, "--plot", str(picture)],
         capture_output=True,
         text=True,
         timeout=QUICK_TIMEOUT,
         cwd=directory,
     )
     document = json.loads(output.read_text()) if output.exists() else None
-    return process, document
+    return process, document, picture
+
+
+def _dtlskit_rows(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {k: r for k, r in document["rows"].items() if r["role"] == "dtlskit"}
 
 
 @pytest.mark.slow
 def test_quick_run_succeeds_and_reports_progress(quick: Any) -> None:
-    process, document = quick
+    process, document, _ = quick
     assert process.returncode == 0, process.stderr[-4000:]
     assert document is not None
     assert document["errors"] == {}
-    # One progress line per step on stderr; the table on stdout.
     steps = [line for line in process.stderr.splitlines() if line.startswith("[")]
-    assert any("in-memory" in line for line in steps)
-    for flavour in ("asyncio", "sync"):
-        assert any(line.split("] ", 1)[1].startswith(f"{flavour}: ") for line in steps)
-        assert flavour in process.stdout
-    assert "Ceilings measured in this run" in process.stdout
-    assert "RSS KiB/session" in process.stdout
+    for key in document["rows"]:
+        assert any(line.split("] ", 1)[1].startswith(f"{key}: ") for line in steps), key
+    assert any("newcomer's program" in line for line in steps)
+    for section in ("Figures", "Ratios", "Memory per established session", "Summary: "):
+        assert section in process.stdout, section
+    assert "The newcomer's program" in process.stdout
+    assert "Issue 14 figures to reach" in process.stdout
+    # The active path is named, in the table and in the document.
+    assert f"accelerator installed: {ACCELERATOR}" in process.stdout
+    assert document["meta"]["accelerator_installed"] == ACCELERATOR
 
 
 @pytest.mark.slow
-def test_quick_run_measured_every_figure(quick: Any) -> None:
-    _, document = quick
-    memory = document["ceilings"]["in_memory"]
-    for key in (
-        "raw_pyopenssl_handshakes_per_s",
-        "raw_pyopenssl_records_per_s",
-        "dtlskit_engine_handshakes_per_s",
-        "dtlskit_engine_records_per_s",
-    ):
-        assert memory[key] > 0, key
-    flavours = {"asyncio", "sync"}
-    if "uvloop" in document["servers"]:
-        flavours.add("uvloop")
+def test_quick_run_uses_the_c_load_generator_where_it_can_be_built(quick: Any) -> None:
+    _, document, _ = quick
+    if C_TOOLCHAIN:
+        assert document["meta"]["load_generator"] == "c"
+        assert "system OpenSSL" in document["meta"]["load_generator_description"]
     else:
-        assert "uvloop" in document["skipped"]
-    assert set(document["servers"]) == flavours
-    assert set(document["ceilings"]["plain_udp"]) == flavours
+        assert document["meta"]["load_generator"] == "python"
+        assert "fallback" in document["meta"]["load_generator_description"]
+
+
+@pytest.mark.slow
+def test_quick_run_measured_every_row(quick: Any) -> None:
+    _, document, _ = quick
+    rows = document["rows"]
+    expected = {"udp-asyncio-protocol", "udp-asyncio-drain", "udp-blocking", "pyopenssl-floor"}
+    loops = ["asyncio", "sync"]
+    if "uvloop" in document["skipped"]:
+        assert importlib.util.find_spec("uvloop") is None
+    else:
+        expected.add("udp-uvloop")
+        loops.append("uvloop")
+    if "trio" in document["skipped"]:
+        assert importlib.util.find_spec("trio") is None
+    else:
+        expected.add("trio")
+    if "python-mbedtls" in document["skipped"]:
+        assert importlib.util.find_spec("mbedtls") is None
+    else:
+        expected.add("mbedtls")
+    switches = ["on", "off"] if ACCELERATOR != "python" else ["off"]
+    if ACCELERATOR == "python":
+        assert "accelerator on" in document["skipped"]
+    for loop in loops:
+        for switch in switches:
+            for style in servers.STYLES:
+                expected.add(f"dtlskit-{loop}-{style}-accel-{switch}")
+    assert set(rows) == expected
+    for key, figures in rows.items():
+        if MULTICORE:
+            assert figures["server_cpus"] == [servers.SERVER_CPU], key
+        assert set(figures["echo"]) == {"64", "1024"}, key
+        for echo in figures["echo"].values():
+            assert echo["replies"] > 0 and echo["msgs_per_s"] > 0, key
+            assert echo["server_cpu_s"] > 0 and echo["server_cpu_us_per_op"] > 0, key
+            assert math.isclose(
+                echo["server_cpu_us_per_op"],
+                1e6 * echo["server_cpu_s"] / echo["replies"],
+                rel_tol=1e-3,
+                abs_tol=1e-3,
+            )
+            assert 0 < echo["rtt_p50_ms"] <= echo["rtt_p99_ms"], key
+            assert echo["lost"] >= 0 and echo["sent"] >= echo["replies"], key
+            assert echo["in_flight"] == document["meta"]["in_flight"] == 32
+        if figures["role"] in ("floor", "peer", "dtlskit"):
+            handshakes = figures["handshakes"]
+            assert handshakes["completed"] > 0 and handshakes["per_s"] > 0, key
+            assert handshakes["failed"] >= 0 and handshakes["server_cpu_ms_per_op"] > 0, key
+        if figures["role"] == "dtlskit":
+            assert figures["accelerator"] == (
+                ACCELERATOR if figures["accelerator_switch"] == "on" else "python"
+            )
+            # The server's own counters agree that the handshakes had the cookie exchange.
+            statistics = figures["statistics"]
+            assert statistics["hello_verify_requests_sent"] >= statistics["handshakes_completed"]
+            assert statistics["handshakes_completed"] > 0
+    # The handshakes of every DTLS row negotiated the same suite (a fair comparison).
+    ciphers = {
+        figures["handshakes"].get("cipher")
+        for figures in rows.values()
+        if "handshakes" in figures and figures["handshakes"].get("generator") == "c"
+    }
+    assert len(ciphers) <= 1
+
+
+@pytest.mark.slow
+def test_quick_run_measured_memory_against_the_floor(quick: Any) -> None:
+    _, document, _ = quick
     sessions = document["meta"]["sessions"]
-    assert sessions == 100  # --quick
-    for flavour in flavours:
-        figures = document["servers"][flavour]
-        handshakes = figures["handshakes"]
-        assert handshakes["completed"] > 0 and handshakes["per_s"] > 0
-        assert handshakes["failed"] >= 0 and handshakes["server_cpu_ms_per_op"] > 0
-        for source in (figures["echo"], document["ceilings"]["plain_udp"][flavour]):
-            assert set(source) == {"64", "1024"}
-            for echo in source.values():
-                assert echo["msgs_per_s"] > 0 and echo["replies"] > 0
-                assert 0 < echo["rtt_p50_ms"] <= echo["rtt_p99_ms"]
-                assert echo["lost"] >= 0 and echo["socket_drops"] >= 0
-                assert echo["sent"] >= echo["replies"]
-                assert echo["server_cpu_s"] > 0 and echo["server_cpu_us_per_op"] > 0
-        rss = figures["rss"]
-        assert rss["established"] == sessions and rss["failed"] == 0
-        assert rss["server_sessions"] == sessions  # the server really held them all
-        assert rss["after_kib"] > rss["before_kib"] > 0
-        assert rss["kib_per_session"] == (rss["after_kib"] - rss["before_kib"]) / sessions
-        assert rss["kib_per_session"] > 0
-        # The server's own counters agree that handshakes happened with cookies.
-        statistics = figures["statistics"]
-        assert statistics["hello_verify_requests_sent"] >= statistics["handshakes_completed"] > 0
+    assert sessions == 1000  # --quick
+    measured = [k for k, r in document["rows"].items() if "memory" in r]
+    loops = {document["rows"][k]["loop"] for k in measured if k != "pyopenssl-floor"}
+    assert "pyopenssl-floor" in measured and loops == {"asyncio", "sync"}
+    for key in measured:
+        memory = document["rows"][key]["memory"]
+        assert memory["established"] == sessions and memory["failed"] == 0, key
+        # The server really held them all (and the warm-up's).
+        assert memory["server_sessions"] == sessions + document["meta"]["concurrency"], key
+        assert memory["after_kib"] > memory["before_kib"] > 0
+        assert memory["kib_per_session"] == (memory["after_kib"] - memory["before_kib"]) / sessions
+    floor = document["rows"]["pyopenssl-floor"]["memory"]["kib_per_session"]
+    assert {entry["row"] for entry in document["memory"]} == set(measured) - {"pyopenssl-floor"}
+    for entry in document["memory"]:
+        assert entry["floor_kib_per_session"] == floor
+        assert entry["adds_kib"] == entry["kib_per_session"] - floor
+        assert (
+            entry["target"] == {"asyncio": 3.0, "sync": 8.0}[document["rows"][entry["row"]]["loop"]]
+        )
+
+
+@pytest.mark.slow
+def test_quick_run_ran_the_newcomers_program(quick: Any) -> None:
+    _, document, _ = quick
+    newcomer = document["newcomer"]
+    assert newcomer["sent"] == 10_000 == newcomer["clients"] * newcomer["messages_per_client"]
+    assert 0 < newcomer["delivered"] <= newcomer["sent"]
+    assert newcomer["missing"] == newcomer["sent"] - newcomer["delivered"]
+    counted = newcomer["counted_in_statistics"] + newcomer["unsent_after_client_error"]
+    assert newcomer["uncounted"] == max(0, newcomer["missing"] - counted)
+    assert newcomer["kernel_socket_drops"] >= 0
+    assert newcomer["statistics_has_kernel_drops"] == (
+        newcomer["statistics_kernel_drops"] is not None
+    )
 
 
 @pytest.mark.slow
 def test_quick_run_ratios_come_from_its_own_figures(quick: Any) -> None:
-    _, document = quick
+    _, document, _ = quick
     seen: dict[str, set[str]] = {}
     for entry in document["ratios"]:
         value = report.lookup(document, entry["value_path"])
-        ceiling = report.lookup(document, entry["ceiling_path"])
+        reference = report.lookup(document, entry["reference_path"])
         assert entry["value"] == value and value > 0
-        assert entry["ceiling"] == ceiling and ceiling > 0
-        assert math.isclose(entry["ratio"], value / ceiling, rel_tol=1e-12)
-        assert entry["value_path"][:2] == ["servers", entry["server"]]
-        assert entry["ceiling_path"][0] == "ceilings"
-        seen.setdefault(entry["server"], set()).add(entry["measure"])
-    assert set(seen) == set(document["servers"])
-    for measures in seen.values():
-        assert measures == EXPECTED_MEASURES
-    # Handshakes against the in-memory pyOpenSSL ceiling, echo against plain UDP on its loop.
+        assert entry["reference"] == reference and reference > 0
+        assert math.isclose(entry["ratio"], value / reference, rel_tol=1e-12)
+        assert entry["value_path"][:2] == ["rows", entry["row"]]
+        assert entry["reference_path"][1] == entry["reference_row"]
+        assert entry["better"] in ("lower", "higher")
+        if entry["target"] is not None:
+            good = (
+                entry["ratio"] <= entry["target"]
+                if entry["better"] == "lower"
+                else (entry["ratio"] >= entry["target"])
+            )
+            assert entry["meets"] is good
+        seen.setdefault(entry["row"], set()).add(entry["measure"])
+    dtlskit_rows = _dtlskit_rows(document)
+    assert set(seen) == set(dtlskit_rows)
+    for key, measures in seen.items():
+        expected = set(ECHO_MEASURES)
+        if "trio" in document["rows"]:
+            expected.add("CPU/msg 64 B vs trio")
+        if "mbedtls" in document["rows"]:
+            expected.add("CPU/msg 64 B vs python-mbedtls")
+        if document["rows"][key]["loop"] == "asyncio":  # the other candidate ceiling too
+            (other,) = {"udp-asyncio-protocol", "udp-asyncio-drain"} - {
+                document["ceilings"]["asyncio"]["row"]
+            }
+            expected.add(f"CPU/msg 64 B vs {other}")
+        assert measures == expected, key
+    # Each loop against its own plain UDP ceiling; asyncio against the cheaper of its two.
+    ceilings = document["ceilings"]
+    asyncio_rows = ("udp-asyncio-protocol", "udp-asyncio-drain")
+    cheapest = min(
+        asyncio_rows, key=lambda k: document["rows"][k]["echo"]["64"]["server_cpu_us_per_op"]
+    )
+    assert ceilings["asyncio"]["row"] == cheapest
     for entry in document["ratios"]:
-        if entry["measure"] == "handshakes/s":
-            assert entry["ceiling_path"] == [
-                "ceilings",
-                "in_memory",
-                "raw_pyopenssl_handshakes_per_s",
-            ]
-        else:
-            assert entry["ceiling_path"][:3] == ["ceilings", "plain_udp", entry["server"]]
+        loop = document["rows"][entry["row"]]["loop"]
+        if entry["measure"].endswith("vs plain UDP"):
+            assert entry["reference_row"] == ceilings[loop]["row"]
+        elif "udp-asyncio" in entry["measure"]:  # the candidate that was not the ceiling
+            assert loop == "asyncio" and entry["target"] is None
+            assert entry["measure"].endswith(entry["reference_row"])
+            assert entry["reference_row"] != ceilings["asyncio"]["row"]
 
 
 @pytest.mark.slow
-def test_plot_draws_the_ratios_when_matplotlib_is_installed(quick: Any, tmp_path: Path) -> None:
-    _, document = quick
-    assert report.can_plot(), "matplotlib is a test dependency: pip install -e '.[test]'"
-    target = tmp_path / "ratios.png"
-    report.plot(document, target)
-    assert target.read_bytes().startswith(b"\x89PNG")
+def test_quick_run_lists_the_issue_targets_and_a_summary(quick: Any) -> None:
+    _, document, _ = quick
+    figures = [entry["figure"] for entry in document["targets"]]
+    assert any("newcomer's program: delivered" in f for f in figures)
+    assert any("beyond OpenSSL's SSL object" in f for f in figures)
+    assert any("CPU/handshake vs pyOpenSSL floor" in f for f in figures)
+    assert all(isinstance(entry["meets"], bool) for entry in document["targets"])
+    summary = document["summary"]
+    assert "us of server CPU per 64-byte message" in summary
+    assert "handshake costs" in summary and "newcomer's program delivered" in summary
+
+
+@pytest.mark.slow
+def test_quick_run_plots_two_panels(quick: Any) -> None:
+    _, _, picture = quick
+    assert picture.read_bytes().startswith(b"\x89PNG")
 
 
 def test_plot_without_matplotlib_is_a_one_line_error(
@@ -184,19 +309,75 @@ def test_bad_flavour_is_a_usage_error() -> None:
     assert raised.value.code == 2
 
 
-def test_ratios_skip_what_was_not_measured() -> None:
+def test_plan_makes_the_accelerator_and_the_style_parameters() -> None:
+    rows = run.plan(["asyncio", "uvloop", "sync"], ["on", "off"], True, True, True)
+    keys = [row.key for row in rows]
+    for loop in ("asyncio", "uvloop", "sync"):
+        for switch in ("on", "off"):
+            for style in servers.STYLES:
+                key = f"dtlskit-{loop}-{style}-accel-{switch}"
+                spec = rows[keys.index(key)].spec
+                assert (spec.loop, spec.accelerator, spec.style) == (loop, switch, style)
+                assert spec.environment() == ({"DTLSKIT_NATIVE": "0"} if switch == "off" else {})
+    memory = {row.key for row in rows if row.memory}
+    assert memory == {
+        "pyopenssl-floor",
+        f"dtlskit-asyncio-{servers.STYLES[0]}-accel-on",
+        f"dtlskit-sync-{servers.STYLES[0]}-accel-on",
+    }
+    assert "trio" in keys and "udp-uvloop" in keys and "mbedtls" in keys
+    assert "trio" not in [row.key for row in run.plan(["asyncio"], ["off"], False, True)]
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+def _echo(cost: float, rate: float = 1000.0, p99: float = 1.0) -> dict[str, Any]:
+    return {"server_cpu_us_per_op": cost, "msgs_per_s": rate, "rtt_p99_ms": p99}
+
+
+def test_ratios_pick_the_cheaper_asyncio_ceiling_and_skip_what_was_not_measured() -> None:
     document: dict[str, Any] = {
-        "ceilings": {
-            "in_memory": {"raw_pyopenssl_handshakes_per_s": 400.0},
-            "plain_udp": {"sync": {"64": {"msgs_per_s": 1000.0}}},
+        "rows": {
+            "udp-asyncio-protocol": {"role": "ceiling", "echo": {"64": _echo(40.0)}},
+            "udp-asyncio-drain": {"role": "ceiling", "echo": {"64": _echo(10.0, 4000.0, 0.5)}},
+            "pyopenssl-floor": {
+                "role": "floor",
+                "echo": {"64": _echo(25.0)},
+                "handshakes": {"server_cpu_ms_per_op": 0.5},
+                "memory": {"kib_per_session": 70.0, "established": 10},
+            },
+            "dtlskit-asyncio-iterator-accel-off": {
+                "role": "dtlskit",
+                "loop": "asyncio",
+                "label": "dtlskit asyncio",
+                "accelerator": "python",
+                "accelerator_switch": "off",
+                "echo": {"64": _echo(100.0, 1000.0, 1.5)},
+                "handshakes": {"server_cpu_ms_per_op": 0.6},
+                "memory": {"kib_per_session": 72.0, "established": 10},
+            },
         },
-        "servers": {
-            "sync": {"handshakes": {"per_s": 100.0}, "echo": {"64": {"msgs_per_s": 250.0}}}
-        },
+        "newcomer": {"sent": 100, "delivered": 99, "delivered_share": 0.99, "uncounted": 1},
     }
     report.add_ratios(document)
-    got = {(e["measure"], e["ratio"]) for e in document["ratios"]}
-    assert got == {("handshakes/s", 0.25), ("echo 64 B msgs/s", 0.25)}
+    assert document["ceilings"]["asyncio"]["row"] == "udp-asyncio-drain"
+    got = {e["measure"]: (e["ratio"], e["meets"]) for e in document["ratios"]}
+    assert got == {
+        "CPU/msg 64 B vs plain UDP": (10.0, False),  # target 1.0 on the default asyncio loop
+        "CPU/msg 64 B vs udp-asyncio-protocol": (2.5, None),  # the other candidate
+        "msgs/s 64 B vs plain UDP": (0.25, None),
+        "p99 RTT 64 B vs plain UDP": (3.0, False),
+        "CPU/msg 64 B vs pyOpenSSL floor": (4.0, None),
+        "CPU/handshake vs pyOpenSSL floor": (1.2, True),
+    }
+    (memory,) = document["memory"]
+    assert memory["adds_kib"] == 2.0 and memory["meets"] is True
+    verdicts = {t["figure"]: t["meets"] for t in document["targets"]}
+    assert verdicts["newcomer's program: delivered"] is True
+    assert verdicts["newcomer's program: messages lost with no count anywhere"] is False
+    assert "90 us more than plain UDP echo" in document["summary"]
+    assert "1.20x a minimal pyOpenSSL server" in document["summary"]
 
 
 def test_percentile_is_nearest_rank() -> None:
@@ -241,8 +422,143 @@ def test_udp_drops_counts_what_the_kernel_dropped() -> None:
 
 
 def test_process_readings_of_this_process() -> None:
-    import os
-
     assert common.rss_kib(os.getpid()) > 1000
     assert common.cpu_seconds(os.getpid()) > 0
     assert common.machine_busy_seconds() > 0
+
+
+# -- the server processes ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("switch", ["on", "off"])
+def test_server_process_is_pinned_and_gets_the_accelerator_switch(
+    switch: str, tmp_path: Path
+) -> None:
+    from dtlskit.certs import create_pki
+
+    pki = create_pki(tmp_path)
+    before = os.environ.get("DTLSKIT_NATIVE")
+    spec = servers.ServerSpec(
+        "dtlskit",
+        "asyncio",
+        accelerator=switch,
+        certfile=str(pki.server_cert),
+        keyfile=str(pki.server_key),
+    )
+    child, port, info = servers.start_server(spec)
+    try:
+        assert port > 0
+        assert info["DTLSKIT_NATIVE"] == ("0" if switch == "off" else before)
+        assert info["accelerator"] == ("python" if switch == "off" else ACCELERATOR)
+        if MULTICORE:
+            assert info["cpus"] == [servers.SERVER_CPU]
+            assert os.sched_getaffinity(child.pid) == {servers.SERVER_CPU}
+    finally:
+        child.end()
+    assert os.environ.get("DTLSKIT_NATIVE") == before  # the parent's is left as it was
+
+
+# -- the C load generator ----------------------------------------------------------------------
+
+
+needs_c = pytest.mark.skipif(not C_TOOLCHAIN, reason="cc or the OpenSSL headers are missing")
+
+
+@needs_c
+def test_c_load_generator_is_built_once_and_cached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    binary, how = cload.build()
+    assert binary is not None and how.startswith("built ")
+    assert Path(binary).parent == tmp_path / "dtlskit-bench"
+    again, how = cload.build()
+    assert again == binary and how.startswith("cached ")
+
+
+def _udp_server(answer: bool) -> tuple[socket.socket, threading.Thread, list[int]]:
+    """A plain UDP socket that echoes everything (``answer``) or nothing, until it gets b""."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    count = [0]
+
+    def serve() -> None:
+        while True:
+            data, address = sock.recvfrom(65536)
+            if not data:
+                return
+            count[0] += 1
+            if answer:
+                sock.sendto(data, address)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return sock, thread, count
+
+
+def _stop(sock: socket.socket, thread: threading.Thread) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as waker:
+        waker.sendto(b"", sock.getsockname())
+    thread.join(10)
+    sock.close()
+
+
+def _c_echo(port: int, loss_timeout: float) -> dict[str, Any]:
+    binary, how = cload.build()
+    assert binary is not None, how
+    load = cload.CLoad(binary, how)
+    return load.echo(
+        protocol="udp",
+        port=port,
+        server_pid=os.getpid(),
+        sessions=2,
+        window=4,
+        size=64,
+        warmup=0.0,
+        seconds=0.3,
+        loss_timeout=loss_timeout,
+        socket_buffer=None,
+    )
+
+
+@needs_c
+def test_c_load_generator_counts_every_unanswered_message_lost() -> None:
+    sock, thread, count = _udp_server(answer=False)
+    try:
+        result = _c_echo(sock.getsockname()[1], loss_timeout=0.1)
+    finally:
+        _stop(sock, thread)
+    assert result["replies"] == 0 and result["msgs_per_s"] == 0
+    assert result["sent"] > 2 * 4  # lost slots were re-used during the measured interval
+    assert result["lost"] == result["sent"] == count[0]
+
+
+@needs_c
+def test_c_load_generator_counts_replies_and_round_trips() -> None:
+    sock, thread, count = _udp_server(answer=True)
+    try:
+        result = _c_echo(sock.getsockname()[1], loss_timeout=30.0)
+    finally:
+        _stop(sock, thread)
+    assert result["generator"] == "c" and result["in_flight"] == 8
+    assert 0 < result["replies"] <= result["sent"] == count[0]
+    assert result["lost"] == 0 and result["late"] == 0 and result["errors"] == 0
+    assert 0 < result["rtt_p50_ms"] <= result["rtt_p99_ms"]
+    assert result["server_cpu_s"] >= 0 and result["load_cpu_s"] >= 0
+
+
+def test_without_a_compiler_the_python_load_generator_stands_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    binary, why = cload.build()
+    assert binary is None and "no-such-cc" in why
+    with pytest.raises(common.BenchmarkError, match="not available"):
+        cload.open_load("c", "ca.pem")
+    load = cload.open_load("auto", "ca.pem")
+    try:
+        assert load.kind == "python" and "fallback" in load.description
+    finally:
+        load.close()

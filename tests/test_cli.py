@@ -676,7 +676,9 @@ def test_console_script_and_version(cli_env: dict[str, str]) -> None:
     result = subprocess.run(
         [str(script), "--version"], capture_output=True, text=True, env=cli_env, timeout=RUN_TIMEOUT
     )
-    assert result.stdout.strip() == f"dtlskit {dtlskit.__version__}"
+    # The version, and which datagram path is active (dtlskit.ACCELERATOR, "python" without one)
+    accelerator = getattr(dtlskit, "ACCELERATOR", "python")
+    assert result.stdout.strip() == f"dtlskit {dtlskit.__version__} (accelerator: {accelerator})"
 
 
 def test_psk_server_and_client(cli_env: dict[str, str]) -> None:

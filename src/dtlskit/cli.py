@@ -888,8 +888,9 @@ def _cmd_bench(argv: list[str]) -> int:
 def _add_bench_parser(commands: Any) -> None:
     commands.add_parser(
         "bench",
-        help="measure handshakes/s, echo msgs/s, RTT and memory per session against ceilings "
-        "measured in the same run (see: dtlskit bench --help)",
+        help="measure server CPU per message and per handshake, round trips, memory per "
+        "session and silent loss against ceilings and floors measured in the same run "
+        "(see: dtlskit bench --help)",
         add_help=False,
     )
 
@@ -925,7 +926,12 @@ def build_parser() -> argparse.ArgumentParser:
         "success, 1 failure "
         "(one line on stderr names the cause), 2 usage error, 130 interrupted.",
     )
-    parser.add_argument("--version", action="version", version=f"dtlskit {__version__}")
+    accelerator = getattr(sys.modules["dtlskit"], "ACCELERATOR", "python")
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"dtlskit {__version__} (accelerator: {accelerator})",
+    )
     parser.set_defaults(log_level=logging.WARNING)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = _common_options()
