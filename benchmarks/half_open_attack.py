@@ -70,11 +70,11 @@ async def one_attack(address: str, port: int, client_config: dtlskit.DTLSConfigu
         engine = DTLSConnection(client_config, server=False)
         engine.connect(loop.time())
         for datagram in engine.datagrams_to_send():
-            await loop.sock_sendto(sock, datagram, ("127.0.0.1", port))
+            sock.sendto(datagram, ("127.0.0.1", port))  # UDP on loopback: never blocks for long
         reply = await asyncio.wait_for(loop.sock_recv(sock, 65536), 2.0)
         engine.receive_datagram(reply, loop.time())
         for datagram in engine.datagrams_to_send():
-            await loop.sock_sendto(sock, datagram, ("127.0.0.1", port))
+            sock.sendto(datagram, ("127.0.0.1", port))  # UDP on loopback: never blocks for long
         return True
     except (TimeoutError, OSError):
         return False
@@ -109,7 +109,7 @@ async def spoof(victim: str, port: int, config: Any, rate: float, end: float) ->
         sock.bind((victim, 0))
         next_send = loop.time()
         while loop.time() < end:  # evenly spaced: each takes whatever budget has refilled
-            await loop.sock_sendto(sock, hello, ("127.0.0.1", port))
+            sock.sendto(hello, ("127.0.0.1", port))  # UDP on loopback: never blocks for long
             sent += 1
             next_send += 1.0 / rate
             await asyncio.sleep(max(0.0, next_send - loop.time()))

@@ -25,7 +25,7 @@ from OpenSSL import SSL
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import engine
+import engine  # type: ignore[import-not-found]  # run as a script, beside engine.py
 
 import dtlskit
 from dtlskit.certs import create_pki

@@ -325,7 +325,7 @@ def _pick_dtlskit(document: Document) -> str | None:
                     and figures.get("accelerator_switch") == switch
                     and figures["echo"].get("64")
                 ):
-                    return key
+                    return str(key)
     return None
 
 
