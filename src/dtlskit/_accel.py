@@ -40,7 +40,8 @@ The contract
     ``SSL_get_error`` code as above. OpenSSL cannot write an empty message: ``b""`` gives
     ``SSL_ERROR_SYSCALL``, so callers must not seal one.
 ``recv_batch(sock, max_count) -> (list of (datagram, address), OSError | None)``
-    read up to ``max_count`` datagrams without blocking from a non-blocking socket; stops at
+    read up to ``max_count`` datagrams without blocking from a non-blocking ``socket.socket``
+    (not the wrappers event loops hand out: they refuse ``recvfrom``/``sendto``); stops at
     the first would-block. An error ends the batch and is returned beside what was read.
     Addresses are what ``sock.recvfrom`` returns. A datagram larger than 65,536 bytes (only
     possible off UDP, e.g. AF_UNIX) is dropped rather than delivered truncated: it counts

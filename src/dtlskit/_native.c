@@ -179,13 +179,21 @@ static void *pointer_of(PyObject *cdata, PyObject *expected_ctype, const char *w
     return p;
 }
 
-/* Is the socket in non-blocking mode (timeout 0.0)? 1 yes, 0 no, -1 error. */
+/* Is the socket in non-blocking mode (timeout 0)? 1 yes, 0 no, -1 error. A socket.socket
+   says 0.0; the wrappers asyncio and uvloop hand out (TransportSocket, PseudoSocket) say 0. */
 static int socket_is_nonblocking(PyObject *sock) {
     PyObject *timeout = PyObject_CallMethod(sock, "gettimeout", NULL);
     if (timeout == NULL) {
         return -1;
     }
-    int result = PyFloat_Check(timeout) && PyFloat_AS_DOUBLE(timeout) == 0.0;
+    int result = 0;
+    if (PyFloat_Check(timeout)) {
+        result = PyFloat_AS_DOUBLE(timeout) == 0.0;
+    } else if (PyLong_Check(timeout)) {
+        int overflow = 0;
+        result = PyLong_AsLongAndOverflow(timeout, &overflow) == 0 && overflow == 0;
+        PyErr_Clear();
+    }
     Py_DECREF(timeout);
     return result;
 }
