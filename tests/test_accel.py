@@ -384,4 +384,3 @@ def test_send_batch_reports_a_refused_peer_with_the_count() -> None:
                 break
         assert isinstance(error, ConnectionRefusedError)
         assert sent in (0, 1)
-
