@@ -113,11 +113,16 @@ class Peer:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=5)
-        for stream in (self.process.stdin, self.process.stdout):
-            if stream is not None:
-                with contextlib.suppress(OSError):
-                    stream.close()
+        if self.process.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.process.stdin.close()
+        # The group is dead, so the reader meets end of file: let it finish before closing its
+        # pipe. Closing a buffered pipe under a thread still in readline() races (CPython
+        # raises "PyMemoryView_FromBuffer(): info->buf must not be NULL" in that thread).
         self._reader.join(timeout=5)
+        if self.process.stdout is not None:
+            with contextlib.suppress(OSError):
+                self.process.stdout.close()
 
 
 @contextlib.contextmanager
