@@ -428,3 +428,32 @@ def test_threads_each_with_their_own_sessions_do_not_mix_records(
         thread.join(timeout=120)
     assert not any(thread.is_alive() for thread in threads)
     assert failures == []
+
+
+def test_each_datagram_keeps_its_own_sender_around_a_dropped_one() -> None:
+    # AF_UNIX (Linux abstract names) is the one datagram socket that can carry an oversized
+    # datagram; two senders interleave around it.
+    tag = f"dtlskit-accel-{os.getpid()}-{random.randrange(1 << 30)}"
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    first = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    second = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with receiver, first, second:
+        receiver.bind(f"\0{tag}-r")
+        first.bind(f"\0{tag}-a")
+        second.bind(f"\0{tag}-b")
+        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        second.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        receiver.setblocking(False)
+        target = receiver.getsockname()
+        first.sendto(b"from a", target)
+        second.sendto(b"b" * 70000, target)
+        second.sendto(b"from b", target)
+        first.sendto(b"from a again", target)
+        got, error = _accel.recv_batch(receiver, 10)
+        assert isinstance(error, OSError) and error.errno == errno.EMSGSIZE
+        assert got == [
+            (b"from a", first.getsockname()),
+            (b"from b", second.getsockname()),
+            (b"from a again", first.getsockname()),
+        ]
+        assert isinstance(first.getsockname(), bytes)  # what recvfrom gives for these names

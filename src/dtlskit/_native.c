@@ -640,6 +640,7 @@ static PyObject *recv_batch(PyObject *module, PyObject *const *args, Py_ssize_t 
             break;
         }
         PyObject *last_address = NULL; /* peers repeat: share one address tuple */
+        int last_index = -1;            /* the slot last_address was made from */
         for (int i = 0; i < n; i++) {
             struct msghdr *hdr = &s->msgs[i].msg_hdr;
             if (hdr->msg_flags & MSG_TRUNC) {
@@ -647,9 +648,9 @@ static PyObject *recv_batch(PyObject *module, PyObject *const *args, Py_ssize_t 
                 continue;
             }
             PyObject *address;
-            if (last_address != NULL && i > 0 &&
-                hdr->msg_namelen == s->msgs[i - 1].msg_hdr.msg_namelen &&
-                memcmp(&s->names[i], &s->names[i - 1], hdr->msg_namelen) == 0) {
+            if (last_address != NULL &&
+                hdr->msg_namelen == s->msgs[last_index].msg_hdr.msg_namelen &&
+                memcmp(&s->names[i], &s->names[last_index], hdr->msg_namelen) == 0) {
                 Py_INCREF(last_address);
                 address = last_address;
             } else {
@@ -659,6 +660,7 @@ static PyObject *recv_batch(PyObject *module, PyObject *const *args, Py_ssize_t 
                 }
             }
             last_address = address;
+            last_index = i;
             PyObject *data =
                 PyBytes_FromStringAndSize(s->slots + (size_t)i * DATAGRAM_MAX, s->msgs[i].msg_len);
             PyObject *pair = data ? PyTuple_New(2) : NULL;
