@@ -676,9 +676,17 @@ def test_console_script_and_version(cli_env: dict[str, str]) -> None:
     result = subprocess.run(
         [str(script), "--version"], capture_output=True, text=True, env=cli_env, timeout=RUN_TIMEOUT
     )
-    # The version, and which datagram path is active (dtlskit.ACCELERATOR, "python" without one)
-    accelerator = getattr(dtlskit, "ACCELERATOR", "python")
-    assert result.stdout.strip() == f"dtlskit {dtlskit.__version__} (accelerator: {accelerator})"
+    assert result.stdout.strip() == (
+        f"dtlskit {dtlskit.__version__} (accelerator: {dtlskit.ACCELERATOR})"
+    )
+    off = subprocess.run(
+        [str(script), "--version"],
+        capture_output=True,
+        text=True,
+        env={**cli_env, "DTLSKIT_NATIVE": "0"},
+        timeout=RUN_TIMEOUT,
+    )
+    assert off.stdout.strip() == f"dtlskit {dtlskit.__version__} (accelerator: python)"
 
 
 def test_psk_server_and_client(cli_env: dict[str, str]) -> None:

@@ -2,9 +2,12 @@
 
 ``dtlskit.connect`` / ``dtlskit.serve`` / ``dtlskit.listen`` / ``dtlskit.run_server`` are the
 asyncio front end (:mod:`dtlskit.asyncio`); the blocking mirror image is :mod:`dtlskit.sync`;
-the sans-I/O engines are in :mod:`dtlskit.core`.
+the sans-I/O engines are in :mod:`dtlskit.core`. :data:`ACCELERATOR` says whether established
+records move through the optional C extension (``"native"``) or pure Python (``"python"``);
+``DTLSKIT_NATIVE=0`` in the environment turns the extension off.
 """
 
+from ._accel import ACCELERATOR
 from .asyncio import connect, listen, run_server, serve
 from .config import DEFAULT_CIPHERS, DTLSConfiguration, Limits
 from .core.session import Session
@@ -31,6 +34,7 @@ from .exceptions import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ACCELERATOR",
     "DEFAULT_CIPHERS",
     "BufferTooSmall",
     "CertificateVerificationError",

@@ -25,19 +25,28 @@ The contract
 ------------
 ``handle = make_handle(connection)``
     once per established session (``connection``: its ``OpenSSL.SSL.Connection`` on memory
-    BIOs). The handle keeps the connection alive.
+    BIOs; ValueError otherwise). The handle keeps the connection alive (``handle.connection``)
+    and stays safe to use after the connection shut down: OpenSSL then returns error codes.
 ``open_record(handle, datagram) -> bytes | int``
     write one datagram into OpenSSL and read one record's plaintext: the plaintext (never
     empty), or OpenSSL's ``SSL_get_error`` code: :data:`WANT_READ` (OpenSSL consumed it and
     produced no data: a replay, a bad MAC, a record it handled itself), :data:`ZERO_RETURN`
     (close_notify), anything else an error whose details wait on OpenSSL's error queue of this
-    thread: call :func:`raise_error` at once, on the same thread.
+    thread: call :func:`raise_error` at once, on the same thread. An empty datagram is
+    :data:`WANT_READ` (it holds no record). Each call clears this thread's error queue first.
 ``seal_record(handle, message) -> bytes | int``
     encrypt one message (at most the cleartext MTU, checked by the caller) and return every
-    byte OpenSSL wrote (one record), or an ``SSL_get_error`` code as above.
+    byte OpenSSL wrote (one record, plus anything OpenSSL had left in its write BIO), or an
+    ``SSL_get_error`` code as above. OpenSSL cannot write an empty message: ``b""`` gives
+    ``SSL_ERROR_SYSCALL``, so callers must not seal one.
 ``recv_batch(sock, max_count) -> (list of (datagram, address), OSError | None)``
-    read up to ``max_count`` datagrams without blocking from a non-blocking socket; stops at
+    read up to ``max_count`` datagrams without blocking from a non-blocking ``socket.socket``
+    (not the wrappers event loops hand out: they refuse ``recvfrom``/``sendto``); stops at
     the first would-block. An error ends the batch and is returned beside what was read.
+    Addresses are what ``sock.recvfrom`` returns. A datagram larger than 65,536 bytes (only
+    possible off UDP, e.g. AF_UNIX) is dropped rather than delivered truncated: it counts
+    toward ``max_count`` and the batch returns ``OSError(EMSGSIZE)`` unless another error
+    ended it.
 ``send_batch(sock, items) -> (number sent, OSError | None)``
     send ``(datagram, address)`` pairs in order (address None on a connected socket); stops at
     the first failure and returns it with how many went out before it.
@@ -47,6 +56,7 @@ Every byte given to these functions is untrusted; none of them decides anything.
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import Any
 
@@ -70,7 +80,8 @@ WANT_READ: int = int(getattr(_lib, "SSL_ERROR_WANT_READ", 2))
 ZERO_RETURN: int = int(getattr(_lib, "SSL_ERROR_ZERO_RETURN", 6))
 
 _RECORD_PLAINTEXT_MAX = 16384 + 2048  # 2**14 plus what OpenSSL may hand back with it
-_DATAGRAM_MAX = 65536
+_DATAGRAM_MAX = 65536  # more than any UDP payload; a larger datagram is reported, not delivered
+_TRUNCATED = "a datagram larger than 65536 bytes was truncated by the socket and dropped"
 _alloc = _ffi.new_allocator(should_clear_after_alloc=False)
 
 
@@ -80,6 +91,10 @@ class _Handle:
     __slots__ = ("connection", "rbio", "ssl", "wbio")
 
     def __init__(self, connection: SSL.Connection) -> None:
+        if connection._into_ssl is None or connection._from_ssl is None:
+            raise ValueError(
+                "make_handle: the connection is not on memory BIOs (it was given a socket)"
+            )
         self.connection = connection
         self.ssl = connection._ssl
         self.rbio = connection._into_ssl
@@ -91,6 +106,9 @@ def _py_make_handle(connection: SSL.Connection) -> Any:
 
 
 def _py_open_record(handle: Any, datagram: bytes) -> bytes | int:
+    if not datagram:
+        return WANT_READ
+    _lib.ERR_clear_error()
     if _lib.BIO_write(handle.rbio, datagram, len(datagram)) <= 0:
         return int(_lib.SSL_ERROR_SYSCALL)
     buf = _alloc("char[]", _RECORD_PLAINTEXT_MAX)
@@ -101,6 +119,7 @@ def _py_open_record(handle: Any, datagram: bytes) -> bytes | int:
 
 
 def _py_seal_record(handle: Any, message: bytes) -> bytes | int:
+    _lib.ERR_clear_error()
     result = _lib.SSL_write(handle.ssl, message, len(message))
     if result <= 0:
         return int(_lib.SSL_get_error(handle.ssl, result))
@@ -115,14 +134,19 @@ def _py_seal_record(handle: Any, message: bytes) -> bytes | int:
 def _py_recv_batch(sock: Any, max_count: int) -> tuple[list[tuple[bytes, Any]], OSError | None]:
     received: list[tuple[bytes, Any]] = []
     recvfrom = sock.recvfrom
+    truncated = False
     try:
         for _ in range(max_count):
-            received.append(recvfrom(_DATAGRAM_MAX))
+            datagram, address = recvfrom(_DATAGRAM_MAX + 1)
+            if len(datagram) > _DATAGRAM_MAX:  # cut short by the socket: drop it, say so
+                truncated = True
+                continue
+            received.append((datagram, address))
     except (BlockingIOError, InterruptedError):
         pass
     except OSError as exc:
         return received, exc
-    return received, None
+    return received, OSError(errno.EMSGSIZE, _TRUNCATED) if truncated else None
 
 
 def _py_send_batch(sock: Any, items: list[tuple[bytes, Any]]) -> tuple[int, OSError | None]:
@@ -168,7 +192,11 @@ if _native_wanted():  # pragma: no branch
     except ImportError:
         pass
     else:  # pragma: no cover - only where the extension was built
-        _native.init(_ffi, _lib)
+        # cryptography's Binding.lib is a module copied from the cffi Lib; addressof needs the
+        # Lib itself.
+        from cryptography.hazmat.bindings._rust import _openssl
+
+        _native.init(_ffi, _openssl.lib)
         make_handle = _native.make_handle
         open_record = _native.open_record
         seal_record = _native.seal_record

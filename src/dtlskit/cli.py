@@ -33,6 +33,7 @@ from OpenSSL import SSL
 from . import __version__, certs, udp
 from . import asyncio as dtlskit_asyncio
 from . import sync as dtlskit_sync
+from ._accel import ACCELERATOR
 from ._sockets import Address, format_address, probe_bind
 from .config import DTLSConfiguration
 from .core.connection import ConnectionStatistics
@@ -926,11 +927,12 @@ def build_parser() -> argparse.ArgumentParser:
         "success, 1 failure "
         "(one line on stderr names the cause), 2 usage error, 130 interrupted.",
     )
-    accelerator = getattr(sys.modules["dtlskit"], "ACCELERATOR", "python")
     parser.add_argument(
         "--version",
         action="version",
-        version=f"dtlskit {__version__} (accelerator: {accelerator})",
+        version=f"dtlskit {__version__} (accelerator: {ACCELERATOR})",
+        help="show the version and which record path is active: native (the C extension) or "
+        "python (DTLSKIT_NATIVE=0, or no compiler at install time), then exit",
     )
     parser.set_defaults(log_level=logging.WARNING)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
