@@ -78,7 +78,18 @@ class Limits:
     """Associations still in their handshake (only ever created after a valid cookie)."""
 
     max_queued_messages: int = 1_024
-    """Received messages waiting for the application, per peer; newer ones are dropped."""
+    """Received messages waiting for the application, per peer; newer ones are dropped
+    (``"queue_full"``)."""
+
+    max_queued_bytes: int = 1_048_576
+    """Bytes of received messages waiting for the application, per peer (1 MiB); a message
+    that would pass it is dropped (``"queue_full"``). Clients apply it too."""
+
+    max_buffered_bytes: int = 64 * 1_048_576
+    """Bytes of received messages waiting for the application across every peer of one
+    listening socket (64 MiB), channels not yet accepted included; a message that would pass
+    it is dropped (``"server_buffer_full"``). What peers can make a server hold in queues is
+    at most this, whatever their number."""
 
     hello_verify_per_second: float = 50.0
     """HelloVerifyRequests sent to one source IP per second (burst: twice that)."""
@@ -95,6 +106,8 @@ class Limits:
             "max_sessions_per_address",
             "max_half_open",
             "max_queued_messages",
+            "max_queued_bytes",
+            "max_buffered_bytes",
             "accept_backlog",
         ):
             value = getattr(self, name)

@@ -96,7 +96,6 @@ class _ServerEndpoint(Endpoint):
         )
         """Held weakly, as in the blocking flavour: a dropped channel warns and is closed."""
         self._shutting_down = False
-        self._sending_to: Address | None = None
 
     # -- Endpoint -------------------------------------------------------------------------------
 
@@ -137,6 +136,8 @@ class _ServerEndpoint(Endpoint):
             self._loop.call_soon_threadsafe(self._close_abandoned, engine)
 
     def _close_abandoned(self, engine: DTLSConnection) -> None:
+        if engine.inbox is not None:
+            engine.inbox.release()
         if not self._shutting_down:
             engine.close()  # close_notify; the ended session leaves the engine
             self.flush()
@@ -291,6 +292,7 @@ class Server:
                 format_address(channel.getpeername()),
             )
             channel.close()
+            channel._release()
             return
         self._accept_queue.append(channel)
         self._wake_acceptor()
@@ -305,6 +307,7 @@ class Server:
             logger.exception("handler failed for %s; closing that session", peer)
         finally:
             channel.close()
+            channel._release()
 
     def _wake_acceptor(self) -> None:
         while self._accept_waiters:
@@ -397,6 +400,8 @@ class Server:
         self._closing = True
         for endpoint in self._endpoints:
             endpoint.shutdown()
+        for channel in self._accept_queue:
+            channel._release()
         self._accept_queue.clear()
         while self._accept_waiters:
             waiter = self._accept_waiters.popleft()

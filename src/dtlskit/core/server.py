@@ -43,6 +43,7 @@ from ..exceptions import ConnectionLost
 from . import events as ev
 from .connection import Address, DTLSConnection, format_address
 from .cookies import CookieJar
+from .inbox import ByteBudget
 from .records import (
     CONTENT_HANDSHAKE,
     HEADER_LENGTH,
@@ -125,6 +126,8 @@ class ServerEngine:
         self._rate_salt = secrets.randbits(64)
         self._rate_due = array.array("d", [-math.inf]) * _RATE_SLOTS  # see _RATE_SLOTS
         self._stats = ServerStatistics()
+        self.budget = ByteBudget(config.limits.max_buffered_bytes)
+        """Bytes the inboxes of every session of this socket may hold together."""
         self._idle_timeout = (
             config.idle_timeout if config.idle_timeout is not None else config.limits.idle_timeout
         )
@@ -138,9 +141,19 @@ class ServerEngine:
 
     def receive_datagram(self, data: bytes, address: Address, now: float) -> None:
         """Feed one datagram received from ``address``. Never raises for any ``data``."""
-        self._stats.datagrams_received += 1
-        self._stats.bytes_received += len(data)
+        stats = self._stats
+        stats.datagrams_received += 1
+        stats.bytes_received += len(data)
         conn = self._connections.get(address)
+        if (
+            conn is not None
+            and data[:1] == b"\x17"
+            and len(data) == 13 + int.from_bytes(data[11:13], "big")
+            and conn.receive_record(data, now)
+        ):
+            # The fast path: one application-data record of an established session. Nothing
+            # to flush: the session tells its listener if it produced output or ended.
+            return
         if conn is not None and not _may_be_client_hello(data):
             conn.receive_datagram(data, now)
             self._touched(address, conn)
@@ -317,6 +330,8 @@ class ServerEngine:
         )
         conn.client_hello_body = hello_body
         conn.listener = self._on_engine_activity(address)
+        conn.budget = self.budget
+        conn.server_drops = self._stats.drops
         self._connections[address] = conn
         self._per_ip[ip] += 1
         self._handshaking.add(id(conn))
@@ -396,6 +411,7 @@ class ServerEngine:
             self._handshaking.discard(id(conn))
             self._stats.handshakes_failed += 1
         conn.listener = None
+        conn.server_drops = None
         self._compact_timers()
 
     def _drop(self, reason: str) -> None:

@@ -200,6 +200,8 @@ class _PeerThreads:
         finally:
             try:
                 channel.close()
+                with channel._io.lock:
+                    channel._release()
             except Exception:  # pragma: no cover - close is best effort
                 logger.exception("closing the channel of %s failed", peer)
             with self._lock:
