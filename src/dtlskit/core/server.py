@@ -204,6 +204,11 @@ class ServerEngine:
         out, self._outgoing = self._outgoing, []
         return out
 
+    def has_work(self) -> bool:
+        """Whether :meth:`datagrams_to_send`, :meth:`next_event` or the timer have anything
+        new (False after datagrams that only took the fast path: skip the other steps)."""
+        return bool(self._dirty or self._outgoing or self._events)
+
     def next_event(self) -> ServerEvent | None:
         """The oldest ``(address, engine, event)`` not yet returned, or None."""
         self._flush()
