@@ -5,6 +5,7 @@ asyncio front end (:mod:`dtlskit.asyncio`); the blocking mirror image is :mod:`d
 the sans-I/O engines are in :mod:`dtlskit.core`.
 """
 
+from ._channel_base import SessionProtocol
 from .asyncio import connect, listen, run_server, serve
 from .config import DEFAULT_CIPHERS, DTLSConfiguration, Limits
 from .core.session import Session
@@ -51,6 +52,7 @@ __all__ = [
     "Limits",
     "MessageTooLarge",
     "Session",
+    "SessionProtocol",
     "TransportError",
     "__version__",
     "connect",

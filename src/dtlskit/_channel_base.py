@@ -30,7 +30,7 @@ import collections
 import dataclasses
 import errno
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ._sockets import Address, SocketOptions, format_address, translate_os_error
@@ -51,13 +51,17 @@ from .exceptions import (
 
 __all__ = [
     "ChannelBase",
+    "SessionProtocol",
     "aggregate_server_statistics",
     "check_server_config",
     "client_socket_error",
+    "end_protocol",
     "ends_iteration",
     "fresh_error",
+    "is_protocol_factory",
     "log_peer_event",
     "send_error",
+    "start_protocol",
     "terminal_error",
 ]
 
@@ -143,7 +147,8 @@ class ChannelBase(SocketOptions):
         self._peer_address = tuple(peer_address)
         self._inbox = engine.inbox if engine.inbox is not None else engine.open_inbox()
         self._close_called = False
-        self._handling = False
+        self._protocol: SessionProtocol | None = None
+        """The callback-style handler of this session, if any."""
 
     # -- engine events --------------------------------------------------------------------------
 
@@ -159,6 +164,10 @@ class ChannelBase(SocketOptions):
         if isinstance(event, ev.ConnectionClosed | ev.ConnectionTerminated):
             return self._inbox.end(terminal_error(self._engine, event))
         return False
+
+    def close(self) -> None:
+        """Send close_notify and end the session (the flavour's)."""
+        raise NotImplementedError
 
     def _release(self) -> None:
         """Give the bytes of messages nobody will read back to the server's budget."""
@@ -287,3 +296,82 @@ def log_peer_event(address: Address, engine: DTLSConnection, event: ev.Event) ->
         _server_logger.warning("handshake with %s failed: %s", peer, event.error)
     elif isinstance(event, ev.ConnectionClosed | ev.ConnectionTerminated):
         _server_logger.info("%s disconnected: %s", peer, terminal_error(engine, event))
+
+
+class SessionProtocol:
+    """The callback handler style: one instance per session, its methods called on the event
+    loop (asyncio) or on the socket's I/O thread (blocking), with no task or thread switch
+    per message. Subclass it and pass the class to ``serve`` in place of a handler function::
+
+        class Echo(dtlskit.SessionProtocol):
+            def connection_made(self, channel):
+                self.channel = channel
+
+            def message_received(self, data):
+                self.channel.send_nowait(data)
+
+        async with dtlskit.serve(Echo, "::", 4433, config=config) as server: ...
+
+    Methods must not block: they run where every other peer's datagrams are handled. Send
+    with ``channel.send_nowait(data)`` (both flavours; the blocking ``channel.send`` works
+    too). A method that raises is logged (logger ``"dtlskit.server"``) and closes its own
+    session only. Messages are not queued: there is no ``recv`` in this style.
+    """
+
+    def connection_made(self, channel: Any) -> None:
+        """The handshake completed; ``channel`` is this session's Channel (keep it to send)."""
+
+    def message_received(self, data: bytes) -> None:
+        """One message from the peer."""
+
+    def connection_lost(self, exc: DTLSError | None) -> None:
+        """The session ended: ``None`` for close_notify (either side), else the error."""
+
+
+def is_protocol_factory(handler: object) -> bool:
+    """Whether ``handler`` passed to ``serve`` is a :class:`SessionProtocol` class."""
+    return isinstance(handler, type) and issubclass(handler, SessionProtocol)
+
+
+def start_protocol(
+    factory: Callable[[], SessionProtocol],
+    channel: ChannelBase,
+    defer: Callable[[Callable[[], None]], object],
+) -> None:
+    """Make the protocol of a new session, route its messages to it, call connection_made.
+
+    ``defer`` schedules a call after the current engine call (a raising callback closes its
+    session that way, never from inside the engine).
+    """
+    peer = channel._peer_text
+    protocol = factory()
+    channel._protocol = protocol
+    received = protocol.message_received
+
+    def on_message(data: bytes) -> None:
+        try:
+            received(data)
+        except Exception:
+            _server_logger.exception("message_received failed for %s; closing that session", peer)
+            defer(channel.close)
+
+    channel._engine.on_message = on_message
+    try:
+        protocol.connection_made(channel)
+    except Exception:
+        _server_logger.exception("connection_made failed for %s; closing that session", peer)
+        defer(channel.close)
+
+
+def end_protocol(channel: ChannelBase) -> None:
+    """The session of a callback-style channel ended: tell its protocol (once)."""
+    protocol = channel._protocol
+    if protocol is None:
+        return
+    channel._protocol = None
+    channel._engine.on_message = None
+    error = channel._inbox.error
+    try:
+        protocol.connection_lost(None if error is None or ends_iteration(error) else error)
+    except Exception:
+        _server_logger.exception("connection_lost failed for %s", channel._peer_text)

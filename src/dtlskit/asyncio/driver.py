@@ -35,7 +35,7 @@ import weakref
 from typing import TYPE_CHECKING
 
 from .. import _accel
-from .._channel_base import log_peer_event, send_error
+from .._channel_base import end_protocol, log_peer_event, send_error
 from .._sockets import Address, format_address
 from ..core import events as ev
 from ..core.connection import DTLSConnection
@@ -203,6 +203,10 @@ class ServerDriver(Endpoint):
                 ended = self.channels.pop(conn, None)
                 if ended is not None:
                     ended._handle_event(event)
+                    if ended._protocol is not None:
+                        end_protocol(ended)
+                        ended.close()
+                        ended._release()
                 log_peer_event(address, conn, event)
 
     def _deadline(self) -> float | None:

@@ -32,8 +32,11 @@ from typing import Any, Generic, TypeVar
 from OpenSSL import SSL
 
 from .._channel_base import (
+    SessionProtocol,
     aggregate_server_statistics,
     check_server_config,
+    is_protocol_factory,
+    start_protocol,
 )
 from .._sockets import (
     Address,
@@ -66,6 +69,9 @@ __all__ = ["Listener", "Server", "install_signal_handlers", "listen", "run_serve
 logger = logging.getLogger("dtlskit.server")
 
 Handler = Callable[[Channel], Awaitable[None]]
+"""A handler function: ``async def handler(channel)``, run in a task per peer."""
+AnyHandler = Handler | type[SessionProtocol]
+"""What ``serve`` takes: a handler function, or a :class:`~dtlskit.SessionProtocol` class."""
 S = TypeVar("S", bound="Server")
 
 #: Seconds ``wait_closed()`` lets handler tasks finish after ``close()`` before cancelling them.
@@ -82,7 +88,7 @@ class Server:
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        handler: Handler | None,
+        handler: AnyHandler | None,
         config: DTLSConfiguration,
     ) -> None:
         self._loop = loop
@@ -168,9 +174,12 @@ class Server:
         return Channel(conn, driver, driver.sock, address, owns_socket=False)
 
     def _on_channel(self, channel: Channel) -> None:
+        if is_protocol_factory(self._handler):
+            start_protocol(self._handler, channel, self._loop.call_soon)  # type: ignore[arg-type]
+            return
         if self._handler is not None:
             task = self._loop.create_task(
-                self._run_handler(self._handler, channel),
+                self._run_handler(self._handler, channel),  # type: ignore[arg-type]
                 name=f"dtlskit handler {format_address(channel.getpeername())}",
             )
             self._tasks.add(task)
@@ -379,7 +388,7 @@ class _Starter(Generic[S]):
 
 async def _start_server(
     cls: type[S],
-    handler: Handler | None,
+    handler: AnyHandler | None,
     host: str | None,
     port: int,
     config: DTLSConfiguration,
@@ -403,7 +412,7 @@ async def _start_server(
 
 
 def serve(
-    handler: Handler,
+    handler: AnyHandler,
     host: str | None,
     port: int,
     *,
@@ -411,7 +420,9 @@ def serve(
     ipv6_only: bool | None = None,
     reuse_port: bool = False,
 ) -> _Starter[Server]:
-    """Start a DTLS server running ``await handler(channel)`` in a task per peer.
+    """Start a DTLS server running ``await handler(channel)`` in a task per peer, or, when
+    ``handler`` is a :class:`~dtlskit.SessionProtocol` subclass, one instance of it per peer
+    called on the loop for each message (no task per peer or per message: the fast style).
 
     ``host`` None or ``""`` listens on every interface (one socket per address family); ``"::"``
     is dual-stack unless ``ipv6_only``. A handler that raises is logged (logger
@@ -458,7 +469,7 @@ def _on_signal(server: Server, signum: int) -> None:
 
 
 def run_server(
-    handler: Handler,
+    handler: AnyHandler,
     host: str | None,
     port: int,
     *,
@@ -500,7 +511,7 @@ def run_server(
 
 
 async def _serve_until_signal(
-    handler: Handler,
+    handler: AnyHandler,
     host: str | None,
     port: int,
     config: DTLSConfiguration,

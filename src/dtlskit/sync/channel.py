@@ -117,6 +117,10 @@ class IOThread:
         """Read the datagrams waiting on the socket and feed them to the engine."""
         raise NotImplementedError
 
+    def _has_work_locked(self) -> bool:
+        """Whether the engine has events, output or timers to look at (True: always step)."""
+        return True
+
     def _get_timer_locked(self) -> float | None:
         return self.engine.get_timer()
 
@@ -271,6 +275,13 @@ class IOThread:
                         break
                     if readable:
                         self._receive_locked(now)
+                        deadline = self._deadline
+                        if (
+                            not self._requests
+                            and not self._has_work_locked()
+                            and (deadline is None or now < deadline)
+                        ):
+                            continue  # only the fast path ran: nothing to drain or re-arm
                     self._step_locked(now)
         except Exception as exc:  # pragma: no cover - a bug; never leave waiters hanging
             logger.exception("I/O thread %s failed", self._thread.name)
@@ -500,6 +511,25 @@ class Channel(ChannelBase):
                 )
             finally:
                 self._io.pump_locked()
+
+    def send_nowait(self, data: bytes | bytearray | memoryview) -> None:
+        """Send one message without ever waiting (for a callback-style handler on the I/O
+        thread): if the socket's send buffer is full the datagram is dropped and counted
+        (``"send_buffer_full"``): UDP has no flow control. Raises as :meth:`send` does."""
+        self._check_open()
+        io = self._io
+        with io.lock:
+            if io.closed:
+                raise ConnectionClosedLocally("the connection was closed locally")
+            try:
+                record = self._engine.seal(data)
+            except DTLSError:
+                io.pump_locked()
+                raise
+            if record is not None:
+                io.transmit_locked([record], self._send_address)
+            else:
+                io.pump_locked()
 
     # -- closing ------------------------------------------------------------------------------
 
