@@ -179,6 +179,13 @@ class DTLSConfiguration:
     """Servers: HMAC secret for stateless cookies (>= 16 bytes). Share it between workers or
     restarts to keep cookies valid across them; random when ``None``."""
 
+    recv_buffer_size: int | None = 4 * 1_048_576
+    """Socket receive buffer to ask the kernel for, in bytes (4 MiB), clients and servers. UDP
+    has no flow control: datagrams arriving while it is full are dropped by the kernel (counted
+    in a server's ``statistics().kernel_drops``). The kernel caps it at ``net.core.rmem_max``;
+    what it granted is in ``statistics().receive_buffer_bytes`` and a log line says when it
+    is less. ``None`` keeps the kernel's default."""
+
     limits: Limits = field(default_factory=Limits)
     """Server-side resource bounds."""
 
@@ -249,6 +256,15 @@ class DTLSConfiguration:
             )
         if self.idle_timeout is not None and not _positive_seconds(self.idle_timeout):
             raise ConfigurationError("idle_timeout must be a positive, finite number or None")
+        if self.recv_buffer_size is not None and (
+            not isinstance(self.recv_buffer_size, int)
+            or isinstance(self.recv_buffer_size, bool)
+            or not 1024 <= self.recv_buffer_size <= 1 << 30
+        ):
+            raise ConfigurationError(
+                f"recv_buffer_size must be None or a number of bytes from 1024 to 1 GiB, not "
+                f"{self.recv_buffer_size!r}"
+            )
         if self.psk is not None and self.ciphers is None and self.verify_mode == ssl.CERT_REQUIRED:
             raise ConfigurationError(
                 "verify_mode=CERT_REQUIRED has no effect on a PSK client offering only PSK "

@@ -4,6 +4,7 @@ and junk sent to an established session counted (issue 8 defects 1 and 6)."""
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -153,3 +154,39 @@ def test_junk_to_an_established_session_is_counted(server_config, client_config)
             assert server_side.recv(timeout=WAIT) == b"still here"
             server_side.send(b"and back")
             assert client.recv(timeout=WAIT) == b"and back"
+
+
+def test_kernel_drops_and_the_granted_receive_buffer_are_reported(server_config):
+    config = server_config.replace(recv_buffer_size=4096)
+    with sync.listen("127.0.0.1", 0, config=config) as listener:
+        sock = listener.sockets[0]
+        granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        assert listener.statistics().receive_buffer_bytes == granted
+        assert listener.statistics().kernel_drops == 0
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            with listener._ios[0].lock:  # the I/O thread cannot read meanwhile
+                for _ in range(200):
+                    sender.sendto(b"\x00" * 1000, listener.getsockname())
+            wait_until(lambda: listener.statistics().kernel_drops > 0)
+        finally:
+            sender.close()
+        stats = listener.statistics()
+        # Every datagram is accounted for: read and dropped by the engine, or by the kernel.
+        wait_until(
+            lambda: (
+                listener.statistics().datagrams_received + listener.statistics().kernel_drops == 200
+            )
+        )
+        assert stats.kernel_drops > 0
+
+
+def test_default_receive_buffer_asks_for_4_mib(server_config):
+    assert server_config.recv_buffer_size == 4 * 1024 * 1024
+    with sync.listen("127.0.0.1", 0, config=server_config) as listener:
+        sock = listener.sockets[0]
+        granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        assert listener.statistics().receive_buffer_bytes == granted
+        with open("/proc/sys/net/core/rmem_max") as cap:
+            rmem_max = int(cap.read())
+        assert granted >= min(2 * 4 * 1024 * 1024, 2 * rmem_max)  # Linux doubles the request

@@ -36,10 +36,10 @@ from typing import TYPE_CHECKING
 
 from .. import _accel
 from .._channel_base import end_protocol, log_peer_event, send_error
-from .._sockets import Address, format_address
+from .._sockets import Address, format_address, kernel_drops, size_receive_buffer
 from ..core import events as ev
 from ..core.connection import DTLSConnection
-from ..core.server import ServerEngine
+from ..core.server import ServerEngine, ServerStatistics
 from ..exceptions import ConnectionLost, DTLSError
 from .channel import Channel, Endpoint
 
@@ -83,6 +83,7 @@ class ServerDriver(Endpoint):
         self._backlog: collections.deque[tuple[bytes, Address | None]] = collections.deque()
         self._backlog_bytes = 0
         self._fd = sock.fileno()
+        self.receive_buffer_bytes = size_receive_buffer(sock, server._config.recv_buffer_size)
 
     def start(self) -> None:
         """Start reading."""
@@ -214,6 +215,14 @@ class ServerDriver(Endpoint):
 
     def _on_deadline(self, now: float) -> None:
         self.engine.handle_timer(now)
+
+    def statistics(self) -> ServerStatistics:
+        """The engine's counters, with the socket's receive buffer and the kernel's drops."""
+        stats = self.engine.statistics()
+        stats.receive_buffer_bytes = self.receive_buffer_bytes
+        if not self._closed:
+            stats.kernel_drops = kernel_drops(self.sock) or 0
+        return stats
 
     def is_closed(self) -> bool:
         return self._closed

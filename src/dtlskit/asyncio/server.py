@@ -269,7 +269,7 @@ class Server:
     def statistics(self) -> ServerStatistics:
         """Counters of every socket added up; ``drops`` also has the front end's own reasons."""
         return aggregate_server_statistics(
-            (endpoint.engine.statistics() for endpoint in self._endpoints), dict(self._drops)
+            (endpoint.statistics() for endpoint in self._endpoints), dict(self._drops)
         )
 
     def is_serving(self) -> bool:

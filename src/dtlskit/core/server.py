@@ -86,6 +86,12 @@ class ServerStatistics:
     handshakes_completed: int = 0
     handshakes_failed: int = 0
     sessions_replaced: int = 0
+    receive_buffer_bytes: int = 0
+    """The socket receive buffer the kernel granted (``SO_RCVBUF``; see
+    ``recv_buffer_size``), filled in by the front end."""
+    kernel_drops: int = 0
+    """Datagrams the kernel dropped because the socket's receive buffer was full (UDP has no
+    flow control), read from ``/proc/net/udp*`` when statistics are taken (Linux)."""
     drops: dict[str, int] = field(default_factory=dict)
     """Datagrams dropped or ClientHellos refused, by reason."""
 
@@ -239,6 +245,11 @@ class ServerEngine:
             del self._armed[id(conn)]
             conn.handle_timer(now)
             self._touched(address, conn)
+
+    @property
+    def config(self) -> DTLSConfiguration:
+        """The configuration this engine was built from."""
+        return self._config
 
     def connection(self, address: Address) -> DTLSConnection | None:
         """The association for ``address``, if any."""

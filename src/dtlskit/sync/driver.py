@@ -50,6 +50,9 @@ class ServerDriver(IOThread):
         self.engine: ServerEngine = engine
         self._on_channel = on_channel
         self._mtu = mtu
+        self.receive_buffer_bytes = _sockets.size_receive_buffer(
+            sock, engine.config.recv_buffer_size
+        )
         self._channels: weakref.WeakValueDictionary[DTLSConnection, Channel] = (
             weakref.WeakValueDictionary()
         )
@@ -134,4 +137,8 @@ class ServerDriver(IOThread):
     def statistics(self) -> ServerStatistics:
         """The engine's counters plus the drops this I/O layer counted itself."""
         with self.lock:
-            return aggregate_server_statistics([self.engine.statistics()], dict(self.drops))
+            stats = self.engine.statistics()
+            stats.receive_buffer_bytes = self.receive_buffer_bytes
+            if not self.closed:
+                stats.kernel_drops = _sockets.kernel_drops(self.sock) or 0
+            return aggregate_server_statistics([stats], dict(self.drops))
