@@ -139,6 +139,39 @@ class DTLSConnection(NegotiatedSession):
     :class:`~dtlskit.core.session.NegotiatedSession`.
     """
 
+    __slots__ = (
+        "_cleartext_limit",
+        "_config",
+        "_events",
+        "_fallback_mtu",
+        "_final_pending",
+        "_flights",
+        "_handle",
+        "_handshake_deadline",
+        "_handshake_started",
+        "_idle_deadline",
+        "_idle_timeout",
+        "_limits",
+        "_mtu",
+        "_outgoing",
+        "_peer_text",
+        "_queued_bytes",
+        "_queued_messages",
+        "_server",
+        "_ssl",
+        "_stats",
+        "_verify_reason",
+        "budget",
+        "client_hello_body",
+        "error",
+        "inbox",
+        "listener",
+        "on_message",
+        "peer_address",
+        "server_drops",
+        "state",
+    )
+
     def __init__(
         self,
         config: DTLSConfiguration,
@@ -199,7 +232,8 @@ class DTLSConnection(NegotiatedSession):
         self._idle_timeout = config.idle_timeout
         self._idle_deadline: float | None = None
         self.client_hello_body: bytes | None = None
-        """Server side: the cookie-carrying ClientHello that created this association."""
+        """Server side: the SHA-256 of the cookie-carrying ClientHello that created this
+        association (a repeat of it is recognised, not acted on)."""
 
     # -- set-up ---------------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import array
 import collections
+import hashlib
 import heapq
 import itertools
 import math
@@ -180,7 +181,7 @@ class ServerEngine:
             else:
                 self._drop("not_client_hello" if data[:1] != b"\x16" else "malformed_client_hello")
             return
-        if conn is not None and conn.client_hello_body == hello.body:
+        if conn is not None and conn.client_hello_body == _digest(hello.body):
             # A retransmission of the ClientHello that created the association: the engine
             # takes it as a sign that its answer was lost (OpenSSL itself ignores it).
             self._drop("duplicate_client_hello")
@@ -344,7 +345,7 @@ class ServerEngine:
         conn = DTLSConnection(
             self._session_config, server=True, peer_address=address, context=self._context
         )
-        conn.client_hello_body = hello_body
+        conn.client_hello_body = _digest(hello_body)
         conn.listener = self._on_engine_activity(address)
         conn.budget = self.budget
         conn.server_drops = self._stats.drops
@@ -442,6 +443,12 @@ def cookie_jar_for(config: DTLSConfiguration) -> CookieJar:
     client's cookie goes stale while it is still retrying its ClientHello.
     """
     return CookieJar(config.cookie_secret, tick_seconds=max(30.0, config.handshake_timeout))
+
+
+def _digest(body: bytes) -> bytes:
+    """What an association keeps of the ClientHello that created it, to recognise a repeat
+    (32 bytes instead of the whole message)."""
+    return hashlib.sha256(body).digest()
 
 
 def _may_be_client_hello(data: bytes) -> bool:
