@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from collections.abc import Callable
 
 from dtlskit.asyncio import Channel, connect, listen, serve
@@ -135,5 +136,27 @@ def test_junk_to_an_established_session_is_counted(server_config, client_config)
             assert await asyncio.wait_for(client.recv(), WAIT) == b"and back"
             client.close()
             server_side.close()
+
+    run(main())
+
+
+def test_kernel_drops_and_the_granted_receive_buffer_are_reported(server_config):
+    async def main() -> None:
+        config = server_config.replace(recv_buffer_size=4096)
+        async with listen("127.0.0.1", 0, config=config) as server:
+            sock = server.sockets[0]
+            granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+            assert server.statistics().receive_buffer_bytes == granted
+            assert server.statistics().kernel_drops == 0
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+                for _ in range(200):  # the loop cannot read meanwhile: no await here
+                    sender.sendto(b"\x00" * 1000, server.addresses[0])
+
+            def accounted() -> bool:
+                stats = server.statistics()
+                return stats.datagrams_received + stats.kernel_drops == 200
+
+            await eventually(accounted)
+            assert server.statistics().kernel_drops > 0
 
     run(main())
