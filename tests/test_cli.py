@@ -742,3 +742,15 @@ def test_bench_is_reachable_from_the_command_line(cli_env: dict[str, str]) -> No
     assert "--quick" in result.stdout and "ceiling" in result.stdout
     listed = run(cli_env, "--help")
     assert "bench" in listed.stdout
+
+
+def test_client_recv_buffer_size_flag(
+    cli_env: dict[str, str], dev_server: tuple[Peer, list[str]]
+) -> None:
+    _, command = dev_server
+    result = run(cli_env, *command, "--recv-buffer-size", "65536", "--message", "hi")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["hi"]
+    result = run(cli_env, *command, "--recv-buffer-size", "100", "--message", "hi")
+    assert result.returncode != 0
+    assert "recv_buffer_size" in result.stderr and len(result.stderr.splitlines()) == 1

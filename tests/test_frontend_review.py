@@ -402,8 +402,7 @@ def test_asyncio_server_collected_unclosed_warns(
     async def main() -> str:
         server = await aio.serve(aecho, "127.0.0.1", 0, config=server_config)  # never closed
         for endpoint in server._endpoints:
-            assert endpoint._transport is not None
-            endpoint._transport.abort()
+            endpoint.abort()
         await asyncio.sleep(0)
         return repr(server)
 

@@ -8,6 +8,7 @@ records move through the optional C extension (``"native"``) or pure Python (``"
 """
 
 from ._accel import ACCELERATOR
+from ._channel_base import SessionProtocol
 from .asyncio import connect, listen, run_server, serve
 from .config import DEFAULT_CIPHERS, DTLSConfiguration, Limits
 from .core.session import Session
@@ -55,6 +56,7 @@ __all__ = [
     "Limits",
     "MessageTooLarge",
     "Session",
+    "SessionProtocol",
     "TransportError",
     "__version__",
     "connect",

@@ -7,7 +7,9 @@ the exception a user sees, and reads the channel properties from the engine
 
 The channel life cycle, common to both flavours:
 
-* Messages are queued in arrival order (the engine already bounds how many may wait).
+* Messages wait in the session's one queue, the engine's :class:`~dtlskit.core.inbox.Inbox`
+  (bounded in bytes and messages per session and by the server's byte budget, all checked by
+  the engine), unless the handler takes them as callbacks.
 * When the session ends (close_notify either way, a fatal alert, idle expiry, a socket error),
   the inbox records the error. Messages already received are still returned by ``recv``; after
   them ``recv`` raises that error, a fresh copy on every call.
@@ -19,23 +21,23 @@ The channel life cycle, common to both flavours:
   ``connect`` can try the next address); once established it ends the session with
   :class:`ConnectionLost` naming the cause. Only ``EMSGSIZE`` ends nothing.
 * ``send`` takes ``bytes``, ``bytearray`` or ``memoryview`` of at least one byte; anything else
-  is :class:`InvalidMessage` (:meth:`ChannelBase._check_sendable`), and the session goes on.
+  is :class:`InvalidMessage` (checked by the engine's ``seal``), and the session goes on.
 """
 
 from __future__ import annotations
 
 import collections
-import copy
 import dataclasses
 import errno
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ._sockets import Address, SocketOptions, format_address, translate_os_error
 from .config import DTLSConfiguration
 from .core import events as ev
 from .core.connection import ConnectionStatistics, DTLSConnection, State
+from .core.inbox import fresh_error
 from .core.server import ServerStatistics
 from .core.session import Session
 from .exceptions import (
@@ -44,33 +46,24 @@ from .exceptions import (
     ConnectionClosedLocally,
     ConnectionLost,
     DTLSError,
-    InvalidMessage,
     TransportError,
 )
 
 __all__ = [
     "ChannelBase",
-    "Inbox",
+    "SessionProtocol",
     "aggregate_server_statistics",
     "check_server_config",
     "client_socket_error",
+    "end_protocol",
     "ends_iteration",
     "fresh_error",
+    "is_protocol_factory",
     "log_peer_event",
     "send_error",
+    "start_protocol",
     "terminal_error",
 ]
-
-
-def fresh_error(error: DTLSError) -> DTLSError:
-    """A copy of ``error`` to raise, so repeated raises do not pile up one shared traceback."""
-    try:
-        clone = copy.copy(error)
-    except Exception:  # pragma: no cover - an exception class copy cannot rebuild
-        return error
-    clone.__cause__ = error.__cause__
-    clone.__traceback__ = None
-    return clone
 
 
 def terminal_error(engine: DTLSConnection, event: ev.Event) -> DTLSError:
@@ -141,41 +134,6 @@ def check_server_config(config: object) -> DTLSConfiguration:
     return config
 
 
-class Inbox:
-    """Received messages of one channel, and how its session ended. Flavour-neutral."""
-
-    __slots__ = ("error", "messages")
-
-    def __init__(self) -> None:
-        self.messages: collections.deque[bytes] = collections.deque()
-        self.error: DTLSError | None = None
-        """Set once, when the session ends; what ``recv`` raises after the queued messages."""
-
-    def put(self, data: bytes) -> None:
-        """Queue one received message."""
-        self.messages.append(data)
-
-    def end(self, error: DTLSError) -> bool:
-        """Record how the session ended; True the first time (waiters must be woken)."""
-        if self.error is not None:
-            return False
-        self.error = error
-        return True
-
-    def take(self) -> bytes | None:
-        """The oldest message; None if the caller must wait; raises once the session ended."""
-        if self.messages:
-            return self.messages.popleft()
-        if self.error is not None:
-            raise fresh_error(self.error)
-        return None
-
-    @property
-    def ended(self) -> bool:
-        """Whether the session is over."""
-        return self.error is not None
-
-
 class ChannelBase(SocketOptions):
     """State and properties of a channel, read from its engine; the flavour adds the waiting.
 
@@ -187,53 +145,43 @@ class ChannelBase(SocketOptions):
         self._engine = engine
         self._sock = sock
         self._peer_address = tuple(peer_address)
-        self._inbox = Inbox()
+        self._inbox = engine.inbox if engine.inbox is not None else engine.open_inbox()
         self._close_called = False
-        self._max_queued = engine.config.limits.max_queued_messages
+        self._protocol: SessionProtocol | None = None
+        """The callback-style handler of this session, if any."""
 
     # -- engine events --------------------------------------------------------------------------
 
     def _handle_event(self, event: ev.Event) -> bool:
-        """Apply one engine event; True when waiters must be woken.
+        """Apply one engine event; True when the session ended now.
 
-        Received messages wait in the inbox up to ``config.limits.max_queued_messages``; newer
-        ones are dropped and counted as ``"queue_full"`` in the session's statistics (DTLS
-        never retransmits application data, so a reader that falls behind loses messages
-        rather than growing memory without bound).
+        A message received before the channel existed (it came in the handshake's last
+        datagram) goes through the engine's bounds like any other (:meth:`deliver`).
         """
         if isinstance(event, ev.MessageReceived):
-            if len(self._inbox.messages) >= self._max_queued:
-                self._engine.note_drop("queue_full")
-                return False
-            self._inbox.put(event.data)
-            return True
+            self._engine.deliver(event.data)
+            return False
         if isinstance(event, ev.ConnectionClosed | ev.ConnectionTerminated):
             return self._inbox.end(terminal_error(self._engine, event))
         return False
+
+    def close(self) -> None:
+        """Send close_notify and end the session (the flavour's)."""
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        """Give the bytes of messages nobody will read back to the server's budget."""
+        self._inbox.release()
 
     def _end(self, error: DTLSError) -> bool:
         """End the channel without an engine event (the socket went away); True if it was live."""
         return self._inbox.end(error)
 
-    def _check_sendable(self, data: object) -> bytes:
-        """The message to hand to the engine, or raise: :class:`InvalidMessage` (a ValueError)
-        for anything but ``bytes``/``bytearray``/``memoryview`` of at least one byte (the
-        session goes on), the error that ended the session once it is over."""
-        if not isinstance(data, bytes | bytearray | memoryview):
-            hint = "; encode text first, e.g. text.encode()" if isinstance(data, str) else ""
-            raise InvalidMessage(
-                f"send() takes bytes, bytearray or memoryview, not {type(data).__name__}{hint}"
-            )
-        message = bytes(data)
-        if not message:
-            raise InvalidMessage("cannot send an empty message: DTLS records carry 1 byte or more")
+    def _check_open(self) -> None:
+        """Raise the error that ended the session once it is over (the engine validates the
+        message itself)."""
         if self._inbox.error is not None:
             raise fresh_error(self._inbox.error)
-        if self._close_called:  # pragma: no cover - close() always ends the inbox
-            raise ConnectionClosedLocally("the connection was closed locally")
-        if self._engine.state is not State.ESTABLISHED:  # pragma: no cover - defensive
-            raise ConnectionLost(f"the connection to {self._peer_text} is not established")
-        return message
 
     @property
     def _peer_text(self) -> str:
@@ -348,3 +296,82 @@ def log_peer_event(address: Address, engine: DTLSConnection, event: ev.Event) ->
         _server_logger.warning("handshake with %s failed: %s", peer, event.error)
     elif isinstance(event, ev.ConnectionClosed | ev.ConnectionTerminated):
         _server_logger.info("%s disconnected: %s", peer, terminal_error(engine, event))
+
+
+class SessionProtocol:
+    """The callback handler style: one instance per session, its methods called on the event
+    loop (asyncio) or on the socket's I/O thread (blocking), with no task or thread switch
+    per message. Subclass it and pass the class to ``serve`` in place of a handler function::
+
+        class Echo(dtlskit.SessionProtocol):
+            def connection_made(self, channel):
+                self.channel = channel
+
+            def message_received(self, data):
+                self.channel.send_nowait(data)
+
+        async with dtlskit.serve(Echo, "::", 4433, config=config) as server: ...
+
+    Methods must not block: they run where every other peer's datagrams are handled. Send
+    with ``channel.send_nowait(data)`` (both flavours; the blocking ``channel.send`` works
+    too). A method that raises is logged (logger ``"dtlskit.server"``) and closes its own
+    session only. Messages are not queued: there is no ``recv`` in this style.
+    """
+
+    def connection_made(self, channel: Any) -> None:
+        """The handshake completed; ``channel`` is this session's Channel (keep it to send)."""
+
+    def message_received(self, data: bytes) -> None:
+        """One message from the peer."""
+
+    def connection_lost(self, exc: DTLSError | None) -> None:
+        """The session ended: ``None`` for close_notify (either side), else the error."""
+
+
+def is_protocol_factory(handler: object) -> bool:
+    """Whether ``handler`` passed to ``serve`` is a :class:`SessionProtocol` class."""
+    return isinstance(handler, type) and issubclass(handler, SessionProtocol)
+
+
+def start_protocol(
+    factory: Callable[[], SessionProtocol],
+    channel: ChannelBase,
+    defer: Callable[[Callable[[], None]], object],
+) -> None:
+    """Make the protocol of a new session, route its messages to it, call connection_made.
+
+    ``defer`` schedules a call after the current engine call (a raising callback closes its
+    session that way, never from inside the engine).
+    """
+    peer = channel._peer_text
+    protocol = factory()
+    channel._protocol = protocol
+    received = protocol.message_received
+
+    def on_message(data: bytes) -> None:
+        try:
+            received(data)
+        except Exception:
+            _server_logger.exception("message_received failed for %s; closing that session", peer)
+            defer(channel.close)
+
+    channel._engine.on_message = on_message
+    try:
+        protocol.connection_made(channel)
+    except Exception:
+        _server_logger.exception("connection_made failed for %s; closing that session", peer)
+        defer(channel.close)
+
+
+def end_protocol(channel: ChannelBase) -> None:
+    """The session of a callback-style channel ended: tell its protocol (once)."""
+    protocol = channel._protocol
+    if protocol is None:
+        return
+    channel._protocol = None
+    channel._engine.on_message = None
+    error = channel._inbox.error
+    try:
+        protocol.connection_lost(None if error is None or ends_iteration(error) else error)
+    except Exception:
+        _server_logger.exception("connection_lost failed for %s", channel._peer_text)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import signal
 import socket
@@ -30,6 +31,8 @@ from typing import Any
 
 from .exceptions import ConfigurationError, ConnectionRefused, DTLSError, TransportError
 
+_logger = logging.getLogger("dtlskit")
+
 __all__ = [
     "MAX_BUFFER_SIZE",
     "MIN_BUFFER_SIZE",
@@ -37,10 +40,12 @@ __all__ = [
     "bind_udp_sockets",
     "check_port",
     "format_address",
+    "kernel_drops",
     "make_udp_socket",
     "probe_bind",
     "resolve",
     "run_workers",
+    "size_receive_buffer",
     "sort_addresses",
     "stop_signals_held",
     "translate_os_error",
@@ -238,6 +243,55 @@ def probe_bind(host: str | None, port: int, *, ipv6_only: bool | None = None) ->
     finally:
         for sock in sockets:
             sock.close()
+
+
+def size_receive_buffer(sock: socket.socket, size: int | None) -> int:
+    """Ask for a receive buffer of ``size`` bytes (``None``: keep the kernel's default) and
+    return what the kernel granted (``SO_RCVBUF`` as read back).
+
+    UDP has no flow control: datagrams that arrive while the buffer is full are dropped by the
+    kernel. Plain ``SO_RCVBUF`` is used, never ``SO_RCVBUFFORCE`` (which would let a process
+    running as root override the administrator's ``net.core.rmem_max``): when the kernel grants
+    less than asked, a log line says so and how to raise the cap.
+    """
+    if size is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    try:
+        granted = int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+    except OSError:  # pragma: no cover - every UDP socket answers it
+        return 0
+    if size is not None and granted < size:
+        _logger.info(
+            "socket receive buffer: asked for %d bytes, the kernel granted %d (raise "
+            "net.core.rmem_max to allow more; datagrams arriving faster than they are read "
+            "are dropped and counted in statistics().kernel_drops)",
+            size,
+            granted,
+        )
+    return granted
+
+
+def kernel_drops(sock: socket.socket) -> int | None:
+    """Datagrams the kernel dropped on ``sock`` (receive buffer full), from the ``drops``
+    column of ``/proc/net/udp`` or ``/proc/net/udp6`` matched by the socket's inode: read
+    when asked, at no cost per datagram. None where that is not available."""
+    try:
+        inode = os.fstat(sock.fileno()).st_ino
+    except (OSError, ValueError):
+        return None
+    wanted = str(inode)
+    for name in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(name, encoding="ascii") as table:
+                next(table, None)
+                for line in table:
+                    fields = line.split()
+                    if len(fields) >= 13 and fields[9] == wanted:
+                        return int(fields[-1])
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def translate_os_error(exc: OSError, action: str, address: Address | None) -> DTLSError:

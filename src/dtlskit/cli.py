@@ -505,6 +505,8 @@ def _server_config(args: argparse.Namespace) -> tuple[DTLSConfiguration, str]:
     settings: dict[str, Any] = {"cafile": ca, "verify_mode": mode}
     if args.mtu is not None:
         settings["mtu"] = args.mtu
+    if args.recv_buffer_size is not None:
+        settings["recv_buffer_size"] = args.recv_buffer_size
     if psk:
         settings["psk_lookup"] = psk
     config = _with_keylog(DTLSConfiguration.server(cert, key, args.key_password, **settings))
@@ -683,6 +685,14 @@ def _add_server_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     server.add_argument(
         "--mtu", type=int, metavar="N", help="largest datagram to send, 256..65507 (default: 1200)"
     )
+    server.add_argument(
+        "--recv-buffer-size",
+        type=int,
+        metavar="BYTES",
+        help="socket receive buffer to ask the kernel for (default: 4194304; the kernel caps it "
+        "at net.core.rmem_max). UDP has no flow control: what overflows it is dropped and "
+        "counted",
+    )
     _add_transport_flags(server)
     server.set_defaults(func=_cmd_server, log_level=logging.INFO)
 
@@ -729,6 +739,8 @@ def _dtls_client(args: argparse.Namespace, messages: Iterator[bytes]) -> int:
         settings.update(verify_mode=ssl.CERT_NONE, check_hostname=False)
     if args.mtu is not None:
         settings["mtu"] = args.mtu
+    if args.recv_buffer_size is not None:
+        settings["recv_buffer_size"] = args.recv_buffer_size
     if args.psk:
         if len(args.psk) > 1:
             raise UsageError("a client uses one --psk IDENTITY:HEXKEY")
@@ -869,6 +881,14 @@ def _add_client_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     client.add_argument(
         "--mtu", type=int, metavar="N", help="largest datagram to send, 256..65507 (default: 1200)"
+    )
+    client.add_argument(
+        "--recv-buffer-size",
+        type=int,
+        metavar="BYTES",
+        help="socket receive buffer to ask the kernel for (default: 4194304; the kernel caps it "
+        "at net.core.rmem_max). UDP has no flow control: what overflows it is dropped and "
+        "counted",
     )
     _add_transport_flags(client)
     client.set_defaults(func=_cmd_client)

@@ -79,7 +79,18 @@ class Limits:
     """Associations still in their handshake (only ever created after a valid cookie)."""
 
     max_queued_messages: int = 1_024
-    """Received messages waiting for the application, per peer; newer ones are dropped."""
+    """Received messages waiting for the application, per peer; newer ones are dropped
+    (``"queue_full"``)."""
+
+    max_queued_bytes: int = 1_048_576
+    """Bytes of received messages waiting for the application, per peer (1 MiB); a message
+    that would pass it is dropped (``"queue_full"``). Clients apply it too."""
+
+    max_buffered_bytes: int = 64 * 1_048_576
+    """Bytes of received messages waiting for the application across every peer of one
+    listening socket (64 MiB), channels not yet accepted included; a message that would pass
+    it is dropped (``"server_buffer_full"``). What peers can make a server hold in queues is
+    at most this, whatever their number."""
 
     max_half_open_per_address: int = 64
     """Half-open associations from one IPv4 address (all ports together); more are refused, so
@@ -121,6 +132,8 @@ class Limits:
             "max_half_open_per_ipv6_prefix",
             "max_client_hello_size",
             "max_queued_messages",
+            "max_queued_bytes",
+            "max_buffered_bytes",
             "accept_backlog",
         ):
             value = getattr(self, name)
@@ -202,6 +215,13 @@ class DTLSConfiguration:
     """Servers: HMAC secret for stateless cookies (>= 16 bytes). Share it between workers or
     restarts to keep cookies valid across them; random when ``None``."""
 
+    recv_buffer_size: int | None = 4 * 1_048_576
+    """Socket receive buffer to ask the kernel for, in bytes (4 MiB), clients and servers. UDP
+    has no flow control: datagrams arriving while it is full are dropped by the kernel (counted
+    in a server's ``statistics().kernel_drops``). The kernel caps it at ``net.core.rmem_max``;
+    what it granted is in ``statistics().receive_buffer_bytes`` and a log line says when it
+    is less. ``None`` keeps the kernel's default."""
+
     limits: Limits = field(default_factory=Limits)
     """Server-side resource bounds."""
 
@@ -272,6 +292,15 @@ class DTLSConfiguration:
             )
         if self.idle_timeout is not None and not _positive_seconds(self.idle_timeout):
             raise ConfigurationError("idle_timeout must be a positive, finite number or None")
+        if self.recv_buffer_size is not None and (
+            not isinstance(self.recv_buffer_size, int)
+            or isinstance(self.recv_buffer_size, bool)
+            or not 1024 <= self.recv_buffer_size <= 1 << 30
+        ):
+            raise ConfigurationError(
+                f"recv_buffer_size must be None or a number of bytes from 1024 to 1 GiB, not "
+                f"{self.recv_buffer_size!r}"
+            )
         if self.psk is not None and self.ciphers is None and self.verify_mode == ssl.CERT_REQUIRED:
             raise ConfigurationError(
                 "verify_mode=CERT_REQUIRED has no effect on a PSK client offering only PSK "

@@ -29,6 +29,7 @@ from typing import Any, cast
 from .._channel_base import ChannelBase, ends_iteration, fresh_error
 from .._sockets import Address
 from ..core.connection import DTLSConnection
+from ..core.inbox import Inbox
 from ..exceptions import ConcurrencyError, ConnectionClosedLocally, DTLSError
 
 __all__ = ["Channel"]
@@ -48,6 +49,7 @@ class Endpoint(asyncio.DatagramProtocol):
         self._send_failure: DTLSError | None = None
         """What went wrong with a datagram sent by the running ``flush`` (set by
         ``error_received``), for the ``send`` that caused it."""
+        self._sending_to: Address | None = None
         self._writable = asyncio.Event()
         self._writable.set()
         self._lost: asyncio.Future[None] = loop.create_future()
@@ -129,6 +131,14 @@ class Endpoint(asyncio.DatagramProtocol):
         self._on_deadline(now)
         self.flush()
 
+    def send_record(self, record: bytes, address: Address | None) -> DTLSError | None:
+        """Transmit one datagram the engine sealed; the failure it caused, if any."""
+        self._send_failure = None
+        self._sending_to = address
+        self._sendto(record, address)
+        failure, self._send_failure = self._send_failure, None
+        return failure
+
     def _sendto(self, data: bytes, address: Address | None) -> bool:
         transport = self._transport
         if transport is None or transport.is_closing():
@@ -173,6 +183,13 @@ class Endpoint(asyncio.DatagramProtocol):
         await asyncio.shield(self._lost)
 
 
+def _wake_reader(inbox: Inbox) -> None:
+    """The inbox's waker: finish the future a ``recv`` waits on (no reference to the channel)."""
+    waiter = inbox.waiter
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
+
+
 class Channel(ChannelBase):
     """One DTLS session with one peer: message-oriented, like a connected datagram socket.
 
@@ -194,34 +211,37 @@ class Channel(ChannelBase):
         self._endpoint = endpoint
         self._owns_socket = owns_socket
         self._waiter: asyncio.Future[None] | None = None
+        self._inbox.waker = _wake_reader
+        self._send_address = None if owns_socket else self._peer_address
 
-    def _handle_event(self, event: Any) -> bool:
-        wake = super()._handle_event(event)
-        if wake:
-            self._wake()
-        return wake
-
-    def _end(self, error: DTLSError) -> bool:
-        ended = super()._end(error)
-        if ended:
-            self._wake()
-        return ended
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
     # -- messages -------------------------------------------------------------------------------
 
     async def send(self, data: bytes | bytearray | memoryview) -> None:
         """Send one message (one datagram). Raises MessageTooLarge past ``cleartext_mtu``, or the
         error that ended the session (ConnectionClosed family)."""
-        message = self._check_sendable(data)
-        await self._endpoint.writable()
-        self._check_sendable(message)  # the session may have ended while we waited
-        self._engine.send(message)
-        failure = self._endpoint.flush()
+        self._check_open()
+        endpoint = self._endpoint
+        if not endpoint._writable.is_set():
+            await endpoint.writable()
+            self._check_open()  # the session may have ended while we waited
+        self._transmit_message(data)
+
+    def send_nowait(self, data: bytes | bytearray | memoryview) -> None:
+        """Send one message now, without waiting (callable from a callback-style handler,
+        which runs on the loop). Raises as :meth:`send` does; if the socket's send buffer is
+        full the datagram waits in the driver's bounded queue, or is dropped and counted
+        (``"send_buffer_full"``) when that is full too: UDP has no flow control."""
+        self._check_open()
+        self._transmit_message(data)
+
+    def _transmit_message(self, data: bytes | bytearray | memoryview) -> None:
+        endpoint = self._endpoint
+        record = self._engine.seal(data)
+        if record is None:
+            failure = endpoint.flush()
+        else:
+            failure = endpoint.send_record(record, self._send_address)
         if failure is not None:
             raise fresh_error(failure)
 
@@ -238,11 +258,11 @@ class Channel(ChannelBase):
             if message is not None:
                 return message
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiter = waiter
+            self._waiter = self._inbox.waiter = waiter
             try:
                 await waiter
             finally:
-                self._waiter = None
+                self._waiter = self._inbox.waiter = None
 
     def __aiter__(self) -> Channel:
         return self

@@ -25,6 +25,7 @@ from .._sockets import (
     check_port,
     format_address,
     make_udp_socket,
+    size_receive_buffer,
     sort_addresses,
     translate_os_error,
 )
@@ -226,6 +227,7 @@ async def _open(
     for family, peer in addresses:
         try:
             sock = make_udp_socket(family, bind=local_addr, connect=peer)
+            size_receive_buffer(sock, config.recv_buffer_size)
         except TransportError as exc:
             logger.debug("cannot use %s for %r: %s", format_address(peer), host, exc)
             failure = exc

@@ -3,8 +3,10 @@
 Theory of operation
 -------------------
 One UDP socket per resolved listening address, one :class:`~dtlskit.core.ServerEngine` (the
-sans-I/O demultiplexer: cookies, limits, peer map) and one :class:`_ServerEndpoint` protocol per
-socket. Nothing blocks: a datagram is fed to the engine, whose events are drained at once; a
+sans-I/O demultiplexer: cookies, limits, peer map) and one
+:class:`~dtlskit.asyncio.driver.ServerDriver` per socket (batched reads with
+``loop.add_reader``). Nothing blocks: a datagram is fed to the engine, whose events are drained
+at once; a
 completed handshake becomes a :class:`~dtlskit.asyncio.Channel` handed to a new task running the
 user's handler (``serve``) or to the accept queue (``listen``), so a stalled or hostile peer
 costs the others nothing but the few microseconds its datagrams take to drop.
@@ -20,22 +22,21 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import errno
 import logging
 import signal
 import socket
 import warnings
-import weakref
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any, Generic, TypeVar
 
 from OpenSSL import SSL
 
 from .._channel_base import (
+    SessionProtocol,
     aggregate_server_statistics,
     check_server_config,
-    log_peer_event,
-    send_error,
+    is_protocol_factory,
+    start_protocol,
 )
 from .._sockets import (
     Address,
@@ -50,7 +51,6 @@ from .._sockets import (
     translate_os_error,
 )
 from ..config import DTLSConfiguration
-from ..core import events as ev
 from ..core.connection import DTLSConnection
 from ..core.cookies import CookieJar
 from ..core.server import ServerEngine, ServerStatistics, cookie_jar_for
@@ -58,130 +58,24 @@ from ..exceptions import (
     ConfigurationError,
     ConnectionClosed,
     ConnectionClosedLocally,
-    ConnectionLost,
     DTLSTimeoutError,
     TransportError,
 )
-from .channel import Channel, Endpoint
+from .channel import Channel
+from .driver import ServerDriver
 
 __all__ = ["Listener", "Server", "install_signal_handlers", "listen", "run_server", "serve"]
 
 logger = logging.getLogger("dtlskit.server")
 
 Handler = Callable[[Channel], Awaitable[None]]
+"""A handler function: ``async def handler(channel)``, run in a task per peer."""
+AnyHandler = Handler | type[SessionProtocol]
+"""What ``serve`` takes: a handler function, or a :class:`~dtlskit.SessionProtocol` class."""
 S = TypeVar("S", bound="Server")
 
 #: Seconds ``wait_closed()`` lets handler tasks finish after ``close()`` before cancelling them.
 DEFAULT_CLOSE_TIMEOUT = 5.0
-
-
-class _ServerEndpoint(Endpoint):
-    """The protocol of one listening socket, driving its ServerEngine."""
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        server: Server,
-        engine: ServerEngine,
-        sock: socket.socket,
-    ) -> None:
-        super().__init__(loop)
-        self._server = server
-        self.engine = engine
-        self.sock = sock
-        self.address = tuple(sock.getsockname())
-        """The bound address (kept: the socket cannot tell it once closed)."""
-        self.channels: weakref.WeakValueDictionary[DTLSConnection, Channel] = (
-            weakref.WeakValueDictionary()
-        )
-        """Held weakly, as in the blocking flavour: a dropped channel warns and is closed."""
-        self._shutting_down = False
-        self._sending_to: Address | None = None
-
-    # -- Endpoint -------------------------------------------------------------------------------
-
-    def _transmit(self) -> None:
-        for datagram, address in self.engine.datagrams_to_send(self.now()):
-            self._sending_to = address
-            self._sendto(datagram, address)
-
-    def _drain(self) -> None:
-        while (item := self.engine.next_event()) is not None:
-            address, conn, event = item
-            if isinstance(event, ev.HandshakeCompleted):
-                channel = Channel(conn, self, self.sock, address, owns_socket=False)
-                self.channels[conn] = channel
-                log_peer_event(address, conn, event)
-                self._server._on_channel(channel)
-                self._again = True  # the server may have closed it: transmit again
-            elif isinstance(event, ev.MessageReceived):
-                channel_or_none = self.channels.get(conn)
-                if channel_or_none is not None:
-                    channel_or_none._handle_event(event)
-                else:
-                    self._server._count_drop("no_channel")
-            elif isinstance(event, ev.ConnectionClosed | ev.ConnectionTerminated):
-                ended = self.channels.pop(conn, None)
-                if ended is not None:
-                    ended._handle_event(event)
-                log_peer_event(address, conn, event)
-
-    def _deadline(self) -> float | None:
-        return self.engine.get_timer()
-
-    def _on_deadline(self, now: float) -> None:
-        self.engine.handle_timer(now)
-
-    def channel_abandoned(self, engine: DTLSConnection) -> None:
-        if not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._close_abandoned, engine)
-
-    def _close_abandoned(self, engine: DTLSConnection) -> None:
-        if not self._shutting_down:
-            engine.close()  # close_notify; the ended session leaves the engine
-            self.flush()
-
-    # -- asyncio.DatagramProtocol ---------------------------------------------------------------
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        if self._shutting_down:
-            return
-        self.engine.receive_datagram(data, tuple(addr), self.now())
-        self.flush()
-
-    def error_received(self, exc: Exception) -> None:
-        # An unconnected socket: the error names no peer. Count it; it is never fatal to the
-        # server (the drop reasons are the blocking flavour's). A datagram too large (EMSGSIZE)
-        # also fails the Channel.send that made it.
-        self._server._count_drop("send_failed" if self._sending else "receive_failed")
-        if self._sending and isinstance(exc, OSError) and exc.errno == errno.EMSGSIZE:
-            conn = self.engine.connection(self._sending_to) if self._sending_to else None
-            mtu = conn.mtu if conn is not None else self._server._config.mtu
-            self._send_failure = send_error(exc, self._sending_to, mtu)
-        logger.debug("socket error on %s: %s", format_address(self.address), exc)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
-        if self.engine.connections:
-            error = ConnectionLost("the server socket was closed")
-            for conn in self.engine.connections.values():
-                conn.abort(error)
-            self.flush()
-
-    # -- shutdown -------------------------------------------------------------------------------
-
-    def shutdown(self) -> None:
-        """close_notify to every established peer, forget every association, close the socket."""
-        if self._shutting_down:
-            return
-        self._shutting_down = True
-        self.engine.close_all()
-        self.flush()
-        self._rearm(None)
-        if self._transport is not None:
-            self._transport.close()
-        else:  # pragma: no cover - a socket whose endpoint never started
-            self.sock.close()
 
 
 class Server:
@@ -194,13 +88,13 @@ class Server:
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        handler: Handler | None,
+        handler: AnyHandler | None,
         config: DTLSConfiguration,
     ) -> None:
         self._loop = loop
         self._handler = handler
         self._config = config
-        self._endpoints: list[_ServerEndpoint] = []
+        self._endpoints: list[ServerDriver] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._accept_queue: collections.deque[Channel] = collections.deque()
         self._accept_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
@@ -250,11 +144,11 @@ class Server:
         try:
             while pending:
                 sock = pending[0]
-                endpoint = _ServerEndpoint(
+                endpoint = ServerDriver(
                     loop, self, ServerEngine(self._config, context=context, cookie_jar=jar), sock
                 )
                 try:
-                    await loop.create_datagram_endpoint(lambda e=endpoint: e, sock=sock)  # type: ignore[misc]
+                    endpoint.start()
                 except OSError as exc:
                     raise translate_os_error(exc, "listen on", endpoint.address) from exc
                 pending.popleft()
@@ -274,10 +168,18 @@ class Server:
 
     # -- peers ----------------------------------------------------------------------------------
 
+    def _make_channel(
+        self, conn: DTLSConnection, driver: ServerDriver, address: Address
+    ) -> Channel:
+        return Channel(conn, driver, driver.sock, address, owns_socket=False)
+
     def _on_channel(self, channel: Channel) -> None:
+        if is_protocol_factory(self._handler):
+            start_protocol(self._handler, channel, self._loop.call_soon)  # type: ignore[arg-type]
+            return
         if self._handler is not None:
             task = self._loop.create_task(
-                self._run_handler(self._handler, channel),
+                self._run_handler(self._handler, channel),  # type: ignore[arg-type]
                 name=f"dtlskit handler {format_address(channel.getpeername())}",
             )
             self._tasks.add(task)
@@ -291,6 +193,7 @@ class Server:
                 format_address(channel.getpeername()),
             )
             channel.close()
+            channel._release()
             return
         self._accept_queue.append(channel)
         self._wake_acceptor()
@@ -305,6 +208,7 @@ class Server:
             logger.exception("handler failed for %s; closing that session", peer)
         finally:
             channel.close()
+            channel._release()
 
     def _wake_acceptor(self) -> None:
         while self._accept_waiters:
@@ -365,7 +269,7 @@ class Server:
     def statistics(self) -> ServerStatistics:
         """Counters of every socket added up; ``drops`` also has the front end's own reasons."""
         return aggregate_server_statistics(
-            (endpoint.engine.statistics() for endpoint in self._endpoints), dict(self._drops)
+            (endpoint.statistics() for endpoint in self._endpoints), dict(self._drops)
         )
 
     def is_serving(self) -> bool:
@@ -397,6 +301,8 @@ class Server:
         self._closing = True
         for endpoint in self._endpoints:
             endpoint.shutdown()
+        for channel in self._accept_queue:
+            channel._release()
         self._accept_queue.clear()
         while self._accept_waiters:
             waiter = self._accept_waiters.popleft()
@@ -482,7 +388,7 @@ class _Starter(Generic[S]):
 
 async def _start_server(
     cls: type[S],
-    handler: Handler | None,
+    handler: AnyHandler | None,
     host: str | None,
     port: int,
     config: DTLSConfiguration,
@@ -506,7 +412,7 @@ async def _start_server(
 
 
 def serve(
-    handler: Handler,
+    handler: AnyHandler,
     host: str | None,
     port: int,
     *,
@@ -514,7 +420,9 @@ def serve(
     ipv6_only: bool | None = None,
     reuse_port: bool = False,
 ) -> _Starter[Server]:
-    """Start a DTLS server running ``await handler(channel)`` in a task per peer.
+    """Start a DTLS server running ``await handler(channel)`` in a task per peer, or, when
+    ``handler`` is a :class:`~dtlskit.SessionProtocol` subclass, one instance of it per peer
+    called on the loop for each message (no task per peer or per message: the fast style).
 
     ``host`` None or ``""`` listens on every interface (one socket per address family); ``"::"``
     is dual-stack unless ``ipv6_only``. A handler that raises is logged (logger
@@ -561,7 +469,7 @@ def _on_signal(server: Server, signum: int) -> None:
 
 
 def run_server(
-    handler: Handler,
+    handler: AnyHandler,
     host: str | None,
     port: int,
     *,
@@ -603,7 +511,7 @@ def run_server(
 
 
 async def _serve_until_signal(
-    handler: Handler,
+    handler: AnyHandler,
     host: str | None,
     port: int,
     config: DTLSConfiguration,

@@ -34,7 +34,6 @@ and re-arm a timer for :meth:`get_timer`, calling :meth:`handle_timer` when it e
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import enum
 import ipaddress
@@ -45,6 +44,7 @@ from typing import Any
 
 from OpenSSL import SSL
 
+from .. import _accel
 from ..config import DTLSConfiguration
 from ..exceptions import (
     CertificateVerificationError,
@@ -60,6 +60,7 @@ from ..exceptions import (
 from . import _bindings, _errors
 from . import events as ev
 from .flights import Flights
+from .inbox import ByteBudget, Inbox
 from .records import (
     BadPacket,
     pack_datagrams,
@@ -72,6 +73,8 @@ __all__ = ["ConnectionStatistics", "DTLSConnection", "State", "fallback_mtu_for"
 Address = tuple[Any, ...]
 
 _MAX_READ = 65536
+_APPLICATION_DATA = 23
+_ESTABLISHED_EPOCH = 1  # renegotiation (a later epoch) keeps the general path
 _MAX_PLAINTEXT = 2**14  # largest plaintext of one record
 # How far OpenSSL's wall-clock timer may lag ours before we stop waiting for it.
 _CLOCK_SKEW = 0.05
@@ -135,6 +138,38 @@ class DTLSConnection(NegotiatedSession):
     :class:`~dtlskit.core.session.NegotiatedSession`.
     """
 
+    __slots__ = (
+        "_cleartext_limit",
+        "_config",
+        "_events",
+        "_fallback_mtu",
+        "_final_pending",
+        "_flights",
+        "_handle",
+        "_handshake_deadline",
+        "_handshake_started",
+        "_idle_deadline",
+        "_idle_timeout",
+        "_limits",
+        "_mtu",
+        "_outgoing",
+        "_peer_text",
+        "_queued_bytes",
+        "_queued_messages",
+        "_server",
+        "_ssl",
+        "_stats",
+        "_verify_reason",
+        "budget",
+        "error",
+        "inbox",
+        "listener",
+        "on_message",
+        "peer_address",
+        "server_drops",
+        "state",
+    )
+
     def __init__(
         self,
         config: DTLSConfiguration,
@@ -165,8 +200,22 @@ class DTLSConnection(NegotiatedSession):
         )
 
         self.state: State = State.INITIAL
-        self._events: collections.deque[ev.Event] = collections.deque()
+        self._events: list[ev.Event] = []  # a few at a time: a list is 56 bytes, a deque 624
         self._queued_messages = 0
+        self._queued_bytes = 0
+        self._limits = config.limits
+        self.inbox: Inbox | None = None
+        """Where received messages go once a front end attached its channel (queue style)."""
+        self.on_message: Callable[[bytes], object] | None = None
+        """Called with each received message instead of queueing it (callback style)."""
+        self.budget: ByteBudget | None = None
+        """A server's byte budget, shared by the inboxes of all its sessions."""
+        self.server_drops: dict[str, int] | None = None
+        """A server's drop counters: drops of this session a server must see are added there
+        too (full queues, records OpenSSL discarded)."""
+        self._handle: Any = None  # the accelerator's handle, once established
+        self._cleartext_limit = 0
+        self._final_pending = False
         self._outgoing: list[bytes] = []
         self._stats = ConnectionStatistics()
         self.error: DTLSError | None = None
@@ -180,8 +229,6 @@ class DTLSConnection(NegotiatedSession):
         # Idle expiry.
         self._idle_timeout = config.idle_timeout
         self._idle_deadline: float | None = None
-        self.client_hello_body: bytes | None = None
-        """Server side: the cookie-carrying ClientHello that created this association."""
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -258,8 +305,62 @@ class DTLSConnection(NegotiatedSession):
         self._advance_handshake(now)
         return self._state_now() is not State.TERMINATED
 
+    def receive_record(self, data: bytes, now: float) -> bool:
+        """The fast path for one datagram that is exactly one application-data record of this
+        established session (the caller checked the framing: first byte 23, length field +
+        13 == ``len(data)``). Returns False, having done nothing, when the fast path does not
+        apply (not established yet, renegotiation allowed): call :meth:`receive_datagram`.
+
+        A message goes straight to :attr:`on_message` or :attr:`inbox` (no event, no timer
+        change but the idle deadline, a plain float). A record OpenSSL discards is counted
+        (``"wrong_epoch"`` or ``"bad_record"``). Only when the session ends (close_notify, a
+        fatal error) is there output or an event: then the :attr:`listener` is told.
+        """
+        handle = self._handle
+        if handle is None:
+            return False
+        stats = self._stats
+        stats.datagrams_received += 1
+        stats.bytes_received += len(data)
+        result = _accel.open_record(handle, data)
+        if type(result) is bytes:
+            stats.messages_received += 1
+            if self._idle_timeout is not None:
+                self._idle_deadline = now + self._idle_timeout
+            if self._final_pending:
+                self._final_pending = False
+                self._flights.peer_finished()
+            self._deliver(result)
+            return True
+        self._record_failed(int(result), data)
+        return True
+
+    def _record_failed(self, code: int, data: bytes) -> None:
+        if code == _accel.WANT_READ:
+            epoch = int.from_bytes(data[3:5], "big")
+            self._report_drop("wrong_epoch" if epoch != _ESTABLISHED_EPOCH else "bad_record")
+            return
+        if code == _accel.ZERO_RETURN:
+            self._peer_closed()
+        else:
+            try:
+                _accel.raise_error(self._ssl, code)
+            except SSL.ZeroReturnError:  # pragma: no cover - reported as ZERO_RETURN above
+                self._peer_closed()
+            except SSL.Error as exc:
+                self._collect_output()
+                self._terminate(_errors.session_error(exc, peer=self._peer_text))
+        self._notify()
+
     def receive_datagram(self, data: bytes, now: float) -> None:
         """Feed one datagram from the peer. Then drain events and send datagrams."""
+        if (
+            self._handle is not None
+            and data[:1] == b"\x17"
+            and len(data) == 13 + int.from_bytes(data[11:13], "big")
+        ):
+            self.receive_record(data, now)
+            return
         if self.state in (State.CLOSED, State.TERMINATED, State.INITIAL):
             self._drop("after_close" if self.state is not State.INITIAL else "before_start")
             return
@@ -291,7 +392,23 @@ class DTLSConnection(NegotiatedSession):
         repeat = flights.final_repeat(data)
         self._bio_write(data)
         produced_before = len(self._outgoing)
+        received_before = self._stats.messages_received
         self._read_application_data(now, single_record=_is_single_record(data))
+        if (
+            not repeat
+            and self._stats.messages_received == received_before
+            and len(self._outgoing) == produced_before
+            and self.state is State.ESTABLISHED
+            and data[0] not in (21, 22)  # an alert or handshake record OpenSSL may take quietly
+        ):
+            self._report_drop(
+                "wrong_epoch"
+                if data[0] == _APPLICATION_DATA
+                and len(data) >= 5
+                and int.from_bytes(data[3:5], "big") != _ESTABLISHED_EPOCH
+                and self._handle is not None
+                else "bad_record"
+            )
         if repeat and self.state is State.ESTABLISHED and flights.resend_final(now):
             self._stats.final_flight_resends += 1
             if len(self._outgoing) == produced_before:  # OpenSSL did not re-send it itself
@@ -303,11 +420,7 @@ class DTLSConnection(NegotiatedSession):
         Raises :class:`InvalidMessage` for an empty or non-bytes message (the session goes on),
         :class:`MessageTooLarge` above :attr:`cleartext_mtu`.
         """
-        if isinstance(message, str) or not isinstance(message, bytes | bytearray | memoryview):
-            raise InvalidMessage(f"a message must be bytes-like, not {type(message).__name__}")
-        data = bytes(message)
-        if not data:
-            raise InvalidMessage("cannot send an empty message: DTLS records carry 1 byte or more")
+        data = _check_message(message)
         self._check_usable()
         limit = self.cleartext_mtu
         if len(data) > limit:
@@ -322,6 +435,53 @@ class DTLSConnection(NegotiatedSession):
         self._stats.messages_sent += 1
         self._collect_output()
         self._notify()
+
+    def seal(self, message: bytes | bytearray | memoryview) -> bytes | None:
+        """Send one message on the fast path: validate it, encrypt it into one record and
+        return that record, a datagram to transmit now (counted as sent here; nothing is
+        queued, :meth:`datagrams_to_send` will not return it).
+
+        Returns None when the session is not on the fast path (renegotiation allowed): the
+        message was handed to :meth:`send`; call :meth:`datagrams_to_send`. Raises as
+        :meth:`send` does.
+        """
+        handle = self._handle
+        if handle is None:
+            self.send(_check_message(message))
+            return None
+        data = message if type(message) is bytes else _check_message(message)
+        size = len(data)
+        if not size:
+            _check_message(data)
+        if size > self._cleartext_limit:
+            raise MessageTooLarge(size, self._cleartext_limit)
+        result = _accel.seal_record(handle, data)
+        if type(result) is bytes:
+            stats = self._stats
+            stats.messages_sent += 1
+            stats.datagrams_sent += 1
+            stats.bytes_sent += len(result)
+            return result
+        try:
+            _accel.raise_error(self._ssl, int(result))
+        except SSL.Error as exc:
+            error = _errors.session_error(exc, peer=self._peer_text)
+            self._terminate(error)
+            self._notify()
+            raise error from exc
+        raise ConnectionLost(f"the connection to {self._peer_text} failed")  # pragma: no cover
+
+    def open_inbox(self) -> Inbox:
+        """Attach the session's one receive queue (bounded by ``limits.max_queued_bytes`` and
+        ``max_queued_messages``, and by the server's :attr:`budget`) and return it."""
+        limits = self._limits
+        self.inbox = Inbox(limits.max_queued_bytes, limits.max_queued_messages, self.budget)
+        return self.inbox
+
+    def deliver(self, data: bytes) -> None:
+        """Hand a message taken from a :class:`MessageReceived` event to the consumer attached
+        since (:attr:`inbox` or :attr:`on_message`), under the same bounds."""
+        self._deliver(data)
 
     def close(self) -> None:
         """Send close_notify (once, best effort) and end the session. Idempotent."""
@@ -355,9 +515,10 @@ class DTLSConnection(NegotiatedSession):
         """The oldest event not yet returned, or None."""
         if not self._events:
             return None
-        event = self._events.popleft()
+        event = self._events.pop(0)
         if isinstance(event, ev.MessageReceived):
             self._queued_messages -= 1
+            self._queued_bytes -= len(event.data)
         return event
 
     def get_timer(self) -> float | None:
@@ -564,6 +725,10 @@ class DTLSConnection(NegotiatedSession):
         self.state = State.ESTABLISHED
         self._handshake_deadline = None
         _bindings.watch_established(self._ssl)
+        self._cleartext_limit = self.cleartext_mtu
+        self._final_pending = bool(self._flights.final)
+        if not self._config.allow_renegotiation:
+            self._handle = _accel.make_handle(self._ssl)
         if self._handshake_started is not None:
             self._stats.handshake_seconds = now - self._handshake_started
         if self._idle_timeout is not None:
@@ -596,19 +761,42 @@ class DTLSConnection(NegotiatedSession):
                 return
             got_data = True
             self._stats.messages_received += 1
-            if self._queued_messages >= self._config.limits.max_queued_messages:
-                self._drop("queue_full")
-            else:
-                self._queued_messages += 1
-                self._events.append(ev.MessageReceived(bytes(data)))
+            self._deliver(bytes(data))
             if single_record:
                 break
         if got_data:
             # Authenticated data from the peer: it has finished, our final flight arrived.
             self._flights.peer_finished()
+            self._final_pending = False
             if self._idle_timeout is not None:
                 self._idle_deadline = now + self._idle_timeout
         self._collect_output()
+
+    def _deliver(self, data: bytes) -> None:
+        """One received message to its consumer, within the bounds (the one place they are
+        checked): the callback, else the inbox, else (no consumer attached yet) an event."""
+        callback = self.on_message
+        if callback is not None:
+            callback(data)
+            return
+        inbox = self.inbox
+        if inbox is not None:
+            reason = inbox.offer(data)
+            if reason is not None:
+                self._report_drop(reason)
+            return
+        limits = self._limits
+        size = len(data)
+        if (
+            self._queued_messages >= limits.max_queued_messages
+            or self._queued_bytes + size > limits.max_queued_bytes
+        ):
+            self._report_drop("queue_full")
+            return
+        self._queued_messages += 1
+        self._queued_bytes += size
+        self._events.append(ev.MessageReceived(data))
+        self._notify()  # a server demultiplexer must collect it
 
     def _peer_closed(self) -> None:
         with contextlib.suppress(SSL.Error):
@@ -675,6 +863,14 @@ class DTLSConnection(NegotiatedSession):
     def _drop(self, reason: str) -> None:
         self._stats.drops[reason] = self._stats.drops.get(reason, 0) + 1
 
+    def _report_drop(self, reason: str) -> None:
+        """Count a drop here and in the server's counters (when a server owns this engine)."""
+        drops = self._stats.drops
+        drops[reason] = drops.get(reason, 0) + 1
+        server = self.server_drops
+        if server is not None:
+            server[reason] = server.get(reason, 0) + 1
+
     def _check_usable(self) -> None:
         if self.state is State.ESTABLISHED:
             return
@@ -684,6 +880,7 @@ class DTLSConnection(NegotiatedSession):
 
     def _finish(self, state: State) -> None:
         self.state = state
+        self._handle = None
         self._flights.clear()
         self._handshake_deadline = None
         self._idle_deadline = None
@@ -699,6 +896,19 @@ class DTLSConnection(NegotiatedSession):
     def _notify(self) -> None:
         if self.listener is not None:
             self.listener(self)
+
+
+def _check_message(message: object) -> bytes:
+    """The message as bytes, or :class:`InvalidMessage` (a ValueError) naming what is wrong."""
+    if not isinstance(message, bytes | bytearray | memoryview):
+        hint = "; encode text first, e.g. text.encode()" if isinstance(message, str) else ""
+        raise InvalidMessage(
+            f"send() takes bytes, bytearray or memoryview, not {type(message).__name__}{hint}"
+        )
+    data = bytes(message)
+    if not data:
+        raise InvalidMessage("cannot send an empty message: DTLS records carry 1 byte or more")
+    return data
 
 
 def _is_single_record(data: bytes) -> bool:

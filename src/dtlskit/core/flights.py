@@ -23,6 +23,8 @@ do not need it, so each can be read and tested on its own:
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
+
 from .records import (
     CONTENT_HANDSHAKE,
     BadPacket,
@@ -56,8 +58,30 @@ def _fingerprints(data: bytes) -> set[bytes]:
         return set()
 
 
+_NOTHING: frozenset[bytes] = frozenset()  # shared: an empty set costs 216 bytes per session
+
+
 class Flights:
     """Timers, the current flight, and what the peer sent, for one association."""
+
+    __slots__ = (
+        "_answered",
+        "_final_answers",
+        "_final_resent_at",
+        "_final_until",
+        "_initial",
+        "_last_heard",
+        "_lossy",
+        "_max",
+        "_name",
+        "_sent_at",
+        "consecutive_timeouts",
+        "deadline",
+        "deferred_for_skew",
+        "final",
+        "records",
+        "timeout",
+    )
 
     def __init__(self, initial_timeout: float, max_timeout: float) -> None:
         self._initial = initial_timeout
@@ -74,9 +98,9 @@ class Flights:
         self._name: FlightName = frozenset()
         self._lossy = False
         self._sent_at: float | None = None
-        self._last_heard: set[bytes] = set()
-        self._answered: set[bytes] = set()
-        self._final_answers: set[bytes] = set()
+        self._last_heard: AbstractSet[bytes] = _NOTHING
+        self._answered: AbstractSet[bytes] = _NOTHING
+        self._final_answers: AbstractSet[bytes] = _NOTHING
         self.final: list[bytes] = []
         """Our final flight, kept until the peer shows it arrived (or the window closes)."""
         self._final_until = 0.0
@@ -145,8 +169,8 @@ class Flights:
         self.records = []
         self.final = final
         self._final_until = now + window
-        self._final_answers = self._last_heard if final else set()
-        self._answered = set()
+        self._final_answers = self._last_heard if final else _NOTHING
+        self._answered = _NOTHING
 
     def final_repeat(self, data: bytes) -> bool:
         """Whether ``data`` repeats the peer's last flight while we still keep ours."""
@@ -165,18 +189,21 @@ class Flights:
         return True
 
     def peer_finished(self) -> None:
-        """Authenticated data arrived: the peer has our final flight; forget it."""
+        """Authenticated data arrived: the peer has our final flight; forget it (and what
+        the handshake left: nothing will be compared with it again)."""
         self.final = []
-        self._final_answers = set()
+        self._final_answers = _NOTHING
+        self._last_heard = _NOTHING
+        self._name = frozenset()
 
     def clear(self) -> None:
         """The session ended: drop every flight and timer."""
         self.deadline = None
         self.records = []
         self.final = []
-        self._last_heard = set()
-        self._answered = set()
-        self._final_answers = set()
+        self._last_heard = _NOTHING
+        self._answered = _NOTHING
+        self._final_answers = _NOTHING
 
     def _allowed(self, now: float, last_sent: float | None) -> bool:
         """At most one re-send per initial retransmission timeout: a peer that really lost our

@@ -81,6 +81,7 @@ from ..exceptions import ConnectionLost, DTLSError, HandshakeTimeout
 from . import events as ev
 from .connection import Address, DTLSConnection, State, format_address
 from .cookies import CookieJar
+from .inbox import ByteBudget
 from .records import (
     CONTENT_HANDSHAKE,
     HEADER_LENGTH,
@@ -132,6 +133,12 @@ class ServerStatistics:
     handshakes_completed: int = 0
     handshakes_failed: int = 0
     sessions_replaced: int = 0
+    receive_buffer_bytes: int = 0
+    """The socket receive buffer the kernel granted (``SO_RCVBUF``; see
+    ``recv_buffer_size``), filled in by the front end."""
+    kernel_drops: int = 0
+    """Datagrams the kernel dropped because the socket's receive buffer was full (UDP has no
+    flow control), read from ``/proc/net/udp*`` when statistics are taken (Linux)."""
     drops: dict[str, int] = field(default_factory=dict)
     """Datagrams dropped or ClientHellos refused, by reason."""
 
@@ -181,6 +188,8 @@ class ServerEngine:
         )
         self._rate_due = -math.inf  # global HelloVerifyRequest budget (GCRA), if one is set
         self._stats = ServerStatistics()
+        self.budget = ByteBudget(config.limits.max_buffered_bytes)
+        """Bytes the inboxes of every session of this socket may hold together."""
         self._idle_timeout = (
             config.idle_timeout if config.idle_timeout is not None else config.limits.idle_timeout
         )
@@ -194,9 +203,19 @@ class ServerEngine:
 
     def receive_datagram(self, data: bytes, address: Address, now: float) -> None:
         """Feed one datagram received from ``address``. Never raises for any ``data``."""
-        self._stats.datagrams_received += 1
-        self._stats.bytes_received += len(data)
+        stats = self._stats
+        stats.datagrams_received += 1
+        stats.bytes_received += len(data)
         conn = self._connections.get(address)
+        if (
+            conn is not None
+            and data[:1] == b"\x17"
+            and len(data) == 13 + int.from_bytes(data[11:13], "big")
+            and conn.receive_record(data, now)
+        ):
+            # The fast path: one application-data record of an established session. Nothing
+            # to flush: the session tells its listener if it produced output or ended.
+            return
         if conn is not None and not _may_be_client_hello(data):
             conn.receive_datagram(data, now)
             self._touched(address, conn)
@@ -258,6 +277,11 @@ class ServerEngine:
         out, self._outgoing = self._outgoing, []
         return out
 
+    def has_work(self) -> bool:
+        """Whether :meth:`datagrams_to_send`, :meth:`next_event` or the timer have anything
+        new (False after datagrams that only took the fast path: skip the other steps)."""
+        return bool(self._dirty or self._outgoing or self._events)
+
     def next_event(self) -> ServerEvent | None:
         """The oldest ``(address, engine, event)`` not yet returned, or None."""
         self._flush()
@@ -290,6 +314,11 @@ class ServerEngine:
             del self._armed[id(conn)]
             conn.handle_timer(now)
             self._touched(address, conn)
+
+    @property
+    def config(self) -> DTLSConfiguration:
+        """The configuration this engine was built from."""
+        return self._config
 
     def connection(self, address: Address) -> DTLSConnection | None:
         """The association for ``address``, if any."""
@@ -410,8 +439,9 @@ class ServerEngine:
         conn = DTLSConnection(
             self._session_config, server=True, peer_address=address, context=self._context
         )
-        conn.client_hello_body = hello.body
         conn.listener = self._on_engine_activity(address)
+        conn.budget = self.budget
+        conn.server_drops = self._stats.drops
         self._connections[address] = conn
         self._per_ip[ip] += 1
         self._handshaking[id(conn)] = source
@@ -565,6 +595,7 @@ class ServerEngine:
         self._first_flight.pop(id(conn), None)
         self._hello_history.pop(address, None)
         conn.listener = None
+        conn.server_drops = None
         self._compact_timers()
 
     def _drop(self, reason: str) -> None:

@@ -119,6 +119,8 @@ class Session:
 class NegotiatedSession:
     """Engine properties describing what the handshake negotiated (mixed into DTLSConnection)."""
 
+    __slots__ = ("_notes", "_policy", "_server_name")
+
     _ssl: SSL.Connection
     _notes: _bindings.HandshakeNotes
     _server: bool

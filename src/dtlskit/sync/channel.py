@@ -41,8 +41,8 @@ from typing import Any, Protocol
 
 from .._channel_base import ChannelBase, ends_iteration, fresh_error
 from .._sockets import format_address
-from ..core import events as ev
 from ..core.connection import ConnectionStatistics, DTLSConnection
+from ..core.inbox import Inbox
 from ..exceptions import (
     BufferTooSmall,
     ConcurrencyError,
@@ -87,8 +87,9 @@ class IOThread:
 
     def __init__(self, sock: socket.socket, name: str) -> None:
         self.sock = sock
-        self.lock = threading.Lock()
-        """Held around every call into the engine, from any thread."""
+        self.lock = threading.RLock()
+        """Held around every call into the engine, from any thread (re-entrant: a callback
+        handler runs on the I/O thread with it held, and may send)."""
         self.closed = False
         """The socket is closed (read and written under :attr:`lock`)."""
         self.drops: dict[str, int] = {}
@@ -115,6 +116,10 @@ class IOThread:
     def _receive_locked(self, now: float) -> None:
         """Read the datagrams waiting on the socket and feed them to the engine."""
         raise NotImplementedError
+
+    def _has_work_locked(self) -> bool:
+        """Whether the engine has events, output or timers to look at (True: always step)."""
+        return True
 
     def _get_timer_locked(self) -> float | None:
         return self.engine.get_timer()
@@ -270,6 +275,13 @@ class IOThread:
                         break
                     if readable:
                         self._receive_locked(now)
+                        deadline = self._deadline
+                        if (
+                            not self._requests
+                            and not self._has_work_locked()
+                            and (deadline is None or now < deadline)
+                        ):
+                            continue  # only the fast path ran: nothing to drain or re-arm
                     self._step_locked(now)
         except Exception as exc:  # pragma: no cover - a bug; never leave waiters hanging
             logger.exception("I/O thread %s failed", self._thread.name)
@@ -325,6 +337,14 @@ class IOThread:
         self._wake_r.close()
 
 
+def _notify_readers(inbox: Inbox) -> None:
+    """The inbox's waker, called after queueing (engine lock held, the channel's condition
+    not: lock order engine lock, then condition). A reader holds the condition from its check
+    to its wait, so it cannot miss this."""
+    with inbox.waiter:
+        inbox.waiter.notify_all()
+
+
 class Channel(ChannelBase):
     """One DTLS session, message by message, with blocking calls.
 
@@ -350,27 +370,19 @@ class Channel(ChannelBase):
         self._owns_io = owns_io
         self._cond = threading.Condition(threading.Lock())
         self._reading = False
+        self._send_address = None if owns_io else self._peer_address
+        self._inbox.waiter = self._cond
+        self._inbox.waker = _notify_readers
 
     # -- called by the I/O layer, engine lock held ------------------------------------------------
 
-    def _handle_event(self, event: ev.Event) -> bool:
-        with self._cond:
-            wake = super()._handle_event(event)
-            if wake:
-                self._cond.notify_all()
-        return wake
-
-    def _end(self, error: DTLSError) -> bool:
-        with self._cond:
-            ended = super()._end(error)
-            if ended:
-                self._cond.notify_all()
-        return ended
 
     def _abandon(self) -> None:
         """Mark closed without a warning: the channel was never handed to user code."""
         self._close_called = True
         self._end(ConnectionClosedLocally("the connection was closed locally"))
+        with self._io.lock:
+            self._release()
 
     # -- receiving ----------------------------------------------------------------------------
 
@@ -383,8 +395,11 @@ class Channel(ChannelBase):
         :class:`ConnectionLost`, ...); :class:`ConcurrencyError` if another thread is already
         waiting in ``recv`` or ``recv_into``.
         """
-        with self._reading_slot(timeout):
-            return self._inbox.messages.popleft()
+        self._wait_readable(timeout)
+        with self._io.lock:  # the inbox's byte counts are the engine's: take it under its lock
+            message = self._inbox.take()
+        assert message is not None  # one reader, and only it takes
+        return message
 
     def recv_into(
         self,
@@ -410,17 +425,19 @@ class Channel(ChannelBase):
                 f"length must be from 0 to {len(view) - offset} (buffer of {len(view)} bytes, "
                 f"offset {offset}), not {length!r}"
             )
-        with self._reading_slot(timeout):
+        self._wait_readable(timeout)
+        with self._io.lock:
             message = self._inbox.messages[0]
             if len(message) > length:
                 raise BufferTooSmall(len(message), length)
-            self._inbox.messages.popleft()
+            self._inbox.take()
         view[offset : offset + len(message)] = message
         return len(message)
 
-    @contextlib.contextmanager
-    def _reading_slot(self, timeout: float | None) -> Iterator[None]:
-        """Hold the channel's condition with at least one message queued, or raise."""
+    def _wait_readable(self, timeout: float | None) -> None:
+        """Return once a message is queued (only the calling reader takes it), or raise."""
+        if self._inbox.messages:
+            return
         deadline = _deadline(timeout)
         with self._cond:
             if self._reading:
@@ -439,7 +456,6 @@ class Channel(ChannelBase):
                             f"no message from {self._peer_text} within {timeout:g} s"
                         )
                     self._cond.wait(remaining)
-                yield
             finally:
                 self._reading = False
 
@@ -471,12 +487,21 @@ class Channel(ChannelBase):
         errors (``EMSGSIZE`` names the MTU).
         """
         deadline = _deadline(timeout)
-        with self._cond:
-            message = self._check_sendable(data)
-        with self._io.lock:
-            if self._io.closed:
+        self._check_open()
+        io = self._io
+        with io.lock:
+            if io.closed:
                 raise ConnectionClosedLocally("the connection was closed locally")
-            self._engine.send(message)
+            try:
+                record = self._engine.seal(data)
+            except DTLSError:
+                io.pump_locked()  # the session may have ended: let its channel hear of it
+                raise
+            if record is not None:
+                io.transmit_locked(
+                    [record], self._send_address, deadline=deadline, raise_errors=True
+                )
+                return
             try:
                 self._io.transmit_locked(
                     self._engine.datagrams_to_send(),
@@ -486,6 +511,25 @@ class Channel(ChannelBase):
                 )
             finally:
                 self._io.pump_locked()
+
+    def send_nowait(self, data: bytes | bytearray | memoryview) -> None:
+        """Send one message without ever waiting (for a callback-style handler on the I/O
+        thread): if the socket's send buffer is full the datagram is dropped and counted
+        (``"send_buffer_full"``): UDP has no flow control. Raises as :meth:`send` does."""
+        self._check_open()
+        io = self._io
+        with io.lock:
+            if io.closed:
+                raise ConnectionClosedLocally("the connection was closed locally")
+            try:
+                record = self._engine.seal(data)
+            except DTLSError:
+                io.pump_locked()
+                raise
+            if record is not None:
+                io.transmit_locked([record], self._send_address)
+            else:
+                io.pump_locked()
 
     # -- closing ------------------------------------------------------------------------------
 
@@ -523,7 +567,10 @@ class Channel(ChannelBase):
         warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=2, source=self)
         engine, io = self._engine, self._io
 
+        inbox = self._inbox
+
         def close_engine() -> None:
+            inbox.release()
             engine.close()
             io.pump_locked()
 

@@ -149,6 +149,7 @@ def connect(
     for family, address in infos:
         try:
             sock = _sockets.make_udp_socket(family, bind=local_addr, connect=address)
+            _sockets.size_receive_buffer(sock, config.recv_buffer_size)
         except TransportError as exc:
             last_error = exc
             continue

@@ -30,21 +30,19 @@ import socket
 import threading
 import time
 import warnings
-import weakref
 from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any
 
 from .. import _sockets
 from .._channel_base import (
+    SessionProtocol,
     aggregate_server_statistics,
     check_server_config,
-    log_peer_event,
-    send_error,
+    is_protocol_factory,
+    start_protocol,
 )
 from ..config import DTLSConfiguration
-from ..core import events as ev
-from ..core.connection import DTLSConnection
 from ..core.cookies import CookieJar
 from ..core.server import ServerEngine, ServerStatistics, cookie_jar_for
 from ..exceptions import (
@@ -54,114 +52,20 @@ from ..exceptions import (
     DTLSError,
     DTLSTimeoutError,
 )
-from .channel import Channel, IOThread
+from .channel import Channel
+from .driver import ServerDriver
 
 __all__ = ["Listener", "Server", "install_signal_handlers", "listen", "run_server", "serve"]
 
 logger = logging.getLogger("dtlskit.server")
 
 Address = tuple[Any, ...]
-Handler = Callable[[Channel], object]
+Handler = Callable[[Channel], object] | type[SessionProtocol]
+"""What ``serve`` takes: ``handler(channel)`` run on a thread per peer, or a
+:class:`~dtlskit.SessionProtocol` class whose instances run on the I/O thread."""
 
 HANDLER_JOIN_TIMEOUT = 5.0
 """Seconds :meth:`Server.close` waits, in total, for handler threads to return."""
-
-
-class _ServerIO(IOThread):
-    """The I/O thread of one listening socket and its ``ServerEngine``."""
-
-    def __init__(
-        self,
-        sock: socket.socket,
-        engine: ServerEngine,
-        on_channel: Callable[[Channel], str | None],
-        mtu: int,
-    ) -> None:
-        super().__init__(sock, name=f"dtlskit-server-{_sockets.format_address(sock.getsockname())}")
-        self.engine: ServerEngine = engine
-        self._on_channel = on_channel
-        self._mtu = mtu
-        self._channels: weakref.WeakValueDictionary[DTLSConnection, Channel] = (
-            weakref.WeakValueDictionary()
-        )
-
-    def _receive_locked(self, now: float) -> None:
-        for _ in range(64):
-            try:
-                data, address = self.sock.recvfrom(65536)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                self.count_drop_locked("receive_failed")
-                return
-            self.engine.receive_datagram(data, address, now)
-
-    def _drain_locked(self) -> bool:
-        progressed = False
-        while (item := self.engine.next_event()) is not None:
-            progressed = True
-            address, conn, event = item
-            if isinstance(event, ev.HandshakeCompleted):
-                log_peer_event(address, conn, event)
-                self._established_locked(address, conn)
-            elif isinstance(event, ev.MessageReceived):
-                channel = self._channels.get(conn)
-                if channel is not None:
-                    channel._handle_event(event)
-                else:
-                    self.count_drop_locked("no_channel")
-            elif isinstance(event, ev.ConnectionClosed | ev.ConnectionTerminated):
-                channel = self._channels.pop(conn, None)
-                if channel is not None:
-                    channel._handle_event(event)
-                log_peer_event(address, conn, event)
-        datagrams = self.engine.datagrams_to_send()
-        if datagrams:
-            progressed = True
-            for data, address in datagrams:
-                self.transmit_locked([data], address)
-        return progressed
-
-    def _established_locked(self, address: Address, conn: DTLSConnection) -> None:
-        channel = Channel(conn, self, address, owns_io=False)
-        self._channels[conn] = channel
-        refused = self._on_channel(channel)
-        if refused is not None:
-            self._channels.pop(conn, None)
-            channel._abandon()
-            conn.close()
-            self.count_drop_locked(refused)
-
-    def _send_failed_locked(self, exc: OSError, address: Address | None) -> DTLSError:
-        self.count_drop_locked("send_failed")
-        conn = self.engine.connection(address) if address is not None else None
-        return send_error(exc, address, conn.mtu if conn is not None else self._mtu)
-
-    def _abort_all_locked(self, error: DTLSError) -> None:
-        for conn in self.engine.connections.values():
-            conn.abort(error)
-
-    def close_all_locked(self) -> None:
-        """close_notify to every peer; their channels end with ConnectionClosedLocally."""
-        if not self.closed:
-            self.engine.close_all()
-            self.pump_locked()
-
-    def shutdown(self) -> None:
-        """Close every association, stop the thread, close the socket."""
-        with self.lock:
-            self.close_all_locked()
-        self.stop()
-
-    def abandon(self) -> None:
-        """Clean up from ``__del__``: no lock, no join."""
-        self.request(self.close_all_locked)
-        self.request_stop()
-
-    def statistics(self) -> ServerStatistics:
-        """The engine's counters plus the drops this I/O layer counted itself."""
-        with self.lock:
-            return aggregate_server_statistics([self.engine.statistics()], dict(self.drops))
 
 
 # -- threaded server -----------------------------------------------------------------------------
@@ -176,7 +80,11 @@ class _PeerThreads:
         self._lock = threading.Lock()
 
     def start(self, channel: Channel) -> str | None:
-        """Start ``handler(channel)`` on its own thread (I/O thread, engine lock held)."""
+        """Start ``handler(channel)`` on its own thread (I/O thread, engine lock held); a
+        :class:`SessionProtocol` class instead runs on the I/O thread, with no thread."""
+        if is_protocol_factory(self.handler):
+            start_protocol(self.handler, channel, channel._io.request)  # type: ignore[arg-type]
+            return None
         name = f"dtlskit-peer-{_sockets.format_address(channel.getpeername())}"
         thread = threading.Thread(target=self._run, args=(channel,), name=name, daemon=True)
         with self._lock:
@@ -192,7 +100,7 @@ class _PeerThreads:
     def _run(self, channel: Channel) -> None:
         peer = _sockets.format_address(channel.getpeername())
         try:
-            self.handler(channel)
+            self.handler(channel)  # type: ignore[call-arg]
         except ConnectionClosed as exc:
             logger.debug("session with %s ended in the handler: %s", peer, exc)
         except Exception:
@@ -200,6 +108,8 @@ class _PeerThreads:
         finally:
             try:
                 channel.close()
+                with channel._io.lock:
+                    channel._release()
             except Exception:  # pragma: no cover - close is best effort
                 logger.exception("closing the channel of %s failed", peer)
             with self._lock:
@@ -243,7 +153,7 @@ class Server:
         """Set by a signal handler at once (the close itself runs on a thread)."""
         self._done = threading.Event()
         self._closers: list[threading.Thread] = []
-        self._ios: list[_ServerIO] = []
+        self._ios: list[ServerDriver] = []
         self._peers = _PeerThreads(handler)
         self._workers = workers
         self._spec = (host, port, config, ipv6_only)
@@ -264,7 +174,7 @@ class Server:
             for sock in sockets:
                 engine = ServerEngine(config, context=context, cookie_jar=cookie_jar)
                 self._ios.append(
-                    _ServerIO(
+                    ServerDriver(
                         sock,
                         engine,
                         self._peers.start,
@@ -422,7 +332,9 @@ def serve(
     ipv6_only: bool | None = None,
     reuse_port: bool = False,
 ) -> Server:
-    """Serve DTLS on ``host:port``, one thread per peer running ``handler(channel)``.
+    """Serve DTLS on ``host:port``, one thread per peer running ``handler(channel)``; or,
+    when ``handler`` is a :class:`~dtlskit.SessionProtocol` subclass, one instance of it per
+    peer called on the socket's I/O thread (no thread per peer: the fast style).
 
     ``host`` None or ``""`` binds every interface (one socket per family, the IPv6 one with
     ``IPV6_V6ONLY=1``); ``"::"`` alone is dual-stack unless ``ipv6_only``. A handler that
@@ -522,7 +434,7 @@ class Listener(_sockets.SocketOptions):
         if cookie_jar is None:
             cookie_jar = cookie_jar_for(config)  # one secret: a cookie is valid on every socket
         self._ios = [
-            _ServerIO(
+            ServerDriver(
                 sock,
                 ServerEngine(config, context=context, cookie_jar=cookie_jar),
                 self._queue.offer,

@@ -1,0 +1,57 @@
+"""The callback handler style of the asyncio flavour: a SessionProtocol per peer, called on
+the loop, with no task per peer or per message."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import dtlskit
+from dtlskit.asyncio import connect, serve
+from tests.asyncio.test_route import WAIT, eventually, run
+
+
+class Echo(dtlskit.SessionProtocol):
+    made: list[Echo] = []
+    lost: list[BaseException | None] = []
+
+    def connection_made(self, channel) -> None:  # type: ignore[no-untyped-def]
+        self.channel = channel
+        Echo.made.append(self)
+
+    def message_received(self, data: bytes) -> None:
+        if data == b"boom":
+            raise RuntimeError("a handler bug")
+        self.channel.send_nowait(data)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        Echo.lost.append(exc)
+
+
+def test_protocol_echo_without_a_task_per_peer(server_config, client_config):
+    Echo.made, Echo.lost = [], []
+
+    async def main() -> None:
+        async with serve(Echo, "127.0.0.1", 0, config=server_config) as server:
+            port = server.addresses[0][1]
+            clients = [await connect("127.0.0.1", port, config=client_config) for _ in range(4)]
+            tasks_before = len(asyncio.all_tasks())
+            for index, client in enumerate(clients):
+                await client.send(b"hello %d" % index)
+                assert await asyncio.wait_for(client.recv(), WAIT) == b"hello %d" % index
+            assert len(asyncio.all_tasks()) == tasks_before
+            assert not server._tasks  # no handler task per peer
+            await clients[1].send(b"boom")
+            with pytest.raises(dtlskit.ConnectionClosedByPeer):
+                await asyncio.wait_for(clients[1].recv(), WAIT)
+            await clients[2].send(b"still served")
+            assert await asyncio.wait_for(clients[2].recv(), WAIT) == b"still served"
+            clients[3].close()
+            await eventually(lambda: len(Echo.lost) == 2)
+            assert Echo.lost == [None, None]
+            for client in clients:
+                client.close()
+        assert len(Echo.made) == 4
+
+    run(main())
