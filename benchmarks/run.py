@@ -141,7 +141,13 @@ def plan(
         for switch in accelerators:
             for style in STYLES:
                 key = f"dtlskit-{loop}-{style}-accel-{switch}"
-                memory = loop != "uvloop" and switch == accelerators[0] and style == STYLES[0]
+                # Memory per session: both styles on asyncio; the callback style only on the
+                # blocking server (its iterator style is a thread per peer by design).
+                memory = (
+                    loop != "uvloop"
+                    and switch == accelerators[0]
+                    and (loop == "asyncio" or style == "callback")
+                )
                 spec = ServerSpec("dtlskit", loop, style=style, accelerator=switch)
                 rows.append(Row(key, "dtlskit", spec, memory=memory))
     return rows

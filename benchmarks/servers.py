@@ -60,10 +60,10 @@ SERVER_CPU = 0
 
 KINDS = ("udp", "udp-drain", "udp-block", "pyopenssl", "mbedtls", "trio", "dtlskit")
 
-STYLES: tuple[str, ...] = ("iterator",)
+STYLES: tuple[str, ...] = ("iterator", "callback")
 """dtlskit handler styles measured: ``iterator`` is ``async for message in channel`` (asyncio)
-or ``for message in channel`` (blocking). Add ``"callback"`` here, and its server to
-:data:`_DTLSKIT_STYLES`, once dtlskit has the callback handler style."""
+or ``for message in channel`` (blocking); ``callback`` is a :class:`dtlskit.SessionProtocol`
+whose ``message_received`` answers with ``channel.send_nowait`` (no task or thread switch)."""
 
 DRAIN_BATCH = 64
 """Datagrams the ``udp-drain`` reader takes per wake-up at most."""
@@ -254,8 +254,25 @@ async def _echo_async(channel: Any) -> None:
         await channel.send(message)
 
 
+def _echo_protocol() -> Any:
+    import dtlskit
+
+    class EchoProtocol(dtlskit.SessionProtocol):
+        channel: Any = None
+
+        def connection_made(self, channel: Any) -> None:
+            self.channel = channel
+
+        def message_received(self, data: bytes) -> None:
+            self.channel.send_nowait(data)
+
+    return EchoProtocol
+
+
 _DTLSKIT_STYLES: dict[tuple[str, str], Callable[..., Any]] = {
     ("asyncio", "iterator"): _echo_async,
+    ("asyncio", "callback"): _echo_protocol,
+    ("sync", "callback"): _echo_protocol,
 }
 """(front end, style) -> the handler given to serve()."""
 
@@ -269,6 +286,8 @@ async def _run_asyncio(conn: Connection, spec: ServerSpec, info: dict[str, Any])
         import dtlskit.asyncio
 
         handler = _DTLSKIT_STYLES[("asyncio", spec.style)]
+        if spec.style == "callback":
+            handler = handler()
         server = await dtlskit.asyncio.serve(handler, HOST, 0, config=_dtlskit_config(spec))
         sock = server.sockets[0]
         _size_buffers(sock, spec.socket_buffer)
@@ -335,6 +354,8 @@ def _run_dtlskit_blocking(conn: Connection, spec: ServerSpec, info: dict[str, An
     import dtlskit.sync
 
     handler = _DTLSKIT_STYLES[("sync", spec.style)]
+    if spec.style == "callback":
+        handler = handler()
     with dtlskit.sync.serve(handler, HOST, 0, config=_dtlskit_config(spec)) as server:
         sock = server.sockets[0]
         _size_buffers(sock, spec.socket_buffer)

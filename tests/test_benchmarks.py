@@ -322,8 +322,9 @@ def test_plan_makes_the_accelerator_and_the_style_parameters() -> None:
     memory = {row.key for row in rows if row.memory}
     assert memory == {
         "pyopenssl-floor",
-        f"dtlskit-asyncio-{servers.STYLES[0]}-accel-on",
-        f"dtlskit-sync-{servers.STYLES[0]}-accel-on",
+        "dtlskit-asyncio-iterator-accel-on",
+        "dtlskit-asyncio-callback-accel-on",
+        "dtlskit-sync-callback-accel-on",
     }
     assert "trio" in keys and "udp-uvloop" in keys and "mbedtls" in keys
     assert "trio" not in [row.key for row in run.plan(["asyncio"], ["off"], False, True)]
