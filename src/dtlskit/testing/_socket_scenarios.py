@@ -9,6 +9,7 @@ import select
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -95,7 +96,11 @@ def thirty_percent_loss(options: Options, fixture: Fixture) -> Outcome:
     real = [d for d in durations if d is not None]
     real_p95 = percentile(real, 0.95)
     need_memory = count - count // 100
-    need_real = real_count - real_count // 100
+    # One handshake in ~300 fails at 30% loss whatever the deadline (measured in memory: the
+    # server's final flight lost until the server forgets the session). On real sockets the
+    # outcome is not seeded, so 100 handshakes miss ">= 99" about 4% of the time by chance
+    # alone; the CI-sized run asks for >= 98 (0.5%), the full run for >= 99.
+    need_real = real_count - (2 if options.quick else 1)
     scaled = " (timers x0.1)" if scale != 1.0 else ""
     return Outcome(
         done >= need_memory and len(real) >= need_real,
@@ -124,10 +129,17 @@ class ServerProcess:
         ]
         if limits:
             command += ["--limits", json.dumps(limits)]
+        # Its log (one line per failed handshake under attack) goes to a file, not our stderr.
+        self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in __exit__
         self.process = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
+            bufsize=1,
         )
-        line = self.read_line("READY", 30.0)
+        try:
+            line = self.read_line("READY", 60.0)
+        except BaseException:
+            self.__exit__()
+            raise
         _, pid, port = line.split()
         self.pid, self.port = int(pid), int(port)
 
@@ -172,9 +184,14 @@ class ServerProcess:
     def __enter__(self) -> ServerProcess:
         return self
 
+    def log_text(self) -> str:
+        """What the server process wrote to stderr so far."""
+        self.log.seek(0)
+        return self.log.read()
+
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
-        for stream in (self.process.stdin, self.process.stdout):
+        for stream in (self.process.stdin, self.process.stdout, self.log):
             if stream is not None:
                 stream.close()
 
@@ -209,11 +226,12 @@ def signals(options: Options, fixture: Fixture) -> Outcome:
                 client.close()
             stats = json.loads(server.read_line("CLOSED", 10.0)[len("CLOSED ") :])
             before, after = map(int, server.read_line("FDS", 10.0).split()[1:])
+            tracebacks = server.log_text().count("Traceback")
         figures[name] = {
             "exit": status, "close_notify_received": closed, "fds_before": before,
-            "fds_after": after, "sessions_at_exit": stats["sessions"],
+            "fds_after": after, "sessions_at_exit": stats["sessions"], "tracebacks": tracebacks,
         }
-        if status != 0 or closed != len(clients) or after > before:
+        if status != 0 or closed != len(clients) or after > before or tracebacks:
             problems.append(f"{name}: {figures[name]}")
     return Outcome(
         not problems,
@@ -239,28 +257,45 @@ async def soak_clients(
     port: int, config: DTLSConfiguration, clients: int, seconds: float,
     sample: Any, interval: float,
 ) -> dict[str, Any]:
-    """``clients`` tasks that connect (each from its own 127.6.x.y), echo three messages,
-    close and start again until ``seconds`` pass; ``sample()`` runs every ``interval``."""
+    """``clients`` tasks, each on its own 127.6.x.y: connect, echo three messages, close, pause
+    ``clients / 100`` s (so the offered load stays near 100 sessions/s whatever the number of
+    clients), again, until ``seconds`` pass; ``sample()`` runs every ``interval``.
+
+    UDP may lose an echo (a full socket buffer under load): like any application over UDP, a
+    client re-sends a message unanswered for 2 s, up to 5 times (counted as ``resends``). An
+    error is a session that fails: a handshake error, or a message never echoed."""
     loop = asyncio.get_running_loop()
     end = loop.time() + seconds
-    totals = {"cycles": 0, "messages": 0, "errors": 0}
+    pause = clients / 100.0
+    totals = {"cycles": 0, "messages": 0, "resends": 0, "errors": 0}
     errors: dict[str, int] = {}
+
+    async def echo(channel: Channel, message: bytes) -> None:
+        for _ in range(5):
+            await channel.send(message)
+            try:
+                for _ in range(16):  # skip late echoes of earlier copies
+                    if await asyncio.wait_for(channel.recv(), 2.0) == message:
+                        return
+            except asyncio.TimeoutError:
+                totals["resends"] += 1
+        raise ex.DTLSTimeoutError(f"no echo of {message!r} after 5 tries")
 
     async def client(index: int) -> None:
         local = (loopback(6, index + 1), 0)
+        await asyncio.sleep(pause * index / clients)  # spread the first handshakes (pacing)
         while loop.time() < end:
             try:
                 async with connect("127.0.0.1", port, config=config, local_addr=local) as ch:
                     for n in range(3):
-                        await ch.send(b"soak %d" % n)
-                        if await asyncio.wait_for(ch.recv(), 15.0) != b"soak %d" % n:
-                            raise ex.InvalidMessage("echo differs")
+                        await echo(ch, b"soak %d" % n)
                         totals["messages"] += 1
                 totals["cycles"] += 1
-            except (ex.DTLSError, asyncio.TimeoutError) as exc:
+            except ex.DTLSError as exc:
                 totals["errors"] += 1
                 name = type(exc).__name__
                 errors[name] = errors.get(name, 0) + 1
+            await asyncio.sleep(pause)
 
     async def sampler() -> None:
         while loop.time() < end:
@@ -291,6 +326,7 @@ def soak(options: Options, fixture: Fixture) -> Outcome:
         )
         sample()
         stats = server.statistics()
+        sessions_at_end = stats["sessions"]
     measured = [(t / 60.0, rss) for t, rss in samples if t >= warm_up]
     slope = linear_slope(measured)
     minutes = (measured[-1][0] - measured[0][0]) if len(measured) > 1 else 0.0
@@ -300,12 +336,14 @@ def soak(options: Options, fixture: Fixture) -> Outcome:
     return Outcome(
         ok,
         f"{clients} clients, {seconds:g} s: {totals['cycles']} sessions, "
-        f"{totals['errors']} errors; RSS slope {slope:+.0f} KiB/min (bound {limit:.0f}), "
+        f"{totals['errors']} errors, {totals['resends']} echoes re-sent; "
+        f"RSS slope {slope:+.0f} KiB/min (bound {limit:.0f}), "
         f"growth {growth:+d} KiB",
         {
             **totals, "clients": clients, "seconds": seconds, "rss_slope_kib_per_min": slope,
             "slope_bound_kib_per_min": limit, "rss_samples": samples,
             "rss_growth_kib": growth, "server_drops": stats.get("drops", {}),
+            "server_sessions_at_end": sessions_at_end,
         },
         "" if ok else f"errors {totals['error_kinds']}, slope {slope:.0f} vs {limit:.0f}",
     )
