@@ -3,8 +3,10 @@ RSS (15), its signals and its exit status (14), or its CPU apart from the client
 
 ``python -m dtlskit.testing._server_child --cert C --key K [--host H] [--limits JSON]`` prints
 ``READY <pid> <port>`` once serving. Stdin lines: ``rss`` -> ``RSS <KiB>``, ``stats`` ->
-``STATS <json>``. On SIGINT/SIGTERM it closes the server (close_notify to every peer), prints
-``CLOSED <json statistics>`` and ``FDS <open before serving> <open after closing>``, exits 0.
+``STATS <json>``, ``memtop`` -> ``MEMTOP <json>`` (the top allocation sites, when run with
+``PYTHONTRACEMALLOC=1``). On SIGINT/SIGTERM it closes the server (close_notify to every peer),
+prints ``CLOSED <json statistics>`` and ``FDS <open before serving> <open after closing>``, and
+exits 0.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import os
 import sys
 import threading
+import tracemalloc
 
 from ..asyncio import Channel, install_signal_handlers, serve
 from ..config import DTLSConfiguration, Limits
@@ -49,6 +52,14 @@ async def main_async(args: argparse.Namespace) -> None:
                 say(f"RSS {rss_kib()}")
             elif line == "stats":
                 say("STATS " + json.dumps(dataclasses.asdict(server.statistics())))
+            elif line == "holders":  # who keeps ended sessions' engines alive
+                say("HOLDERS " + json.dumps(_holders_of_ended_engines()))
+            elif line == "memtop":  # with PYTHONTRACEMALLOC=1: where Python memory went
+                top = []
+                if tracemalloc.is_tracing():
+                    stats = tracemalloc.take_snapshot().statistics("lineno")[:15]
+                    top = [(str(s.traceback), s.size // 1024, s.count) for s in stats]
+                say("MEMTOP " + json.dumps(top))
 
         def read_stdin() -> None:
             for line in sys.stdin:
@@ -60,6 +71,30 @@ async def main_async(args: argparse.Namespace) -> None:
         say("CLOSED " + json.dumps(dataclasses.asdict(server.statistics())))
     # The stdin reader thread holds no descriptor of its own (stdin was open before).
     say(f"FDS {fds_before} {open_fds()}")
+
+
+def _holders_of_ended_engines() -> dict[str, int]:
+    """Types of the objects referring to engines whose session has ended (none should)."""
+    import gc
+
+    from ..core import DTLSConnection, State
+
+    gc.collect()
+    ended = [
+        o for o in gc.get_objects()
+        if isinstance(o, DTLSConnection) and o.state in (State.CLOSED, State.TERMINATED)
+    ]
+    holders: dict[str, int] = {"ended_engines": len(ended)}
+    for engine in ended[:200]:
+        for referrer in gc.get_referrers(engine):
+            if referrer is ended:
+                continue
+            name = type(referrer).__name__
+            if isinstance(referrer, dict | list | tuple):
+                outer = [type(r).__name__ for r in gc.get_referrers(referrer) if r is not ended]
+                name += "<-" + ",".join(sorted(set(outer)))[:80]
+            holders[name] = holders.get(name, 0) + 1
+    return holders
 
 
 def main() -> int:

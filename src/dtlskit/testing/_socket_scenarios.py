@@ -324,21 +324,21 @@ def soak(options: Options, fixture: Fixture) -> Outcome:
         totals = asyncio.run(
             soak_clients(server.port, fixture.client_config(), clients, seconds, sample, interval)
         )
-        sample()
         stats = server.statistics()
         sessions_at_end = stats["sessions"]
-    measured = [(t / 60.0, rss) for t, rss in samples if t >= warm_up]
+    # Under load only: after warm-up, before the clients stop.
+    measured = [(t / 60.0, rss) for t, rss in samples if warm_up <= t <= seconds]
     slope = linear_slope(measured)
     minutes = (measured[-1][0] - measured[0][0]) if len(measured) > 1 else 0.0
     limit = soak_slope_limit(minutes)
-    growth = samples[-1][1] - samples[0][1] if samples else 0
+    growth = measured[-1][1] - measured[0][1] if measured else 0
     ok = totals["errors"] == 0 and len(measured) >= 3 and slope < limit
     return Outcome(
         ok,
         f"{clients} clients, {seconds:g} s: {totals['cycles']} sessions, "
         f"{totals['errors']} errors, {totals['resends']} echoes re-sent; "
         f"RSS slope {slope:+.0f} KiB/min (bound {limit:.0f}), "
-        f"growth {growth:+d} KiB",
+        f"growth after warm-up {growth:+d} KiB",
         {
             **totals, "clients": clients, "seconds": seconds, "rss_slope_kib_per_min": slope,
             "slope_bound_kib_per_min": limit, "rss_samples": samples,
