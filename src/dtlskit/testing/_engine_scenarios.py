@@ -513,3 +513,4 @@ def refused_handshakes(options: Options, fixture: Fixture) -> Outcome:
         {"errors": results},
         "; ".join(problems),
     )
+

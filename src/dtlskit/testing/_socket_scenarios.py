@@ -348,3 +348,75 @@ def soak(options: Options, fixture: Fixture) -> Outcome:
         "" if ok else f"errors {totals['error_kinds']}, slope {slope:.0f} vs {limit:.0f}",
     )
 
+
+
+# -- 20 -----------------------------------------------------------------------------------------
+
+PIN_BOUND = 1 << 20  # bytes one session may make the server hold for a handler that does not read
+
+
+async def pin_one_session(
+    server_config: DTLSConfiguration, client_config: DTLSConfiguration, limit: int
+) -> tuple[int, int, int, dict[str, int]]:
+    """A real asyncio server whose handler never reads; a client sends the largest messages a
+    record carries until the server refuses (or ``limit`` sent). Returns (message size, messages
+    sent, messages held by the server's channel, the session's drops)."""
+    loop = asyncio.get_running_loop()
+    accepted: asyncio.Future[Channel] = loop.create_future()
+    done = asyncio.Event()
+
+    async def idle(channel: Channel) -> None:
+        accepted.set_result(channel)
+        await done.wait()
+
+    async with serve(idle, "127.0.0.1", 0, config=server_config) as server:
+        port = server.addresses[0][1]
+        async with connect("127.0.0.1", port, config=client_config) as client:
+            channel = await asyncio.wait_for(accepted, 30.0)
+            message = b"p" * min(client.cleartext_mtu, 16384)
+            sent = 0
+
+            def arrived() -> int:
+                stats = channel.statistics()
+                return stats.messages_received + sum(stats.drops.values())
+
+            while sent < limit and not channel.statistics().drops:
+                await client.send(message)
+                sent += 1
+                # Let the server take each message before the next: the socket buffer in front
+                # of it holds only ~200 KiB. A bounded wait for a condition, not a sleep.
+                for _ in range(1000):
+                    if arrived() >= sent:
+                        break
+                    await asyncio.sleep(0.001)
+            held = channel.pending()
+            drops = dict(channel.statistics().drops)
+        done.set()
+    return len(message), sent, held, drops
+
+
+@scenario(20, "memory a peer can pin: 16 KiB messages to a handler that does not read",
+          "bytes held per session <= 1 MiB; the excess dropped and counted")
+def pinned_memory(options: Options, fixture: Fixture) -> Outcome:
+    server_config = fixture.server_config()
+    limits = server_config.limits
+    size, sent, held, drops = asyncio.run(
+        pin_one_session(server_config, fixture.client_config(mtu=65507),
+                        2 * limits.max_queued_messages)
+    )
+    held_bytes = held * size
+    per_address = held_bytes * limits.max_sessions_per_address
+    total = held_bytes * limits.max_sessions
+    mib = 1 << 20
+    ok = held_bytes <= PIN_BOUND and bool(drops)
+    return Outcome(
+        ok,
+        f"{size}-byte messages: {held_bytes / mib:.1f} MiB held per session ({held} of {sent} "
+        f"sent); x {limits.max_sessions_per_address} sessions per address = "
+        f"{per_address / mib:,.0f} MiB; x {limits.max_sessions} sessions = {total / mib:,.0f} MiB"
+        " (unless a global budget stops it)",
+        {"message_bytes": size, "sent": sent, "held_messages": held,
+         "held_bytes_per_session": held_bytes, "per_address_bytes": per_address,
+         "total_bytes_by_session_limits": total, "drops": drops},
+        "" if ok else "receive queues are bounded in messages, not bytes (issue 8 defect 1)",
+    )

@@ -11,7 +11,8 @@ Run all of them, a selection, or CI-sized versions::
 Scenarios 1-15 are RELIABILITY.md's table. 16-18 measure attacks on fairness (issue 8):
 legitimate handshakes while attackers hold half-open slots from a few IPv4 addresses (real
 sockets) or from one IPv6 /64 (engine level), and while a spoofer floods ClientHellos from the
-victim's address. 19 fuzzes the record layer and the handshake after a valid cookie.
+victim's address. 19 fuzzes the record layer and the handshake after a valid cookie. 20 measures
+the memory one peer can make the server hold (a handler that does not read).
 
 Each scenario prints one row: number, PASS/FAIL, its figure, its wall time. The exit status is
 1 when any scenario misses its pass criterion, 0 otherwise. ``docs/reliability.md`` lists the
