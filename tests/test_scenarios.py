@@ -1,6 +1,6 @@
 """The release scenarios (RELIABILITY.md, issue 8) at CI size: each scenario of
 ``python -m dtlskit.testing.scenarios --quick`` is one test here, so a failure names its scenario
-and its figure. Select them with ``pytest tests/test_scenarios.py`` (``-s`` prints the figures).
+and its figure. Select them with ``pytest -m scenarios`` (``-s`` prints the figures).
 
 Scenarios that measure a defect still open on another branch are ``xfail(strict=True)`` with the
 defect named: once the fix merges they pass, the strict xfail turns red, and the marker goes.
@@ -26,6 +26,8 @@ OPEN_DEFECTS = {
     18: "issue 8 defect 3: a HelloVerifyRequest spoof flood locks a chosen address out",
     20: "issue 8 defect 1: receive queues are bounded in messages, not bytes",
 }
+pytestmark = pytest.mark.scenarios  # pytest -m scenarios
+
 SLOW = {3, 15}  # real time on real sockets: tens of seconds each
 
 

@@ -133,8 +133,10 @@ def drop_duplicate_reorder(options: Options, fixture: Fixture) -> Outcome:
     )
     return Outcome(
         done == count,
-        f"{done}/{count}, median {median(durations):.1f} s (simulated)",
-        {"completed": done, "handshakes": count, "median_seconds": median(durations)},
+        f"{done}/{count}, median {median(durations):.1f} s, p95 "
+        f"{percentile(durations, 0.95):.1f} s (simulated)",
+        {"completed": done, "handshakes": count, "median_seconds": median(durations),
+         "p95_seconds": percentile(durations, 0.95)},
     )
 
 
