@@ -296,3 +296,35 @@ def test_hello_verify_rate_below_half_a_second_still_answers(server_config, clie
     config = server_config.replace(limits=dtlskit.Limits(hello_verify_per_second=0.2))
     server, _, _, _ = hello_exchange(config, client_config)
     assert server.statistics().hello_verify_requests_sent == 1
+
+
+def test_ended_associations_are_freed_while_the_server_runs(server_config, client_config):
+    """Found by the soak scenario: the timer heap held every ended association (and its OpenSSL
+    object) until stale entries outnumbered live ones, so RSS followed the peak of sessions."""
+    import gc
+
+    server = ServerEngine(server_config)
+    # A long-lived session whose idle deadline stays at the top of the heap.
+    keeper = MemoryPair(
+        server_config, client_config, server=server, client_address=("127.0.0.1", 1)
+    )
+    assert keeper.handshake()
+    for number in range(20):
+        keeper.clock.advance(1.0)
+        pair = MemoryPair(
+            server_config,
+            client_config,
+            server=server,
+            client_address=("127.0.0.1", 1000 + number),
+            clock=keeper.clock,
+        )
+        assert pair.handshake()
+        pair.client.close()
+        pair.pump()
+        while pair.deliver_one():
+            pass
+        assert server.statistics().sessions == 1
+        del pair
+    gc.collect()
+    alive = [o for o in gc.get_objects() if isinstance(o, DTLSConnection)]
+    assert [conn.peer_address for conn in alive if conn.is_server] == [("127.0.0.1", 1)]

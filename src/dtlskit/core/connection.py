@@ -394,7 +394,10 @@ class DTLSConnection(NegotiatedSession):
         produced_before = len(self._outgoing)
         received_before = self._stats.messages_received
         self._read_application_data(now, single_record=_is_single_record(data))
-        if (
+        if not _well_framed(data):
+            # Whatever OpenSSL made of it, part of the datagram was not a DTLS 1.x record.
+            self._report_drop("malformed_record")
+        elif (
             not repeat
             and self._stats.messages_received == received_before
             and len(self._outgoing) == produced_before
@@ -909,6 +912,17 @@ def _check_message(message: object) -> bytes:
     if not data:
         raise InvalidMessage("cannot send an empty message: DTLS records carry 1 byte or more")
     return data
+
+
+def _well_framed(data: bytes) -> bool:
+    """Whether a datagram is a sequence of whole records of a DTLS 1.x version (untrusted:
+    reads only the headers' version and length fields)."""
+    offset, end = 0, len(data)
+    while offset < end:
+        if end - offset < 13 or data[offset + 1] != 0xFE or data[offset + 2] not in (0xFD, 0xFF):
+            return False
+        offset += 13 + int.from_bytes(data[offset + 11 : offset + 13], "big")
+    return offset == end
 
 
 def _is_single_record(data: bytes) -> bool:

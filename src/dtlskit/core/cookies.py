@@ -4,13 +4,10 @@ A cookie proves that a client can receive datagrams at the address it claims, wi
 keeping anything per client. It is ``HMAC-SHA256(key_t, address || ClientHello fields)`` where
 ``key_t`` is derived from a secret and the current time tick ``t = floor(now / tick_seconds)``.
 
-``ClientHello fields`` may be empty, and the server passes nothing (see
-:mod:`dtlskit.core.server`): a cookie then proves exactly what it must — that the sender
-receives datagrams at the address — and it can be checked from the first fragment of a
-fragmented ClientHello, statelessly. Binding ClientHello fields such as the random would let a
-spoofer who sends ClientHellos from a victim's exact address and port poison the victim's own
-handshake (the answers to the spoofed ClientHellos reach the victim); replays are refused by
-the server's record of client randoms instead.
+``ClientHello fields`` are what precedes the cookie in the ClientHello (version, random,
+session id), so a cookie can be checked from the first fragment of a fragmented ClientHello,
+statelessly, and a cookie taken from one ClientHello does not validate another random (see
+:mod:`dtlskit.core.server` for the trade-off).
 
 The comparison is constant-time (``hmac.compare_digest``) and the cookie length is fixed at 32
 bytes, well under the 255-byte cap of DTLS 1.2, so a peer cannot make us hash or store more.

@@ -53,8 +53,9 @@ lifetime, so one seen on the path could be replayed to tear down the session it 
 session after it. Replacement therefore needs a client random not seen from that address in the
 cookie's lifetime: an exact repeat of the ClientHello that created the association is a
 retransmission (fed to OpenSSL, which ignores it: ``duplicate_client_hello``); a repeat of an
-earlier one is dropped (``replayed_client_hello``). The randoms are kept per address, a few
-dozen bytes each, at most :data:`_HELLO_HISTORY` of them, and forgotten with the address.
+earlier one is dropped (``replayed_client_hello``); a replay with the random changed carries a
+cookie made for another random and fails it (``bad_cookie``). The randoms are kept per address,
+a few dozen bytes each, at most :data:`_HELLO_HISTORY` of them, and forgotten with the address.
 
 Datagrams that are neither are dropped and counted by reason; nothing a peer sends can raise out
 of :meth:`ServerEngine.receive_datagram`.
@@ -95,13 +96,14 @@ __all__ = ["ServerEngine", "ServerEvent", "ServerStatistics", "cookie_jar_for"]
 
 ServerEvent = tuple[Address, DTLSConnection, ev.Event]
 
-# What a cookie is bound to besides the address and the time tick: nothing. Binding ClientHello
-# fields (the random) would let a spoofer sending ClientHellos from a victim's exact address and
-# port poison the victim's handshake: our answers to the spoofed ClientHellos reach the victim,
-# which sends its own ClientHello back with a cookie made for someone else's random. A cookie
-# only has to prove that the sender receives at the address; replays are refused by the client
-# random (see *Replays*), not by the cookie.
-_COOKIE_BINDING = b""
+# A cookie is bound to the address, the time tick and the ClientHello fields before the cookie
+# (version, random, session id: all in the first fragment, RFC 6347 §4.2.1). Without the random,
+# an on-path observer could take one cookie-carrying ClientHello, change its random, and replay
+# it from the client's address to replace (kill) the client's live session: the random record of
+# *Replays* refuses only randoms already seen. The price: a spoofer who knows a client's exact
+# address *and port*, and races its first flight, can make it adopt a cookie made for another
+# random (answers to spoofed ClientHellos reach the client); guessing an ephemeral port makes
+# that much harder than the per-address rate-limit lock-out it replaces.
 
 # Client randoms remembered per address to refuse replayed ClientHellos (see *Replays*).
 _HELLO_HISTORY = 16
@@ -178,7 +180,10 @@ class ServerEngine:
         self._dirty: dict[int, tuple[Address, DTLSConnection]] = {}
         self._outgoing: list[tuple[bytes, Address]] = []
         self._events: collections.deque[ServerEvent] = collections.deque()
-        self._timers: list[tuple[float, int, Address, DTLSConnection]] = []
+        # (deadline, tie-break, address, id of the association): the heap names associations by
+        # address and id, never holds them, so an ended one is freed at once (an entry whose
+        # address now maps elsewhere is stale; one that fires early finds nothing due).
+        self._timers: list[tuple[float, int, Address, int]] = []
         self._armed: dict[int, float] = {}
         self._counter = itertools.count()
         self._first_flight_timeout = (
@@ -251,7 +256,9 @@ class ServerEngine:
             conn.receive_datagram(data, now)
             self._touched(address, conn)
             return
-        if not hello.cookie or not self.cookies.verify(hello.cookie, address, _COOKIE_BINDING, now):
+        if not hello.cookie or not self.cookies.verify(
+            hello.cookie, address, hello.bound_fields, now
+        ):
             if hello.message_sequence == 0:
                 self._send_hello_verify(hello, data, address, now)
             else:
@@ -297,8 +304,8 @@ class ServerEngine:
         self._flush()
         first_flight = self._first_flight_deadline()
         while self._timers:
-            deadline, _, address, conn = self._timers[0]
-            if self._armed.get(id(conn)) == deadline and self._connections.get(address) is conn:
+            deadline, _, address, ident = self._timers[0]
+            if self._live_entry(deadline, address, ident) is not None:
                 return deadline if first_flight is None else min(deadline, first_flight)
             heapq.heappop(self._timers)
         return first_flight
@@ -308,10 +315,11 @@ class ServerEngine:
         self._flush()
         self._expire_first_flights(now)
         while self._timers and self._timers[0][0] <= now:
-            deadline, _, address, conn = heapq.heappop(self._timers)
-            if self._armed.get(id(conn)) != deadline or self._connections.get(address) is not conn:
+            deadline, _, address, ident = heapq.heappop(self._timers)
+            conn = self._live_entry(deadline, address, ident)
+            if conn is None:
                 continue
-            del self._armed[id(conn)]
+            del self._armed[ident]
             conn.handle_timer(now)
             self._touched(address, conn)
 
@@ -350,7 +358,7 @@ class ServerEngine:
         if not self._take_token(now):
             self._drop("hello_verify_rate_limited")
             return
-        cookie = self.cookies.issue(address, _COOKIE_BINDING, now)
+        cookie = self.cookies.issue(address, hello.bound_fields, now)
         reply = build_hello_verify_request(hello, cookie)
         if len(reply) > len(data):  # pragma: no cover - see below
             # Never amplify toward an address that has not proven it is real. With 32-byte
@@ -555,17 +563,23 @@ class ServerEngine:
         armed = self._armed.get(id(conn))
         if armed is None or deadline < armed:
             self._armed[id(conn)] = deadline
-            heapq.heappush(self._timers, (deadline, next(self._counter), address, conn))
+            heapq.heappush(self._timers, (deadline, next(self._counter), address, id(conn)))
+
+    def _live_entry(self, deadline: float, address: Address, ident: int) -> DTLSConnection | None:
+        """The association a heap entry stands for, or None if the entry is stale."""
+        conn = self._connections.get(address)
+        if conn is None or id(conn) != ident or self._armed.get(ident) != deadline:
+            return None
+        return conn
 
     def _compact_timers(self) -> None:
-        """Drop stale heap entries once they outnumber live ones (they hold engines alive)."""
+        """Drop stale heap entries once they outnumber live ones."""
         if len(self._timers) <= 2 * len(self._armed) + 64:
             return
         self._timers = [
             entry
             for entry in self._timers
-            if self._armed.get(id(entry[3])) == entry[0]
-            and self._connections.get(entry[2]) is entry[3]
+            if self._live_entry(entry[0], entry[2], entry[3]) is not None
         ]
         heapq.heapify(self._timers)
 
