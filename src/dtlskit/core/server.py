@@ -87,6 +87,7 @@ from .records import (
     BadPacket,
     ClientHello,
     build_hello_verify_request,
+    handshake_fragment_headers_untrusted,
     parse_client_hello_untrusted,
 )
 
@@ -108,6 +109,14 @@ _HELLO_HISTORY = 16
 # OpenSSL handshake states of a server association that has not heard anything from the client
 # since its first flight: waiting for the rest of a fragmented ClientHello, or for the client's
 # answer to our ServerHello...ServerHelloDone (full) or ServerHello...Finished (resumed).
+# What a half-open client may still send in plaintext after the ClientHello with message_seq h:
+# its second flight, Certificate (h+1, the only large one: OpenSSL caps it at its max_cert_list,
+# 100 KiB), ClientKeyExchange and CertificateVerify (at most h+3). OpenSSL itself buffers up to
+# ten messages ahead of the one it expects, each allocated at its declared length; so anything
+# further ahead, or larger than ``Limits.max_client_hello_size`` other than at h+1, is dropped
+# before OpenSSL sees it (``handshake_fragment_out_of_window``).
+_SECOND_FLIGHT_MESSAGES = 3
+
 _FIRST_FLIGHT_STATES = frozenset(
     {b"before SSL initialization", b"SSLv3/TLS write server done", b"SSLv3/TLS write finished"}
 )
@@ -168,6 +177,8 @@ class ServerEngine:
         # Half-open associations not yet seen past our first flight, oldest first (pruned lazily).
         self._first_flight: dict[int, tuple[float, Address, DTLSConnection]] = {}
         self._hello_history: dict[Address, list[tuple[float, bytes]]] = {}
+        # Half-open associations: id → message_seq of the ClientHello that created them.
+        self._hello_sequence: dict[int, int] = {}
         self._dirty: dict[int, tuple[Address, DTLSConnection]] = {}
         self._outgoing: list[tuple[bytes, Address]] = []
         self._events: collections.deque[ServerEvent] = collections.deque()
@@ -198,10 +209,24 @@ class ServerEngine:
         self._stats.bytes_received += len(data)
         conn = self._connections.get(address)
         if conn is not None and not _may_be_client_hello(data):
-            conn.receive_datagram(data, now)
-            self._touched(address, conn)
+            self._feed(address, conn, data, now)
             return
         self._receive_client_hello(data, address, conn, now)
+
+    def _feed(self, address: Address, conn: DTLSConnection, data: bytes, now: float) -> None:
+        """Give a datagram to an existing association (a half-open one only within the window
+        of handshake messages its client may still send: see ``_SECOND_FLIGHT_MESSAGES``)."""
+        hello_seq = self._hello_sequence.get(id(conn))
+        if hello_seq is not None:
+            cap = self._limits.max_client_hello_size
+            for message_seq, message_length in handshake_fragment_headers_untrusted(data):
+                if message_seq > hello_seq + _SECOND_FLIGHT_MESSAGES or (
+                    message_length > cap and message_seq != hello_seq + 1
+                ):
+                    self._drop("handshake_fragment_out_of_window")
+                    return
+        conn.receive_datagram(data, now)
+        self._touched(address, conn)
 
     def _receive_client_hello(
         self, data: bytes, address: Address, conn: DTLSConnection | None, now: float
@@ -213,8 +238,7 @@ class ServerEngine:
         except BadPacket:
             if conn is not None:
                 # The rest of a fragmented ClientHello, or junk: OpenSSL judges it.
-                conn.receive_datagram(data, now)
-                self._touched(address, conn)
+                self._feed(address, conn, data, now)
             elif _is_later_client_hello_fragment(data):
                 self._drop("unvalidated_client_hello_fragment")
             else:
@@ -229,8 +253,7 @@ class ServerEngine:
             # its fragments): the engine takes it as a sign that its answer was lost (OpenSSL
             # itself ignores it).
             self._drop("duplicate_client_hello")
-            conn.receive_datagram(data, now)
-            self._touched(address, conn)
+            self._feed(address, conn, data, now)
             return
         if not hello.cookie or not self.cookies.verify(hello.cookie, address, _COOKIE_BINDING, now):
             if hello.message_sequence == 0:
@@ -416,6 +439,7 @@ class ServerEngine:
         self._per_ip[ip] += 1
         self._handshaking[id(conn)] = source
         self._half_open_per_source[source] += 1
+        self._hello_sequence[id(conn)] = hello.message_sequence
         self._first_flight[id(conn)] = (now, address, conn)
         self._stats.associations_created += 1
         conn.start_server(data, now)
@@ -546,6 +570,7 @@ class ServerEngine:
 
     def _end_half_open(self, conn: DTLSConnection) -> None:
         source = self._handshaking.pop(id(conn))
+        self._hello_sequence.pop(id(conn), None)
         self._half_open_per_source[source] -= 1
         if self._half_open_per_source[source] <= 0:
             del self._half_open_per_source[source]
