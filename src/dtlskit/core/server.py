@@ -45,8 +45,11 @@ host's worth of addresses); one that never got past our first flight is dropped 
 ``Limits.first_flight_timeout`` (a third of the handshake deadline by default;
 ``first_flight_timeout``); and when the pool is full, a new
 validated client evicts the oldest half-open association that has not got past our first flight
-(``half_open_evicted``). Associations are kept in creation order for this, so the oldest is
-found at the front and the first-flight deadlines come due in that order.
+(``half_open_evicted``); if every one has (a validated attacker gets there with one more
+datagram, a ClientKeyExchange, then stalls), it evicts the oldest of the source holding the
+most half-open associations, provided that source holds at least two more than the newcomer's.
+Associations are kept in creation order for this, so the oldest is found at the front and the
+first-flight deadlines come due in that order.
 
 *Replays* (RFC 6347 §4.2.8). A cookie-carrying ClientHello stays valid for the cookie's
 lifetime, so one seen on the path could be replayed to tear down the session it created, or the
@@ -405,6 +408,11 @@ class ServerEngine:
         half_open = len(self._handshaking) - (1 if replaces_half_open else 0)
         if half_open >= limits.max_half_open:
             victim = self._least_progressed(exclude=replacing)
+            why = "it had not answered the first flight"
+            if victim is None:
+                own = self._half_open_per_source[source] - (1 if same_source else 0)
+                victim = self._from_busiest_source(own, exclude=replacing)
+                why = "its source held more half-open handshakes than any other"
             if victim is None:
                 self._drop("max_half_open")
                 return
@@ -415,7 +423,7 @@ class ServerEngine:
                 victim_conn,
                 HandshakeTimeout(
                     f"handshake with {format_address(victim_address)} was dropped to make room: "
-                    "the server's half-open pool was full and it had not answered the first flight"
+                    f"the server's half-open pool was full and {why}"
                 ),
             )
         history = self._hello_history.get(address, []) if replacing is not None else []
@@ -477,6 +485,24 @@ class ServerEngine:
         for key in stale:
             del self._first_flight[key]
         return found
+
+    def _from_busiest_source(
+        self, own: int, exclude: DTLSConnection | None
+    ) -> tuple[Address, DTLSConnection] | None:
+        """When every half-open association got past our first flight (which costs a validated
+        attacker one datagram): the oldest of the source holding the most of them, if it holds
+        at least two more than the newcomer's source would. Otherwise a few addresses could
+        still hold the whole pool for the handshake deadline; this way they keep at most their
+        share of it. (Scans the associations: only when the pool is full.)"""
+        if not self._half_open_per_source:
+            return None
+        busiest, count = max(self._half_open_per_source.items(), key=lambda item: item[1])
+        if count <= own + 1:
+            return None
+        for address, conn in self._connections.items():
+            if conn is not exclude and self._handshaking.get(id(conn)) == busiest:
+                return address, conn
+        return None  # pragma: no cover - the counts mirror _handshaking
 
     def _first_flight_deadline(self) -> float | None:
         for created, _, _ in self._first_flight.values():
