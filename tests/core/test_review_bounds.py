@@ -26,7 +26,7 @@ CHILD = textwrap.dedent(
     import dtlskit
     from dtlskit.core import DTLSConnection, ServerEngine
 
-    cert, key, ca = sys.argv[1:4]
+    cert, key, ca, mode = sys.argv[1:5]
     server_config = dtlskit.DTLSConfiguration.server(cert, key)
     client_config = dtlskit.DTLSConfiguration.client(cafile=ca, server_hostname="localhost")
     server = ServerEngine(server_config)
@@ -59,14 +59,22 @@ CHILD = textwrap.dedent(
         addresses.append(address)
     assert server.statistics().associations_created == N
     before = rss()
-    # Each attacker declares 100 KiB messages of every sequence OpenSSL would buffer and touches
-    # every page of them with one-byte fragments.
     record_seq = 100
     for address in addresses:
-        for msg_seq in range(2, 13):
-            for offset in range(0, MESSAGE - 1, 4096):
-                record_seq += 1
-                data = fragment(record_seq, 11, MESSAGE, msg_seq, offset, b"x")
+        if mode == "fragments":
+            # Each attacker declares 100 KiB messages of every sequence OpenSSL would buffer and
+            # touches every page of them with one-byte fragments.
+            for msg_seq in range(2, 13):
+                for offset in range(0, MESSAGE - 1, 4096):
+                    record_seq += 1
+                    data = fragment(record_seq, 11, MESSAGE, msg_seq, offset, b"x")
+                    server.receive_datagram(data, address, now)
+        else:
+            # Each attacker sends 16,000-byte records of the next epoch, which OpenSSL keeps
+            # until the epoch starts (a ChangeCipherSpec that never comes).
+            for record_seq in range(100):
+                data = (bytes([23, 0xFE, 0xFD]) + struct.pack(">HHI", 1, 0, record_seq)
+                        + struct.pack(">H", 16_000) + bytes(16_000))
                 server.receive_datagram(data, address, now)
     server.datagrams_to_send()
     assert server.statistics().associations_created == N
@@ -79,10 +87,25 @@ def test_half_open_peer_cannot_make_openssl_buffer_megabytes(pki: PKIFiles, tmp_
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     argv = [sys.executable, str(script)]
-    argv += [str(pki.server_cert), str(pki.server_key), str(pki.ca_cert)]
+    argv += [str(pki.server_cert), str(pki.server_key), str(pki.ca_cert), "fragments"]
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout.split(" ", 1)
     per_association = int(out[0])
     # One Certificate (OpenSSL's own cap, 100 KiB) and two small messages may be in flight from a
     # client during its second flight; nothing more.
     assert per_association < 256 * 1024, out
     assert "handshake_fragment_out_of_window" in out[1], out
+
+
+def test_half_open_peer_cannot_make_openssl_buffer_next_epoch_records(
+    pki: PKIFiles, tmp_path: Path
+) -> None:
+    """Records of the next epoch before the handshake ends: OpenSSL keeps them (up to ~300 KiB
+    per association before the fix); a client sends only its Finished there (and, rarely,
+    application data right after it)."""
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    argv = [sys.executable, str(script)]
+    argv += [str(pki.server_cert), str(pki.server_key), str(pki.ca_cert), "records"]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout.split(" ", 1)
+    assert int(out[0]) < 64 * 1024, out
+    assert "half_open_next_epoch_budget" in out[1], out

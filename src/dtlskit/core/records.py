@@ -43,6 +43,7 @@ __all__ = [
     "Record",
     "build_hello_verify_request",
     "handshake_fragment_headers_untrusted",
+    "later_epoch_bytes_untrusted",
     "pack_datagrams",
     "parse_client_hello_untrusted",
     "record_fingerprints_untrusted",
@@ -386,3 +387,19 @@ def handshake_fragment_headers_untrusted(datagram: bytes) -> list[tuple[int, int
                 position += HANDSHAKE_HEADER_LENGTH + fragment_length
         offset = end
     return headers
+
+
+def later_epoch_bytes_untrusted(datagram: bytes) -> int:
+    """Bytes of the records of a datagram from the network that are not in epoch 0, among the
+    records OpenSSL would read (as :func:`handshake_fragment_headers_untrusted`). Never raises."""
+    total = 0
+    offset = 0
+    length = len(datagram)
+    while length - offset >= HEADER_LENGTH:
+        end = offset + HEADER_LENGTH + ((datagram[offset + 11] << 8) | datagram[offset + 12])
+        if end > length:
+            break
+        if datagram[offset + 3 : offset + 5] != b"\x00\x00":
+            total += end - offset
+        offset = end
+    return total

@@ -91,6 +91,7 @@ from .records import (
     ClientHello,
     build_hello_verify_request,
     handshake_fragment_headers_untrusted,
+    later_epoch_bytes_untrusted,
     parse_client_hello_untrusted,
 )
 
@@ -119,6 +120,13 @@ _HELLO_HISTORY = 16
 # further ahead, or larger than ``Limits.max_client_hello_size`` other than at h+1, is dropped
 # before OpenSSL sees it (``handshake_fragment_out_of_window``).
 _SECOND_FLIGHT_MESSAGES = 3
+
+# Bytes of records past epoch 0 a half-open client may send before its handshake completes:
+# its Finished (and retransmissions of it), and at most one full record of application data
+# sent right behind it. OpenSSL keeps such records until the epoch starts (~300 KiB of them
+# per association when unbounded); beyond this budget they are dropped
+# (``half_open_next_epoch_budget``).
+_HALF_OPEN_NEXT_EPOCH_BYTES = 24 * 1024
 
 _FIRST_FLIGHT_STATES = frozenset(
     {b"before SSL initialization", b"SSLv3/TLS write server done", b"SSLv3/TLS write finished"}
@@ -180,8 +188,10 @@ class ServerEngine:
         # Half-open associations not yet seen past our first flight, oldest first (pruned lazily).
         self._first_flight: dict[int, tuple[float, Address, DTLSConnection]] = {}
         self._hello_history: dict[Address, list[tuple[float, bytes]]] = {}
-        # Half-open associations: id → message_seq of the ClientHello that created them.
+        # Half-open associations: id → message_seq of the ClientHello that created them, and
+        # id → bytes of later-epoch records fed to them (see _HALF_OPEN_NEXT_EPOCH_BYTES).
         self._hello_sequence: dict[int, int] = {}
+        self._next_epoch_bytes: dict[int, int] = {}
         self._dirty: dict[int, tuple[Address, DTLSConnection]] = {}
         self._outgoing: list[tuple[bytes, Address]] = []
         self._events: collections.deque[ServerEvent] = collections.deque()
@@ -228,6 +238,13 @@ class ServerEngine:
                 ):
                     self._drop("handshake_fragment_out_of_window")
                     return
+            later = later_epoch_bytes_untrusted(data)
+            if later:
+                spent = self._next_epoch_bytes.get(id(conn), 0) + later
+                if spent > _HALF_OPEN_NEXT_EPOCH_BYTES:
+                    self._drop("half_open_next_epoch_budget")
+                    return
+                self._next_epoch_bytes[id(conn)] = spent
         conn.receive_datagram(data, now)
         self._touched(address, conn)
 
@@ -597,6 +614,7 @@ class ServerEngine:
     def _end_half_open(self, conn: DTLSConnection) -> None:
         source = self._handshaking.pop(id(conn))
         self._hello_sequence.pop(id(conn), None)
+        self._next_epoch_bytes.pop(id(conn), None)
         self._half_open_per_source[source] -= 1
         if self._half_open_per_source[source] <= 0:
             del self._half_open_per_source[source]
