@@ -107,5 +107,5 @@ def test_half_open_peer_cannot_make_openssl_buffer_next_epoch_records(
     argv = [sys.executable, str(script)]
     argv += [str(pki.server_cert), str(pki.server_key), str(pki.ca_cert), "records"]
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout.split(" ", 1)
-    assert int(out[0]) < 64 * 1024, out
+    assert int(out[0]) < 128 * 1024, out  # ~60 KiB: one 16 KB record kept, as a client may send
     assert "half_open_next_epoch_budget" in out[1], out
