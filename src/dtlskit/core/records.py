@@ -42,6 +42,8 @@ __all__ = [
     "ClientHello",
     "Record",
     "build_hello_verify_request",
+    "handshake_fragment_headers_untrusted",
+    "later_epoch_bytes_untrusted",
     "pack_datagrams",
     "parse_client_hello_untrusted",
     "record_fingerprints_untrusted",
@@ -357,3 +359,47 @@ def handshake_message_sequence_trusted(record: bytes) -> int | None:
     ):
         return int.from_bytes(record[HEADER_LENGTH + 4 : HEADER_LENGTH + 6], "big")
     return None
+
+
+def handshake_fragment_headers_untrusted(datagram: bytes) -> list[tuple[int, int]]:
+    """``(message_seq, message_length)`` of every plaintext (epoch-0) handshake fragment in a
+    datagram from the network, in the records OpenSSL would read: those before the first one
+    whose framing runs past the datagram (OpenSSL drops the rest of the datagram there).
+
+    Never raises: the server uses it to keep a half-open peer from making OpenSSL buffer
+    handshake messages it will never need (see :mod:`dtlskit.core.server`).
+    """
+    headers = []
+    offset = 0
+    length = len(datagram)
+    while length - offset >= HEADER_LENGTH:
+        end = offset + HEADER_LENGTH + ((datagram[offset + 11] << 8) | datagram[offset + 12])
+        if end > length:
+            break
+        epoch_zero = datagram[offset + 3 : offset + 5] == b"\x00\x00"
+        if datagram[offset] == CONTENT_HANDSHAKE and epoch_zero:
+            position = offset + HEADER_LENGTH
+            while end - position >= HANDSHAKE_HEADER_LENGTH:
+                message_length = int.from_bytes(datagram[position + 1 : position + 4], "big")
+                (message_seq,) = struct.unpack_from("!H", datagram, position + 4)
+                fragment_length = int.from_bytes(datagram[position + 9 : position + 12], "big")
+                headers.append((message_seq, message_length))
+                position += HANDSHAKE_HEADER_LENGTH + fragment_length
+        offset = end
+    return headers
+
+
+def later_epoch_bytes_untrusted(datagram: bytes) -> int:
+    """Bytes of the records of a datagram from the network that are not in epoch 0, among the
+    records OpenSSL would read (as :func:`handshake_fragment_headers_untrusted`). Never raises."""
+    total = 0
+    offset = 0
+    length = len(datagram)
+    while length - offset >= HEADER_LENGTH:
+        end = offset + HEADER_LENGTH + ((datagram[offset + 11] << 8) | datagram[offset + 12])
+        if end > length:
+            break
+        if datagram[offset + 3 : offset + 5] != b"\x00\x00":
+            total += end - offset
+        offset = end
+    return total

@@ -45,8 +45,11 @@ host's worth of addresses); one that never got past our first flight is dropped 
 ``Limits.first_flight_timeout`` (a third of the handshake deadline by default;
 ``first_flight_timeout``); and when the pool is full, a new
 validated client evicts the oldest half-open association that has not got past our first flight
-(``half_open_evicted``). Associations are kept in creation order for this, so the oldest is
-found at the front and the first-flight deadlines come due in that order.
+(``half_open_evicted``); if every one has (a validated attacker gets there with one more
+datagram, a ClientKeyExchange, then stalls), it evicts the oldest of the source holding the
+most half-open associations, provided that source holds at least two more than the newcomer's.
+Associations are kept in creation order for this, so the oldest is found at the front and the
+first-flight deadlines come due in that order.
 
 *Replays* (RFC 6347 §4.2.8). A cookie-carrying ClientHello stays valid for the cookie's
 lifetime, so one seen on the path could be replayed to tear down the session it created, or the
@@ -89,6 +92,8 @@ from .records import (
     BadPacket,
     ClientHello,
     build_hello_verify_request,
+    handshake_fragment_headers_untrusted,
+    later_epoch_bytes_untrusted,
     parse_client_hello_untrusted,
 )
 
@@ -111,6 +116,21 @@ _HELLO_HISTORY = 16
 # OpenSSL handshake states of a server association that has not heard anything from the client
 # since its first flight: waiting for the rest of a fragmented ClientHello, or for the client's
 # answer to our ServerHello...ServerHelloDone (full) or ServerHello...Finished (resumed).
+# What a half-open client may still send in plaintext after the ClientHello with message_seq h:
+# its second flight, Certificate (h+1, the only large one: OpenSSL caps it at its max_cert_list,
+# 100 KiB), ClientKeyExchange and CertificateVerify (at most h+3). OpenSSL itself buffers up to
+# ten messages ahead of the one it expects, each allocated at its declared length; so anything
+# further ahead, or larger than ``Limits.max_client_hello_size`` other than at h+1, is dropped
+# before OpenSSL sees it (``handshake_fragment_out_of_window``).
+_SECOND_FLIGHT_MESSAGES = 3
+
+# Bytes of records past epoch 0 a half-open client may send before its handshake completes:
+# its Finished (and retransmissions of it), and at most one full record of application data
+# sent right behind it. OpenSSL keeps such records until the epoch starts (~300 KiB of them
+# per association when unbounded); beyond this budget they are dropped
+# (``half_open_next_epoch_budget``).
+_HALF_OPEN_NEXT_EPOCH_BYTES = 24 * 1024
+
 _FIRST_FLIGHT_STATES = frozenset(
     {b"before SSL initialization", b"SSLv3/TLS write server done", b"SSLv3/TLS write finished"}
 )
@@ -177,6 +197,10 @@ class ServerEngine:
         # Half-open associations not yet seen past our first flight, oldest first (pruned lazily).
         self._first_flight: dict[int, tuple[float, Address, DTLSConnection]] = {}
         self._hello_history: dict[Address, list[tuple[float, bytes]]] = {}
+        # Half-open associations: id → message_seq of the ClientHello that created them, and
+        # id → bytes of later-epoch records fed to them (see _HALF_OPEN_NEXT_EPOCH_BYTES).
+        self._hello_sequence: dict[int, int] = {}
+        self._next_epoch_bytes: dict[int, int] = {}
         self._dirty: dict[int, tuple[Address, DTLSConnection]] = {}
         self._outgoing: list[tuple[bytes, Address]] = []
         self._events: collections.deque[ServerEvent] = collections.deque()
@@ -222,10 +246,31 @@ class ServerEngine:
             # to flush: the session tells its listener if it produced output or ended.
             return
         if conn is not None and not _may_be_client_hello(data):
-            conn.receive_datagram(data, now)
-            self._touched(address, conn)
+            self._feed(address, conn, data, now)
             return
         self._receive_client_hello(data, address, conn, now)
+
+    def _feed(self, address: Address, conn: DTLSConnection, data: bytes, now: float) -> None:
+        """Give a datagram to an existing association (a half-open one only within the window
+        of handshake messages its client may still send: see ``_SECOND_FLIGHT_MESSAGES``)."""
+        hello_seq = self._hello_sequence.get(id(conn))
+        if hello_seq is not None:
+            cap = self._limits.max_client_hello_size
+            for message_seq, message_length in handshake_fragment_headers_untrusted(data):
+                if message_seq > hello_seq + _SECOND_FLIGHT_MESSAGES or (
+                    message_length > cap and message_seq != hello_seq + 1
+                ):
+                    self._drop("handshake_fragment_out_of_window")
+                    return
+            later = later_epoch_bytes_untrusted(data)
+            if later:
+                spent = self._next_epoch_bytes.get(id(conn), 0) + later
+                if spent > _HALF_OPEN_NEXT_EPOCH_BYTES:
+                    self._drop("half_open_next_epoch_budget")
+                    return
+                self._next_epoch_bytes[id(conn)] = spent
+        conn.receive_datagram(data, now)
+        self._touched(address, conn)
 
     def _receive_client_hello(
         self, data: bytes, address: Address, conn: DTLSConnection | None, now: float
@@ -237,8 +282,7 @@ class ServerEngine:
         except BadPacket:
             if conn is not None:
                 # The rest of a fragmented ClientHello, or junk: OpenSSL judges it.
-                conn.receive_datagram(data, now)
-                self._touched(address, conn)
+                self._feed(address, conn, data, now)
             elif _is_later_client_hello_fragment(data):
                 self._drop("unvalidated_client_hello_fragment")
             else:
@@ -253,8 +297,7 @@ class ServerEngine:
             # its fragments): the engine takes it as a sign that its answer was lost (OpenSSL
             # itself ignores it).
             self._drop("duplicate_client_hello")
-            conn.receive_datagram(data, now)
-            self._touched(address, conn)
+            self._feed(address, conn, data, now)
             return
         if not hello.cookie or not self.cookies.verify(
             hello.cookie, address, hello.bound_fields, now
@@ -419,6 +462,11 @@ class ServerEngine:
         half_open = len(self._handshaking) - (1 if replaces_half_open else 0)
         if half_open >= limits.max_half_open:
             victim = self._least_progressed(exclude=replacing)
+            why = "it had not answered the first flight"
+            if victim is None:
+                own = self._half_open_per_source[source] - (1 if same_source else 0)
+                victim = self._from_busiest_source(own, exclude=replacing)
+                why = "its source held more half-open handshakes than any other"
             if victim is None:
                 self._drop("max_half_open")
                 return
@@ -429,7 +477,7 @@ class ServerEngine:
                 victim_conn,
                 HandshakeTimeout(
                     f"handshake with {format_address(victim_address)} was dropped to make room: "
-                    "the server's half-open pool was full and it had not answered the first flight"
+                    f"the server's half-open pool was full and {why}"
                 ),
             )
         history = self._hello_history.get(address, []) if replacing is not None else []
@@ -454,6 +502,7 @@ class ServerEngine:
         self._per_ip[ip] += 1
         self._handshaking[id(conn)] = source
         self._half_open_per_source[source] += 1
+        self._hello_sequence[id(conn)] = hello.message_sequence
         self._first_flight[id(conn)] = (now, address, conn)
         self._stats.associations_created += 1
         conn.start_server(data, now)
@@ -491,6 +540,24 @@ class ServerEngine:
         for key in stale:
             del self._first_flight[key]
         return found
+
+    def _from_busiest_source(
+        self, own: int, exclude: DTLSConnection | None
+    ) -> tuple[Address, DTLSConnection] | None:
+        """When every half-open association got past our first flight (which costs a validated
+        attacker one datagram): the oldest of the source holding the most of them, if it holds
+        at least two more than the newcomer's source would. Otherwise a few addresses could
+        still hold the whole pool for the handshake deadline; this way they keep at most their
+        share of it. (Scans the associations: only when the pool is full.)"""
+        if not self._half_open_per_source:
+            return None
+        busiest, count = max(self._half_open_per_source.items(), key=lambda item: item[1])
+        if count <= own + 1:
+            return None
+        for address, conn in self._connections.items():
+            if conn is not exclude and self._handshaking.get(id(conn)) == busiest:
+                return address, conn
+        return None  # pragma: no cover - the counts mirror _handshaking
 
     def _first_flight_deadline(self) -> float | None:
         for created, _, _ in self._first_flight.values():
@@ -590,6 +657,8 @@ class ServerEngine:
 
     def _end_half_open(self, conn: DTLSConnection) -> None:
         source = self._handshaking.pop(id(conn))
+        self._hello_sequence.pop(id(conn), None)
+        self._next_epoch_bytes.pop(id(conn), None)
         self._half_open_per_source[source] -= 1
         if self._half_open_per_source[source] <= 0:
             del self._half_open_per_source[source]
