@@ -147,7 +147,8 @@ def run_fuzz(
         data = mutate(rng, seeds)
         if rng.random() < 0.2:  # a valid cookie for this address: past the cookie check
             try:
-                cookie = server.cookies.issue(address, b"", now)
+                fields = parse_client_hello_untrusted(data).bound_fields
+                cookie = server.cookies.issue(address, fields, now)
                 data = with_cookie(data, cookie)
             except Exception:
                 pass
