@@ -326,5 +326,7 @@ def test_ended_associations_are_freed_while_the_server_runs(server_config, clien
         assert server.statistics().sessions == 1
         del pair
     gc.collect()
+    ours = {("127.0.0.1", 1)} | {("127.0.0.1", 1000 + number) for number in range(20)}
     alive = [o for o in gc.get_objects() if isinstance(o, DTLSConnection)]
-    assert [conn.peer_address for conn in alive if conn.is_server] == [("127.0.0.1", 1)]
+    held = [conn.peer_address for conn in alive if conn.is_server and conn.peer_address in ours]
+    assert held == [("127.0.0.1", 1)]

@@ -122,7 +122,7 @@ def junk_records(client: Channel) -> tuple[bytes, list[tuple[bytes, str]]]:
         (bad_mac, "bad_record"),
         (next_epoch, "wrong_epoch"),
         (forged, "bad_record"),
-        (b"\xff" * 48, "bad_record"),  # not even a record
+        (b"\xff" * 48, "malformed_record"),  # not even a record
     ]
 
 
