@@ -3,6 +3,7 @@ the socket's I/O thread, with no thread per peer."""
 
 from __future__ import annotations
 
+import sys
 import threading
 
 import pytest
@@ -63,3 +64,40 @@ def test_protocol_echo_without_a_thread_per_peer(server_config, client_config):
             for client in clients:
                 client.close()
     assert len(Echo.made) == 5
+
+
+class StackDepth(dtlskit.SessionProtocol):
+    depths: list[int] = []
+
+    def connection_made(self, channel) -> None:  # type: ignore[no-untyped-def]
+        self.channel = channel
+
+    def message_received(self, data: bytes) -> None:
+        self.channel.send_nowait(data)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        frame, depth = sys._getframe(), 0
+        while frame is not None:
+            frame, depth = frame.f_back, depth + 1
+        StackDepth.depths.append(depth)
+
+
+def test_closing_a_server_ends_its_sessions_one_after_another_not_nested(
+    server_config, client_config
+):
+    """Closing a callback-style server ends each session; each ended channel closes itself.
+    That close must not start a drain nested in the running one: the stack grew by a few
+    frames per session and 1,000 sessions overflowed it (RecursionError in ``close``)."""
+    StackDepth.depths = []
+    with sync.serve(StackDepth, "127.0.0.1", 0, config=server_config) as server:
+        port = server.addresses[0][1]
+        clients = [
+            sync.connect("127.0.0.1", port, config=client_config, timeout=WAIT) for _ in range(6)
+        ]
+        for client in clients:
+            client.send(b"ping")
+            assert client.recv(timeout=WAIT) == b"ping"
+    for client in clients:
+        client.close()
+    assert len(StackDepth.depths) == 6
+    assert len(set(StackDepth.depths)) == 1, StackDepth.depths

@@ -101,6 +101,9 @@ class IOThread:
         self._requests: collections.deque[Callable[[], None]] = collections.deque()
         self._stopping = False
         self._deadline: float | None = None
+        self._draining = False
+        """A drain is running (under :attr:`lock`): a session it ends may close its channel,
+        whose own pump must not start another, nested one (one stack frame deep per session)."""
         self._final_error: DTLSError = ConnectionLost("the socket was closed")
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
@@ -185,8 +188,9 @@ class IOThread:
         I/O thread if the engine's deadline moved earlier)."""
         if self.closed:
             return
-        while self._drain_locked():
-            pass
+        if self._draining:
+            return  # called from inside a drain: the running one goes on until nothing is left
+        self._drain_all_locked()
         previous = self._deadline
         self._deadline = self._get_timer_locked()
         if self._deadline is not None and (previous is None or self._deadline < previous):
@@ -299,9 +303,18 @@ class IOThread:
         deadline = self._get_timer_locked()
         if deadline is not None and now >= deadline:
             self._handle_timer_locked(now)
-        while self._drain_locked():
-            pass
+        self._drain_all_locked()
         self._deadline = self._get_timer_locked()
+
+    def _drain_all_locked(self) -> None:
+        if self._draining:
+            return
+        self._draining = True
+        try:
+            while self._drain_locked():
+                pass
+        finally:
+            self._draining = False
 
     def _run_requests_locked(self) -> None:
         while self._requests:
