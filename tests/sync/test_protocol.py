@@ -101,3 +101,35 @@ def test_closing_a_server_ends_its_sessions_one_after_another_not_nested(
         client.close()
     assert len(StackDepth.depths) == 6
     assert len(set(StackDepth.depths)) == 1, StackDepth.depths
+
+
+class ThreeThenClose(dtlskit.SessionProtocol):
+    """Several replies per message, then (for b"last") a close: the replies collected while the
+    batch was read must leave before the close_notify the close sends."""
+
+    def connection_made(self, channel) -> None:  # type: ignore[no-untyped-def]
+        self.channel = channel
+
+    def message_received(self, data: bytes) -> None:
+        for index in range(3):
+            self.channel.send_nowait(data + b"-%d" % index)
+        if data == b"blocking":
+            self.channel.send(b"blocking-sent")
+        if data == b"last":
+            self.channel.close()
+
+
+def test_protocol_replies_keep_their_order_before_a_close(server_config, client_config):
+    with sync.serve(ThreeThenClose, "127.0.0.1", 0, config=server_config) as server:
+        port = server.addresses[0][1]
+        with sync.connect("127.0.0.1", port, config=client_config, timeout=WAIT) as client:
+            client.send(b"blocking")
+            for index in range(3):
+                assert client.recv(timeout=WAIT) == b"blocking-%d" % index
+            assert client.recv(timeout=WAIT) == b"blocking-sent"
+            client.send(b"last")
+            for index in range(3):
+                assert client.recv(timeout=WAIT) == b"last-%d" % index
+            with pytest.raises(dtlskit.ConnectionClosedByPeer):
+                client.recv(timeout=WAIT)
+        assert server.statistics().drops.get("send_failed", 0) == 0
