@@ -153,7 +153,6 @@ class DTLSConnection(NegotiatedSession):
         "_limits",
         "_mtu",
         "_outgoing",
-        "_peer_text",
         "_queued_bytes",
         "_queued_messages",
         "_server",
@@ -183,7 +182,6 @@ class DTLSConnection(NegotiatedSession):
         self._config = config
         self._server = server
         self.peer_address = peer_address
-        self._peer_text = format_address(peer_address)
         ctx = context if context is not None else config.context(server)
         self._ssl = SSL.Connection(ctx, None)
         self._mtu = config.mtu
@@ -550,6 +548,11 @@ class DTLSConnection(NegotiatedSession):
             self._terminate(
                 ConnectionLost(f"no message from {self._peer_text} for {timeout:g} s (idle)"),
             )
+
+    @property
+    def _peer_text(self) -> str:
+        # Made when an error or a log line needs it: one string less per session.
+        return format_address(self.peer_address)
 
     def statistics(self) -> ConnectionStatistics:
         """A snapshot of this association's counters."""
