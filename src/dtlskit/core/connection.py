@@ -521,9 +521,15 @@ class DTLSConnection(NegotiatedSession):
 
     def get_timer(self) -> float | None:
         """The absolute deadline (caller's clock) at which to call :meth:`handle_timer`."""
+        flights = self._flights
         deadlines = [
             d
-            for d in (self._flights.deadline, self._handshake_deadline, self._idle_deadline)
+            for d in (
+                flights.deadline,
+                self._handshake_deadline,
+                self._idle_deadline,
+                flights.final_deadline,
+            )
             if d is not None
         ]
         return min(deadlines) if deadlines else None
@@ -540,6 +546,11 @@ class DTLSConnection(NegotiatedSession):
             return
         if self._flights.deadline is not None and now >= self._flights.deadline:
             self._retransmit(now)
+        final_deadline = self._flights.final_deadline
+        if final_deadline is not None and now >= final_deadline:
+            # The peer had the whole window to repeat its last flight: forget our answer.
+            self._flights.peer_finished()
+            self._final_pending = False
         if self._idle_deadline is not None and now >= self._idle_deadline:
             timeout = self._idle_timeout or 0.0
             with contextlib.suppress(SSL.Error):

@@ -172,6 +172,12 @@ class Flights:
         self._final_answers = self._last_heard if final else _NOTHING
         self._answered = _NOTHING
 
+    @property
+    def final_deadline(self) -> float | None:
+        """When the window to re-send our final flight closes (None once it was forgotten):
+        the engine forgets the flight then, so an idle session does not keep it."""
+        return self._final_until if self.final else None
+
     def final_repeat(self, data: bytes) -> bool:
         """Whether ``data`` repeats the peer's last flight while we still keep ours."""
         if not self.final or not self._final_answers:
