@@ -133,3 +133,26 @@ def test_protocol_replies_keep_their_order_before_a_close(server_config, client_
             with pytest.raises(dtlskit.ConnectionClosedByPeer):
                 client.recv(timeout=WAIT)
         assert server.statistics().drops.get("send_failed", 0) == 0
+
+
+class Burst(dtlskit.SessionProtocol):
+    def connection_made(self, channel) -> None:  # type: ignore[no-untyped-def]
+        self.channel = channel
+
+    def message_received(self, data: bytes) -> None:
+        for index in range(int(data)):
+            self.channel.send_nowait(b"%d" % index)
+
+
+def test_client_reads_a_burst_in_batches_in_order(server_config, client_config):
+    """The blocking client reads its socket in batches (recvmmsg with the accelerator): a burst
+    of replies larger than one batch arrives whole and in order."""
+    with sync.serve(Burst, "127.0.0.1", 0, config=server_config) as server:
+        port = server.addresses[0][1]
+        with sync.connect("127.0.0.1", port, config=client_config, timeout=WAIT) as client:
+            client.send(b"150")
+            assert [client.recv(timeout=WAIT) for _ in range(150)] == [
+                b"%d" % index for index in range(150)
+            ]
+            assert client.statistics().drops == {}
+        assert server.statistics().drops == {}

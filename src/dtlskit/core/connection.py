@@ -501,6 +501,12 @@ class DTLSConnection(NegotiatedSession):
         self._terminate(error)
         self._notify()
 
+    def has_work(self) -> bool:
+        """Whether :meth:`datagrams_to_send` or :meth:`next_event` have anything (False after
+        datagrams that only took the fast path; those move no deadline but the idle one, and
+        only later)."""
+        return bool(self._outgoing or self._events)
+
     def datagrams_to_send(self, now: float | None = None) -> list[bytes]:
         """Datagrams to transmit to the peer, in order; each at most :attr:`mtu` bytes."""
         out, self._outgoing = self._outgoing, []
