@@ -55,3 +55,35 @@ def test_protocol_echo_without_a_task_per_peer(server_config, client_config):
         assert len(Echo.made) == 4
 
     run(main())
+
+
+class ThreeThenClose(dtlskit.SessionProtocol):
+    """Several replies per message, then (for b"last") a close: the replies collected while the
+    batch was read must leave before the close_notify the close sends."""
+
+    def connection_made(self, channel) -> None:  # type: ignore[no-untyped-def]
+        self.channel = channel
+
+    def message_received(self, data: bytes) -> None:
+        for index in range(3):
+            self.channel.send_nowait(data + b"-%d" % index)
+        if data == b"last":
+            self.channel.close()
+
+
+def test_protocol_replies_keep_their_order_before_a_close(server_config, client_config):
+    async def main() -> None:
+        async with serve(ThreeThenClose, "127.0.0.1", 0, config=server_config) as server:
+            port = server.addresses[0][1]
+            async with await connect("127.0.0.1", port, config=client_config) as client:
+                await client.send(b"first")
+                for index in range(3):
+                    assert await asyncio.wait_for(client.recv(), WAIT) == b"first-%d" % index
+                await client.send(b"last")
+                for index in range(3):
+                    assert await asyncio.wait_for(client.recv(), WAIT) == b"last-%d" % index
+                with pytest.raises(dtlskit.ConnectionClosedByPeer):
+                    await asyncio.wait_for(client.recv(), WAIT)
+            assert server.statistics().drops.get("send_failed", 0) == 0
+
+    run(main())

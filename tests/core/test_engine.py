@@ -497,3 +497,40 @@ def test_no_oversized_datagram_after_an_mtu_back_off(tmp_path):
     assert retransmitted - first == pytest.approx(1.0)
     # Only the first transmission and the one retransmission before the back-off.
     assert sorted(set(oversized)) == [first, retransmitted]
+
+
+def test_final_flight_is_forgotten_when_its_window_closes(server_config, client_config):
+    """An established session that never sends keeps our final flight only for the window
+    (handshake_timeout) in which the peer may still repeat its last flight: a timer then
+    forgets it, so idle sessions do not hold it (memory per session)."""
+    p = pair(server_config, client_config)
+    assert p.handshake()
+    done = p.clock.now
+    conn = p.server_connection
+    assert conn is not None and conn._flights.final
+    window = server_config.handshake_timeout
+    timer = conn.get_timer()
+    assert timer is not None and timer <= done + window
+    last_flight = [d.data for d in p.network.log if d.to_server and flight_of(d) == 5]
+    assert last_flight
+    # Inside the window a repeated flight 5 still gets our final flight again.
+    p.clock.advance(1.0)
+    for data in last_flight:
+        p.server.receive_datagram(data, p.client_address, p.clock.now)
+    assert p.server.datagrams_to_send()
+    assert conn.statistics().final_flight_resends == 1
+    # The window closes: the server's timer fires and the flight is forgotten.
+    p.clock.now = done + window + 0.001
+    server_timer = p.server.get_timer()
+    assert server_timer is not None and server_timer <= p.clock.now
+    p.server.handle_timer(p.clock.now)
+    assert not conn._flights.final
+    assert conn.state is State.ESTABLISHED
+    for data in last_flight:
+        p.server.receive_datagram(data, p.client_address, p.clock.now)
+    assert conn.statistics().final_flight_resends == 1
+    assert conn.state is State.ESTABLISHED
+    # The session still carries messages both ways.
+    p.client.send(b"still here")
+    p.pump()
+    assert p.run(lambda: conn.statistics().messages_received == 1)

@@ -231,7 +231,10 @@ class Channel(ChannelBase):
         """Send one message now, without waiting (callable from a callback-style handler,
         which runs on the loop). Raises as :meth:`send` does; if the socket's send buffer is
         full the datagram waits in the driver's bounded queue, or is dropped and counted
-        (``"send_buffer_full"``) when that is full too: UDP has no flow control."""
+        (``"send_buffer_full"``) when that is full too: UDP has no flow control. Called from
+        ``message_received`` on a server, the datagram leaves with the other replies of the
+        same read batch, in order, in one system call; a socket error on it is then counted
+        (``"send_failed"``) rather than raised."""
         self._check_open()
         self._transmit_message(data)
 

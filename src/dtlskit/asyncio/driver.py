@@ -18,7 +18,13 @@ Each wake-up is the same steps:
    transmit with :func:`dtlskit._accel.send_batch`, drain events, and re-arm the one
    ``call_at`` timer if the deadline moved earlier.
 
-Sends go straight to ``sock.sendto``. When the kernel's send buffer is full (``EAGAIN``) the
+Replies a callback-style handler sends while a batch is being read (``send_nowait`` from
+``message_received``) are collected and leave together at the end of the batch, in one
+:func:`dtlskit._accel.send_batch` (``sendmmsg`` with the accelerator): one system call for the
+wake-up instead of one per reply. Anything else the driver sends first sends what was
+collected, so a peer's datagrams keep their order. A socket error on a collected reply is
+counted (``"send_failed"``) instead of raised, since its sender has returned. Other sends go
+straight to ``sock.sendto``. When the kernel's send buffer is full (``EAGAIN``) the
 rest wait in a queue bounded by :data:`BACKLOG_BYTES` and ``loop.add_writer`` sends them when
 there is room; ``await channel.send()`` waits meanwhile, and what does not fit is dropped and
 counted (``"send_buffer_full"``): nothing is lost silently. Works on uvloop too.
@@ -83,6 +89,8 @@ class ServerDriver(Endpoint):
         self._backlog: collections.deque[tuple[bytes, Address | None]] = collections.deque()
         self._backlog_bytes = 0
         self._fd = sock.fileno()
+        self._collected: list[tuple[bytes, Address | None]] | None = None
+        """While a batch is read: the replies sent meanwhile, to send together after it."""
         self.receive_buffer_bytes = size_receive_buffer(sock, server._config.recv_buffer_size)
 
     def start(self) -> None:
@@ -100,8 +108,14 @@ class ServerDriver(Endpoint):
         if batch:
             now = self._loop.time()
             receive = engine.receive_datagram
-            for data, address in batch:
-                receive(data, address, now)
+            self._collected = []
+            try:
+                for data, address in batch:
+                    receive(data, address, now)
+            finally:
+                collected, self._collected = self._collected, None
+                if collected:
+                    self._send_items(collected)
         if error is not None:
             self._server._count_drop("receive_failed")
             logger.debug("receive error on %s: %s", format_address(self.address), error)
@@ -113,6 +127,10 @@ class ServerDriver(Endpoint):
     def send_record(self, record: bytes, address: Address | None) -> DTLSError | None:
         """Send one datagram now (or queue it behind earlier ones); the failure it caused."""
         if self._closed:
+            return None
+        collected = self._collected
+        if collected is not None:
+            collected.append((record, address))
             return None
         if self._backlog:
             self._enqueue(record, address)
@@ -132,7 +150,14 @@ class ServerDriver(Endpoint):
         return not self._closed
 
     def _transmit(self) -> None:
-        items = self.engine.datagrams_to_send()
+        collected = self._collected
+        if collected:  # replies collected so far go first: a peer's datagrams keep their order
+            self._collected = []
+            self._send_items(collected)
+        items: list[tuple[bytes, Address | None]] = list(self.engine.datagrams_to_send())
+        self._send_items(items)
+
+    def _send_items(self, items: list[tuple[bytes, Address | None]]) -> None:
         while items and not self._closed:
             if self._backlog:
                 for data, address in items:
@@ -143,7 +168,9 @@ class ServerDriver(Endpoint):
                 return
             items = items[sent:]
             if isinstance(error, BlockingIOError | InterruptedError):
-                continue  # queued by the next round
+                for data, address in items:  # no room: the rest wait for add_writer
+                    self._enqueue(data, address)
+                return
             data, address = items.pop(0)
             failure = self._send_failed(error, address)
             if failure is not None:

@@ -153,7 +153,6 @@ class DTLSConnection(NegotiatedSession):
         "_limits",
         "_mtu",
         "_outgoing",
-        "_peer_text",
         "_queued_bytes",
         "_queued_messages",
         "_server",
@@ -183,7 +182,6 @@ class DTLSConnection(NegotiatedSession):
         self._config = config
         self._server = server
         self.peer_address = peer_address
-        self._peer_text = format_address(peer_address)
         ctx = context if context is not None else config.context(server)
         self._ssl = SSL.Connection(ctx, None)
         self._mtu = config.mtu
@@ -506,6 +504,12 @@ class DTLSConnection(NegotiatedSession):
         self._terminate(error)
         self._notify()
 
+    def has_work(self) -> bool:
+        """Whether :meth:`datagrams_to_send` or :meth:`next_event` have anything (False after
+        datagrams that only took the fast path; those move no deadline but the idle one, and
+        only later)."""
+        return bool(self._outgoing or self._events)
+
     def datagrams_to_send(self, now: float | None = None) -> list[bytes]:
         """Datagrams to transmit to the peer, in order; each at most :attr:`mtu` bytes."""
         out, self._outgoing = self._outgoing, []
@@ -526,9 +530,15 @@ class DTLSConnection(NegotiatedSession):
 
     def get_timer(self) -> float | None:
         """The absolute deadline (caller's clock) at which to call :meth:`handle_timer`."""
+        flights = self._flights
         deadlines = [
             d
-            for d in (self._flights.deadline, self._handshake_deadline, self._idle_deadline)
+            for d in (
+                flights.deadline,
+                self._handshake_deadline,
+                self._idle_deadline,
+                flights.final_deadline,
+            )
             if d is not None
         ]
         return min(deadlines) if deadlines else None
@@ -545,6 +555,11 @@ class DTLSConnection(NegotiatedSession):
             return
         if self._flights.deadline is not None and now >= self._flights.deadline:
             self._retransmit(now)
+        final_deadline = self._flights.final_deadline
+        if final_deadline is not None and now >= final_deadline:
+            # The peer had the whole window to repeat its last flight: forget our answer.
+            self._flights.peer_finished()
+            self._final_pending = False
         if self._idle_deadline is not None and now >= self._idle_deadline:
             timeout = self._idle_timeout or 0.0
             with contextlib.suppress(SSL.Error):
@@ -553,6 +568,11 @@ class DTLSConnection(NegotiatedSession):
             self._terminate(
                 ConnectionLost(f"no message from {self._peer_text} for {timeout:g} s (idle)"),
             )
+
+    @property
+    def _peer_text(self) -> str:
+        # Made when an error or a log line needs it: one string less per session.
+        return format_address(self.peer_address)
 
     def statistics(self) -> ConnectionStatistics:
         """A snapshot of this association's counters."""

@@ -59,6 +59,7 @@ def _fingerprints(data: bytes) -> set[bytes]:
 
 
 _NOTHING: frozenset[bytes] = frozenset()  # shared: an empty set costs 216 bytes per session
+_NO_NAME: FlightName = frozenset()  # the same, for a flight's name
 
 
 class Flights:
@@ -95,7 +96,7 @@ class Flights:
         self.consecutive_timeouts = 0
         self.deferred_for_skew = False
         """Set while waiting a moment for OpenSSL's slightly later wall-clock timer."""
-        self._name: FlightName = frozenset()
+        self._name: FlightName = _NO_NAME
         self._lossy = False
         self._sent_at: float | None = None
         self._last_heard: AbstractSet[bytes] = _NOTHING
@@ -172,6 +173,12 @@ class Flights:
         self._final_answers = self._last_heard if final else _NOTHING
         self._answered = _NOTHING
 
+    @property
+    def final_deadline(self) -> float | None:
+        """When the window to re-send our final flight closes (None once it was forgotten):
+        the engine forgets the flight then, so an idle session does not keep it."""
+        return self._final_until if self.final else None
+
     def final_repeat(self, data: bytes) -> bool:
         """Whether ``data`` repeats the peer's last flight while we still keep ours."""
         if not self.final or not self._final_answers:
@@ -194,7 +201,7 @@ class Flights:
         self.final = []
         self._final_answers = _NOTHING
         self._last_heard = _NOTHING
-        self._name = frozenset()
+        self._name = _NO_NAME
 
     def clear(self) -> None:
         """The session ended: drop every flight and timer."""

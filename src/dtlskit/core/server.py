@@ -495,7 +495,7 @@ class ServerEngine:
         conn = DTLSConnection(
             self._session_config, server=True, peer_address=address, context=self._context
         )
-        conn.listener = self._on_engine_activity(address)
+        conn.listener = self._on_engine_activity  # one bound method, no closure per session
         conn.budget = self.budget
         conn.server_drops = self._stats.drops
         self._connections[address] = conn
@@ -590,14 +590,15 @@ class ServerEngine:
                 ),
             )
 
-    def _on_engine_activity(self, address: Address) -> Any:
-        def listener(conn: DTLSConnection) -> None:
-            self._dirty[id(conn)] = (address, conn)
-
-        return listener
+    def _on_engine_activity(self, conn: DTLSConnection) -> None:
+        """An engine's listener: it produced output or events outside a call we made."""
+        # A server makes every engine with its peer_address set.
+        self._dirty[id(conn)] = (conn.peer_address, conn)  # type: ignore[assignment]
 
     def _touched(self, address: Address, conn: DTLSConnection) -> None:
-        self._dirty[id(conn)] = (address, conn)
+        # The engine's own address tuple, not the equal one each datagram brings: what is kept
+        # (timers, events) shares the one tuple per session.
+        self._dirty[id(conn)] = (conn.peer_address, conn)  # type: ignore[assignment]
 
     def _flush(self) -> None:
         """Move output, events and timers of associations that did something."""

@@ -125,9 +125,12 @@ class NegotiatedSession:
     _notes: _bindings.HandshakeNotes
     _server: bool
     _server_name: str | None
-    _peer_text: str
     error: DTLSError | None
     state: Any  # connection.State; compared by value to avoid an import cycle
+
+    @property
+    def _peer_text(self) -> str:
+        raise NotImplementedError  # DTLSConnection's
 
     def _setup_negotiation(
         self,

@@ -39,6 +39,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
+from .. import _accel
 from .._channel_base import ChannelBase, ends_iteration, fresh_error
 from .._sockets import format_address
 from ..core.connection import ConnectionStatistics, DTLSConnection
@@ -101,6 +102,12 @@ class IOThread:
         self._requests: collections.deque[Callable[[], None]] = collections.deque()
         self._stopping = False
         self._deadline: float | None = None
+        self._draining = False
+        self._collected: list[tuple[bytes, Address | None]] | None = None
+        """While a subclass reads a batch: what the I/O thread sends meanwhile, to go out
+        together after it (see :meth:`send_collected_locked`)."""
+        """A drain is running (under :attr:`lock`): a session it ends may close its channel,
+        whose own pump must not start another, nested one (one stack frame deep per session)."""
         self._final_error: DTLSError = ConnectionLost("the socket was closed")
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
@@ -185,8 +192,9 @@ class IOThread:
         I/O thread if the engine's deadline moved earlier)."""
         if self.closed:
             return
-        while self._drain_locked():
-            pass
+        if self._draining:
+            return  # called from inside a drain: the running one goes on until nothing is left
+        self._drain_all_locked()
         previous = self._deadline
         self._deadline = self._get_timer_locked()
         if self._deadline is not None and (previous is None or self._deadline < previous):
@@ -205,7 +213,18 @@ class IOThread:
         I/O thread (``raise_errors`` False): a full send buffer or an error is counted and the
         datagram dropped; DTLS recovers from loss. A user's ``send`` (``raise_errors`` True)
         waits for room until ``deadline`` and raises what went wrong.
+
+        While a batch is read (:attr:`_collected` is a list; only the I/O thread, holding the
+        lock, sees that) the I/O thread's datagrams are collected instead, to leave together.
         """
+        collected = self._collected
+        if collected is not None:
+            if not raise_errors:
+                collected.extend((data, address) for data in datagrams)
+                return
+            if collected:  # a blocking send on the I/O thread: what was collected goes first
+                self._collected = []
+                self.send_collected_locked(collected)
         for data in datagrams:
             if self.closed:
                 return
@@ -227,6 +246,20 @@ class IOThread:
                         raise fresh_error(error) from exc
                     return
                 break
+
+    def send_collected_locked(self, items: list[tuple[bytes, Address | None]]) -> None:
+        """Send the datagrams collected during a batch in as few system calls as
+        :func:`dtlskit._accel.send_batch` can; each one that fails is counted and dropped, as
+        :meth:`transmit_locked` does on the I/O thread."""
+        while items and not self.closed:
+            sent, error = _accel.send_batch(self.sock, items)
+            if error is None:
+                return
+            if isinstance(error, BlockingIOError):
+                self.count_drop_locked("send_buffer_full")
+            else:
+                self._send_failed_locked(error, items[sent][1])
+            items = items[sent + 1 :]
 
     def _wait_writable(self, deadline: float | None, address: Address | None) -> None:
         remaining = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
@@ -299,9 +332,18 @@ class IOThread:
         deadline = self._get_timer_locked()
         if deadline is not None and now >= deadline:
             self._handle_timer_locked(now)
-        while self._drain_locked():
-            pass
+        self._drain_all_locked()
         self._deadline = self._get_timer_locked()
+
+    def _drain_all_locked(self) -> None:
+        if self._draining:
+            return
+        self._draining = True
+        try:
+            while self._drain_locked():
+                pass
+        finally:
+            self._draining = False
 
     def _run_requests_locked(self) -> None:
         while self._requests:
@@ -515,7 +557,10 @@ class Channel(ChannelBase):
     def send_nowait(self, data: bytes | bytearray | memoryview) -> None:
         """Send one message without ever waiting (for a callback-style handler on the I/O
         thread): if the socket's send buffer is full the datagram is dropped and counted
-        (``"send_buffer_full"``): UDP has no flow control. Raises as :meth:`send` does."""
+        (``"send_buffer_full"``): UDP has no flow control. Raises as :meth:`send` does. Called
+        from ``message_received`` on a server, the datagram leaves with the other replies of
+        the same read batch, in order, in one system call; a socket error on it is then
+        counted (``"send_failed"``) rather than raised."""
         self._check_open()
         io = self._io
         with io.lock:

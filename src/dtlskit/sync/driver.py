@@ -10,7 +10,9 @@ engine lock. Each wake-up reads a batch of up to :data:`BATCH` datagrams with
 application-data record takes the engine's fast path straight to its channel's inbox (or its
 :class:`~dtlskit.SessionProtocol`, called right here on this thread), and when nothing else
 happened (``engine.has_work()`` is False) the drain/transmit/re-arm steps are skipped. Channels
-send their records themselves, straight to the socket.
+send their records themselves, straight to the socket; replies a callback-style handler sends
+during a batch are collected and leave together after it, in one
+:func:`dtlskit._accel.send_batch` (``sendmmsg`` with the accelerator), in order.
 """
 
 from __future__ import annotations
@@ -59,9 +61,16 @@ class ServerDriver(IOThread):
 
     def _receive_locked(self, now: float) -> None:
         batch, error = _accel.recv_batch(self.sock, BATCH)
-        receive = self.engine.receive_datagram
-        for data, address in batch:
-            receive(data, address, now)
+        if batch:
+            receive = self.engine.receive_datagram
+            self._collected = []
+            try:
+                for data, address in batch:
+                    receive(data, address, now)
+            finally:
+                collected, self._collected = self._collected, None
+                if collected:
+                    self.send_collected_locked(collected)
         if error is not None:
             self.count_drop_locked("receive_failed")
 
