@@ -122,6 +122,7 @@ class _PeerThreads:
             while channel is not None:
                 current.name = f"dtlskit-peer-{_sockets.format_address(channel.getpeername())}"
                 self._run(channel)
+                channel = None  # hold no finished session while waiting for the next peer
                 channel = self._next()
         finally:
             with self._lock:
