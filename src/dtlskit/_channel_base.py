@@ -288,6 +288,10 @@ def log_peer_event(address: Address, engine: DTLSConnection, event: ev.Event) ->
     """One log line per peer life-cycle event, the same in both flavours: connected and ended
     at INFO, a failed handshake at WARNING (only peers that passed the cookie exchange get
     that far, so spoofed traffic cannot flood the log)."""
+    if not _server_logger.isEnabledFor(logging.INFO) and not (
+        isinstance(event, ev.ConnectionTerminated) and _server_logger.isEnabledFor(logging.WARNING)
+    ):
+        return  # nothing is formatted for a line nobody logs
     peer = format_address(address)
     if isinstance(event, ev.HandshakeCompleted):
         reused = ", resumed" if event.session_reused else ""

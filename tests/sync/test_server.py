@@ -331,3 +331,26 @@ def test_run_server_serves_until_sigterm(pki, client_config, tmp_path):
             assert peer.process.wait(timeout=15) == 0
             with pytest.raises(dtlskit.ConnectionClosedByPeer):
                 channel.recv(timeout=10)
+
+
+def test_handler_threads_are_reused_and_end_at_close(server_config, client_config) -> None:
+    """A handler thread whose handler returned takes the next peer (no thread start-up per
+    handshake on the I/O thread); close() ends the idle ones."""
+    idents: list[int] = []
+
+    def handler(channel: sync.Channel) -> None:
+        idents.append(threading.get_ident())
+        for message in channel:
+            channel.send(message)
+
+    before = set(threading.enumerate())
+    with sync.serve(handler, "127.0.0.1", 0, config=server_config) as server:
+        port = server.addresses[0][1]
+        for round_ in range(3):
+            with sync.connect("127.0.0.1", port, config=client_config, timeout=WAIT) as client:
+                client.send(b"round %d" % round_)
+                assert client.recv(timeout=WAIT) == b"round %d" % round_
+            # The handler sees close_notify, returns, and its thread waits for the next peer.
+            wait_until(lambda: server._peers._idle == 1)
+    assert len(idents) == 3 and len(set(idents)) == 1
+    wait_until(lambda: set(threading.enumerate()) <= before)

@@ -38,6 +38,7 @@ except Exception:  # pragma: no cover - only on a broken cryptography install
 __all__ = [
     "HandshakeNotes",
     "attach_notes",
+    "do_handshake",
     "get_session",
     "has",
     "notes_of",
@@ -480,6 +481,30 @@ def watch_established(connection: SSL.Connection) -> None:
             "void (*)(const SSL *, int, int)", _established_info, onerror=_swallow
         )
     _lib.SSL_set_info_callback(connection._ssl, _established_info_callback)
+
+
+_HELPERS = ("_verify_helper", "_alpn_select_helper", "_ocsp_helper")
+"""pyOpenSSL context attributes whose callback exceptions its own do_handshake re-raises."""
+
+
+def do_handshake(connection: SSL.Connection) -> bool:
+    """One ``SSL_do_handshake``: True when the handshake is complete, False when OpenSSL waits
+    for the peer's next datagram; any other outcome raises what pyOpenSSL's ``do_handshake``
+    raises. The common wait costs no exception (pyOpenSSL raises ``WantReadError`` for it).
+    A context with pyOpenSSL callback helpers (dtlskit sets none) takes pyOpenSSL's own path,
+    which checks them for exceptions."""
+    ctx = connection._context
+    if _lib is None or any(getattr(ctx, name, None) is not None for name in _HELPERS):
+        connection.do_handshake()  # pragma: no cover - dtlskit installs no pyOpenSSL helper
+        return True  # pragma: no cover
+    ssl = connection._ssl
+    result = _lib.SSL_do_handshake(ssl)
+    if result == 1:
+        return True
+    if _lib.SSL_get_error(ssl, result) == _lib.SSL_ERROR_WANT_READ:
+        return False
+    connection._raise_ssl_error(ssl, result)  # raises the error pyOpenSSL would
+    return True  # SSL_ERROR_NONE: what pyOpenSSL's do_handshake treats as done
 
 
 def memory_bio_pending(ssl_connection: Any, outgoing: bool = True) -> int | None:

@@ -667,8 +667,8 @@ class DTLSConnection(NegotiatedSession):
 
     def _advance_handshake(self, now: float) -> None:
         try:
-            self._ssl.do_handshake()
-        except SSL.WantReadError:
+            complete = _bindings.do_handshake(self._ssl)
+        except SSL.WantReadError:  # pragma: no cover - do_handshake returns False for it
             complete = False
         except SSL.Error as exc:
             self._collect_output()  # the alert OpenSSL queued, if any
@@ -682,8 +682,6 @@ class DTLSConnection(NegotiatedSession):
                 )
             )
             return
-        else:
-            complete = True
         records = self._drain_openssl()
         if complete:
             # If we sent the last flight, nothing acknowledges it but silence: keep it.

@@ -1,8 +1,12 @@
 """Stateless HelloVerifyRequest cookies (RFC 6347 §4.2.1).
 
 A cookie proves that a client can receive datagrams at the address it claims, without the server
-keeping anything per client. It is ``HMAC-SHA256(key_t, address || ClientHello fields)`` where
-``key_t`` is derived from a secret and the current time tick ``t = floor(now / tick_seconds)``.
+keeping anything per client. It is ``BLAKE2s(key=key_t, address || ClientHello fields)`` (BLAKE2's
+keyed mode, a MAC: RFC 7693 §2.5) where ``key_t = HMAC-SHA256(secret, t)`` is derived from a
+secret and the current time tick ``t = floor(now / tick_seconds)``. Keyed BLAKE2s rather than
+HMAC-SHA256 for the per-cookie MAC because a handshake computes three of them and here an HMAC
+through OpenSSL 3 costs several microseconds per call (a fresh digest context each time),
+while a copy of a keyed BLAKE2s state made once per tick costs about 1.5.
 
 ``ClientHello fields`` are what precedes the cookie in the ClientHello (version, random,
 session id), so a cookie can be checked from the first fragment of a fragmented ClientHello,
@@ -39,7 +43,7 @@ class CookieJar:
             raise ValueError("cookie tick must be positive")
         self._secret = secret if secret is not None else os.urandom(32)
         self._tick_seconds = tick_seconds
-        self._key_cache: dict[int, bytes] = {}
+        self._key_cache: dict[int, hashlib.blake2s] = {}  # tick -> keyed BLAKE2s state
 
     @property
     def tick_seconds(self) -> float:
@@ -53,18 +57,20 @@ class CookieJar:
         self._secret = secret if secret is not None else os.urandom(32)
         self._key_cache.clear()
 
-    def _key(self, tick: int) -> bytes:
+    def _key(self, tick: int) -> hashlib.blake2s:
+        """The keyed BLAKE2s state of a tick (nothing hashed yet): copy it, then update."""
         key = self._key_cache.get(tick)
         if key is None:
             if len(self._key_cache) > 4:
                 self._key_cache.clear()
-            key = hmac.new(
+            tick_key = hmac.new(
                 # Signed: the previous tick of a clock under one tick old (monotonic time
                 # counts from boot) is -1.
                 self._secret,
                 b"dtlskit cookie key " + tick.to_bytes(8, "big", signed=True),
                 hashlib.sha256,
             ).digest()
+            key = hashlib.blake2s(key=tick_key, digest_size=COOKIE_LENGTH)
             self._key_cache[tick] = key
         return key
 
@@ -72,9 +78,10 @@ class CookieJar:
         return int(now // self._tick_seconds)
 
     def _compute(self, tick: int, address: tuple[object, ...], bound_fields: bytes) -> bytes:
-        mac = hmac.new(self._key(tick), _address_bytes(address), hashlib.sha256)
+        mac = self._key(tick).copy()
+        mac.update(_address_bytes(address))
         mac.update(bound_fields)
-        return mac.digest()[:COOKIE_LENGTH]
+        return mac.digest()
 
     def issue(self, address: tuple[object, ...], bound_fields: bytes, now: float) -> bytes:
         """A cookie for ``address`` and these ClientHello fields, valid for 1 to 2 ticks."""

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = [
     "CONTENT_ALERT",
@@ -203,9 +204,11 @@ def pack_datagrams(records: list[bytes], mtu: int) -> list[bytes]:
     return datagrams
 
 
-@dataclass(frozen=True)
-class ClientHello:
-    """The parts of a ClientHello (whole, or its first fragment) that the cookie exchange needs."""
+class ClientHello(NamedTuple):
+    """The parts of a ClientHello (whole, or its first fragment) that the cookie exchange needs.
+
+    A named tuple: immutable, and built in a fraction of a frozen dataclass's time (two are
+    parsed per handshake)."""
 
     record_sequence: int
     message_sequence: int

@@ -3,7 +3,9 @@
 
 Both bind UDP sockets and run one I/O thread per socket driving a
 :class:`~dtlskit.core.ServerEngine` (cookies, demultiplexing, limits). When a handshake
-completes, :func:`serve` starts one thread per peer running ``handler(channel)``;
+completes, :func:`serve` runs ``handler(channel)`` on a thread of its own: a handler thread
+whose handler returned waits up to :data:`IDLE_HANDLER_SECONDS` for the next peer (at most
+:data:`IDLE_HANDLER_THREADS` wait), else a new thread is started;
 :func:`listen` queues the channel for :meth:`Listener.accept` in a queue bounded by
 ``config.limits.accept_backlog`` (beyond it the association is closed and the drop counted as
 ``"accept_backlog_full"``).
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import queue
 import signal
 import socket
 import threading
@@ -71,22 +74,38 @@ HANDLER_JOIN_TIMEOUT = 5.0
 # -- threaded server -----------------------------------------------------------------------------
 
 
+IDLE_HANDLER_THREADS = 16
+"""Handler threads kept waiting for the next peer once their handler returned (a new thread
+per handshake costs the I/O thread a thread start-up and a switch to it)."""
+IDLE_HANDLER_SECONDS = 5.0
+"""How long a handler thread waits for the next peer before it ends."""
+
+
 class _PeerThreads:
-    """One thread per peer running the handler; holds no reference to the Server."""
+    """A thread per running handler; threads whose handler returned wait a while for the next
+    peer (at most :data:`IDLE_HANDLER_THREADS` of them). Holds no reference to the Server."""
 
     def __init__(self, handler: Handler) -> None:
         self.handler = handler
         self._threads: set[threading.Thread] = set()
         self._lock = threading.Lock()
+        self._handoff: queue.SimpleQueue[Channel | None] = queue.SimpleQueue()
+        self._idle = 0  # threads waiting on _handoff, minus the channels already in it
+        self._closed = False
 
     def start(self, channel: Channel) -> str | None:
-        """Start ``handler(channel)`` on its own thread (I/O thread, engine lock held); a
-        :class:`SessionProtocol` class instead runs on the I/O thread, with no thread."""
+        """Run ``handler(channel)`` on an idle handler thread, or on a new one (I/O thread,
+        engine lock held); a :class:`SessionProtocol` class instead runs on the I/O thread,
+        with no thread."""
         if is_protocol_factory(self.handler):
             start_protocol(self.handler, channel, channel._io.request)  # type: ignore[arg-type]
             return None
-        name = f"dtlskit-peer-{_sockets.format_address(channel.getpeername())}"
-        thread = threading.Thread(target=self._run, args=(channel,), name=name, daemon=True)
+        with self._lock:
+            if self._idle > 0:
+                self._idle -= 1
+                self._handoff.put(channel)
+                return None
+        thread = threading.Thread(target=self._work, args=(channel,), daemon=True)
         with self._lock:
             self._threads.add(thread)
         try:
@@ -96,6 +115,34 @@ class _PeerThreads:
                 self._threads.discard(thread)
             return "thread_start_failed"
         return None
+
+    def _work(self, channel: Channel | None) -> None:
+        current = threading.current_thread()
+        try:
+            while channel is not None:
+                current.name = f"dtlskit-peer-{_sockets.format_address(channel.getpeername())}"
+                self._run(channel)
+                channel = None  # hold no finished session while waiting for the next peer
+                channel = self._next()
+        finally:
+            with self._lock:
+                self._threads.discard(current)
+
+    def _next(self) -> Channel | None:
+        """The next peer's channel handed to this thread, or None: end the thread."""
+        with self._lock:
+            if self._closed or self._idle >= IDLE_HANDLER_THREADS:
+                return None
+            self._idle += 1
+        try:
+            return self._handoff.get(timeout=IDLE_HANDLER_SECONDS)
+        except queue.Empty:
+            with self._lock:
+                try:  # start() may have handed one over just as the wait ran out
+                    return self._handoff.get_nowait()
+                except queue.Empty:
+                    self._idle -= 1
+                    return None
 
     def _run(self, channel: Channel) -> None:
         peer = _sockets.format_address(channel.getpeername())
@@ -112,13 +159,15 @@ class _PeerThreads:
                     channel._release()
             except Exception:  # pragma: no cover - close is best effort
                 logger.exception("closing the channel of %s failed", peer)
-            with self._lock:
-                self._threads.discard(threading.current_thread())
 
     def join(self, timeout: float) -> list[threading.Thread]:
         """Wait up to ``timeout`` seconds in total; return the threads still running."""
         deadline = time.monotonic() + timeout
         with self._lock:
+            self._closed = True
+            for _ in range(self._idle):  # wake every idle thread: it ends
+                self._handoff.put(None)
+            self._idle = 0
             threads = list(self._threads)
         current = threading.current_thread()
         for thread in threads:
