@@ -15,55 +15,8 @@ from ..config import DTLSConfiguration, Limits
 from ..core import DTLSConnection, ServerEngine, State
 from ..core import events as ev
 from ._harness import Fixture, Options, Outcome, median, percentile, scenario
-from .memory import Clock, Datagram, FakeNetwork, MemoryPair
-
-# -- naming flights (RFC 6347 §4.2.4's figure) -------------------------------------------------
-
-_CLIENT_HELLO, _HELLO_VERIFY_REQUEST, _NEW_SESSION_TICKET = 1, 3, 4
-
-
-def flight_of(datagram: Datagram) -> int | None:
-    """The handshake flight (1..6) a datagram belongs to, from its first record; None for
-    application data and alerts.
-
-    1 ClientHello, 2 HelloVerifyRequest, 3 ClientHello with cookie, 4 ServerHello..Done,
-    5 client's [Certificate] ClientKeyExchange .. Finished, 6 server's [ticket] CCS Finished.
-    """
-    data = datagram.data
-    if len(data) < 13:
-        return None
-    content_type = data[0]
-    epoch = int.from_bytes(data[3:5], "big")
-    if content_type == 20 or (content_type == 22 and epoch > 0):
-        return 5 if datagram.to_server else 6
-    if content_type != 22 or len(data) < 25:
-        return None
-    message_type = data[13]
-    if message_type == _CLIENT_HELLO:
-        return 1 if int.from_bytes(data[17:19], "big") == 0 else 3
-    if message_type == _HELLO_VERIFY_REQUEST:
-        return 2
-    if message_type == _NEW_SESSION_TICKET:
-        return 6
-    return 5 if datagram.to_server else 4
-
-
-class DropFlight:
-    """A :class:`FakeNetwork` filter dropping the first ``times`` transmissions of a flight; a
-    transmission is every datagram of the flight sent at one instant of the clock."""
-
-    def __init__(self, flight: int, clock: Clock, times: int = 1) -> None:
-        self.flight = flight
-        self.clock = clock
-        self.times = times
-        self.sent_at: list[float] = []
-
-    def __call__(self, datagram: Datagram) -> list[Datagram]:
-        if flight_of(datagram) != self.flight:
-            return [datagram]
-        if not self.sent_at or self.sent_at[-1] != self.clock.now:
-            self.sent_at.append(self.clock.now)
-        return [] if len(self.sent_at) <= self.times else [datagram]
+from .flights import DropFlight, flight_of
+from .memory import Clock, FakeNetwork, MemoryPair
 
 
 def _close(a: float, b: float, tolerance: float = 1e-6) -> bool:
@@ -97,7 +50,8 @@ def flights_dropped_in_turn(options: Options, fixture: Fixture) -> Outcome:
         problems.append(f"timer gaps {gaps}, expected [1, 2, 4]")
     return Outcome(
         not problems,
-        "retransmits per flight " + " ".join(f"{f}:{n}" for f, n in retransmits.items())
+        "retransmits per flight "
+        + " ".join(f"{f}:{n}" for f, n in retransmits.items())
         + f"; gaps {'/'.join(f'{g:g}' for g in gaps)} s",
         {"retransmits_per_flight": retransmits, "timer_gaps": gaps},
         "; ".join(problems),
@@ -128,15 +82,24 @@ def lossy_handshakes(
 def drop_duplicate_reorder(options: Options, fixture: Fixture) -> Outcome:
     count = 30 if options.quick else 100
     done, durations = lossy_handshakes(
-        fixture.server_config(), fixture.client_config(), count, options.seed,
-        drop=0.1, duplicate=0.1, reorder=0.1,
+        fixture.server_config(),
+        fixture.client_config(),
+        count,
+        options.seed,
+        drop=0.1,
+        duplicate=0.1,
+        reorder=0.1,
     )
     return Outcome(
         done == count,
         f"{done}/{count}, median {median(durations):.1f} s, p95 "
         f"{percentile(durations, 0.95):.1f} s (simulated)",
-        {"completed": done, "handshakes": count, "median_seconds": median(durations),
-         "p95_seconds": percentile(durations, 0.95)},
+        {
+            "completed": done,
+            "handshakes": count,
+            "median_seconds": median(durations),
+            "p95_seconds": percentile(durations, 0.95),
+        },
     )
 
 
@@ -150,8 +113,11 @@ def thirty_percent_in_memory(options: Options, fixture: Fixture) -> tuple[int, i
     count = 30 if options.quick else 100
     long = {"handshake_timeout": LOSS_DEADLINE, "max_retransmit_timeout": 60.0}
     done, durations = lossy_handshakes(
-        fixture.server_config(**long), fixture.client_config(**long), count,
-        1000 + options.seed, drop=0.3,
+        fixture.server_config(**long),
+        fixture.client_config(**long),
+        count,
+        1000 + options.seed,
+        drop=0.3,
     )
     return done, count, percentile(durations, 0.95)
 
@@ -164,7 +130,9 @@ def lost_final_flight(options: Options, fixture: Fixture) -> Outcome:
     clock = Clock()
     drop = DropFlight(6, clock)
     pair = MemoryPair(
-        fixture.server_config(), fixture.client_config(), clock=clock,
+        fixture.server_config(),
+        fixture.client_config(),
+        clock=clock,
         network=FakeNetwork(filters=[drop]),
     )
     ok = pair.handshake()
@@ -181,7 +149,8 @@ def lost_final_flight(options: Options, fixture: Fixture) -> Outcome:
 def silent_peer(options: Options, fixture: Fixture) -> Outcome:
     deadline = 10.0
     pair = MemoryPair(
-        fixture.server_config(), fixture.client_config(handshake_timeout=deadline),
+        fixture.server_config(),
+        fixture.client_config(handshake_timeout=deadline),
         network=FakeNetwork(drop=1.0),
     )
     start = pair.clock.now
@@ -337,8 +306,11 @@ def echoes(pair: MemoryPair, message: bytes) -> bool:
     return pair.run(lambda: pair.server_messages()[before:] == [message])
 
 
-@scenario(9, "junk to a live server (random, truncated, wrong version, huge length)",
-          "dropped and counted; sessions unaffected")
+@scenario(
+    9,
+    "junk to a live server (random, truncated, wrong version, huge length)",
+    "dropped and counted; sessions unaffected",
+)
 def junk_to_live_server(options: Options, fixture: Fixture) -> Outcome:
     pair = MemoryPair(fixture.server_config(), fixture.client_config())
     if not pair.handshake():
@@ -394,8 +366,11 @@ def replayed_and_corrupted(options: Options, fixture: Fixture) -> Outcome:
 # -- 11, 12 -------------------------------------------------------------------------------------
 
 
-@scenario(11, "reconnect from the same address with a new ClientHello",
-          "old session replaced after cookie")
+@scenario(
+    11,
+    "reconnect from the same address with a new ClientHello",
+    "old session replaced after cookie",
+)
 def reconnect_same_address(options: Options, fixture: Fixture) -> Outcome:
     server, client = fixture.server_config(), fixture.client_config()
     pair = MemoryPair(server, client)
@@ -405,8 +380,12 @@ def reconnect_same_address(options: Options, fixture: Fixture) -> Outcome:
     again = second.handshake()
     stats = pair.server.statistics()
     ok = (
-        first and again and stats.sessions_replaced == 1 and stats.sessions == 1
-        and old is not None and old.state is State.TERMINATED
+        first
+        and again
+        and stats.sessions_replaced == 1
+        and stats.sessions == 1
+        and old is not None
+        and old.state is State.TERMINATED
         and stats.hello_verify_requests_sent == 2
     )
     return Outcome(
@@ -417,8 +396,11 @@ def reconnect_same_address(options: Options, fixture: Fixture) -> Outcome:
     )
 
 
-@scenario(12, "close_notify both ways; peer vanishes without it",
-          "clean close; idle expiry frees the session")
+@scenario(
+    12,
+    "close_notify both ways; peer vanishes without it",
+    "clean close; idle expiry frees the session",
+)
 def close_and_vanish(options: Options, fixture: Fixture) -> Outcome:
     server, client = fixture.server_config(), fixture.client_config()
     problems = []
@@ -474,18 +456,31 @@ def _leaf(fixture: Fixture, name: str, **options: Any) -> tuple[Any, Any]:
     return cert_path, key_path
 
 
-@scenario(13, "wrong CA, expired, not yet valid, wrong name, no client cert, wrong PSK, "
-          "no common cipher", "HandshakeError subclass naming the cause")
+@scenario(
+    13,
+    "wrong CA, expired, not yet valid, wrong name, no client cert, wrong PSK, no common cipher",
+    "HandshakeError subclass naming the cause",
+)
 def refused_handshakes(options: Options, fixture: Fixture) -> Outcome:
     now = datetime.now(timezone.utc)
     server, client = fixture.server_config(), fixture.client_config()
     other = create_ca("another CA")
     other_ca = fixture.path("other") / "ca.pem"
     other_ca.write_bytes(certificate_pem(other[0]))
-    expired = _leaf(fixture, "expired", hosts=["localhost"],
-                    not_before=now - timedelta(days=30), not_after=now - timedelta(days=1))
-    future = _leaf(fixture, "future", hosts=["localhost"],
-                   not_before=now + timedelta(days=1), not_after=now + timedelta(days=30))
+    expired = _leaf(
+        fixture,
+        "expired",
+        hosts=["localhost"],
+        not_before=now - timedelta(days=30),
+        not_after=now - timedelta(days=1),
+    )
+    future = _leaf(
+        fixture,
+        "future",
+        hosts=["localhost"],
+        not_before=now + timedelta(days=1),
+        not_after=now + timedelta(days=30),
+    )
     key = bytes(range(16))
     psk_server = DTLSConfiguration.server(psk_lookup={"dev1": key})
     cases: dict[str, tuple[DTLSConfiguration, DTLSConfiguration, str]] = {
@@ -494,15 +489,19 @@ def refused_handshakes(options: Options, fixture: Fixture) -> Outcome:
         "not yet valid": (DTLSConfiguration.server(*future), client, "not yet valid"),
         "wrong host name": (server, client.replace(server_hostname="example.com"), "hostname"),
         "no client certificate": (
-            server.replace(verify_mode=ssl.CERT_REQUIRED, cafile=fixture.pki.ca_cert), client,
+            server.replace(verify_mode=ssl.CERT_REQUIRED, cafile=fixture.pki.ca_cert),
+            client,
             "certificate",
         ),
         "wrong PSK": (
-            psk_server, DTLSConfiguration.client(psk=("dev1", b"\xff" * 16)), "PSK",
+            psk_server,
+            DTLSConfiguration.client(psk=("dev1", b"\xff" * 16)),
+            "PSK",
         ),
         "no common cipher": (
             server.replace(ciphers="ECDHE-ECDSA-AES256-GCM-SHA384"),
-            client.replace(ciphers="ECDHE-ECDSA-AES128-GCM-SHA256"), "",
+            client.replace(ciphers="ECDHE-ECDSA-AES128-GCM-SHA256"),
+            "",
         ),
     }
     results: dict[str, str] = {}
@@ -520,4 +519,3 @@ def refused_handshakes(options: Options, fixture: Fixture) -> Outcome:
         {"errors": results},
         "; ".join(problems),
     )
-

@@ -37,8 +37,9 @@ from typing import Any
 
 from ..config import DTLSConfiguration
 from ..core import DTLSConnection, ServerEngine, State
-from ._engine_scenarios import echoes, flight_of
+from ._engine_scenarios import echoes
 from ._harness import Fixture, Options, Outcome, scenario
+from .flights import flight_of
 from .memory import Datagram, MemoryPair
 
 __all__ = ["FuzzReport", "fuzz", "main", "mutate"]
@@ -168,7 +169,10 @@ class _Fuzzer:
         self.counter += 1
         address = (f"127.9.{(self.counter >> 8) & 0xFF}.{self.counter & 0xFF}", 40000)
         pair = MemoryPair(
-            self.server_config, self.client_config, server=self.server, clock=self.clock,
+            self.server_config,
+            self.client_config,
+            server=self.server,
+            clock=self.clock,
             client_address=address,
         )
         pair.start()
@@ -187,8 +191,9 @@ class _Fuzzer:
             hello = [d.data for d in pair.network.log if flight_of(d) == 3]
             address = pair.client_address
             conn = self.server.connection(address)
-            return _Target(name, lambda d: self._to_server(d, address),
-                           [d.data for d in held] + hello, conn)
+            return _Target(
+                name, lambda d: self._to_server(d, address), [d.data for d in held] + hello, conn
+            )
         flight = 4 if name == "client/flight-4" else 6
         pair, held = self._pair_until(flight)
         client = pair.client
@@ -225,8 +230,9 @@ def fuzz(
 
     def retire(target: _Target) -> None:
         if target.engine is not None and target.name != "server/established":
-            report.drops.update({f"{target.name}:{k}": v
-                                 for k, v in target.engine.statistics().drops.items()})
+            report.drops.update(
+                {f"{target.name}:{k}": v for k, v in target.engine.statistics().drops.items()}
+            )
 
     for case in range(cases):
         name = TARGETS[case % len(TARGETS)]
@@ -251,50 +257,69 @@ def fuzz(
         retire(target)
     victim = fuzzer.server.connection(fuzzer.victim.client_address)
     if victim is not None:
-        report.drops.update({f"server/established:{k}": v
-                             for k, v in victim.statistics().drops.items()})
+        report.drops.update(
+            {f"server/established:{k}": v for k, v in victim.statistics().drops.items()}
+        )
     report.drops.update({f"server:{k}": v for k, v in fuzzer.server.statistics().drops.items()})
-    report.session_still_echoes = (
-        victim is fuzzer.victim.server_connection and echoes(fuzzer.victim, b"still here")
+    report.session_still_echoes = victim is fuzzer.victim.server_connection and echoes(
+        fuzzer.victim, b"still here"
     )
     report.seconds = time.monotonic() - started
     return report
 
 
-@scenario(19, "fuzzing: record layer and handshake after a valid cookie",
-          "no exception leaves the engine; the session still echoes")
+@scenario(
+    19,
+    "fuzzing: record layer and handshake after a valid cookie",
+    "no exception leaves the engine; the session still echoes",
+)
 def fuzz_scenario(options: Options, fixture: Fixture) -> Outcome:
     cases = options.fuzz_cases or (10_000 if options.quick else 100_000)
-    report = fuzz(fixture.server_config(), fixture.client_config(), cases, options.seed,
-                  progress=print if options.verbose else None)
+    report = fuzz(
+        fixture.server_config(),
+        fixture.client_config(),
+        cases,
+        options.seed,
+        progress=print if options.verbose else None,
+    )
     top = ", ".join(f"{k} {v}" for k, v in report.drops.most_common(6))
     return Outcome(
         report.escaped == 0 and report.session_still_echoes,
         f"{report.cases} cases in {report.seconds:.0f} s: {report.escaped} escaped, session "
-        + ("echoes" if report.session_still_echoes else "LOST") + f"; top drops {top}",
+        + ("echoes" if report.session_still_echoes else "LOST")
+        + f"; top drops {top}",
         {
-            "cases": report.cases, "escaped": report.escaped, "seconds": report.seconds,
-            "per_target": dict(report.per_target), "drops": dict(report.drops),
-            "targets_rebuilt": report.rebuilt, "session_still_echoes": report.session_still_echoes,
+            "cases": report.cases,
+            "escaped": report.escaped,
+            "seconds": report.seconds,
+            "per_target": dict(report.per_target),
+            "drops": dict(report.drops),
+            "targets_rebuilt": report.rebuilt,
+            "session_still_echoes": report.session_still_echoes,
         },
         report.first_escape,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dtlskit.testing.fuzz",
-                                     description=__doc__.split("\n")[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="python -m dtlskit.testing.fuzz",
+        description=__doc__.split("\n")[0] if __doc__ else None,
+    )
     parser.add_argument("--cases", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     fixture = Fixture()
     try:
-        report = fuzz(fixture.server_config(), fixture.client_config(), args.cases, args.seed,
-                      progress=print)
+        report = fuzz(
+            fixture.server_config(), fixture.client_config(), args.cases, args.seed, progress=print
+        )
     finally:
         fixture.close()
-    print(f"{report.cases} cases in {report.seconds:.1f} s; {report.escaped} exceptions escaped; "
-          f"session still echoes: {report.session_still_echoes}; targets rebuilt {report.rebuilt}")
+    print(
+        f"{report.cases} cases in {report.seconds:.1f} s; {report.escaped} exceptions escaped; "
+        f"session still echoes: {report.session_still_echoes}; targets rebuilt {report.rebuilt}"
+    )
     for reason, count in report.drops.most_common():
         print(f"  {reason}: {count}")
     if report.first_escape:
