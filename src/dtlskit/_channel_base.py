@@ -258,6 +258,43 @@ class ChannelBase(SocketOptions):
         """Whether the handshake resumed an earlier session."""
         return self._engine.session_reused
 
+    @property
+    def peer_verified_chain(self) -> list[Any]:
+        """The peer's chain as OpenSSL verified it, leaf to trusted root
+        (``cryptography.x509.Certificate``); empty when the peer sent none or it was not
+        verified."""
+        return self._engine.peer_verified_chain
+
+    @property
+    def srtp_profile(self) -> str | None:
+        """The DTLS-SRTP protection profile agreed (RFC 5764), e.g.
+        ``"SRTP_AES128_CM_SHA1_80"``; None without ``srtp_profiles`` or a common one."""
+        return self._engine.srtp_profile
+
+    @property
+    def psk_identity(self) -> str | None:
+        """The PSK identity of the session: the one the client sent (server side) or sends
+        (client side); None for certificate suites."""
+        return self._engine.psk_identity
+
+    @property
+    def server_name(self) -> str | None:
+        """Server side: the host name the client asked for with SNI (None if it sent none).
+        Client side: the name it sent and checks the certificate against."""
+        return self._engine.server_name
+
+    def export_keying_material(
+        self, label: bytes, length: int, context: bytes | None = None
+    ) -> bytes:
+        """``length`` bytes of keying material exported from the session (RFC 5705); both
+        peers get the same bytes for the same ``label`` and ``context``.
+
+        ``label`` names the use (e.g. ``b"EXTRACTOR-dtls_srtp"``, RFC 5764 §4.2); ``context``
+        binds it to a value both sides know. Once the session has ended, raises the error
+        that ended it.
+        """
+        return self._engine.export_keying_material(label, length, context)
+
     def __repr__(self) -> str:
         state = "closed" if self.closed else self._engine.state.value
         return f"<{type(self).__name__} {self._peer_text} {state}>"

@@ -213,7 +213,11 @@ class NegotiatedSession:
     def server_name(self) -> str | None:
         """Server: the SNI host name the client asked for. Client: the name it sent/checks."""
         if self._server:
-            return self._notes.server_name
+            if self._notes.server_name is not None:
+                return self._notes.server_name
+            # no SNI callback installed (no sni_certificates/sni_callback): ask OpenSSL
+            name = self._ssl.get_servername()
+            return name.decode("utf-8", "replace") if name else None
         return self._server_name
 
     def export_keying_material(

@@ -43,6 +43,7 @@ from .._channel_base import ChannelBase, ends_iteration, fresh_error
 from .._sockets import format_address
 from ..core.connection import ConnectionStatistics, DTLSConnection
 from ..core.inbox import Inbox
+from ..core.session import Session
 from ..exceptions import (
     BufferTooSmall,
     ConcurrencyError,
@@ -635,3 +636,43 @@ class Channel(ChannelBase):
         """Whether the handshake resumed an earlier session."""
         with self._io.lock:
             return super().session_reused
+
+    @property
+    def session(self) -> Session | None:
+        """The negotiated session, to pass as ``connect(..., session=)`` to resume it later
+        (serialisable with ``to_bytes()`` / ``save(path)``); None before the handshake."""
+        with self._io.lock:
+            return super().session
+
+    @property
+    def peer_verified_chain(self) -> list[Any]:
+        """The peer's chain as OpenSSL verified it, leaf to trusted root; empty when the peer
+        sent none or it was not verified."""
+        with self._io.lock:
+            return super().peer_verified_chain
+
+    @property
+    def srtp_profile(self) -> str | None:
+        """The DTLS-SRTP protection profile agreed (RFC 5764), or None."""
+        with self._io.lock:
+            return super().srtp_profile
+
+    @property
+    def psk_identity(self) -> str | None:
+        """The PSK identity of the session (sent by the client), or None."""
+        with self._io.lock:
+            return super().psk_identity
+
+    @property
+    def server_name(self) -> str | None:
+        """Server side: the SNI host name the client sent; client side: the name it sent."""
+        with self._io.lock:
+            return super().server_name
+
+    def export_keying_material(
+        self, label: bytes, length: int, context: bytes | None = None
+    ) -> bytes:
+        """Keying material exported from the session (RFC 5705), as
+        :meth:`ChannelBase.export_keying_material`."""
+        with self._io.lock:
+            return super().export_keying_material(label, length, context)
