@@ -183,6 +183,25 @@ class ChannelBase(SocketOptions):
         if self._inbox.error is not None:
             raise fresh_error(self._inbox.error)
 
+    @staticmethod
+    def _recv_into_slice(
+        buffer: Any, offset: int, length: int | None
+    ) -> tuple[memoryview, int, int]:
+        """``recv_into``'s arguments checked: (byte view of ``buffer``, offset, length)."""
+        view = memoryview(buffer).cast("B")
+        if view.readonly:
+            raise TypeError("recv_into needs a writable buffer (bytearray, memoryview, ...)")
+        if not isinstance(offset, int) or not 0 <= offset <= len(view):
+            raise ValueError(f"offset must be from 0 to {len(view)}, not {offset!r}")
+        if length is None:
+            length = len(view) - offset
+        if not isinstance(length, int) or not 0 <= length <= len(view) - offset:
+            raise ValueError(
+                f"length must be from 0 to {len(view) - offset} (buffer of {len(view)} bytes, "
+                f"offset {offset}), not {length!r}"
+            )
+        return view, offset, length
+
     @property
     def _peer_text(self) -> str:
         return format_address(self._peer_address)

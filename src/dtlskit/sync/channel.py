@@ -377,7 +377,6 @@ class Channel(ChannelBase):
 
     # -- called by the I/O layer, engine lock held ------------------------------------------------
 
-
     def _abandon(self) -> None:
         """Mark closed without a warning: the channel was never handed to user code."""
         self._close_called = True
@@ -405,27 +404,19 @@ class Channel(ChannelBase):
     def recv_into(
         self,
         buffer: Any,
+        *,
         offset: int = 0,
         length: int | None = None,
         timeout: float | None = None,
     ) -> int:
         """Copy the next message into ``buffer[offset:offset + length]``; return its size.
 
-        If the message does not fit, :class:`BufferTooSmall` is raised and the message stays
+        Every parameter after ``buffer`` is keyword-only: ``socket.recv_into(buffer, nbytes)``
+        ported as is fails with ``TypeError`` instead of reading ``nbytes`` as an offset. If
+        the message does not fit, :class:`BufferTooSmall` is raised and the message stays
         queued. Waiting and errors are as for :meth:`recv`.
         """
-        view = memoryview(buffer).cast("B")
-        if view.readonly:
-            raise TypeError("recv_into needs a writable buffer (bytearray, memoryview, ...)")
-        if not isinstance(offset, int) or not 0 <= offset <= len(view):
-            raise ValueError(f"offset must be from 0 to {len(view)}, not {offset!r}")
-        if length is None:
-            length = len(view) - offset
-        if not isinstance(length, int) or not 0 <= length <= len(view) - offset:
-            raise ValueError(
-                f"length must be from 0 to {len(view) - offset} (buffer of {len(view)} bytes, "
-                f"offset {offset}), not {length!r}"
-            )
+        view, offset, length = self._recv_into_slice(buffer, offset, length)
         self._wait_readable(timeout)
         with self._io.lock:
             message = self._inbox.messages[0]
