@@ -46,6 +46,7 @@ from .exceptions import (
     ConnectionClosedLocally,
     ConnectionLost,
     DTLSError,
+    InvalidArgument,
     TransportError,
 )
 
@@ -67,12 +68,12 @@ __all__ = [
 
 
 def terminal_error(engine: DTLSConnection, event: ev.Event) -> DTLSError:
-    """The exception a user sees after a terminal event (ConnectionClosed/Terminated)."""
+    """The exception a user sees after a terminal event (SessionClosed/ConnectionTerminated)."""
     if isinstance(event, ev.ConnectionTerminated):
         return event.error
     if engine.error is not None:
         return engine.error
-    if isinstance(event, ev.ConnectionClosed) and event.by_peer:  # pragma: no cover - engine sets
+    if isinstance(event, ev.SessionClosed) and event.by_peer:  # pragma: no cover - engine sets
         return ConnectionClosedByPeer("the peer closed the connection", alert=event.alert)
     return ConnectionClosedLocally("the connection was closed locally")  # pragma: no cover
 
@@ -161,7 +162,7 @@ class ChannelBase(SocketOptions):
         if isinstance(event, ev.MessageReceived):
             self._engine.deliver(event.data)
             return False
-        if isinstance(event, ev.ConnectionClosed | ev.ConnectionTerminated):
+        if isinstance(event, ev.SessionClosed | ev.ConnectionTerminated):
             return self._inbox.end(terminal_error(self._engine, event))
         return False
 
@@ -190,13 +191,13 @@ class ChannelBase(SocketOptions):
         """``recv_into``'s arguments checked: (byte view of ``buffer``, offset, length)."""
         view = memoryview(buffer).cast("B")
         if view.readonly:
-            raise TypeError("recv_into needs a writable buffer (bytearray, memoryview, ...)")
+            raise InvalidArgument("recv_into needs a writable buffer (bytearray, memoryview, ...)")
         if not isinstance(offset, int) or not 0 <= offset <= len(view):
-            raise ValueError(f"offset must be from 0 to {len(view)}, not {offset!r}")
+            raise InvalidArgument(f"offset must be from 0 to {len(view)}, not {offset!r}")
         if length is None:
             length = len(view) - offset
         if not isinstance(length, int) or not 0 <= length <= len(view) - offset:
-            raise ValueError(
+            raise InvalidArgument(
                 f"length must be from 0 to {len(view) - offset} (buffer of {len(view)} bytes, "
                 f"offset {offset}), not {length!r}"
             )
@@ -350,7 +351,7 @@ def log_peer_event(address: Address, engine: DTLSConnection, event: ev.Event) ->
         _server_logger.info("%s connected (%s, %s%s)", peer, event.version, event.cipher, reused)
     elif isinstance(event, ev.ConnectionTerminated) and not engine.handshake_completed:
         _server_logger.warning("handshake with %s failed: %s", peer, event.error)
-    elif isinstance(event, ev.ConnectionClosed | ev.ConnectionTerminated):
+    elif isinstance(event, ev.SessionClosed | ev.ConnectionTerminated):
         _server_logger.info("%s disconnected: %s", peer, terminal_error(engine, event))
 
 

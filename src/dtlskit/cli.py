@@ -50,6 +50,7 @@ from .exceptions import (
     HandshakeFailure,
     HandshakeTimeout,
     TransportError,
+    VerificationReason,
 )
 
 __all__ = ["build_parser", "describe_error", "main"]
@@ -99,13 +100,16 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, CertificateVerificationError):
         reason = exc.reason
         hint = ""
-        if "local issuer" in reason or "self-signed" in reason or "self signed" in reason:
+        if reason is VerificationReason.UNKNOWN_ISSUER:
             hint = " (is --ca the CA that issued the server's certificate?)"
-        elif "hostname mismatch" in reason or "IP address mismatch" in reason:
+        elif reason in (
+            VerificationReason.HOSTNAME_MISMATCH,
+            VerificationReason.IP_ADDRESS_MISMATCH,
+        ):
             hint = " (use --server-name with a name the certificate carries)"
-        elif "certificate required" in reason:
+        elif reason is VerificationReason.CERTIFICATE_REQUIRED:
             hint = " (the server wants a client certificate: give --cert and --key)"
-        return f"certificate verification failed: {reason}{hint}"
+        return f"certificate verification failed: {exc}{hint}"
     if isinstance(exc, HandshakeTimeout | DTLSTimeoutError):
         return f"timed out: {exc}"
     if isinstance(exc, HandshakeFailure):

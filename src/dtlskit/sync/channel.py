@@ -51,6 +51,7 @@ from ..exceptions import (
     ConnectionLost,
     DTLSError,
     DTLSTimeoutError,
+    InvalidArgument,
 )
 
 __all__ = ["BufferTooSmall", "Channel", "IOThread"]
@@ -75,7 +76,7 @@ def _deadline(timeout: float | None) -> float | None:
     if timeout is None:
         return None
     if timeout < 0:
-        raise ValueError(f"timeout must be None or >= 0 seconds, not {timeout!r}")
+        raise InvalidArgument(f"timeout must be None or >= 0 seconds, not {timeout!r}")
     return time.monotonic() + timeout
 
 
