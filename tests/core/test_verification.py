@@ -116,7 +116,7 @@ def test_cadata_garbage_is_a_configuration_error():
 def test_system_store_is_used(monkeypatch, pki, other_pki, server_config):
     # OpenSSL's default store honours SSL_CERT_FILE: point it at our CA, then at another one.
     monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca_cert))
-    config = dtlskit.DTLSConfiguration.client(server_hostname="localhost", load_default_certs=True)
+    config = dtlskit.DTLSConfiguration.client(server_hostname="localhost", default_certs=True)
     assert MemoryPair(server_config, config).handshake()
     monkeypatch.setenv("SSL_CERT_FILE", str(other_pki.ca_cert))
     # A configuration reads its trust store once; a new one reads the changed environment.
