@@ -11,7 +11,7 @@ EdgerOS ``dtls``                          dtlskit
 ``Dtls.createServer(opt, saddr)``        ``sync.listen(host, port, config=...)``
 ``Dtls.createClient(opt, saddr, tmo)``   ``sync.connect(host, port, config=..., timeout=)``
 ``server.accept(undefined, tmo)``        ``listener.accept(timeout=)``
-``client.recv(buf, off, len, tmo)``      ``channel.recv_into(buf, off, len, timeout=)``
+``client.recv(buf, off, len, tmo)``      ``channel.recv_into(buf, offset=, length=, timeout=)``
 ``pending() / peerName() / sockName()``  ``pending() / getpeername() / getsockname()``
 ``opt.ca / cert / key``                  ``DTLSConfiguration(cafile=, certfile=, keyfile=)``
 =======================================  ===================================================
@@ -44,7 +44,7 @@ def server_task(listener: dtlskit.sync.Listener, stop: threading.Event) -> None:
             print(f"server: new client {host}:{port}")
             while True:
                 try:
-                    size = client.recv_into(buffer, 0, len(buffer), timeout=5)
+                    size = client.recv_into(buffer, offset=0, length=len(buffer), timeout=5)
                 except dtlskit.DTLSTimeoutError:
                     print("server: client idle for 5 s, dropping it")
                     break

@@ -25,12 +25,12 @@ import time
 import dtlskit
 from dtlskit.certs import create_pki
 from dtlskit.core import (
-    ConnectionClosed,
     ConnectionTerminated,
     DTLSConnection,
     HandshakeCompleted,
     MessageReceived,
     ServerEngine,
+    SessionClosed,
 )
 
 MESSAGES = [b"first", b"second", b"third"]
@@ -112,7 +112,7 @@ def main() -> int:
                 elif isinstance(event, MessageReceived):
                     print(f"server: echoing {event.data!r}")
                     connection.send(event.data)  # queued; transmitted at the top of the loop
-                elif isinstance(event, ConnectionClosed):
+                elif isinstance(event, SessionClosed):
                     print(f"server: {address[0]}:{address[1]} sent close_notify")
                     done = True
             while (news := client.next_event()) is not None:

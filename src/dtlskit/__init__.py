@@ -27,9 +27,12 @@ from .exceptions import (
     HandshakeError,
     HandshakeFailure,
     HandshakeTimeout,
+    InvalidArgument,
     InvalidMessage,
     MessageTooLarge,
     TransportError,
+    UsageError,
+    VerificationReason,
 )
 
 __version__ = "0.1.0"
@@ -52,12 +55,15 @@ __all__ = [
     "HandshakeError",
     "HandshakeFailure",
     "HandshakeTimeout",
+    "InvalidArgument",
     "InvalidMessage",
     "Limits",
     "MessageTooLarge",
     "Session",
     "SessionProtocol",
     "TransportError",
+    "UsageError",
+    "VerificationReason",
     "__version__",
     "connect",
     "listen",

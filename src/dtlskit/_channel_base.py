@@ -46,6 +46,7 @@ from .exceptions import (
     ConnectionClosedLocally,
     ConnectionLost,
     DTLSError,
+    InvalidArgument,
     TransportError,
 )
 
@@ -67,12 +68,12 @@ __all__ = [
 
 
 def terminal_error(engine: DTLSConnection, event: ev.Event) -> DTLSError:
-    """The exception a user sees after a terminal event (ConnectionClosed/Terminated)."""
+    """The exception a user sees after a terminal event (SessionClosed/ConnectionTerminated)."""
     if isinstance(event, ev.ConnectionTerminated):
         return event.error
     if engine.error is not None:
         return engine.error
-    if isinstance(event, ev.ConnectionClosed) and event.by_peer:  # pragma: no cover - engine sets
+    if isinstance(event, ev.SessionClosed) and event.by_peer:  # pragma: no cover - engine sets
         return ConnectionClosedByPeer("the peer closed the connection", alert=event.alert)
     return ConnectionClosedLocally("the connection was closed locally")  # pragma: no cover
 
@@ -161,7 +162,7 @@ class ChannelBase(SocketOptions):
         if isinstance(event, ev.MessageReceived):
             self._engine.deliver(event.data)
             return False
-        if isinstance(event, ev.ConnectionClosed | ev.ConnectionTerminated):
+        if isinstance(event, ev.SessionClosed | ev.ConnectionTerminated):
             return self._inbox.end(terminal_error(self._engine, event))
         return False
 
@@ -182,6 +183,25 @@ class ChannelBase(SocketOptions):
         message itself)."""
         if self._inbox.error is not None:
             raise fresh_error(self._inbox.error)
+
+    @staticmethod
+    def _recv_into_slice(
+        buffer: Any, offset: int, length: int | None
+    ) -> tuple[memoryview, int, int]:
+        """``recv_into``'s arguments checked: (byte view of ``buffer``, offset, length)."""
+        view = memoryview(buffer).cast("B")
+        if view.readonly:
+            raise InvalidArgument("recv_into needs a writable buffer (bytearray, memoryview, ...)")
+        if not isinstance(offset, int) or not 0 <= offset <= len(view):
+            raise InvalidArgument(f"offset must be from 0 to {len(view)}, not {offset!r}")
+        if length is None:
+            length = len(view) - offset
+        if not isinstance(length, int) or not 0 <= length <= len(view) - offset:
+            raise InvalidArgument(
+                f"length must be from 0 to {len(view) - offset} (buffer of {len(view)} bytes, "
+                f"offset {offset}), not {length!r}"
+            )
+        return view, offset, length
 
     @property
     def _peer_text(self) -> str:
@@ -258,6 +278,43 @@ class ChannelBase(SocketOptions):
         """Whether the handshake resumed an earlier session."""
         return self._engine.session_reused
 
+    @property
+    def peer_verified_chain(self) -> list[Any]:
+        """The peer's chain as OpenSSL verified it, leaf to trusted root
+        (``cryptography.x509.Certificate``); empty when the peer sent none or it was not
+        verified."""
+        return self._engine.peer_verified_chain
+
+    @property
+    def srtp_profile(self) -> str | None:
+        """The DTLS-SRTP protection profile agreed (RFC 5764), e.g.
+        ``"SRTP_AES128_CM_SHA1_80"``; None without ``srtp_profiles`` or a common one."""
+        return self._engine.srtp_profile
+
+    @property
+    def psk_identity(self) -> str | None:
+        """The PSK identity of the session: the one the client sent (server side) or sends
+        (client side); None for certificate suites."""
+        return self._engine.psk_identity
+
+    @property
+    def server_name(self) -> str | None:
+        """Server side: the host name the client asked for with SNI (None if it sent none).
+        Client side: the name it sent and checks the certificate against."""
+        return self._engine.server_name
+
+    def export_keying_material(
+        self, label: bytes, length: int, context: bytes | None = None
+    ) -> bytes:
+        """``length`` bytes of keying material exported from the session (RFC 5705); both
+        peers get the same bytes for the same ``label`` and ``context``.
+
+        ``label`` names the use (e.g. ``b"EXTRACTOR-dtls_srtp"``, RFC 5764 §4.2); ``context``
+        binds it to a value both sides know. Once the session has ended, raises the error
+        that ended it.
+        """
+        return self._engine.export_keying_material(label, length, context)
+
     def __repr__(self) -> str:
         state = "closed" if self.closed else self._engine.state.value
         return f"<{type(self).__name__} {self._peer_text} {state}>"
@@ -298,7 +355,7 @@ def log_peer_event(address: Address, engine: DTLSConnection, event: ev.Event) ->
         _server_logger.info("%s connected (%s, %s%s)", peer, event.version, event.cipher, reused)
     elif isinstance(event, ev.ConnectionTerminated) and not engine.handshake_completed:
         _server_logger.warning("handshake with %s failed: %s", peer, event.error)
-    elif isinstance(event, ev.ConnectionClosed | ev.ConnectionTerminated):
+    elif isinstance(event, ev.SessionClosed | ev.ConnectionTerminated):
         _server_logger.info("%s disconnected: %s", peer, terminal_error(engine, event))
 
 

@@ -20,7 +20,6 @@ values given to this module are taken to be in UTC.
 from __future__ import annotations
 
 import contextlib
-import errno
 import ipaddress
 import os
 import secrets
@@ -37,6 +36,8 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from .exceptions import ConfigurationError, InvalidArgument
 
 __all__ = [
     "KeyType",
@@ -101,15 +102,17 @@ def generate_key(key_type: KeyType = "ec", rsa_bits: int = 2048) -> PrivateKey:
     if key_type == "rsa":
         if isinstance(rsa_bits, bool) or rsa_bits not in _RSA_SIZES:
             allowed = ", ".join(str(size) for size in _RSA_SIZES)
-            raise ValueError(f"unsupported RSA key size {rsa_bits!r}; choose one of {allowed}")
+            raise ConfigurationError(
+                f"unsupported RSA key size {rsa_bits!r}; choose one of {allowed}"
+            )
         return rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits)
-    raise ValueError(f"unknown key type {key_type!r}; expected 'ec' or 'rsa'")
+    raise ConfigurationError(f"unknown key type {key_type!r}; expected 'ec' or 'rsa'")
 
 
 def _check_private_key(key: object, what: str) -> PrivateKey:
     if isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)):
         return key
-    raise TypeError(
+    raise InvalidArgument(
         f"{what} must be an EllipticCurvePrivateKey or RSAPrivateKey, not {type(key).__name__}"
     )
 
@@ -120,7 +123,7 @@ def _spki(key: object) -> bytes:
         return key.public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
-    raise ValueError(f"unsupported public key type {type(key).__name__}")
+    raise ConfigurationError(f"unsupported public key type {type(key).__name__}")
 
 
 # --------------------------------------------------------------------------
@@ -130,7 +133,7 @@ def _spki(key: object) -> bytes:
 
 def _as_utc(value: datetime, name: str) -> datetime:
     if not isinstance(value, datetime):
-        raise TypeError(f"{name} must be a datetime, not {type(value).__name__}")
+        raise InvalidArgument(f"{name} must be a datetime, not {type(value).__name__}")
     if value.tzinfo is None or value.utcoffset() is None:
         return value.replace(tzinfo=timezone.utc)
     return value.astimezone(timezone.utc)
@@ -148,9 +151,9 @@ def _validity(
     easy to produce already-expired certificates.
     """
     if isinstance(days, bool) or not isinstance(days, int):
-        raise TypeError(f"days must be an int, not {type(days).__name__}")
+        raise InvalidArgument(f"days must be an int, not {type(days).__name__}")
     if days <= 0:
-        raise ValueError(f"days must be positive, got {days}")
+        raise ConfigurationError(f"days must be positive, got {days}")
     end = _as_utc(not_after, "not_after") if not_after is not None else None
     if not_before is not None:
         start = _as_utc(not_before, "not_before")
@@ -161,7 +164,7 @@ def _validity(
     if end is None:
         end = start + timedelta(days=days)
     if end <= start:
-        raise ValueError(
+        raise ConfigurationError(
             f"not_after ({end.isoformat()}) must be later than not_before ({start.isoformat()})"
         )
     return start, end
@@ -169,26 +172,28 @@ def _validity(
 
 def _common_name(name: str) -> x509.Name:
     if not isinstance(name, str):
-        raise TypeError(f"common name must be a str, not {type(name).__name__}")
+        raise InvalidArgument(f"common name must be a str, not {type(name).__name__}")
     if not 1 <= len(name) <= 64:
-        raise ValueError(f"common name must be 1 to 64 characters long, got {len(name)}: {name!r}")
+        raise ConfigurationError(
+            f"common name must be 1 to 64 characters long, got {len(name)}: {name!r}"
+        )
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
 
 
 def _general_names(hosts: Sequence[str]) -> list[x509.GeneralName]:
     """Turn host names and IP literals into SubjectAlternativeName entries."""
     if isinstance(hosts, (str, bytes)):
-        raise TypeError("hosts must be a sequence of strings, not a single string")
+        raise InvalidArgument("hosts must be a sequence of strings, not a single string")
     names: list[x509.GeneralName] = []
     seen: set[x509.GeneralName] = set()
     for host in hosts:
         if not isinstance(host, str):
-            raise TypeError(f"host names must be str, not {type(host).__name__}")
+            raise InvalidArgument(f"host names must be str, not {type(host).__name__}")
         text = host.strip()
         if text.startswith("[") and text.endswith("]"):
             text = text[1:-1]
         if not text:
-            raise ValueError("host names must not be empty")
+            raise ConfigurationError("host names must not be empty")
         entry: x509.GeneralName
         try:
             entry = x509.IPAddress(ipaddress.ip_address(text))
@@ -199,7 +204,7 @@ def _general_names(hosts: Sequence[str]) -> list[x509.GeneralName]:
                 try:
                     ascii_name = text.encode("idna").decode("ascii")
                 except UnicodeError as exc:
-                    raise ValueError(f"invalid host name {host!r}: {exc}") from None
+                    raise ConfigurationError(f"invalid host name {host!r}: {exc}") from None
             entry = x509.DNSName(ascii_name.lower())
         if entry not in seen:
             seen.add(entry)
@@ -217,14 +222,14 @@ def _check_issuer(ca: tuple[x509.Certificate, PrivateKey], *, for_ca: bool) -> P
     try:
         cert, key = ca
     except (TypeError, ValueError):
-        raise TypeError("issuer must be a (certificate, private key) pair") from None
+        raise InvalidArgument("issuer must be a (certificate, private key) pair") from None
     if not isinstance(cert, x509.Certificate):
-        raise TypeError(
+        raise InvalidArgument(
             f"issuer certificate must be an x509.Certificate, not {type(cert).__name__}"
         )
     key = _check_private_key(key, "issuer key")
     if _spki(key.public_key()) != _spki(cert.public_key()):
-        raise ValueError(
+        raise ConfigurationError(
             f"the issuer private key does not match the issuer certificate "
             f"({cert.subject.rfc4514_string()})"
         )
@@ -233,11 +238,11 @@ def _check_issuer(ca: tuple[x509.Certificate, PrivateKey], *, for_ca: bool) -> P
     except x509.ExtensionNotFound:
         constraints = None
     if constraints is None or not constraints.ca:
-        raise ValueError(
+        raise ConfigurationError(
             f"the issuer certificate ({cert.subject.rfc4514_string()}) is not a CA certificate"
         )
     if for_ca and constraints.path_length == 0:
-        raise ValueError(
+        raise ConfigurationError(
             f"the issuer certificate ({cert.subject.rfc4514_string()}) has path length 0 "
             "and cannot issue further CA certificates"
         )
@@ -250,7 +255,7 @@ def _authority_key_id(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
     except x509.ExtensionNotFound:
         public_key = issuer.public_key()
         if not isinstance(public_key, (ec.EllipticCurvePublicKey, rsa.RSAPublicKey)):
-            raise ValueError("unsupported issuer public key type") from None
+            raise ConfigurationError("unsupported issuer public key type") from None
         return x509.AuthorityKeyIdentifier.from_issuer_public_key(public_key)
     return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
 
@@ -273,7 +278,7 @@ def _leaf_certificate(
     if client:
         usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
     if not usages:
-        raise ValueError("a leaf certificate needs server=True, client=True or both")
+        raise ConfigurationError("a leaf certificate needs server=True, client=True or both")
     is_rsa = isinstance(public_key, rsa.RSAPublicKey)
     builder = (
         x509.CertificateBuilder()
@@ -345,7 +350,9 @@ def create_ca(
     if path_length is not None and (
         isinstance(path_length, bool) or not isinstance(path_length, int) or path_length < 0
     ):
-        raise ValueError(f"path_length must be a non-negative int or None, got {path_length!r}")
+        raise ConfigurationError(
+            f"path_length must be a non-negative int or None, got {path_length!r}"
+        )
     start, end = _validity(days, not_before, not_after)
     if issuer is not None:
         signing_key = _check_issuer(issuer, for_ca=True)
@@ -485,14 +492,14 @@ def sign_csr(
     try:
         csr = x509.load_pem_x509_csr(csr_pem)
     except ValueError as exc:
-        raise ValueError(
+        raise ConfigurationError(
             f"cannot parse CSR: not a PEM certificate signing request ({exc})"
         ) from None
     if not csr.is_signature_valid:
-        raise ValueError("CSR signature is invalid")
+        raise ConfigurationError("CSR signature is invalid")
     public_key = csr.public_key()
     if not isinstance(public_key, (ec.EllipticCurvePublicKey, rsa.RSAPublicKey)):
-        raise ValueError(
+        raise ConfigurationError(
             f"unsupported CSR key type {type(public_key).__name__}; expected an EC or RSA key"
         )
     try:
@@ -502,7 +509,7 @@ def sign_csr(
     except x509.ExtensionNotFound:
         alt_names = None
     if len(csr.subject) == 0 and alt_names is None:
-        raise ValueError("CSR has neither a subject name nor a subjectAltName extension")
+        raise ConfigurationError("CSR has neither a subject name nor a subjectAltName extension")
     start, end = _validity(days, None, None)
     issuer_key = _check_issuer(ca, for_ca=False)
     return _leaf_certificate(
@@ -544,7 +551,7 @@ def private_key_pem(key: PrivateKey, password: str | bytes | None = None) -> byt
     else:
         secret = _password_bytes(password)
         if not secret:
-            raise ValueError("password must not be empty; pass None for an unencrypted key")
+            raise ConfigurationError("password must not be empty; pass None for an unencrypted key")
         encryption = serialization.BestAvailableEncryption(secret)
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
@@ -556,7 +563,7 @@ def _password_bytes(password: str | bytes) -> bytes:
         return password.encode("utf-8")
     if isinstance(password, bytes):
         return password
-    raise TypeError(f"password must be str or bytes, not {type(password).__name__}")
+    raise InvalidArgument(f"password must be str or bytes, not {type(password).__name__}")
 
 
 def _read(path: PathLike, what: str) -> tuple[Path, bytes]:
@@ -564,15 +571,17 @@ def _read(path: PathLike, what: str) -> tuple[Path, bytes]:
     try:
         return file, file.read_bytes()
     except FileNotFoundError:
-        raise FileNotFoundError(errno.ENOENT, f"{what} file not found", str(file)) from None
+        raise ConfigurationError(f"{what} file not found: {file}") from None
     except IsADirectoryError:
-        raise ValueError(f"cannot read {what} from {file}: it is a directory") from None
+        raise ConfigurationError(f"cannot read {what} from {file}: it is a directory") from None
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {what} from {file}: {exc.strerror}") from None
 
 
 def load_certificate(path: PathLike) -> x509.Certificate:
     """Load the first certificate from a PEM (or DER) file.
 
-    :raises FileNotFoundError: when the file does not exist.
+    :raises ConfigurationError: when the file does not exist or cannot be read.
     :raises ValueError: when the file holds no readable certificate.
     """
     file, data = _read(path, "certificate")
@@ -581,7 +590,7 @@ def load_certificate(path: PathLike) -> x509.Certificate:
             return x509.load_pem_x509_certificate(data)
         return x509.load_der_x509_certificate(data)
     except ValueError as exc:
-        raise ValueError(
+        raise ConfigurationError(
             f"cannot read certificate from {file}: not a PEM or DER certificate ({exc})"
         ) from None
 
@@ -589,7 +598,7 @@ def load_certificate(path: PathLike) -> x509.Certificate:
 def load_certificates(path: PathLike) -> list[x509.Certificate]:
     """Load every certificate from a PEM file (or the one in a DER file), in order.
 
-    :raises FileNotFoundError: when the file does not exist.
+    :raises ConfigurationError: when the file does not exist or cannot be read.
     :raises ValueError: when the file holds no readable certificate.
     """
     file, data = _read(path, "certificate")
@@ -598,7 +607,7 @@ def load_certificates(path: PathLike) -> list[x509.Certificate]:
             return x509.load_pem_x509_certificates(data)
         return [x509.load_der_x509_certificate(data)]
     except ValueError as exc:
-        raise ValueError(
+        raise ConfigurationError(
             f"cannot read certificates from {file}: no PEM or DER certificate found ({exc})"
         ) from None
 
@@ -608,7 +617,7 @@ def load_private_key(path: PathLike, password: str | bytes | None = None) -> Pri
 
     :param path: the key file.
     :param password: password of an encrypted key, or None for a plain key.
-    :raises FileNotFoundError: when the file does not exist.
+    :raises ConfigurationError: when the file does not exist or cannot be read.
     :raises ValueError: when the key cannot be read: wrong or missing
         password, password given for an unencrypted key, not a key at all,
         or an unsupported key type.  The message names the file and cause.
@@ -628,9 +637,11 @@ def load_private_key(path: PathLike, password: str | bytes | None = None) -> Pri
             cause = "a password was given but the key is not encrypted"
         else:
             cause = str(exc)
-        raise ValueError(f"cannot read private key from {file}: {cause}") from None
+        raise ConfigurationError(f"cannot read private key from {file}: {cause}") from None
     except UnsupportedAlgorithm as exc:
-        raise ValueError(f"cannot read private key from {file}: unsupported key ({exc})") from None
+        raise ConfigurationError(
+            f"cannot read private key from {file}: unsupported key ({exc})"
+        ) from None
     except ValueError:
         if secret is not None:
             cause = "wrong password or not a PEM key"
@@ -638,9 +649,9 @@ def load_private_key(path: PathLike, password: str | bytes | None = None) -> Pri
             cause = "not a valid PEM private key"
         else:
             cause = "not a PEM or DER private key"
-        raise ValueError(f"cannot read private key from {file}: {cause}") from None
+        raise ConfigurationError(f"cannot read private key from {file}: {cause}") from None
     if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)):
-        raise ValueError(
+        raise ConfigurationError(
             f"cannot read private key from {file}: unsupported key type "
             f"{type(key).__name__} (only EC and RSA keys are supported)"
         )
@@ -732,11 +743,11 @@ def create_pki(
     """
     names = _general_names(hosts)
     if not names:
-        raise ValueError("hosts must name at least one host name or IP address")
+        raise ConfigurationError("hosts must name at least one host name or IP address")
     first = hosts[0].strip()
     server_cn = first if 1 <= len(first) <= 64 else _SERVER_FALLBACK_CN
     if password is not None and not password:
-        raise ValueError("password must not be empty; pass None for unencrypted keys")
+        raise ConfigurationError("password must not be empty; pass None for unencrypted keys")
     start, end = _validity(days, None, None)
 
     root = create_ca(key_type=key_type, rsa_bits=rsa_bits, not_before=start, not_after=end)

@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import contextlib
 import importlib
+import importlib.util
 import logging
 import os
 import signal
@@ -50,6 +51,7 @@ from .exceptions import (
     HandshakeFailure,
     HandshakeTimeout,
     TransportError,
+    VerificationReason,
 )
 
 __all__ = ["build_parser", "describe_error", "main"]
@@ -99,13 +101,16 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, CertificateVerificationError):
         reason = exc.reason
         hint = ""
-        if "local issuer" in reason or "self-signed" in reason or "self signed" in reason:
+        if reason is VerificationReason.UNKNOWN_ISSUER:
             hint = " (is --ca the CA that issued the server's certificate?)"
-        elif "hostname mismatch" in reason or "IP address mismatch" in reason:
+        elif reason in (
+            VerificationReason.HOSTNAME_MISMATCH,
+            VerificationReason.IP_ADDRESS_MISMATCH,
+        ):
             hint = " (use --server-name with a name the certificate carries)"
-        elif "certificate required" in reason:
+        elif reason is VerificationReason.CERTIFICATE_REQUIRED:
             hint = " (the server wants a client certificate: give --cert and --key)"
-        return f"certificate verification failed: {reason}{hint}"
+        return f"certificate verification failed: {exc}{hint}"
     if isinstance(exc, HandshakeTimeout | DTLSTimeoutError):
         return f"timed out: {exc}"
     if isinstance(exc, HandshakeFailure):
@@ -902,8 +907,30 @@ def _add_client_parser(commands: Any, common: argparse.ArgumentParser) -> None:
 
 def _cmd_bench(argv: list[str]) -> int:
     # benchmarks/ of the repository, installed as the subpackage dtlskit.benchmarks.
+    _find_benchmarks()
     run = importlib.import_module("dtlskit.benchmarks.run")
     return int(run.main(argv))
+
+
+def _find_benchmarks() -> None:
+    """Make ``dtlskit.benchmarks`` importable in an editable install too: its static .pth
+    (setup.cfg) names only src/, so the checkout's benchmarks/ next to it is loaded as that
+    package. An installed package finds its own."""
+    try:
+        importlib.import_module("dtlskit.benchmarks")
+        return
+    except ModuleNotFoundError as exc:
+        if exc.name != "dtlskit.benchmarks":
+            raise
+    checkout = Path(__file__).resolve().parents[2] / "benchmarks"
+    spec = importlib.util.spec_from_file_location(
+        "dtlskit.benchmarks", checkout / "__init__.py", submodule_search_locations=[str(checkout)]
+    )
+    if spec is None or spec.loader is None or not (checkout / "__init__.py").is_file():
+        raise UsageError("dtlskit bench: the benchmark harness is not installed")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
 
 
 def _add_bench_parser(commands: Any) -> None:

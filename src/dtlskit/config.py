@@ -4,7 +4,9 @@
 ``password``, ``cafile``, ``capath``, ``cadata``, ``verify_mode``, ``check_hostname``,
 ``server_hostname``, ``ciphers``) plus what only datagrams need: MTU, retransmission and
 handshake timers, server limits and the cookie secret. It is frozen; derive variants with
-:meth:`DTLSConfiguration.replace`. Each endpoint builds its own fresh OpenSSL context from it.
+:meth:`DTLSConfiguration.replace` or the ``ssl.SSLContext``-style names (``load_cert_chain``,
+``load_verify_locations``, ``load_default_certs``, ``set_alpn_protocols``), which all return a
+new configuration. Each endpoint builds its own fresh OpenSSL context from it.
 
 Security features beyond certificates: PSK (RFC 4279), a certificate per SNI name or for clients
 that send none, ALPN (RFC 7301), DTLS-SRTP (RFC 5764), session tickets (RFC 5077), refusal of
@@ -31,7 +33,17 @@ from OpenSSL import SSL, crypto
 from ._secrets import open_private_append, security_warning
 from .exceptions import ConfigurationError
 
-__all__ = ["DEFAULT_CIPHERS", "PSK_CIPHERS", "DTLSConfiguration", "Limits"]
+__all__ = [
+    "DEFAULT_CIPHERS",
+    "PSK_CIPHERS",
+    "CertificateSpec",
+    "DTLSConfiguration",
+    "Limits",
+    "PSKLookup",
+    "Password",
+    "SNICallback",
+    "StrPath",
+]
 
 #: AEAD suites only (RELIABILITY rule 1). CCM-8 and PSK suites only when asked for.
 DEFAULT_CIPHERS = (
@@ -59,6 +71,12 @@ CertificateSpec = (
 )
 """``(certfile, keyfile)`` or ``(certfile, keyfile, password)``."""
 PSKLookup = Mapping[str, bytes] | Callable[[str], bytes | None]
+"""A server's PSKs: a mapping, or a callable given the client's identity (``str``) that
+returns the key (``bytes``) or ``None`` for an unknown identity."""
+SNICallback = Callable[[str | None], CertificateSpec | None]
+"""Given the SNI host name (``None`` when the client sent none), the certificate to present,
+or ``None`` for the configuration's ``certfile``."""
+StrPath = str | os.PathLike[str]
 
 _PSK_MAX_IDENTITY = 128  # bytes; OpenSSL's PSK_MAX_IDENTITY_LEN
 _PSK_MAX_KEY = 512  # bytes; OpenSSL 3/4's PSK_MAX_PSK_LEN
@@ -177,8 +195,8 @@ class DTLSConfiguration:
     cadata: str | bytes | None = None
     """Trusted CA certificates given inline: PEM text or DER bytes."""
 
-    load_default_certs: bool = False
-    """Also trust the system's default CA store."""
+    default_certs: bool = False
+    """Also trust the system's default CA store (``load_default_certs()`` sets it)."""
 
     verify_mode: ssl.VerifyMode | None = None
     """``CERT_NONE``, ``CERT_OPTIONAL`` or ``CERT_REQUIRED``. ``None`` means the role's default:
@@ -243,7 +261,7 @@ class DTLSConfiguration:
     Names match case-insensitively; ``"*.example.com"`` matches one more label. Clients asking for
     any other name get ``certfile``. (EdgerOS ``addcert``.)"""
 
-    sni_callback: Callable[[str | None], CertificateSpec | None] | None = None
+    sni_callback: SNICallback | None = None
     """Servers: consulted when ``sni_certificates`` (and, for clients without SNI,
     ``ip_certificate``) has no answer; called with the SNI name or ``None`` and returns a
     ``(certfile, keyfile[, password])`` tuple, or ``None`` for ``certfile``. A raised exception
@@ -375,23 +393,210 @@ class DTLSConfiguration:
     @classmethod
     def server(
         cls,
-        certfile: str | os.PathLike[str] | None = None,
-        keyfile: str | os.PathLike[str] | None = None,
+        certfile: StrPath | None = None,
+        keyfile: StrPath | None = None,
         password: Password | None = None,
-        **settings: Any,
+        *,
+        cafile: StrPath | None = None,
+        capath: StrPath | None = None,
+        cadata: str | bytes | None = None,
+        default_certs: bool = False,
+        verify_mode: ssl.VerifyMode | None = None,
+        ciphers: str | None = None,
+        mtu: int = 1200,
+        handshake_timeout: float = 30.0,
+        initial_retransmit_timeout: float = 1.0,
+        max_retransmit_timeout: float = 60.0,
+        idle_timeout: float | None = None,
+        cookie_secret: bytes | None = None,
+        recv_buffer_size: int | None = 4 * 1_048_576,
+        limits: Limits | None = None,
+        psk_lookup: PSKLookup | None = None,
+        psk_identity_hint: str | None = None,
+        sni_certificates: Mapping[str, CertificateSpec] | None = None,
+        sni_callback: SNICallback | None = None,
+        ip_certificate: CertificateSpec | None = None,
+        alpn_protocols: Sequence[str] = (),
+        srtp_profiles: Sequence[str] = (),
+        session_tickets: bool = True,
+        allow_renegotiation: bool = False,
+        keylog_file: StrPath | None = None,
     ) -> DTLSConfiguration:
-        """Configuration for a server presenting ``certfile``/``keyfile``."""
-        return cls(certfile=certfile, keyfile=keyfile, password=password, **settings)
+        """Configuration for a server presenting ``certfile``/``keyfile``.
+
+        Every parameter is the field of the same name (its documentation says more); all but
+        the first three are keyword-only. Defaults:
+
+        * ``certfile=None``, ``keyfile=None`` (``certfile`` holds the key too),
+          ``password=None``: the certificate chain and key (none for a PSK-only server);
+        * ``cafile=None``, ``capath=None``, ``cadata=None``, ``default_certs=False``: CAs
+          trusted for client certificates;
+        * ``verify_mode=None``: do not ask for client certificates (``ssl.CERT_REQUIRED``
+          requires one, ``ssl.CERT_OPTIONAL`` verifies one if sent);
+        * ``ciphers=None``: :data:`DEFAULT_CIPHERS`, with :data:`PSK_CIPHERS` first when
+          ``psk_lookup`` is set;
+        * ``mtu=1200``; ``handshake_timeout=30.0``, ``initial_retransmit_timeout=1.0``,
+          ``max_retransmit_timeout=60.0`` seconds;
+        * ``idle_timeout=None``: ``limits.idle_timeout`` (300 s) applies;
+        * ``cookie_secret=None``: a random secret (share one of >= 16 bytes between workers);
+        * ``recv_buffer_size=4194304`` bytes (``None``: the kernel's default);
+        * ``limits=None``: ``Limits()``;
+        * ``psk_lookup=None``: a ``Mapping[str, bytes]`` or a callable
+          ``(identity: str) -> bytes | None`` (``None``: unknown identity);
+          ``psk_identity_hint=None``;
+        * ``sni_certificates=None``: ``{host name: (certfile, keyfile[, password])}``;
+          ``sni_callback=None``: ``(sni_name: str | None) -> (certfile, keyfile[, password])
+          | None``; ``ip_certificate=None``: for clients that send no SNI;
+        * ``alpn_protocols=()``, ``srtp_profiles=()``; ``session_tickets=True``;
+          ``allow_renegotiation=False``; ``keylog_file=None``.
+        """
+        return cls(
+            certfile=certfile,
+            keyfile=keyfile,
+            password=password,
+            cafile=cafile,
+            capath=capath,
+            cadata=cadata,
+            default_certs=default_certs,
+            verify_mode=verify_mode,
+            ciphers=ciphers,
+            mtu=mtu,
+            handshake_timeout=handshake_timeout,
+            initial_retransmit_timeout=initial_retransmit_timeout,
+            max_retransmit_timeout=max_retransmit_timeout,
+            idle_timeout=idle_timeout,
+            cookie_secret=cookie_secret,
+            recv_buffer_size=recv_buffer_size,
+            limits=Limits() if limits is None else limits,
+            psk_lookup=psk_lookup,
+            psk_identity_hint=psk_identity_hint,
+            sni_certificates=sni_certificates,
+            sni_callback=sni_callback,
+            ip_certificate=ip_certificate,
+            alpn_protocols=alpn_protocols,
+            srtp_profiles=srtp_profiles,
+            session_tickets=session_tickets,
+            allow_renegotiation=allow_renegotiation,
+            keylog_file=keylog_file,
+        )
 
     @classmethod
     def client(
         cls,
-        cafile: str | os.PathLike[str] | None = None,
+        cafile: StrPath | None = None,
         server_hostname: str | None = None,
-        **settings: Any,
+        *,
+        capath: StrPath | None = None,
+        cadata: str | bytes | None = None,
+        default_certs: bool = False,
+        verify_mode: ssl.VerifyMode | None = None,
+        check_hostname: bool = True,
+        certfile: StrPath | None = None,
+        keyfile: StrPath | None = None,
+        password: Password | None = None,
+        ciphers: str | None = None,
+        mtu: int = 1200,
+        handshake_timeout: float = 30.0,
+        initial_retransmit_timeout: float = 1.0,
+        max_retransmit_timeout: float = 60.0,
+        idle_timeout: float | None = None,
+        recv_buffer_size: int | None = 4 * 1_048_576,
+        limits: Limits | None = None,
+        psk: tuple[str | bytes, bytes] | None = None,
+        alpn_protocols: Sequence[str] = (),
+        srtp_profiles: Sequence[str] = (),
+        session_tickets: bool = True,
+        allow_renegotiation: bool = False,
+        keylog_file: StrPath | None = None,
     ) -> DTLSConfiguration:
-        """Configuration for a client trusting ``cafile`` and expecting ``server_hostname``."""
-        return cls(cafile=cafile, server_hostname=server_hostname, **settings)
+        """Configuration for a client trusting ``cafile`` and expecting ``server_hostname``.
+
+        Every parameter is the field of the same name (its documentation says more); all but
+        the first two are keyword-only. Defaults:
+
+        * ``cafile=None``, ``capath=None``, ``cadata=None``, ``default_certs=False``: the CAs
+          trusted for the server's certificate (a verifying client needs at least one);
+        * ``server_hostname=None``: the host given to ``connect``; sent in SNI and checked
+          against the certificate while ``check_hostname=True``;
+        * ``verify_mode=None``: ``ssl.CERT_REQUIRED`` (``ssl.CERT_NONE`` for a client that
+          offers only PSK suites);
+        * ``certfile=None``, ``keyfile=None``, ``password=None``: a client certificate;
+        * ``ciphers=None``: :data:`DEFAULT_CIPHERS` (:data:`PSK_CIPHERS` with ``psk``);
+        * ``mtu=1200``; ``handshake_timeout=30.0``, ``initial_retransmit_timeout=1.0``,
+          ``max_retransmit_timeout=60.0`` seconds; ``idle_timeout=None`` (never);
+        * ``recv_buffer_size=4194304`` bytes; ``limits=None``: ``Limits()`` (a client applies
+          its message queue bounds);
+        * ``psk=None``: ``(identity, key)``;
+        * ``alpn_protocols=()``, ``srtp_profiles=()``; ``session_tickets=True``;
+          ``allow_renegotiation=False``; ``keylog_file=None``.
+        """
+        return cls(
+            cafile=cafile,
+            server_hostname=server_hostname,
+            capath=capath,
+            cadata=cadata,
+            default_certs=default_certs,
+            verify_mode=verify_mode,
+            check_hostname=check_hostname,
+            certfile=certfile,
+            keyfile=keyfile,
+            password=password,
+            ciphers=ciphers,
+            mtu=mtu,
+            handshake_timeout=handshake_timeout,
+            initial_retransmit_timeout=initial_retransmit_timeout,
+            max_retransmit_timeout=max_retransmit_timeout,
+            idle_timeout=idle_timeout,
+            recv_buffer_size=recv_buffer_size,
+            limits=Limits() if limits is None else limits,
+            psk=psk,
+            alpn_protocols=alpn_protocols,
+            srtp_profiles=srtp_profiles,
+            session_tickets=session_tickets,
+            allow_renegotiation=allow_renegotiation,
+            keylog_file=keylog_file,
+        )
+
+    # -- ssl.SSLContext-style names: each returns a NEW configuration ----------------------------
+
+    def load_cert_chain(
+        self, certfile: StrPath, keyfile: StrPath | None = None, password: Password | None = None
+    ) -> DTLSConfiguration:
+        """A copy presenting ``certfile``/``keyfile`` (``ssl.SSLContext.load_cert_chain``).
+
+        The configuration is frozen, so unlike ``SSLContext`` this changes nothing in place:
+        use the returned configuration (``config = config.load_cert_chain(...)``).
+        """
+        return self.replace(certfile=certfile, keyfile=keyfile, password=password)
+
+    def load_verify_locations(
+        self,
+        cafile: StrPath | None = None,
+        capath: StrPath | None = None,
+        cadata: str | bytes | None = None,
+    ) -> DTLSConfiguration:
+        """A copy that trusts these CAs (``ssl.SSLContext.load_verify_locations``); each
+        given one replaces the field of the same name. Returns a new configuration (frozen)."""
+        if cafile is None and capath is None and cadata is None:
+            raise ConfigurationError("load_verify_locations needs cafile, capath or cadata")
+        changes: dict[str, Any] = {}
+        if cafile is not None:
+            changes["cafile"] = cafile
+        if capath is not None:
+            changes["capath"] = capath
+        if cadata is not None:
+            changes["cadata"] = cadata
+        return self.replace(**changes)
+
+    def load_default_certs(self) -> DTLSConfiguration:
+        """A copy that also trusts the system's CA store (``default_certs=True``;
+        ``ssl.SSLContext.load_default_certs``). Returns a new configuration (frozen)."""
+        return self.replace(default_certs=True)
+
+    def set_alpn_protocols(self, protocols: Sequence[str]) -> DTLSConfiguration:
+        """A copy offering (client) or accepting (server) these ALPN protocols
+        (``ssl.SSLContext.set_alpn_protocols``). Returns a new configuration (frozen)."""
+        return self.replace(alpn_protocols=protocols)
 
     def replace(self, **changes: Any) -> DTLSConfiguration:
         """A copy with some fields changed (validated again)."""
@@ -445,7 +650,7 @@ class DTLSConfiguration:
                 repr(self.psk[0] if self.psk is not None else None),
                 repr(os.fspath(self.cafile) if self.cafile is not None else None),
                 repr(os.fspath(self.capath) if self.capath is not None else None),
-                repr(self.load_default_certs),
+                repr(self.default_certs),
             ):
                 trust.update(part.encode() + b"\0")
             if self.cafile is not None:
@@ -662,7 +867,7 @@ class DTLSConfiguration:
                         f"cadata: OpenSSL refused a certificate: {exc}"
                     ) from exc
             loaded = True
-        if self.load_default_certs or (not loaded and not server):
+        if self.default_certs or (not loaded and not server):
             ctx.set_default_verify_paths()
 
 

@@ -3,10 +3,16 @@
 ::
 
     DTLSError
-    ├── ConfigurationError          (also ValueError) a setting is missing, invalid or unloadable
+    ├── ConfigurationError          (also ValueError) a setting, certificate, key or file is
+    │                               missing, invalid or unloadable (also from dtlskit.certs)
+    ├── InvalidArgument             (also ValueError and TypeError) a call's argument has a
+    │                               wrong type or value (a timeout < 0, a recv_into offset, ...)
+    ├── UsageError                  (also RuntimeError) a call that is not valid in the object's
+    │                               current state (an engine started twice, a server reused, ...)
     ├── HandshakeError              the handshake did not complete
-    │   ├── HandshakeTimeout        (also TimeoutError) the peer stayed silent past the deadline
-    │   ├── CertificateVerificationError   the peer's certificate was rejected (reason in .reason)
+    │   ├── HandshakeTimeout        (also DTLSTimeoutError) the peer stayed silent past the deadline
+    │   ├── CertificateVerificationError   a certificate was rejected; .reason is a
+    │   │                                  VerificationReason (stable), the words are in the message
     │   └── HandshakeFailure        the peer or OpenSSL aborted: alert, no shared cipher, bad PSK
     ├── ConnectionClosed            the session is over; any further send/recv raises it
     │   ├── ConnectionClosedByPeer  the peer sent close_notify
@@ -15,16 +21,28 @@
     ├── InvalidMessage              (also ValueError) empty, not bytes, or does not fit
     │   ├── MessageTooLarge         a message does not fit in one DTLS record
     │   └── BufferTooSmall          recv_into: the next message does not fit the buffer given
-    ├── DTLSTimeoutError            (also TimeoutError) a blocking call's own timeout ran out
+    ├── DTLSTimeoutError            (also TimeoutError) a deadline ran out: a blocking call's own
+    │   │                           timeout (the session is still usable), or ...
+    │   └── HandshakeTimeout        ... the handshake's (the same class as above)
     ├── ConnectionRefused           (also ConnectionRefusedError) nothing listens at the address
-    ├── ConcurrencyError            two tasks or threads used one channel in a way it cannot serve
+    ├── ConcurrencyError            (also RuntimeError) two tasks or threads used one channel in a
+    │                               way it cannot serve
     └── TransportError              (also OSError) the socket failed: unreachable, EMSGSIZE, ...
 
-Foreign exceptions (``OpenSSL.SSL.Error``, ``OSError``) are translated at one boundary per
-layer and chained with ``raise ... from exc``: no pyOpenSSL exception reaches a user.
+So ``except dtlskit.DTLSError`` catches every error dtlskit raises; the second bases keep code
+written against the standard library's exceptions working. Foreign exceptions
+(``OpenSSL.SSL.Error``, ``OSError``) are translated at one boundary per layer and chained with
+``raise ... from exc``: no pyOpenSSL exception reaches a user.
+
+:class:`VerificationReason` (not an exception) holds the stable values of
+:attr:`CertificateVerificationError.reason`; they are ``str`` values, so
+``error.reason == "hostname mismatch"`` and ``error.reason is VerificationReason.HOSTNAME_MISMATCH``
+both hold for a certificate issued for another name.
 """
 
 from __future__ import annotations
+
+import enum
 
 __all__ = [
     "BufferTooSmall",
@@ -41,9 +59,12 @@ __all__ = [
     "HandshakeError",
     "HandshakeFailure",
     "HandshakeTimeout",
+    "InvalidArgument",
     "InvalidMessage",
     "MessageTooLarge",
     "TransportError",
+    "UsageError",
+    "VerificationReason",
 ]
 
 
@@ -55,24 +76,78 @@ class ConfigurationError(DTLSError, ValueError):
     """A configuration value is invalid, or a file it names cannot be loaded."""
 
 
+class InvalidArgument(DTLSError, ValueError, TypeError):
+    """An argument of a call has a wrong type or value (a negative timeout, a ``recv_into``
+    offset outside the buffer, a read-only buffer, ...). Also a ``ValueError`` and a
+    ``TypeError``, so code that catches either keeps working."""
+
+
+class UsageError(DTLSError, RuntimeError):
+    """A call that is not valid in the object's current state (a client engine started twice,
+    a server started again after it stopped, ...). Also a ``RuntimeError``."""
+
+
 class HandshakeError(DTLSError):
     """The handshake did not complete; no application data was exchanged."""
 
 
-class HandshakeTimeout(HandshakeError, TimeoutError):
+class VerificationReason(str, enum.Enum):
+    """Why a certificate was rejected: the stable value of
+    :attr:`CertificateVerificationError.reason` (each value is its words, a ``str``)."""
+
+    HOSTNAME_MISMATCH = "hostname mismatch"
+    """The peer's certificate is not for the expected host name (``server_hostname``)."""
+    IP_ADDRESS_MISMATCH = "IP address mismatch"
+    """The peer's certificate is not for the expected IP address."""
+    EXPIRED = "certificate has expired"
+    """A certificate of the chain is past its notAfter date."""
+    NOT_YET_VALID = "certificate is not yet valid"
+    """A certificate of the chain is before its notBefore date."""
+    UNKNOWN_ISSUER = "unknown issuer"
+    """The chain does not lead to a trusted CA (missing issuer, self-signed, wrong cafile)."""
+    REVOKED = "certificate revoked"
+    """A certificate of the chain was revoked."""
+    INVALID = "invalid certificate"
+    """Any other verification failure (bad signature, wrong purpose, malformed, ...)."""
+    CERTIFICATE_REQUIRED = "certificate required"
+    """The server requires a client certificate and the client sent none."""
+    REJECTED_BY_PEER = "rejected by the peer"
+    """The peer rejected *our* certificate; the alert it sent is in ``alert``."""
+    UNVERIFIED_SESSION = "session made without verification"
+    """A resumed session whose server certificate was never verified (refused)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class DTLSTimeoutError(DTLSError, TimeoutError):
+    """A deadline ran out. Raised as itself, a call's own ``timeout`` ran out and the session
+    is still usable; as :class:`HandshakeTimeout`, the handshake did not complete in time."""
+
+
+class HandshakeTimeout(HandshakeError, DTLSTimeoutError):
     """The peer did not complete the handshake before the handshake deadline."""
 
 
 class CertificateVerificationError(HandshakeError):
     """A certificate was rejected.
 
-    ``reason`` is OpenSSL's verification result in words ("certificate has expired",
-    "hostname mismatch", ...) or the alert the peer sent when it rejected ours.
+    ``reason`` is a :class:`VerificationReason` (compare it to the members, or to their
+    words); the message says the same in OpenSSL's words with the certificate's depth and
+    subject. ``alert`` is the alert the peer sent when it rejected ours
+    (``REJECTED_BY_PEER``), else None.
     """
 
-    def __init__(self, message: str, reason: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        reason: VerificationReason = VerificationReason.INVALID,
+        *,
+        alert: str | None = None,
+    ) -> None:
         super().__init__(message)
-        self.reason = reason or message
+        self.reason = VerificationReason(reason)
+        self.alert = alert
 
 
 class HandshakeFailure(HandshakeError):
@@ -133,10 +208,6 @@ class BufferTooSmall(InvalidMessage):
         )
         self.size = size
         self.available = available
-
-
-class DTLSTimeoutError(DTLSError, TimeoutError):
-    """A call's own ``timeout`` ran out; the session itself is still usable."""
 
 
 class ConnectionRefused(DTLSError, ConnectionRefusedError):

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from OpenSSL import crypto
 
 import dtlskit
+from dtlskit import VerificationReason as Reason
 from dtlskit.certs import PKIFiles, certificate_pem, issue_certificate, private_key_pem
 from dtlskit.core import State
 from dtlskit.core import events as ev
@@ -83,7 +84,8 @@ def test_capath_without_our_ca_rejects(tmp_path, other_pki, server_config):
     config = dtlskit.DTLSConfiguration.client(capath=capath, server_hostname="localhost")
     error = failed(MemoryPair(server_config, config))
     assert isinstance(error, dtlskit.CertificateVerificationError)
-    assert "unable to get local issuer certificate" in error.reason
+    assert error.reason is Reason.UNKNOWN_ISSUER
+    assert "unable to get local issuer certificate" in str(error)
 
 
 @pytest.mark.parametrize("form", ["pem-str", "pem-bytes", "der"])
@@ -114,7 +116,7 @@ def test_cadata_garbage_is_a_configuration_error():
 def test_system_store_is_used(monkeypatch, pki, other_pki, server_config):
     # OpenSSL's default store honours SSL_CERT_FILE: point it at our CA, then at another one.
     monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca_cert))
-    config = dtlskit.DTLSConfiguration.client(server_hostname="localhost", load_default_certs=True)
+    config = dtlskit.DTLSConfiguration.client(server_hostname="localhost", default_certs=True)
     assert MemoryPair(server_config, config).handshake()
     monkeypatch.setenv("SSL_CERT_FILE", str(other_pki.ca_cert))
     # A configuration reads its trust store once; a new one reads the changed environment.
@@ -130,11 +132,12 @@ def test_wrong_ca(server_config, other_pki):
     pair = MemoryPair(server_config, config)
     error = failed(pair)
     assert isinstance(error, dtlskit.CertificateVerificationError)
-    assert error.reason.startswith("unable to get local issuer certificate")
+    assert error.reason is Reason.UNKNOWN_ISSUER
+    assert "unable to get local issuer certificate" in str(error)
     assert "CN=localhost" in str(error)
     peer = server_error(pair)
     assert isinstance(peer, dtlskit.CertificateVerificationError)
-    assert peer.reason == "unknown ca"
+    assert peer.reason is Reason.REJECTED_BY_PEER and peer.alert == "unknown ca"
     assert "rejected our certificate (alert: unknown ca)" in str(peer)
 
 
@@ -150,10 +153,11 @@ def test_expired_server_certificate(tmp_path, pki, client_config):
     pair = MemoryPair(dtlskit.DTLSConfiguration.server(cert, key), client_config)
     error = failed(pair)
     assert isinstance(error, dtlskit.CertificateVerificationError)
-    assert error.reason.startswith("certificate has expired")
+    assert error.reason is Reason.EXPIRED and error.reason == "certificate has expired"
+    assert "certificate has expired (depth 0" in str(error)
     peer = server_error(pair)
     assert isinstance(peer, dtlskit.CertificateVerificationError)
-    assert peer.reason == "certificate expired"
+    assert peer.reason is Reason.REJECTED_BY_PEER and peer.alert == "certificate expired"
 
 
 def test_not_yet_valid_server_certificate(tmp_path, pki, client_config):
@@ -168,17 +172,19 @@ def test_not_yet_valid_server_certificate(tmp_path, pki, client_config):
     pair = MemoryPair(dtlskit.DTLSConfiguration.server(cert, key), client_config)
     error = failed(pair)
     assert isinstance(error, dtlskit.CertificateVerificationError)
-    assert error.reason.startswith("certificate is not yet valid")
+    assert error.reason is Reason.NOT_YET_VALID
+    assert "certificate is not yet valid" in str(error)
     peer = server_error(pair)
     assert isinstance(peer, dtlskit.CertificateVerificationError)
-    assert peer.reason == "bad certificate"
+    assert peer.reason is Reason.REJECTED_BY_PEER and peer.alert == "bad certificate"
 
 
 def test_host_name_mismatch(server_config, client_config):
     pair = MemoryPair(server_config, client_config.replace(server_hostname="example.com"))
     error = failed(pair)
     assert isinstance(error, dtlskit.CertificateVerificationError)
-    assert error.reason.startswith("hostname mismatch")
+    assert error.reason == "hostname mismatch"  # the stable value compares to its words
+    assert error.reason is Reason.HOSTNAME_MISMATCH
     assert "127.0.0.1:4433" in str(error)
     peer = server_error(pair)
     assert isinstance(peer, dtlskit.CertificateVerificationError)
@@ -206,7 +212,7 @@ def test_ip_address_san_matches(server_config, client_config):
 def test_ip_address_mismatch(server_config, client_config):
     error = failed(MemoryPair(server_config, client_config.replace(server_hostname="127.0.0.2")))
     assert isinstance(error, dtlskit.CertificateVerificationError)
-    assert error.reason.startswith("IP address mismatch")
+    assert error.reason is Reason.IP_ADDRESS_MISMATCH
 
 
 # -- verify modes -------------------------------------------------------------------------------
@@ -265,12 +271,13 @@ def test_server_cert_optional_still_rejects_an_untrusted_client(
     pair = MemoryPair(config, client_with_cert)
     error = failed(pair)
     assert isinstance(error, dtlskit.CertificateVerificationError)
-    assert error.reason == "unknown ca"
+    assert error.reason is Reason.REJECTED_BY_PEER and error.alert == "unknown ca"
     peer = server_error(pair)
     assert isinstance(peer, dtlskit.CertificateVerificationError)
     # The client's OpenSSL completes the chain it sends from its own trust store, so the
     # server finds the client's (foreign) root in it rather than a missing issuer.
-    assert peer.reason.startswith("self-signed certificate in certificate chain")
+    assert peer.reason is Reason.UNKNOWN_ISSUER
+    assert "self-signed certificate in certificate chain" in str(peer)
     assert "the client certificate of 127.0.0.1:40000 was rejected" in str(peer)
 
 
@@ -279,11 +286,11 @@ def test_missing_client_certificate_is_refused_on_both_sides(pki, server_config,
     pair = MemoryPair(config, client_config)
     error = failed(pair)
     assert isinstance(error, dtlskit.CertificateVerificationError)
-    assert error.reason == "certificate required"
+    assert error.reason is Reason.CERTIFICATE_REQUIRED
     assert "requires a client certificate and this client has none" in str(error)
     peer = server_error(pair)
     assert isinstance(peer, dtlskit.CertificateVerificationError)
-    assert peer.reason == "no client certificate"
+    assert peer.reason is Reason.CERTIFICATE_REQUIRED
     assert "sent no certificate" in str(peer)
 
 
@@ -302,10 +309,10 @@ def test_expired_client_certificate(tmp_path, pki, server_config, client_config)
     pair = MemoryPair(config, client_config.replace(certfile=cert, keyfile=key))
     error = failed(pair)
     assert isinstance(error, dtlskit.CertificateVerificationError)
-    assert error.reason == "certificate expired"
+    assert error.reason is Reason.REJECTED_BY_PEER and error.alert == "certificate expired"
     peer = server_error(pair)
     assert isinstance(peer, dtlskit.CertificateVerificationError)
-    assert peer.reason.startswith("certificate has expired")
+    assert peer.reason is Reason.EXPIRED
     assert "CN=old client" in str(peer)
 
 

@@ -206,11 +206,11 @@ def test_recv_into_offset_and_length(pair: tuple[Channel, Channel]) -> None:
     client, server_side = pair
     buffer = bytearray(b"." * 16)
     server_side.send(b"abc")
-    assert client.recv_into(buffer, 4, 8, timeout=WAIT) == 3
+    assert client.recv_into(buffer, offset=4, length=8, timeout=WAIT) == 3
     assert buffer == b"....abc........."
     server_side.send(b"0123456789")
     with pytest.raises(BufferTooSmall) as info:
-        client.recv_into(buffer, 10, timeout=WAIT)  # 6 bytes left after offset 10
+        client.recv_into(buffer, offset=10, timeout=WAIT)  # 6 bytes left after offset 10
     assert info.value.size == 10 and info.value.available == 6
     assert "10 bytes" in str(info.value) and "6" in str(info.value)
     assert isinstance(info.value, ValueError) and isinstance(info.value, dtlskit.DTLSError)
@@ -219,13 +219,25 @@ def test_recv_into_offset_and_length(pair: tuple[Channel, Channel]) -> None:
     assert client.recv_into(view[2:], length=12, timeout=WAIT) == 10
     assert buffer[2:12] == b"0123456789"
     with pytest.raises(ValueError, match="offset"):
-        client.recv_into(buffer, 17)
+        client.recv_into(buffer, offset=17)
     with pytest.raises(ValueError, match="length"):
-        client.recv_into(buffer, 8, 9)
+        client.recv_into(buffer, offset=8, length=9)
     with pytest.raises(TypeError):
         client.recv_into(b"read-only")
     with pytest.raises(dtlskit.DTLSTimeoutError):
         client.recv_into(buffer, timeout=0.01)
+
+
+def test_recv_into_takes_no_positional_size(pair: tuple[Channel, Channel]) -> None:
+    """Code ported from ``socket.recv_into(buffer, nbytes)`` fails loudly and consumes nothing."""
+    client, server_side = pair
+    buffer = bytearray(16)
+    server_side.send(b"abc")
+    wait_until(lambda: client.pending() == 1)
+    with pytest.raises(TypeError):
+        client.recv_into(buffer, 8)  # type: ignore[misc]
+    assert client.pending() == 1
+    assert client.recv_into(buffer, length=8, timeout=WAIT) == 3
 
 
 def test_pending_counts_queued_messages(pair: tuple[Channel, Channel]) -> None:

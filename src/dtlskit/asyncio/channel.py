@@ -30,7 +30,7 @@ from .._channel_base import ChannelBase, ends_iteration, fresh_error
 from .._sockets import Address
 from ..core.connection import DTLSConnection
 from ..core.inbox import Inbox
-from ..exceptions import ConcurrencyError, ConnectionClosedLocally, DTLSError
+from ..exceptions import BufferTooSmall, ConcurrencyError, ConnectionClosedLocally, DTLSError
 
 __all__ = ["Channel"]
 
@@ -214,7 +214,6 @@ class Channel(ChannelBase):
         self._inbox.waker = _wake_reader
         self._send_address = None if owns_socket else self._peer_address
 
-
     # -- messages -------------------------------------------------------------------------------
 
     async def send(self, data: bytes | bytearray | memoryview) -> None:
@@ -266,6 +265,36 @@ class Channel(ChannelBase):
                 await waiter
             finally:
                 self._waiter = self._inbox.waiter = None
+
+    async def recv_into(self, buffer: Any, *, offset: int = 0, length: int | None = None) -> int:
+        """Copy the next message into ``buffer[offset:offset + length]``; return its size.
+
+        Every parameter after ``buffer`` is keyword-only: ``sock.recv_into(buffer, nbytes)``
+        ported as is fails with ``TypeError`` instead of reading ``nbytes`` as an offset. If
+        the message does not fit, :class:`BufferTooSmall` is raised and the message stays
+        queued. Waiting and errors are as for :meth:`recv` (no timeout: use
+        ``asyncio.wait_for``).
+        """
+        view, offset, length = self._recv_into_slice(buffer, offset, length)
+        if self._waiter is not None:
+            raise ConcurrencyError(
+                f"another task is already waiting in recv() on the channel to {self._peer_text}; "
+                "read from one task and hand messages to the others"
+            )
+        while not self._inbox.messages:
+            self._check_open()
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiter = self._inbox.waiter = waiter
+            try:
+                await waiter
+            finally:
+                self._waiter = self._inbox.waiter = None
+        message = self._inbox.messages[0]
+        if len(message) > length:
+            raise BufferTooSmall(len(message), length)
+        self._inbox.take()
+        view[offset : offset + len(message)] = message
+        return len(message)
 
     def __aiter__(self) -> Channel:
         return self

@@ -85,7 +85,7 @@ class _ClientEndpoint(Endpoint):
                 pass
             elif isinstance(event, ev.HandshakeCompleted):
                 self.handshake.set_result(None)
-            elif isinstance(event, ev.ConnectionClosed | ev.ConnectionTerminated):
+            elif isinstance(event, ev.SessionClosed | ev.ConnectionTerminated):
                 self.handshake.set_exception(fresh_error(terminal_error(engine, event)))
             if channel is not None:
                 channel._handle_event(event)

@@ -227,7 +227,7 @@ class ServerDriver(Endpoint):
                     channel_or_none._handle_event(event)
                 else:
                     self._server._count_drop("no_channel")
-            elif isinstance(event, ev.ConnectionClosed | ev.ConnectionTerminated):
+            elif isinstance(event, ev.SessionClosed | ev.ConnectionTerminated):
                 ended = self.channels.pop(conn, None)
                 if ended is not None:
                     ended._handle_event(event)

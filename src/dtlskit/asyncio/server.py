@@ -60,6 +60,7 @@ from ..exceptions import (
     ConnectionClosedLocally,
     DTLSTimeoutError,
     TransportError,
+    UsageError,
 )
 from .channel import Channel
 from .driver import ServerDriver
@@ -227,7 +228,7 @@ class Server:
         :class:`~dtlskit.exceptions.ConnectionClosedLocally` once the server is closed.
         """
         if self._handler is not None:
-            raise RuntimeError(
+            raise UsageError(
                 "this server runs a handler for every peer; use dtlskit.asyncio.listen() to "
                 "accept channels yourself"
             )

@@ -4,17 +4,16 @@ events and deadlines. Nothing here opens a socket, starts a thread or reads a cl
 from .connection import ConnectionStatistics, DTLSConnection, State
 from .cookies import CookieJar
 from .events import (
-    ConnectionClosed,
     ConnectionTerminated,
     Event,
     HandshakeCompleted,
     MessageReceived,
+    SessionClosed,
 )
 from .server import ServerEngine, ServerStatistics
 from .session import Session
 
 __all__ = [
-    "ConnectionClosed",
     "ConnectionStatistics",
     "ConnectionTerminated",
     "CookieJar",
@@ -25,5 +24,6 @@ __all__ = [
     "ServerEngine",
     "ServerStatistics",
     "Session",
+    "SessionClosed",
     "State",
 ]

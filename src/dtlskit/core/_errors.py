@@ -18,10 +18,31 @@ from ..exceptions import (
     ConnectionLost,
     HandshakeError,
     HandshakeFailure,
+    VerificationReason,
 )
 from ._bindings import HandshakeNotes
 
-__all__ = ["alert_name", "handshake_error", "session_error"]
+__all__ = ["alert_name", "handshake_error", "session_error", "verification_reason"]
+
+# OpenSSL's X509_V_ERR_* codes (x509_vfy.h, stable across versions) -> the stable reason.
+_VERIFY_CODES = {
+    2: VerificationReason.UNKNOWN_ISSUER,  # unable to get issuer certificate
+    9: VerificationReason.NOT_YET_VALID,
+    10: VerificationReason.EXPIRED,
+    18: VerificationReason.UNKNOWN_ISSUER,  # self-signed certificate
+    19: VerificationReason.UNKNOWN_ISSUER,  # self-signed certificate in certificate chain
+    20: VerificationReason.UNKNOWN_ISSUER,  # unable to get local issuer certificate
+    21: VerificationReason.UNKNOWN_ISSUER,  # unable to verify the first certificate
+    23: VerificationReason.REVOKED,
+    62: VerificationReason.HOSTNAME_MISMATCH,
+    64: VerificationReason.IP_ADDRESS_MISMATCH,
+}
+
+
+def verification_reason(code: int | None) -> VerificationReason:
+    """The stable reason for an OpenSSL certificate verification result code."""
+    return _VERIFY_CODES.get(code or 0, VerificationReason.INVALID)
+
 
 _ALERT = re.compile(r"(?:sslv3|tlsv1|tls)\s+alert\s+(.+)$", re.IGNORECASE)
 
@@ -62,6 +83,7 @@ def handshake_error(
     exc: SSL.Error,
     *,
     verify_reason: str | None,
+    verify_code: int | None = None,
     server: bool,
     peer: str,
     notes: HandshakeNotes | None = None,
@@ -77,17 +99,21 @@ def handshake_error(
         why = verify_reason or "certificate verify failed"
         whose = "client" if server else "server"
         return CertificateVerificationError(
-            f"the {whose} certificate of {peer} was rejected: {why}", reason=why
+            f"the {whose} certificate of {peer} was rejected: {why}",
+            reason=verification_reason(verify_code),
         )
     if "peer did not return a certificate" in joined:
         return CertificateVerificationError(
-            f"client {peer} sent no certificate, but this server requires one",
-            reason="no client certificate",
+            f"client {peer} sent no certificate, but this server requires one "
+            "(certificate required)",
+            reason=VerificationReason.CERTIFICATE_REQUIRED,
         )
     if alert is not None:
         if alert in _CERTIFICATE_ALERTS:
             return CertificateVerificationError(
-                f"{peer} rejected our certificate (alert: {alert})", reason=alert
+                f"{peer} rejected our certificate (alert: {alert})",
+                reason=VerificationReason.REJECTED_BY_PEER,
+                alert=alert,
             )
         return HandshakeFailure(f"{peer} aborted the handshake (alert: {alert})", alert=alert)
     if "no shared cipher" in joined or "no cipher" in joined:
@@ -139,8 +165,9 @@ def _explain_with_notes(
     if alert == "handshake failure" and not server and notes.certificate_requested:
         return CertificateVerificationError(
             f"{peer} requires a client certificate and this client has none "
-            "(set certfile and keyfile) (alert: handshake failure)",
-            reason="certificate required",
+            "(set certfile and keyfile) (alert: handshake failure; certificate required)",
+            reason=VerificationReason.CERTIFICATE_REQUIRED,
+            alert=alert,
         )
     return None
 

@@ -56,6 +56,8 @@ from ..exceptions import (
     HandshakeTimeout,
     InvalidMessage,
     MessageTooLarge,
+    UsageError,
+    VerificationReason,
 )
 from . import _bindings, _errors
 from . import events as ev
@@ -158,6 +160,7 @@ class DTLSConnection(NegotiatedSession):
         "_server",
         "_ssl",
         "_stats",
+        "_verify_code",
         "_verify_reason",
         "budget",
         "error",
@@ -188,6 +191,7 @@ class DTLSConnection(NegotiatedSession):
         self._fallback_mtu = min(fallback_mtu_for(peer_address), self._mtu)
         self._ssl.set_ciphertext_mtu(self._mtu)
         self._verify_reason: str | None = None
+        self._verify_code: int | None = None
         self._setup_verification(server_hostname)
         name = server_hostname or config.server_hostname
         self._setup_negotiation(
@@ -269,6 +273,7 @@ class DTLSConnection(NegotiatedSession):
             self._verify_reason = (
                 f"{_bindings.verify_error_string(errno)} (depth {depth}, subject {subject})"
             )
+            self._verify_code = errno
         return bool(ok)
 
     # -- public verbs ---------------------------------------------------------------------------
@@ -276,7 +281,7 @@ class DTLSConnection(NegotiatedSession):
     def connect(self, now: float) -> None:
         """Client: start the handshake. Then call :meth:`datagrams_to_send`."""
         if self._server or self.state is not State.INITIAL:
-            raise RuntimeError("connect() is for a client engine that has not started")
+            raise UsageError("connect() is for a client engine that has not started")
         self._ssl.set_connect_state()
         self._begin_handshake(now)
         self._advance_handshake(now)
@@ -287,7 +292,7 @@ class DTLSConnection(NegotiatedSession):
         Returns False (and terminates) if OpenSSL rejects it. Then call :meth:`datagrams_to_send`.
         """
         if not self._server or self.state is not State.INITIAL:
-            raise RuntimeError("start_server() is for a server engine that has not started")
+            raise UsageError("start_server() is for a server engine that has not started")
         self._ssl.set_accept_state()
         self._begin_handshake(now)
         self._count_received(client_hello)
@@ -494,7 +499,7 @@ class DTLSConnection(NegotiatedSession):
             self._collect_output()
         self._finish(State.CLOSED)
         self.error = ConnectionClosedLocally("the connection was closed locally")
-        self._events.append(ev.ConnectionClosed(by_peer=False))
+        self._events.append(ev.SessionClosed(by_peer=False))
         self._notify()
 
     def abort(self, error: DTLSError) -> None:
@@ -676,6 +681,7 @@ class DTLSConnection(NegotiatedSession):
                 _errors.handshake_error(
                     exc,
                     verify_reason=self._verify_reason,
+                    verify_code=self._verify_code,
                     notes=self._notes,
                     server=self._server,
                     peer=self._peer_text,
@@ -739,7 +745,7 @@ class DTLSConnection(NegotiatedSession):
                 CertificateVerificationError(
                     f"the resumed session with {self._peer_text} was made without verifying "
                     f"the server certificate ({reason}); connect without it",
-                    reason=reason,
+                    reason=VerificationReason.UNVERIFIED_SESSION,
                 ),
             )
             return
@@ -827,7 +833,7 @@ class DTLSConnection(NegotiatedSession):
         self.error = ConnectionClosedByPeer(
             f"{self._peer_text} closed the connection (close_notify)", alert="close notify"
         )
-        self._events.append(ev.ConnectionClosed(by_peer=True, alert="close notify"))
+        self._events.append(ev.SessionClosed(by_peer=True, alert="close notify"))
 
     def _stored_flight_fits(self) -> bool:
         """Whether the flight's records, cut by OpenSSL before any MTU back-off, still fit."""

@@ -23,6 +23,8 @@ import hashlib
 import hmac
 import os
 
+from ..exceptions import ConfigurationError
+
 __all__ = ["COOKIE_LENGTH", "CookieJar"]
 
 COOKIE_LENGTH = 32
@@ -38,9 +40,9 @@ class CookieJar:
 
     def __init__(self, secret: bytes | None = None, tick_seconds: float = 30.0) -> None:
         if secret is not None and len(secret) < 16:
-            raise ValueError("cookie secret must be at least 16 bytes")
+            raise ConfigurationError("cookie secret must be at least 16 bytes")
         if tick_seconds <= 0:
-            raise ValueError("cookie tick must be positive")
+            raise ConfigurationError("cookie tick must be positive")
         self._secret = secret if secret is not None else os.urandom(32)
         self._tick_seconds = tick_seconds
         self._key_cache: dict[int, hashlib.blake2s] = {}  # tick -> keyed BLAKE2s state
@@ -53,7 +55,7 @@ class CookieJar:
     def rotate(self, secret: bytes | None = None) -> None:
         """Replace the master secret; every cookie issued so far stops being valid."""
         if secret is not None and len(secret) < 16:
-            raise ValueError("cookie secret must be at least 16 bytes")
+            raise ConfigurationError("cookie secret must be at least 16 bytes")
         self._secret = secret if secret is not None else os.urandom(32)
         self._key_cache.clear()
 

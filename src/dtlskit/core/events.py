@@ -1,7 +1,7 @@
 """Events an engine reports, in the order they happened. Frozen; named in the past tense.
 
 The I/O layers drain them with ``next_event()`` after every call that feeds the engine, and turn
-the terminal ones (:class:`ConnectionClosed`, :class:`ConnectionTerminated`) into exceptions on
+the terminal ones (:class:`SessionClosed`, :class:`ConnectionTerminated`) into exceptions on
 the user's next call.
 """
 
@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from ..exceptions import DTLSError
 
 __all__ = [
-    "ConnectionClosed",
     "ConnectionTerminated",
     "Event",
     "HandshakeCompleted",
     "MessageReceived",
+    "SessionClosed",
 ]
 
 
@@ -48,8 +48,9 @@ class MessageReceived(Event):
 
 
 @dataclass(frozen=True)
-class ConnectionClosed(Event):
-    """The session ended cleanly with close_notify."""
+class SessionClosed(Event):
+    """The session ended cleanly with close_notify. (Named apart from the exception
+    :class:`dtlskit.ConnectionClosed`, which is what a user sees raised after it.)"""
 
     by_peer: bool
     """True when the peer sent close_notify, False when this side called ``close()``."""

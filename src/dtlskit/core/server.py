@@ -338,7 +338,7 @@ class ServerEngine:
         if not self._events:
             return None
         address, conn, event = self._events.popleft()
-        if isinstance(event, ev.ConnectionClosed | ev.ConnectionTerminated):
+        if isinstance(event, ev.SessionClosed | ev.ConnectionTerminated):
             self._forget(address, conn)
         return address, conn, event
 

@@ -30,7 +30,13 @@ from typing import Any
 from OpenSSL import SSL
 
 from .._secrets import write_private_file
-from ..exceptions import ConfigurationError, ConnectionLost, DTLSError, HandshakeTimeout
+from ..exceptions import (
+    ConfigurationError,
+    ConnectionLost,
+    DTLSError,
+    HandshakeTimeout,
+    InvalidArgument,
+)
 from . import _bindings
 
 __all__ = ["NegotiatedSession", "Session"]
@@ -216,7 +222,11 @@ class NegotiatedSession:
     def server_name(self) -> str | None:
         """Server: the SNI host name the client asked for. Client: the name it sent/checks."""
         if self._server:
-            return self._notes.server_name
+            if self._notes.server_name is not None:
+                return self._notes.server_name
+            # no SNI callback installed (no sni_certificates/sni_callback): ask OpenSSL
+            name = self._ssl.get_servername()
+            return name.decode("utf-8", "replace") if name else None
         return self._server_name
 
     def export_keying_material(
@@ -228,11 +238,11 @@ class NegotiatedSession:
         binds it to a value both sides know. Needs an established session.
         """
         if not isinstance(label, bytes) or not label:
-            raise ValueError("label must be non-empty bytes")
+            raise InvalidArgument("label must be non-empty bytes")
         if not isinstance(length, int) or not 1 <= length <= 65535:
-            raise ValueError(f"length must be from 1 to 65535 bytes, not {length!r}")
+            raise InvalidArgument(f"length must be from 1 to 65535 bytes, not {length!r}")
         if context is not None and not isinstance(context, bytes):
-            raise ValueError("context must be bytes or None")
+            raise InvalidArgument("context must be bytes or None")
         if self.state.value != "established":
             if self.error is not None:
                 raise self.error
@@ -240,4 +250,6 @@ class NegotiatedSession:
         try:
             return bytes(self._ssl.export_keying_material(label, length, context))
         except SSL.Error as exc:
-            raise ValueError(f"OpenSSL refused to export keying material for {label!r}") from exc
+            raise InvalidArgument(
+                f"OpenSSL refused to export keying material for {label!r}"
+            ) from exc

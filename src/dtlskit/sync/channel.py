@@ -44,6 +44,7 @@ from .._channel_base import ChannelBase, ends_iteration, fresh_error
 from .._sockets import format_address
 from ..core.connection import ConnectionStatistics, DTLSConnection
 from ..core.inbox import Inbox
+from ..core.session import Session
 from ..exceptions import (
     BufferTooSmall,
     ConcurrencyError,
@@ -51,6 +52,7 @@ from ..exceptions import (
     ConnectionLost,
     DTLSError,
     DTLSTimeoutError,
+    InvalidArgument,
 )
 
 __all__ = ["BufferTooSmall", "Channel", "IOThread"]
@@ -75,7 +77,7 @@ def _deadline(timeout: float | None) -> float | None:
     if timeout is None:
         return None
     if timeout < 0:
-        raise ValueError(f"timeout must be None or >= 0 seconds, not {timeout!r}")
+        raise InvalidArgument(f"timeout must be None or >= 0 seconds, not {timeout!r}")
     return time.monotonic() + timeout
 
 
@@ -418,7 +420,6 @@ class Channel(ChannelBase):
 
     # -- called by the I/O layer, engine lock held ------------------------------------------------
 
-
     def _abandon(self) -> None:
         """Mark closed without a warning: the channel was never handed to user code."""
         self._close_called = True
@@ -446,27 +447,19 @@ class Channel(ChannelBase):
     def recv_into(
         self,
         buffer: Any,
+        *,
         offset: int = 0,
         length: int | None = None,
         timeout: float | None = None,
     ) -> int:
         """Copy the next message into ``buffer[offset:offset + length]``; return its size.
 
-        If the message does not fit, :class:`BufferTooSmall` is raised and the message stays
+        Every parameter after ``buffer`` is keyword-only: ``socket.recv_into(buffer, nbytes)``
+        ported as is fails with ``TypeError`` instead of reading ``nbytes`` as an offset. If
+        the message does not fit, :class:`BufferTooSmall` is raised and the message stays
         queued. Waiting and errors are as for :meth:`recv`.
         """
-        view = memoryview(buffer).cast("B")
-        if view.readonly:
-            raise TypeError("recv_into needs a writable buffer (bytearray, memoryview, ...)")
-        if not isinstance(offset, int) or not 0 <= offset <= len(view):
-            raise ValueError(f"offset must be from 0 to {len(view)}, not {offset!r}")
-        if length is None:
-            length = len(view) - offset
-        if not isinstance(length, int) or not 0 <= length <= len(view) - offset:
-            raise ValueError(
-                f"length must be from 0 to {len(view) - offset} (buffer of {len(view)} bytes, "
-                f"offset {offset}), not {length!r}"
-            )
+        view, offset, length = self._recv_into_slice(buffer, offset, length)
         self._wait_readable(timeout)
         with self._io.lock:
             message = self._inbox.messages[0]
@@ -680,3 +673,43 @@ class Channel(ChannelBase):
         """Whether the handshake resumed an earlier session."""
         with self._io.lock:
             return super().session_reused
+
+    @property
+    def session(self) -> Session | None:
+        """The negotiated session, to pass as ``connect(..., session=)`` to resume it later
+        (serialisable with ``to_bytes()`` / ``save(path)``); None before the handshake."""
+        with self._io.lock:
+            return super().session
+
+    @property
+    def peer_verified_chain(self) -> list[Any]:
+        """The peer's chain as OpenSSL verified it, leaf to trusted root; empty when the peer
+        sent none or it was not verified."""
+        with self._io.lock:
+            return super().peer_verified_chain
+
+    @property
+    def srtp_profile(self) -> str | None:
+        """The DTLS-SRTP protection profile agreed (RFC 5764), or None."""
+        with self._io.lock:
+            return super().srtp_profile
+
+    @property
+    def psk_identity(self) -> str | None:
+        """The PSK identity of the session (sent by the client), or None."""
+        with self._io.lock:
+            return super().psk_identity
+
+    @property
+    def server_name(self) -> str | None:
+        """Server side: the SNI host name the client sent; client side: the name it sent."""
+        with self._io.lock:
+            return super().server_name
+
+    def export_keying_material(
+        self, label: bytes, length: int, context: bytes | None = None
+    ) -> bytes:
+        """Keying material exported from the session (RFC 5705), as
+        :meth:`ChannelBase.export_keying_material`."""
+        with self._io.lock:
+            return super().export_keying_material(label, length, context)

@@ -97,7 +97,7 @@ class _ClientIO(IOThread):
         elif isinstance(event, ev.MessageReceived):
             if channel is not None:
                 channel._handle_event(event)
-        elif isinstance(event, ev.ConnectionClosed | ev.ConnectionTerminated):
+        elif isinstance(event, ev.SessionClosed | ev.ConnectionTerminated):
             if channel is not None:
                 channel._handle_event(event)
             self.handshake_done.set()

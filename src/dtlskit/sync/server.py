@@ -54,6 +54,7 @@ from ..exceptions import (
     ConnectionClosedLocally,
     DTLSError,
     DTLSTimeoutError,
+    InvalidArgument,
 )
 from .channel import Channel
 from .driver import ServerDriver
@@ -434,7 +435,7 @@ class _AcceptQueue:
 
     def take(self, timeout: float | None) -> Channel:
         if timeout is not None and timeout < 0:
-            raise ValueError(f"timeout must be None or >= 0 seconds, not {timeout!r}")
+            raise InvalidArgument(f"timeout must be None or >= 0 seconds, not {timeout!r}")
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while True:

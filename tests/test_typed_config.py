@@ -1,0 +1,124 @@
+"""Typed configuration: the factories' keywords and callback types are checked by mypy
+--strict on a user's file, and the ssl.SSLContext-style names return new frozen copies."""
+
+from __future__ import annotations
+
+import os
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import dtlskit
+from dtlskit.certs import PKIFiles
+
+PACKAGE_PARENT = Path(dtlskit.__file__).resolve().parent.parent
+
+GOOD = """
+import ssl
+import dtlskit
+
+def lookup(identity: str) -> bytes | None:
+    return {"sensor": b"k" * 16}.get(identity)
+
+client = dtlskit.DTLSConfiguration.client("ca.pem", "localhost", mtu=1400, psk=("id", b"k"))
+server = dtlskit.DTLSConfiguration.server(
+    "cert.pem", "key.pem", verify_mode=ssl.CERT_REQUIRED, psk_lookup=lookup,
+    sni_callback=lambda name: None, limits=dtlskit.Limits(max_sessions=10),
+)
+both = client.load_verify_locations(cafile="other.pem").set_alpn_protocols(["coap"])
+chained: dtlskit.DTLSConfiguration = server.load_cert_chain("c.pem", "k.pem").load_default_certs()
+"""
+
+BAD = {
+    "misspelt keyword": (
+        'dtlskit.DTLSConfiguration.client("ca.pem", server_hostnme="localhost")',
+        'Unexpected keyword argument "server_hostnme"',
+    ),
+    "server keyword on a client": (
+        'dtlskit.DTLSConfiguration.client("ca.pem", psk_lookup={"a": b"k"})',
+        'Unexpected keyword argument "psk_lookup"',
+    ),
+    "lookup taking bytes": (
+        "def lookup(identity: bytes) -> bytes: return identity\n"
+        "dtlskit.DTLSConfiguration.server(psk_lookup=lookup)",
+        '"psk_lookup"',
+    ),
+    "wrong type": ('dtlskit.DTLSConfiguration.server("c.pem", "k.pem", mtu="1400")', '"mtu"'),
+}
+
+
+def _mypy(
+    tmp_path: Path, source: str, *, as_installed: bool = False
+) -> subprocess.CompletedProcess[str]:
+    user = tmp_path / "user.py"
+    user.write_text(source)
+    env = dict(os.environ, MYPYPATH=str(PACKAGE_PARENT))
+    if as_installed:  # find dtlskit only the way the installation offers it
+        env.pop("MYPYPATH")
+        env.pop("PYTHONPATH", None)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--no-error-summary",
+            str(user),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=600,
+    )
+
+
+@pytest.mark.slow
+def test_mypy_strict_accepts_a_correct_user_file_and_rejects_mistakes(tmp_path: Path) -> None:
+    result = _mypy(tmp_path, GOOD)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for what, (line, expected) in BAD.items():
+        result = _mypy(tmp_path, f"import dtlskit\n{line}\n")
+        assert result.returncode == 1, what
+        assert expected in result.stdout, (what, result.stdout)
+
+
+@pytest.mark.slow
+def test_mypy_finds_the_installed_package(tmp_path: Path) -> None:
+    """After the README's ``pip install -e '.[test]'`` (or a plain install) mypy sees dtlskit:
+    the editable install writes a static .pth naming src/ (setup.cfg), not an import hook."""
+    result = _mypy(tmp_path, GOOD, as_installed=True)
+    assert "Cannot find implementation" not in result.stdout, result.stdout
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_factories_take_no_unknown_keyword() -> None:
+    with pytest.raises(TypeError, match="server_hostnme"):
+        dtlskit.DTLSConfiguration.client(server_hostnme="x")  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="psk_lookup"):
+        dtlskit.DTLSConfiguration.client(psk_lookup={})  # type: ignore[call-arg]
+
+
+def test_ssl_style_names_return_new_frozen_configurations(pki: PKIFiles) -> None:
+    base = dtlskit.DTLSConfiguration.client(server_hostname="localhost")
+    trusting = base.load_verify_locations(cafile=pki.ca_cert)
+    assert trusting is not base and base.cafile is None and trusting.cafile == pki.ca_cert
+    assert base.load_default_certs().default_certs and not base.default_certs
+    assert base.set_alpn_protocols(["coap", "h2"]).alpn_protocols == ("coap", "h2")
+    assert base.alpn_protocols == ()
+    with pytest.raises(dtlskit.ConfigurationError, match="cafile, capath or cadata"):
+        base.load_verify_locations()
+    server = dtlskit.DTLSConfiguration.server().load_cert_chain(pki.server_cert, pki.server_key)
+    assert (server.certfile, server.keyfile) == (pki.server_cert, pki.server_key)
+    # the copies work: a real handshake in memory with the derived configurations
+    from dtlskit.testing import MemoryPair
+
+    pair = MemoryPair(server.set_alpn_protocols(["coap"]), trusting.set_alpn_protocols(["coap"]))
+    assert pair.handshake()
+    assert pair.client.alpn_protocol == "coap"
+    assert dtlskit.DTLSConfiguration.server(verify_mode=ssl.CERT_NONE).verify_mode is ssl.CERT_NONE
