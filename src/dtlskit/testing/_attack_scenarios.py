@@ -123,7 +123,7 @@ class Arena:
                     if isinstance(event, ev.HandshakeCompleted):
                         self.completed[address] = self.now
                         del self.clients[address]
-                    elif isinstance(event, ev.ConnectionTerminated | ev.ConnectionClosed):
+                    elif isinstance(event, ev.ConnectionTerminated | ev.SessionClosed):
                         self.failed[address] = str(getattr(event, "error", event))
                         self.clients.pop(address, None)
             for data, address in self.server.datagrams_to_send(self.now):

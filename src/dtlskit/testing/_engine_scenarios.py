@@ -408,8 +408,8 @@ def close_and_vanish(options: Options, fixture: Fixture) -> Outcome:
     pair.handshake()
     pair.client.close()
     pair.pump()
-    pair.run(lambda: any(isinstance(e, ev.ConnectionClosed) for e in pair.server_events))
-    if ev.ConnectionClosed(by_peer=True, alert="close notify") not in pair.server_events:
+    pair.run(lambda: any(isinstance(e, ev.SessionClosed) for e in pair.server_events))
+    if ev.SessionClosed(by_peer=True, alert="close notify") not in pair.server_events:
         problems.append("server did not see the client's close_notify")
     pair = MemoryPair(server, client)
     pair.handshake()
@@ -417,7 +417,7 @@ def close_and_vanish(options: Options, fixture: Fixture) -> Outcome:
         pair.server_connection.close()
     pair.pump()
     pair.run(lambda: pair.client.state is State.CLOSED)
-    if ev.ConnectionClosed(by_peer=True, alert="close notify") not in pair.client_events:
+    if ev.SessionClosed(by_peer=True, alert="close notify") not in pair.client_events:
         problems.append("client did not see the server's close_notify")
     idle = 30.0
     pair = MemoryPair(server.replace(limits=Limits(idle_timeout=idle)), client)
