@@ -306,6 +306,12 @@ class Channel(ChannelBase):
             return
         inbox = getattr(self, "_inbox", None)
         if not getattr(self, "_owns_socket", False) and (inbox is None or inbox.ended):
+            # The session is over: only unread messages remain; their bytes go back to the
+            # server's budget (the endpoint's clean-up releases the inbox; close is idempotent).
+            endpoint = getattr(self, "_endpoint", None)
+            if inbox is not None and inbox.held and endpoint is not None:
+                with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to clean
+                    endpoint.channel_abandoned(self._engine)
             return
         warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self, stacklevel=1)
         endpoint = getattr(self, "_endpoint", None)

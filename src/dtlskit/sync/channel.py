@@ -608,7 +608,11 @@ class Channel(ChannelBase):
         if getattr(self, "_close_called", True):
             return
         if not self._owns_io and self._inbox.ended:
-            return  # nothing left to release: the session is over and the socket is shared
+            # The session is over and the socket is shared: only unread messages remain, and
+            # their bytes go back to the server's budget (no lock here: the I/O thread does it).
+            if self._inbox.held:
+                self._io.request(self._inbox.release)
+            return
         warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=2, source=self)
         engine, io = self._engine, self._io
 

@@ -1,0 +1,37 @@
+"""Adversarial review of the datagram route (asyncio flavour): what a peer makes the server
+hold goes back to the server's byte budget however the session ends."""
+
+from __future__ import annotations
+
+import gc
+import warnings
+
+from dtlskit.asyncio import connect, listen
+from tests.asyncio.test_route import WAIT, engines, eventually, run
+from tests.sync.test_route import LIMITS
+
+
+def test_an_ended_channel_dropped_unclosed_gives_its_bytes_back(server_config, client_config):
+    async def main() -> None:
+        config = server_config.replace(limits=LIMITS)
+        server = await listen("127.0.0.1", 0, config=config)
+        try:
+            client = await connect("127.0.0.1", server.addresses[0][1], config=client_config)
+            for _ in range(3):
+                await client.send(b"x" * 1_000)
+            client.close()
+            channel = await server.accept(timeout=WAIT)
+            inbox = channel._inbox
+            await eventually(lambda: inbox.ended)
+            budget = engines(server)[0].budget
+            assert budget.held == 3_000  # all three queued, then the session ended
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ResourceWarning)
+                del channel
+                gc.collect()
+            await eventually(lambda: budget.held == 0)
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(main())
