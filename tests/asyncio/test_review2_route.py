@@ -35,3 +35,31 @@ def test_an_ended_channel_dropped_unclosed_gives_its_bytes_back(server_config, c
             await server.wait_closed()
 
     run(main())
+
+
+def test_a_channel_closed_with_unread_messages_gives_their_bytes_back(
+    server_config, client_config
+):
+    async def main() -> None:
+        config = server_config.replace(limits=LIMITS)
+        server = await listen("127.0.0.1", 0, config=config)
+        client = None
+        try:
+            client = await connect("127.0.0.1", server.addresses[0][1], config=client_config)
+            channel = await server.accept(timeout=WAIT)
+            for _ in range(3):
+                await client.send(b"x" * 1_000)
+            budget = engines(server)[0].budget
+            await eventually(lambda: budget.held == 3_000)
+            channel.close()
+            assert await channel.recv() == b"x" * 1_000  # still readable after close
+            del channel
+            gc.collect()
+            await eventually(lambda: budget.held == 0)
+        finally:
+            if client is not None:
+                client.close()
+            server.close()
+            await server.wait_closed()
+
+    run(main())

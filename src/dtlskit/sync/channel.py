@@ -605,18 +605,17 @@ class Channel(ChannelBase):
         self.close()
 
     def __del__(self) -> None:
-        if getattr(self, "_close_called", True):
-            return
-        if not self._owns_io and self._inbox.ended:
-            # The session is over and the socket is shared: only unread messages remain, and
-            # their bytes go back to the server's budget (no lock here: the I/O thread does it).
-            if self._inbox.held:
-                self._io.request(self._inbox.release)
+        inbox = getattr(self, "_inbox", None)
+        if getattr(self, "_close_called", True) or (not self._owns_io and self._inbox.ended):
+            # Closed, or the session is over on a shared socket: only unread messages remain
+            # (recv returns them until the channel is gone); their bytes go back to the
+            # server's budget (no lock here: the I/O thread does it).
+            io = getattr(self, "_io", None)
+            if inbox is not None and inbox.budget is not None and inbox.held and io is not None:
+                io.request(inbox.release)
             return
         warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=2, source=self)
-        engine, io = self._engine, self._io
-
-        inbox = self._inbox
+        engine, io, inbox = self._engine, self._io, self._inbox
 
         def close_engine() -> None:
             inbox.release()
