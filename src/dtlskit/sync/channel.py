@@ -437,11 +437,14 @@ class Channel(ChannelBase):
         :class:`ConnectionLost`, ...); :class:`ConcurrencyError` if another thread is already
         waiting in ``recv`` or ``recv_into``.
         """
-        self._wait_readable(timeout)
-        with self._io.lock:  # the inbox's byte counts are the engine's: take it under its lock
-            message = self._inbox.take()
-        assert message is not None  # one reader, and only it takes
-        return message
+        deadline = _deadline(timeout)
+        while True:
+            self._wait_readable(timeout, deadline)
+            with self._io.lock:  # the inbox's byte counts are the engine's: take it under its lock
+                message = self._inbox.take()
+            if message is not None:
+                return message
+            # Another thread's recv took it between our check and the lock: wait for the next.
 
     def recv_into(
         self,
@@ -467,20 +470,24 @@ class Channel(ChannelBase):
                 f"length must be from 0 to {len(view) - offset} (buffer of {len(view)} bytes, "
                 f"offset {offset}), not {length!r}"
             )
-        self._wait_readable(timeout)
-        with self._io.lock:
-            message = self._inbox.messages[0]
-            if len(message) > length:
-                raise BufferTooSmall(len(message), length)
-            self._inbox.take()
-        view[offset : offset + len(message)] = message
-        return len(message)
+        deadline = _deadline(timeout)
+        while True:
+            self._wait_readable(timeout, deadline)
+            with self._io.lock:
+                if not self._inbox.messages:
+                    continue  # another thread's recv took it: wait for the next
+                message = self._inbox.messages[0]
+                if len(message) > length:
+                    raise BufferTooSmall(len(message), length)
+                self._inbox.take()
+            view[offset : offset + len(message)] = message
+            return len(message)
 
-    def _wait_readable(self, timeout: float | None) -> None:
-        """Return once a message is queued (only the calling reader takes it), or raise."""
+    def _wait_readable(self, timeout: float | None, deadline: float | None) -> None:
+        """Return once a message is queued (another thread's recv may still take it first:
+        the caller checks under the engine lock), or raise."""
         if self._inbox.messages:
             return
-        deadline = _deadline(timeout)
         with self._cond:
             if self._reading:
                 raise ConcurrencyError(
