@@ -7,6 +7,7 @@ import gc
 import warnings
 
 from dtlskit.asyncio import connect, listen
+from dtlskit.core.inbox import MESSAGE_OVERHEAD
 from tests.asyncio.test_route import WAIT, engines, eventually, run
 from tests.sync.test_route import LIMITS
 
@@ -24,7 +25,7 @@ def test_an_ended_channel_dropped_unclosed_gives_its_bytes_back(server_config, c
             inbox = channel._inbox
             await eventually(lambda: inbox.ended)
             budget = engines(server)[0].budget
-            assert budget.held == 3_000  # all three queued, then the session ended
+            assert budget.held == 3 * (1_000 + MESSAGE_OVERHEAD)  # all three queued
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ResourceWarning)
                 del channel
@@ -50,7 +51,7 @@ def test_a_channel_closed_with_unread_messages_gives_their_bytes_back(
             for _ in range(3):
                 await client.send(b"x" * 1_000)
             budget = engines(server)[0].budget
-            await eventually(lambda: budget.held == 3_000)
+            await eventually(lambda: budget.held == 3 * (1_000 + MESSAGE_OVERHEAD))
             channel.close()
             assert await channel.recv() == b"x" * 1_000  # still readable after close
             del channel

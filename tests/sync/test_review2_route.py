@@ -10,6 +10,7 @@ import threading
 import warnings
 
 from dtlskit import sync
+from dtlskit.core.inbox import MESSAGE_OVERHEAD
 from tests.sync.test_route import LIMITS, WAIT, wait_until
 
 
@@ -28,7 +29,7 @@ def test_an_ended_channel_dropped_unclosed_gives_its_bytes_back(server_config, c
         inbox = channel._inbox
         wait_until(lambda: inbox.ended)
         io = listener._ios[0]
-        assert io.engine.budget.held == 3_000  # all three queued, then the session ended
+        assert io.engine.budget.held == 3 * (1_000 + MESSAGE_OVERHEAD)  # all three queued
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ResourceWarning)
             del channel
@@ -50,7 +51,7 @@ def test_a_channel_closed_with_unread_messages_gives_their_bytes_back(
             for _ in range(3):
                 client.send(b"x" * 1_000)
             io = listener._ios[0]
-            wait_until(lambda: io.engine.budget.held == 3_000)
+            wait_until(lambda: io.engine.budget.held == 3 * (1_000 + MESSAGE_OVERHEAD))
             channel.close()
             assert channel.recv(timeout=WAIT) == b"x" * 1_000  # still readable after close
             del channel
