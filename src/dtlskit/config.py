@@ -101,8 +101,9 @@ class Limits:
     (``"queue_full"``)."""
 
     max_queued_bytes: int = 1_048_576
-    """Bytes of received messages waiting for the application, per peer (1 MiB); a message
-    that would pass it is dropped (``"queue_full"``). Clients apply it too."""
+    """Bytes of received messages waiting for the application, per peer (1 MiB; each message
+    counts its payload plus 64 bytes of overhead); a message that would pass it is dropped
+    (``"queue_full"``). Clients apply it too."""
 
     max_buffered_bytes: int = 64 * 1_048_576
     """Bytes of received messages waiting for the application across every peer of one

@@ -9,6 +9,7 @@ import socket
 from collections.abc import Callable
 
 from dtlskit.asyncio import Channel, connect, listen, serve
+from dtlskit.core.inbox import MESSAGE_OVERHEAD
 from tests.sync.test_route import CLIENTS, LIMITS, MESSAGES, SIZE
 
 WAIT = 10.0  # a safety net for every await: never a timing assertion
@@ -32,7 +33,7 @@ def engines(server) -> list:  # type: ignore[no-untyped-def]
 
 def check_bounded(server) -> None:  # type: ignore[no-untyped-def]
     per_session = [
-        sum(map(len, conn.inbox.messages)) if conn.inbox is not None else 0
+        sum(len(m) + MESSAGE_OVERHEAD for m in conn.inbox.messages) if conn.inbox else 0
         for engine in engines(server)
         for conn in engine.connections.values()
     ]
@@ -43,7 +44,7 @@ def check_bounded(server) -> None:  # type: ignore[no-untyped-def]
     assert sum(engine.budget.held for engine in engines(server)) == total
     drops = server.statistics().drops
     assert drops.get("queue_full", 0) + drops.get("server_buffer_full", 0) == (
-        CLIENTS * MESSAGES - total // SIZE
+        CLIENTS * MESSAGES - total // (SIZE + MESSAGE_OVERHEAD)
     )
     assert drops.get("server_buffer_full", 0) > 0
 

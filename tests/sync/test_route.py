@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import dtlskit
 from dtlskit import sync
+from dtlskit.core.inbox import MESSAGE_OVERHEAD
 from dtlskit.sync import Channel
 
 WAIT = 10.0  # bound on every wait; never a timing assertion
@@ -26,13 +27,15 @@ def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> None:
 
 def held_bytes(ios: list) -> tuple[int, list[int]]:
     """Bytes actually queued for the application in every session of a server (measured by
-    summing the queued messages), and per session."""
+    summing the queued messages, each with its fixed overhead), and per session."""
     per_session = []
     for io in ios:
         with io.lock:
             for conn in io.engine.connections.values():
                 inbox = conn.inbox
-                per_session.append(sum(map(len, inbox.messages)) if inbox is not None else 0)
+                per_session.append(
+                    sum(len(m) + MESSAGE_OVERHEAD for m in inbox.messages) if inbox else 0
+                )
     return sum(per_session), per_session
 
 
@@ -71,7 +74,7 @@ def check_bounded(server: sync.Server | sync.Listener, ios: list) -> None:
     assert total <= LIMITS.max_buffered_bytes
     assert sum(io.engine.budget.held for io in ios) == total  # the budget is exact
     drops = server.statistics().drops
-    queued = total // SIZE
+    queued = total // (SIZE + MESSAGE_OVERHEAD)
     assert drops.get("queue_full", 0) + drops.get("server_buffer_full", 0) == (
         CLIENTS * MESSAGES - queued
     )

@@ -331,10 +331,18 @@ class Channel(ChannelBase):
         await self.wait_closed()
 
     def __del__(self) -> None:
-        if getattr(self, "_close_called", True):
-            return
         inbox = getattr(self, "_inbox", None)
-        if not getattr(self, "_owns_socket", False) and (inbox is None or inbox.ended):
+        if getattr(self, "_close_called", True) or (
+            not getattr(self, "_owns_socket", False) and (inbox is None or inbox.ended)
+        ):
+            # Closed, or the session is over: only unread messages remain (recv returns them
+            # until the channel is gone); their bytes go back to the server's budget (the
+            # endpoint's clean-up releases the inbox; close is idempotent).
+            endpoint = getattr(self, "_endpoint", None)
+            held = inbox is not None and inbox.budget is not None and inbox.held
+            if held and endpoint is not None:
+                with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to clean
+                    endpoint.channel_abandoned(self._engine)
             return
         warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self, stacklevel=1)
         endpoint = getattr(self, "_endpoint", None)

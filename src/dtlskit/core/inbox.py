@@ -6,7 +6,8 @@ A received message crosses exactly one queue on its way to user code: the sessio
 :class:`Inbox`. The engine (:class:`~dtlskit.core.connection.DTLSConnection`) is the only writer
 and the policy lives here, in the core, so both front ends get it once:
 
-* **Per session** at most ``Limits.max_queued_bytes`` bytes and ``Limits.max_queued_messages``
+* **Per session** at most ``Limits.max_queued_bytes`` bytes (each message counts its payload
+  plus :data:`MESSAGE_OVERHEAD`) and ``Limits.max_queued_messages``
   messages wait; a message that would pass either bound is dropped (``"queue_full"``).
 * **Per server** every session of one listening socket shares one :class:`ByteBudget` of
   ``Limits.max_buffered_bytes``: channels still waiting for ``accept()`` and channels whose
@@ -34,7 +35,7 @@ from typing import Any
 
 from ..exceptions import DTLSError
 
-__all__ = ["ByteBudget", "Inbox", "fresh_error"]
+__all__ = ["MESSAGE_OVERHEAD", "ByteBudget", "Inbox", "fresh_error"]
 
 
 def fresh_error(error: DTLSError) -> DTLSError:
@@ -57,6 +58,12 @@ class ByteBudget:
         self.limit = limit
         self.held = 0
         """Bytes queued now, in every inbox sharing this budget."""
+
+
+MESSAGE_OVERHEAD = 64
+"""Bytes each queued message is charged beside its payload: its ``bytes`` object's header
+and the queue's slot (~45 bytes on 64-bit CPython). Without it, tiny messages would pin many
+times what the bounds count (1,024 two-byte messages: 2 KiB counted, ~45 KiB held)."""
 
 
 _NO_MESSAGES: collections.deque[bytes] = collections.deque(maxlen=0)
@@ -97,7 +104,7 @@ class Inbox:
 
     def offer(self, data: bytes) -> str | None:
         """Queue one message; the drop reason when a bound refuses it (the engine counts it)."""
-        size = len(data)
+        size = len(data) + MESSAGE_OVERHEAD
         if self.held + size > self.limit_bytes or len(self.messages) >= self.limit_messages:
             return "queue_full"
         budget = self.budget
@@ -120,7 +127,7 @@ class Inbox:
         every message was taken."""
         if self.messages:
             data = self.messages.popleft()
-            size = len(data)
+            size = len(data) + MESSAGE_OVERHEAD
             self.held -= size
             if self.budget is not None:
                 self.budget.held -= size

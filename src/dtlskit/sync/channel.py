@@ -438,11 +438,14 @@ class Channel(ChannelBase):
         :class:`ConnectionLost`, ...); :class:`ConcurrencyError` if another thread is already
         waiting in ``recv`` or ``recv_into``.
         """
-        self._wait_readable(timeout)
-        with self._io.lock:  # the inbox's byte counts are the engine's: take it under its lock
-            message = self._inbox.take()
-        assert message is not None  # one reader, and only it takes
-        return message
+        deadline = _deadline(timeout)
+        while True:
+            self._wait_readable(timeout, deadline)
+            with self._io.lock:  # the inbox's byte counts are the engine's: take it under its lock
+                message = self._inbox.take()
+            if message is not None:
+                return message
+            # Another thread's recv took it between our check and the lock: wait for the next.
 
     def recv_into(
         self,
@@ -460,20 +463,24 @@ class Channel(ChannelBase):
         queued. Waiting and errors are as for :meth:`recv`.
         """
         view, offset, length = self._recv_into_slice(buffer, offset, length)
-        self._wait_readable(timeout)
-        with self._io.lock:
-            message = self._inbox.messages[0]
-            if len(message) > length:
-                raise BufferTooSmall(len(message), length)
-            self._inbox.take()
-        view[offset : offset + len(message)] = message
-        return len(message)
+        deadline = _deadline(timeout)
+        while True:
+            self._wait_readable(timeout, deadline)
+            with self._io.lock:
+                if not self._inbox.messages:
+                    continue  # another thread's recv took it: wait for the next
+                message = self._inbox.messages[0]
+                if len(message) > length:
+                    raise BufferTooSmall(len(message), length)
+                self._inbox.take()
+            view[offset : offset + len(message)] = message
+            return len(message)
 
-    def _wait_readable(self, timeout: float | None) -> None:
-        """Return once a message is queued (only the calling reader takes it), or raise."""
+    def _wait_readable(self, timeout: float | None, deadline: float | None) -> None:
+        """Return once a message is queued (another thread's recv may still take it first:
+        the caller checks under the engine lock), or raise."""
         if self._inbox.messages:
             return
-        deadline = _deadline(timeout)
         with self._cond:
             if self._reading:
                 raise ConcurrencyError(
@@ -598,14 +605,17 @@ class Channel(ChannelBase):
         self.close()
 
     def __del__(self) -> None:
-        if getattr(self, "_close_called", True):
+        inbox = getattr(self, "_inbox", None)
+        if getattr(self, "_close_called", True) or (not self._owns_io and self._inbox.ended):
+            # Closed, or the session is over on a shared socket: only unread messages remain
+            # (recv returns them until the channel is gone); their bytes go back to the
+            # server's budget (no lock here: the I/O thread does it).
+            io = getattr(self, "_io", None)
+            if inbox is not None and inbox.budget is not None and inbox.held and io is not None:
+                io.request(inbox.release)
             return
-        if not self._owns_io and self._inbox.ended:
-            return  # nothing left to release: the session is over and the socket is shared
         warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=2, source=self)
-        engine, io = self._engine, self._io
-
-        inbox = self._inbox
+        engine, io, inbox = self._engine, self._io, self._inbox
 
         def close_engine() -> None:
             inbox.release()
