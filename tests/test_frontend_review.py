@@ -320,7 +320,9 @@ def test_asyncio_other_icmp_error_after_the_handshake_is_connection_lost(
         async with aio.serve(aecho, "127.0.0.1", 0, config=server_config) as server:
             port = server.addresses[0][1]
             async with aio.connect("127.0.0.1", port, config=client_config) as channel:
-                channel._endpoint.error_received(UNREACHABLE)  # as asyncio reports it
+                driver = channel._endpoint  # as its read of the socket reports it
+                driver._socket_failed(UNREACHABLE)
+                driver.flush()
                 with pytest.raises(dtlskit.ConnectionLost, match="No route to host"):
                     await asyncio.wait_for(channel.recv(), WAIT)
 

@@ -4,6 +4,7 @@ the loop, with no task per peer or per message."""
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import pytest
 
@@ -87,3 +88,43 @@ def test_protocol_replies_keep_their_order_before_a_close(server_config, client_
             assert server.statistics().drops.get("send_failed", 0) == 0
 
     run(main())
+
+
+class Burst(dtlskit.SessionProtocol):
+    def connection_made(self, channel) -> None:  # type: ignore[no-untyped-def]
+        self.channel = channel
+
+    def message_received(self, data: bytes) -> None:
+        for index in range(int(data)):
+            self.channel.send_nowait(b"%d" % index)
+
+
+def test_client_reads_a_burst_in_batches_in_order(server_config, client_config):
+    """The asyncio client reads its socket in batches (add_reader + recv_batch, recvmmsg with
+    the accelerator), as the server does: a burst of replies larger than one batch arrives
+    whole and in order, and once established a batch that only took the engine's fast path
+    runs no transmit/drain/re-arm step (no flush from the read path)."""
+    read_flushes: list[str] = []
+
+    async def main() -> None:
+        async with serve(Burst, "127.0.0.1", 0, config=server_config) as server:
+            port = server.addresses[0][1]
+            async with connect("127.0.0.1", port, config=client_config, timeout=WAIT) as client:
+                driver = client._endpoint
+                flush = driver.flush
+
+                def counting_flush():  # type: ignore[no-untyped-def]
+                    caller = sys._getframe(1).f_code.co_name
+                    if caller in ("on_readable", "datagram_received"):  # the read path
+                        read_flushes.append(caller)
+                    return flush()
+
+                driver.flush = counting_flush
+                await client.send(b"150")
+                received = [await asyncio.wait_for(client.recv(), WAIT) for _ in range(150)]
+                assert received == [b"%d" % index for index in range(150)]
+                assert client.statistics().drops == {}
+            assert server.statistics().drops == {}
+
+    run(main())
+    assert read_flushes == []

@@ -1,9 +1,11 @@
 """asyncio DTLS client: :func:`connect`.
 
-The client's UDP socket is ``connect()``-ed to the server, so the kernel reports an ICMP error
-(port unreachable as ``ECONNREFUSED``, host unreachable, ...); asyncio hands it to
-``error_received`` and :func:`dtlskit._channel_base.client_socket_error` decides, as in the
-blocking flavour: during the handshake it fails at once (port unreachable is
+The client's UDP socket is ``connect()``-ed to the server and driven by a
+:class:`ClientDriver` (``loop.add_reader`` and batched reads, like the server's driver). The
+kernel reports an ICMP error (port unreachable as ``ECONNREFUSED``, host unreachable, ...) on
+the next read or send of that socket, and
+:func:`dtlskit._channel_base.client_socket_error` decides, as in the blocking flavour: during
+the handshake it fails at once (port unreachable is
 :class:`~dtlskit.exceptions.ConnectionRefused`) instead of waiting for the handshake deadline;
 after it the session ends with :class:`~dtlskit.exceptions.ConnectionLost` naming the cause.
 """
@@ -18,6 +20,7 @@ import weakref
 from collections.abc import Generator
 from typing import Any
 
+from .. import _accel
 from .._channel_base import client_socket_error, fresh_error, terminal_error
 from .._sockets import (
     Address,
@@ -41,46 +44,97 @@ from ..exceptions import (
     HandshakeTimeout,
     TransportError,
 )
-from .channel import Channel, Endpoint
+from .channel import Channel
+from .driver import BATCH, SocketDriver
 
 __all__ = ["connect"]
 
 logger = logging.getLogger("dtlskit.client")
 
 
-class _ClientEndpoint(Endpoint):
-    """The protocol of a client's connected socket: one engine, one channel."""
+class ClientDriver(SocketDriver):
+    """The driver of a client's connected socket: one engine, one channel.
+
+    The mirror image of the blocking client's I/O thread: each wake-up reads a batch
+    (:func:`dtlskit._accel.recv_batch`, up to :data:`BATCH` datagrams) into the engine; an
+    established session's records take the engine's fast path straight to the channel's inbox,
+    and a batch that only took it skips the transmit/drain/re-arm step
+    (:meth:`~dtlskit.core.connection.DTLSConnection.has_work`). Sends and the bounded backlog
+    are the server driver's (:class:`~dtlskit.asyncio.driver.SocketDriver`). A socket error
+    (an ICMP error on the connected socket included) goes to
+    :func:`~dtlskit._channel_base.client_socket_error`, as in the blocking flavour.
+    """
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
         engine: DTLSConnection,
+        sock: socket.socket,
         peer: Address,
         deadline: float,
         limit: float,
     ) -> None:
-        super().__init__(loop)
+        super().__init__(loop, sock)
         self._engine = engine
         self._peer = peer
         self._channel: weakref.ref[Channel] | None = None
         self._handshake_deadline = deadline
         self._limit = limit
+        self._established = False
         self.handshake: asyncio.Future[None] = loop.create_future()
 
     def attach(self, channel: Channel) -> None:
         """Deliver this socket's events to ``channel`` (held weakly: an abandoned channel warns)."""
         self._channel = weakref.ref(channel)
 
+    # -- reading --------------------------------------------------------------------------------
+
+    def on_readable(self) -> None:
+        """The socket is readable: feed a batch to the engine, then do what it asks."""
+        if self._closed:
+            return
+        batch, error = _accel.recv_batch(self.sock, BATCH)
+        engine = self._engine
+        if batch:
+            now = self._loop.time()
+            receive = engine.receive_datagram
+            for data, _ in batch:
+                receive(data, now)
+        if error is not None:
+            self._socket_failed(error)
+        # Established: a batch that only took the engine's fast path needs no drain or re-arm.
+        if not self._established or engine.has_work():
+            self.flush()
+
+    # -- SocketDriver ---------------------------------------------------------------------------
+
+    def _count_drop(self, reason: str) -> None:
+        self._engine._drop(reason)
+
+    def _send_failed(self, exc: OSError, address: Address | None) -> DTLSError | None:
+        error = self._socket_failed(exc)
+        self.flush()  # the session may have ended: tell its channel (re-entry safe)
+        return error
+
+    def _socket_failed(self, exc: OSError) -> DTLSError:
+        logger.debug("socket error from %s: %s", format_address(self._peer), exc)
+        if exc.errno == errno.EMSGSIZE:
+            self._count_drop("send_failed")  # the session survives it
+        return client_socket_error(self._engine, exc, self._peer)
+
     # -- Endpoint -------------------------------------------------------------------------------
 
     def _transmit(self) -> None:
-        for datagram in self._engine.datagrams_to_send(self.now()):
-            self._sendto(datagram, None)
+        datagrams = self._engine.datagrams_to_send(self.now())
+        if datagrams:
+            self._send_items([(datagram, None) for datagram in datagrams])
 
     def _drain(self) -> None:
         engine = self._engine
         channel = self._channel() if self._channel is not None else None
         while (event := engine.next_event()) is not None:
+            if isinstance(event, ev.HandshakeCompleted):
+                self._established = True
             if self.handshake.done():
                 pass
             elif isinstance(event, ev.HandshakeCompleted):
@@ -108,8 +162,7 @@ class _ClientEndpoint(Endpoint):
         self._engine.handle_timer(now)
 
     def channel_closed(self, channel: Channel) -> None:
-        if self._transport is not None:
-            self._transport.close()
+        self._close_socket()
 
     async def wait_channel_closed(self, channel: Channel) -> None:
         await self.wait_lost()
@@ -119,29 +172,17 @@ class _ClientEndpoint(Endpoint):
             self._loop.call_soon_threadsafe(self._close_abandoned)
 
     def _close_abandoned(self) -> None:
+        if self._closed:
+            return
         self._engine.close()
         self.flush()
-        if self._transport is not None:
-            self._transport.close()
+        self._close_socket()
 
-    # -- asyncio.DatagramProtocol ---------------------------------------------------------------
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self._engine.receive_datagram(data, self.now())
-        self.flush()
-
-    def error_received(self, exc: Exception) -> None:
-        if not isinstance(exc, OSError):  # pragma: no cover - asyncio reports OSError only
-            logger.debug("socket error from %s ignored: %r", format_address(self._peer), exc)
+    def _close_socket(self) -> None:
+        """Close the socket; a session still running ends with ConnectionLost."""
+        if self._closed:
             return
-        logger.debug("socket error from %s: %s", format_address(self._peer), exc)
-        error = client_socket_error(self._engine, exc, self._peer)
-        if self._sending:
-            self._send_failure = error  # the Channel.send that caused it raises it
-        self.flush()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
+        self._release_socket()
         self._engine.abort(ConnectionLost(f"the socket to {format_address(self._peer)} closed"))
         self.flush()
 
@@ -253,30 +294,25 @@ async def _attempt(
     session: Session | None,
 ) -> Channel:
     """One handshake over ``sock`` (connected to ``peer``); the socket is closed on failure."""
-    endpoint: _ClientEndpoint | None = None
     try:
         engine = DTLSConnection(
             engine_config, server=False, peer_address=peer, server_hostname=name, session=session
         )
-        endpoint = _ClientEndpoint(loop, engine, peer, deadline, limit)
-        await loop.create_datagram_endpoint(lambda: endpoint, sock=sock)
+        driver = ClientDriver(loop, engine, sock, peer, deadline, limit)
+        driver.start()
     except BaseException as exc:
-        if endpoint is not None:
-            # Cancelled while asyncio set the socket up: it closes the transport, whose
-            # connection_lost would fail a handshake future nobody awaits any more.
-            _settle(endpoint.handshake)
         sock.close()
         if isinstance(exc, OSError) and not isinstance(exc, TransportError):
             raise translate_os_error(exc, "open a socket to", peer) from exc
         raise
-    channel = Channel(engine, endpoint, sock, peer, owns_socket=True)
-    endpoint.attach(channel)
+    channel = Channel(engine, driver, sock, peer, owns_socket=True)
+    driver.attach(channel)
     engine.connect(loop.time())
-    endpoint.flush()
+    driver.flush()
     try:
-        await endpoint.handshake
+        await driver.handshake
     except asyncio.CancelledError:
-        _settle(endpoint.handshake)
+        _settle(driver.handshake)
         channel.close()
         raise
     except BaseException:

@@ -52,7 +52,7 @@ from .channel import Channel, Endpoint
 if TYPE_CHECKING:
     from .server import Server
 
-__all__ = ["BACKLOG_BYTES", "BATCH", "ServerDriver"]
+__all__ = ["BACKLOG_BYTES", "BATCH", "ServerDriver", "SocketDriver"]
 
 logger = logging.getLogger("dtlskit.server")
 
@@ -63,7 +63,148 @@ BACKLOG_BYTES = 1_048_576
 counted (``"send_buffer_full"``)."""
 
 
-class ServerDriver(Endpoint):
+class SocketDriver(Endpoint):
+    """What every asyncio socket driver shares (the server's :class:`ServerDriver` and the
+    client's): the socket is read with ``loop.add_reader`` (subclasses say what
+    :meth:`on_readable` does with a batch), datagrams go straight to the socket, and a full
+    send buffer queues them, bounded by :data:`BACKLOG_BYTES`, until ``loop.add_writer`` says
+    there is room. An address of None sends on a connected socket."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+        super().__init__(loop)
+        self.sock = sock
+        sock.setblocking(False)
+        self._fd = sock.fileno()
+        self._closed = False
+        self._backlog: collections.deque[tuple[bytes, Address | None]] = collections.deque()
+        self._backlog_bytes = 0
+        self._collected: list[tuple[bytes, Address | None]] | None = None
+        """While a batch is read: the replies sent meanwhile, to send together after it."""
+
+    # -- to override ----------------------------------------------------------------------------
+
+    def on_readable(self) -> None:
+        """The socket is readable: read a batch and feed it to the engine."""
+        raise NotImplementedError
+
+    def _count_drop(self, reason: str) -> None:
+        """Count one datagram the driver dropped."""
+        raise NotImplementedError
+
+    def _send_failed(self, exc: OSError, address: Address | None) -> DTLSError | None:
+        """A socket error sending to ``address``: count it; the error its sender should see."""
+        raise NotImplementedError
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start reading."""
+        self._loop.add_reader(self._fd, self.on_readable)
+
+    # -- sending --------------------------------------------------------------------------------
+
+    def send_record(self, record: bytes, address: Address | None) -> DTLSError | None:
+        """Send one datagram now (or queue it behind earlier ones); the failure it caused."""
+        if self._closed:
+            return None
+        collected = self._collected
+        if collected is not None:
+            collected.append((record, address))
+            return None
+        if self._backlog:
+            self._enqueue(record, address)
+            return None
+        try:
+            if address is None:
+                self.sock.send(record)
+            else:
+                self.sock.sendto(record, address)
+        except (BlockingIOError, InterruptedError):
+            self._enqueue(record, address)
+        except OSError as exc:
+            return self._send_failed(exc, address)
+        return None
+
+    def _sendto(self, data: bytes, address: Address | None) -> bool:
+        failure = self.send_record(data, address)
+        if failure is not None:
+            self._send_failure = failure
+        return not self._closed
+
+    def _send_items(self, items: list[tuple[bytes, Address | None]]) -> None:
+        while items and not self._closed:
+            if self._backlog:
+                for data, address in items:
+                    self._enqueue(data, address)
+                return
+            sent, error = _accel.send_batch(self.sock, items)
+            if error is None:
+                return
+            items = items[sent:]
+            if isinstance(error, BlockingIOError | InterruptedError):
+                for data, address in items:  # no room: the rest wait for add_writer
+                    self._enqueue(data, address)
+                return
+            data, address = items.pop(0)
+            failure = self._send_failed(error, address)
+            if failure is not None:
+                self._send_failure = failure
+
+    def _enqueue(self, data: bytes, address: Address | None) -> None:
+        if self._backlog_bytes + len(data) > BACKLOG_BYTES:
+            self._count_drop("send_buffer_full")
+            return
+        if not self._backlog:
+            self._loop.add_writer(self._fd, self._on_writable)
+            self._writable.clear()
+        self._backlog.append((data, address))
+        self._backlog_bytes += len(data)
+
+    def _on_writable(self) -> None:
+        backlog = self._backlog
+        while backlog:
+            data, address = backlog[0]
+            try:
+                if address is None:
+                    self.sock.send(data)
+                else:
+                    self.sock.sendto(data, address)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._send_failed(exc, address)
+            backlog.popleft()
+            self._backlog_bytes -= len(data)
+        self._loop.remove_writer(self._fd)
+        self._writable.set()
+
+    # -- closing --------------------------------------------------------------------------------
+
+    def is_closed(self) -> bool:
+        return self._closed
+
+    def _release_socket(self) -> None:
+        """Stop reading and writing, forget the backlog, close the socket (once)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._rearm(None)
+        if not self._loop.is_closed():
+            self._loop.remove_reader(self._fd)
+            if self._backlog:
+                self._loop.remove_writer(self._fd)
+        self._backlog.clear()
+        self._backlog_bytes = 0
+        self._writable.set()
+        self.sock.close()
+        if not self._lost.done():
+            self._lost.set_result(None)
+
+    async def wait_lost(self) -> None:
+        await asyncio.shield(self._lost)
+
+
+class ServerDriver(SocketDriver):
     """One listening socket and its ServerEngine, driven from the event loop."""
 
     def __init__(
@@ -73,11 +214,9 @@ class ServerDriver(Endpoint):
         engine: ServerEngine,
         sock: socket.socket,
     ) -> None:
-        super().__init__(loop)
+        super().__init__(loop, sock)
         self._server = server
         self.engine = engine
-        self.sock = sock
-        sock.setblocking(False)
         self.address = tuple(sock.getsockname())
         """The bound address (kept: the socket cannot tell it once closed)."""
         self.channels: weakref.WeakValueDictionary[DTLSConnection, Channel] = (
@@ -85,17 +224,7 @@ class ServerDriver(Endpoint):
         )
         """Held weakly, as in the blocking flavour: a dropped channel warns and is closed."""
         self._shutting_down = False
-        self._closed = False
-        self._backlog: collections.deque[tuple[bytes, Address | None]] = collections.deque()
-        self._backlog_bytes = 0
-        self._fd = sock.fileno()
-        self._collected: list[tuple[bytes, Address | None]] | None = None
-        """While a batch is read: the replies sent meanwhile, to send together after it."""
         self.receive_buffer_bytes = size_receive_buffer(sock, server._config.recv_buffer_size)
-
-    def start(self) -> None:
-        """Start reading."""
-        self._loop.add_reader(self._fd, self.on_readable)
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -124,31 +253,6 @@ class ServerDriver(Endpoint):
 
     # -- sending --------------------------------------------------------------------------------
 
-    def send_record(self, record: bytes, address: Address | None) -> DTLSError | None:
-        """Send one datagram now (or queue it behind earlier ones); the failure it caused."""
-        if self._closed:
-            return None
-        collected = self._collected
-        if collected is not None:
-            collected.append((record, address))
-            return None
-        if self._backlog:
-            self._enqueue(record, address)
-            return None
-        try:
-            self.sock.sendto(record, address)  # type: ignore[arg-type]
-        except (BlockingIOError, InterruptedError):
-            self._enqueue(record, address)
-        except OSError as exc:
-            return self._send_failed(exc, address)
-        return None
-
-    def _sendto(self, data: bytes, address: Address | None) -> bool:
-        failure = self.send_record(data, address)
-        if failure is not None:
-            self._send_failure = failure
-        return not self._closed
-
     def _transmit(self) -> None:
         collected = self._collected
         if collected:  # replies collected so far go first: a peer's datagrams keep their order
@@ -157,24 +261,8 @@ class ServerDriver(Endpoint):
         items: list[tuple[bytes, Address | None]] = list(self.engine.datagrams_to_send())
         self._send_items(items)
 
-    def _send_items(self, items: list[tuple[bytes, Address | None]]) -> None:
-        while items and not self._closed:
-            if self._backlog:
-                for data, address in items:
-                    self._enqueue(data, address)
-                return
-            sent, error = _accel.send_batch(self.sock, items)
-            if error is None:
-                return
-            items = items[sent:]
-            if isinstance(error, BlockingIOError | InterruptedError):
-                for data, address in items:  # no room: the rest wait for add_writer
-                    self._enqueue(data, address)
-                return
-            data, address = items.pop(0)
-            failure = self._send_failed(error, address)
-            if failure is not None:
-                self._send_failure = failure
+    def _count_drop(self, reason: str) -> None:
+        self._server._count_drop(reason)
 
     def _send_failed(self, exc: OSError, address: Address | None) -> DTLSError | None:
         self._server._count_drop("send_failed")
@@ -184,31 +272,6 @@ class ServerDriver(Endpoint):
             mtu = conn.mtu if conn is not None else self._server._config.mtu
             return send_error(exc, address, mtu)
         return None
-
-    def _enqueue(self, data: bytes, address: Address | None) -> None:
-        if self._backlog_bytes + len(data) > BACKLOG_BYTES:
-            self._server._count_drop("send_buffer_full")
-            return
-        if not self._backlog:
-            self._loop.add_writer(self._fd, self._on_writable)
-            self._writable.clear()
-        self._backlog.append((data, address))
-        self._backlog_bytes += len(data)
-
-    def _on_writable(self) -> None:
-        backlog = self._backlog
-        while backlog:
-            data, address = backlog[0]
-            try:
-                self.sock.sendto(data, address)  # type: ignore[arg-type]
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                self._send_failed(exc, address)
-            backlog.popleft()
-            self._backlog_bytes -= len(data)
-        self._loop.remove_writer(self._fd)
-        self._writable.set()
 
     # -- Endpoint -------------------------------------------------------------------------------
 
@@ -251,9 +314,6 @@ class ServerDriver(Endpoint):
             stats.kernel_drops = kernel_drops(self.sock) or 0
         return stats
 
-    def is_closed(self) -> bool:
-        return self._closed
-
     def channel_abandoned(self, engine: DTLSConnection) -> None:
         if not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._close_abandoned, engine)
@@ -283,22 +343,9 @@ class ServerDriver(Endpoint):
             for conn in self.engine.connections.values():
                 conn.abort(error)
             self.flush()
-        self._closed = True
-        self._rearm(None)
-        if not self._loop.is_closed():
-            self._loop.remove_reader(self._fd)
-            if self._backlog:
-                self._loop.remove_writer(self._fd)
-        self._backlog.clear()
-        self._writable.set()
-        self.sock.close()
-        if not self._lost.done():
-            self._lost.set_result(None)
+        self._release_socket()
 
     def abort(self) -> None:
         """Close the socket at once: every session ends with ConnectionLost."""
         self._shutting_down = True
         self._close_socket(ConnectionLost("the server socket was closed"))
-
-    async def wait_lost(self) -> None:
-        await asyncio.shield(self._lost)
