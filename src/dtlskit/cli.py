@@ -907,30 +907,8 @@ def _add_client_parser(commands: Any, common: argparse.ArgumentParser) -> None:
 
 def _cmd_bench(argv: list[str]) -> int:
     # benchmarks/ of the repository, installed as the subpackage dtlskit.benchmarks.
-    _find_benchmarks()
     run = importlib.import_module("dtlskit.benchmarks.run")
     return int(run.main(argv))
-
-
-def _find_benchmarks() -> None:
-    """Make ``dtlskit.benchmarks`` importable in an editable install too: its static .pth
-    (setup.cfg) names only src/, so the checkout's benchmarks/ next to it is loaded as that
-    package. An installed package finds its own."""
-    try:
-        importlib.import_module("dtlskit.benchmarks")
-        return
-    except ModuleNotFoundError as exc:
-        if exc.name != "dtlskit.benchmarks":
-            raise
-    checkout = Path(__file__).resolve().parents[2] / "benchmarks"
-    spec = importlib.util.spec_from_file_location(
-        "dtlskit.benchmarks", checkout / "__init__.py", submodule_search_locations=[str(checkout)]
-    )
-    if spec is None or spec.loader is None or not (checkout / "__init__.py").is_file():
-        raise UsageError("dtlskit bench: the benchmark harness is not installed")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
 
 
 def _add_bench_parser(commands: Any) -> None:
