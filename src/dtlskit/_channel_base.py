@@ -58,6 +58,7 @@ __all__ = [
     "client_socket_error",
     "end_protocol",
     "ends_iteration",
+    "feed_batch",
     "fresh_error",
     "is_protocol_factory",
     "log_peer_event",
@@ -456,3 +457,27 @@ def end_protocol(channel: ChannelBase) -> None:
         protocol.connection_lost(None if error is None or ends_iteration(error) else error)
     except Exception:
         _server_logger.exception("connection_lost failed for %s", channel._peer_text)
+
+
+def feed_batch(
+    driver: Any,
+    batch: list[tuple[bytes, Any]],
+    now: float,
+    send: Callable[[list[tuple[bytes, Any]]], object],
+) -> None:
+    """Feed one read batch to a server driver's engine, the same in both flavours.
+
+    Replies that callback handlers send meanwhile are collected on the driver
+    (``driver._collected``, which its ``send_nowait`` path appends to) and handed to ``send``
+    together at the end — also when a handler raises — so they leave in one ``send_batch``, in
+    order, before anything else the driver sends.
+    """
+    receive = driver.engine.receive_datagram
+    driver._collected = []
+    try:
+        for data, address in batch:
+            receive(data, address, now)
+    finally:
+        collected, driver._collected = driver._collected, None
+        if collected:
+            send(collected)

@@ -41,7 +41,7 @@ import weakref
 from typing import TYPE_CHECKING
 
 from .. import _accel
-from .._channel_base import end_protocol, log_peer_event, send_error
+from .._channel_base import end_protocol, feed_batch, log_peer_event, send_error
 from .._sockets import Address, format_address, kernel_drops, size_receive_buffer
 from ..core import events as ev
 from ..core.connection import DTLSConnection
@@ -235,16 +235,7 @@ class ServerDriver(SocketDriver):
         batch, error = _accel.recv_batch(self.sock, BATCH)
         engine = self.engine
         if batch:
-            now = self._loop.time()
-            receive = engine.receive_datagram
-            self._collected = []
-            try:
-                for data, address in batch:
-                    receive(data, address, now)
-            finally:
-                collected, self._collected = self._collected, None
-                if collected:
-                    self._send_items(collected)
+            feed_batch(self, batch, self._loop.time(), self._send_items)
         if error is not None:
             self._server._count_drop("receive_failed")
             logger.debug("receive error on %s: %s", format_address(self.address), error)

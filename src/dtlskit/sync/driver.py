@@ -23,7 +23,13 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import _accel, _sockets
-from .._channel_base import aggregate_server_statistics, end_protocol, log_peer_event, send_error
+from .._channel_base import (
+    aggregate_server_statistics,
+    end_protocol,
+    feed_batch,
+    log_peer_event,
+    send_error,
+)
 from ..core import events as ev
 from ..core.connection import DTLSConnection
 from ..core.server import ServerEngine, ServerStatistics
@@ -62,15 +68,7 @@ class ServerDriver(IOThread):
     def _receive_locked(self, now: float) -> None:
         batch, error = _accel.recv_batch(self.sock, BATCH)
         if batch:
-            receive = self.engine.receive_datagram
-            self._collected = []
-            try:
-                for data, address in batch:
-                    receive(data, address, now)
-            finally:
-                collected, self._collected = self._collected, None
-                if collected:
-                    self.send_collected_locked(collected)
+            feed_batch(self, batch, now, self.send_collected_locked)
         if error is not None:
             self.count_drop_locked("receive_failed")
 
