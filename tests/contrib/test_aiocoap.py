@@ -1,0 +1,262 @@
+"""The coaps transport for aiocoap (dtlskit.contrib.aiocoap): aiocoap client and server, both
+on dtlskit, over real sockets on loopback, with certificates, mutual authentication and PSK."""
+
+from __future__ import annotations
+
+import hashlib
+import ssl
+from pathlib import Path
+
+import pytest
+
+aiocoap = pytest.importorskip(
+    "aiocoap", reason="aiocoap is not installed: pip install 'dtlskit[coap]' (CI installs it)"
+)
+
+from cryptography import x509  # noqa: E402
+from cryptography.hazmat.primitives.serialization import Encoding  # noqa: E402
+
+import dtlskit  # noqa: E402
+from dtlskit.certs import PKIFiles  # noqa: E402
+from dtlskit.contrib import aiocoap as coaps  # noqa: E402
+
+from .coap_helpers import run, site  # noqa: E402
+
+PSK = {"sensor-7": b"sensor seven key"}
+
+
+def fingerprint(path: Path) -> str:
+    certificate = x509.load_pem_x509_certificate(path.read_bytes())
+    return hashlib.sha256(certificate.public_bytes(Encoding.DER)).hexdigest()
+
+
+def server_config(pki: PKIFiles, **changes: object) -> dtlskit.DTLSConfiguration:
+    config = dtlskit.DTLSConfiguration.server(
+        pki.server_cert,
+        pki.server_key,
+        cafile=pki.ca_cert,
+        verify_mode=ssl.CERT_OPTIONAL,
+        psk_lookup=PSK,
+    )
+    return config.replace(**changes) if changes else config
+
+
+def cert_client(pki: PKIFiles, ca: Path | None = None) -> dtlskit.DTLSConfiguration:
+    return dtlskit.DTLSConfiguration.client(
+        cafile=ca or pki.ca_cert,
+        server_hostname="localhost",
+        certfile=pki.client_cert,
+        keyfile=pki.client_key,
+    )
+
+
+async def get(context: aiocoap.Context, uri: str) -> aiocoap.Message:
+    return await context.request(aiocoap.Message(code=aiocoap.GET, uri=uri)).response
+
+
+def test_mutual_certificates_both_ways_and_claims(pki: PKIFiles) -> None:
+    async def main() -> None:
+        server = await coaps.create_server_context(
+            site(), "127.0.0.1", 0, config=server_config(pki)
+        )
+        port = coaps.coaps_transport(server).server.addresses[0][1]
+        client = await coaps.create_client_context(cert_client(pki))
+        try:
+            response = await get(client, f"coaps://127.0.0.1:{port}/who")
+            again = await get(client, f"coaps://127.0.0.1:{port}/.well-known/core")
+        finally:
+            await client.shutdown()
+            statistics = coaps.coaps_transport(server).server.statistics()
+            await server.shutdown()
+        assert response.code == aiocoap.CONTENT
+        # The resource saw the client certificate the server verified.
+        assert response.payload.decode() == f"cert CN=dtlskit client {fingerprint(pki.client_cert)}"
+        # The client sees the server's verified certificate as the response's claim.
+        (claim,) = response.remote.authenticated_claims
+        assert isinstance(claim, coaps.CertificateClaim)
+        assert claim.sha256 == fingerprint(pki.server_cert)
+        assert claim.subject == "CN=localhost"
+        assert b"</who>" in again.payload and b"</.well-known/core>" in again.payload
+        # Both requests travelled in one DTLS session.
+        assert statistics.handshakes_completed == 1
+
+    run(main())
+
+
+def test_psk_client_is_known_by_its_identity(pki: PKIFiles) -> None:
+    async def main() -> None:
+        server = await coaps.create_server_context(
+            site(), "127.0.0.1", 0, config=server_config(pki)
+        )
+        port = coaps.coaps_transport(server).server.addresses[0][1]
+        client = await coaps.create_client_context(
+            dtlskit.DTLSConfiguration.client(psk=("sensor-7", PSK["sensor-7"]))
+        )
+        try:
+            response = await get(client, f"coaps://127.0.0.1:{port}/who")
+        finally:
+            await client.shutdown()
+            await server.shutdown()
+        assert response.payload == b"psk sensor-7"
+        assert response.remote.authenticated_claims == (coaps.PSKClaim("sensor-7"),)
+
+    run(main())
+
+
+def test_aiocoap_credentials_psk_works_without_a_dtlskit_configuration(pki: PKIFiles) -> None:
+    """A client written for aiocoap's tinydtls transport keeps its credentials file."""
+
+    async def main() -> None:
+        server = await coaps.create_server_context(
+            site(), "127.0.0.1", 0, config=server_config(pki)
+        )
+        port = coaps.coaps_transport(server).server.addresses[0][1]
+        client = await coaps.create_client_context()
+        client.client_credentials.load_from_dict(
+            {
+                f"coaps://127.0.0.1:{port}/*": {
+                    "dtls": {"psk": {"ascii": "sensor seven key"}, "client-identity": b"sensor-7"}
+                }
+            }
+        )
+        try:
+            response = await get(client, f"coaps://127.0.0.1:{port}/who")
+        finally:
+            await client.shutdown()
+            await server.shutdown()
+        assert response.payload == b"psk sensor-7"
+
+    run(main())
+
+
+def test_anonymous_client_when_the_server_does_not_ask_for_certificates(pki: PKIFiles) -> None:
+    async def main() -> None:
+        config = dtlskit.DTLSConfiguration.server(pki.server_cert, pki.server_key)
+        server = await coaps.create_server_context(site(), "127.0.0.1", 0, config=config)
+        port = coaps.coaps_transport(server).server.addresses[0][1]
+        client = await coaps.create_client_context(
+            dtlskit.DTLSConfiguration.client(cafile=pki.ca_cert, server_hostname="localhost")
+        )
+        try:
+            response = await get(client, f"coaps://127.0.0.1:{port}/who")
+        finally:
+            await client.shutdown()
+            await server.shutdown()
+        assert response.payload == b"anonymous"
+
+    run(main())
+
+
+def test_wrong_ca_fails_the_request_with_the_dtlskit_cause(
+    pki: PKIFiles, other_pki: PKIFiles
+) -> None:
+    async def main() -> None:
+        server = await coaps.create_server_context(
+            site(), "127.0.0.1", 0, config=server_config(pki)
+        )
+        port = coaps.coaps_transport(server).server.addresses[0][1]
+        client = await coaps.create_client_context(cert_client(pki, ca=other_pki.ca_cert))
+        try:
+            with pytest.raises(aiocoap.error.NetworkError) as caught:
+                await get(client, f"coaps://127.0.0.1:{port}/who")
+        finally:
+            await client.shutdown()
+            await server.shutdown()
+        cause = caught.value.__cause__
+        assert isinstance(cause, dtlskit.CertificateVerificationError)
+        assert cause.reason is dtlskit.VerificationReason.UNKNOWN_ISSUER
+
+    run(main())
+
+
+def test_server_refuses_a_client_certificate_from_another_ca(
+    pki: PKIFiles, other_pki: PKIFiles
+) -> None:
+    async def main() -> None:
+        config = server_config(pki, verify_mode=ssl.CERT_REQUIRED)
+        server = await coaps.create_server_context(site(), "127.0.0.1", 0, config=config)
+        port = coaps.coaps_transport(server).server.addresses[0][1]
+        foreign = dtlskit.DTLSConfiguration.client(
+            cafile=pki.ca_cert,
+            server_hostname="localhost",
+            certfile=other_pki.client_cert,
+            keyfile=other_pki.client_key,
+        )
+        client = await coaps.create_client_context(foreign)
+        try:
+            with pytest.raises(aiocoap.error.NetworkError) as caught:
+                await get(client, f"coaps://127.0.0.1:{port}/who")
+        finally:
+            await client.shutdown()
+            statistics = coaps.coaps_transport(server).server.statistics()
+            await server.shutdown()
+        cause = caught.value.__cause__
+        assert isinstance(cause, dtlskit.CertificateVerificationError)
+        assert cause.reason is dtlskit.VerificationReason.REJECTED_BY_PEER
+        assert statistics.handshakes_completed == 0
+
+    run(main())
+
+
+def test_blockwise_payload_larger_than_a_datagram(pki: PKIFiles) -> None:
+    async def main() -> None:
+        server = await coaps.create_server_context(
+            site(), "127.0.0.1", 0, config=server_config(pki)
+        )
+        port = coaps.coaps_transport(server).server.addresses[0][1]
+        client = await coaps.create_client_context(cert_client(pki))
+        payload = bytes(range(256)) * 24  # 6 KiB: six 1 KiB blocks each way
+        try:
+            response = await client.request(
+                aiocoap.Message(
+                    code=aiocoap.POST, uri=f"coaps://127.0.0.1:{port}/echo", payload=payload
+                )
+            ).response
+        finally:
+            await client.shutdown()
+            await server.shutdown()
+        assert response.code == aiocoap.CHANGED
+        assert response.payload == payload
+
+    run(main())
+
+
+def test_junk_inside_the_session_is_dropped_and_counted(pki: PKIFiles) -> None:
+    """A peer's bytes that are not a CoAP message are dropped, counted, and the session keeps
+    serving (driven with a plain dtlskit channel, so the bytes are exactly ours)."""
+
+    async def main() -> None:
+        server = await coaps.create_server_context(
+            site(), "127.0.0.1", 0, config=server_config(pki)
+        )
+        transport = coaps.coaps_transport(server)
+        port = transport.server.addresses[0][1]
+        # CON GET /who, message ID 0x1234, token "t1" (RFC 7252 §3), written out by hand.
+        request = bytes([0x42, 0x01, 0x12, 0x34]) + b"t1" + bytes([0xB3]) + b"who"
+        try:
+            async with dtlskit.connect("127.0.0.1", port, config=cert_client(pki)) as channel:
+                await channel.send(b"\xff")  # a 1-byte message: not CoAP (RFC 7252 §3)
+                await channel.send(request)
+                reply = aiocoap.Message.decode(await channel.recv())
+        finally:
+            await server.shutdown()
+        assert transport.drops == {"unparsable_coap_message": 1}
+        assert reply.mid == 0x1234 and reply.token == b"t1"
+        assert reply.payload.startswith(b"cert CN=dtlskit client")
+
+    run(main())
+
+
+def test_one_context_has_one_transport(pki: PKIFiles) -> None:
+    async def main() -> None:
+        client = await coaps.create_client_context(cert_client(pki))
+        try:
+            with pytest.raises(dtlskit.ConfigurationError):
+                await coaps.add_transport(client)
+            plain = aiocoap.Context()
+            with pytest.raises(LookupError):
+                coaps.coaps_transport(plain)
+        finally:
+            await client.shutdown()
+
+    run(main())
