@@ -20,6 +20,8 @@ EXPECTED = {
     "nonblocking.py": "done: 3 messages echoed in",
     "session_resumption.py": "done: the second connection resumed the saved session",
     "edgeros_style.py": "done: 2 clients accepted, 4 messages echoed",
+    # issue 13 (IoT)
+    "coap_server.py": "done: two coaps requests answered, the client known by its certificate",
 }
 
 #: More lines some examples must print, checked in order of appearance.
@@ -38,6 +40,8 @@ ALSO_EXPECTED = {
         "dtlskit client (run 2): ['session reused: yes']",
     ],
     "edgeros_style.py": ["server: new client", "closed the session"],
+    # issue 13 (IoT)
+    "coap_server.py": ["client: GET /.well-known/core: 2.05 Content </sensors/temperature>"],
 }
 
 
