@@ -30,7 +30,9 @@ from typing import Any
 from cryptography.exceptions import UnsupportedAlgorithm
 from OpenSSL import SSL, crypto
 
+from . import _verify_time
 from ._secrets import open_private_append, security_warning
+from ._verify_time import VerifyTime
 from .exceptions import ConfigurationError
 
 __all__ = [
@@ -293,6 +295,13 @@ class DTLSConfiguration:
     For debugging only: whoever reads it can decrypt the traffic. The environment is not read;
     pass ``keylog_file=os.environ.get("SSLKEYLOGFILE")`` to honour it."""
 
+    verify_time: VerifyTime | None = None
+    """Check the peer's certificate dates against this time instead of the system clock: an
+    aware ``datetime``, a POSIX timestamp, or a callable returning one, called at the start of
+    each handshake (a device clock set by SNTP or a gateway). For devices whose clock is unset
+    or wrong. An expired or not-yet-valid certificate's error names the time used and the
+    certificate's validity window."""
+
     def __post_init__(self) -> None:
         if not isinstance(self.mtu, int) or not MIN_MTU <= self.mtu <= MAX_MTU:
             raise ConfigurationError(
@@ -388,6 +397,7 @@ class DTLSConfiguration:
                 raise ConfigurationError(f"{name} must be True or False")
         if self.keylog_file is not None and not isinstance(self.keylog_file, str | os.PathLike):
             raise ConfigurationError("keylog_file must be a path or None")
+        _verify_time.check(self.verify_time)
 
     # -- construction -------------------------------------------------------------------------
 
@@ -422,6 +432,7 @@ class DTLSConfiguration:
         session_tickets: bool = True,
         allow_renegotiation: bool = False,
         keylog_file: StrPath | None = None,
+        verify_time: VerifyTime | None = None,
     ) -> DTLSConfiguration:
         """Configuration for a server presenting ``certfile``/``keyfile``.
 
@@ -449,7 +460,8 @@ class DTLSConfiguration:
           ``sni_callback=None``: ``(sni_name: str | None) -> (certfile, keyfile[, password])
           | None``; ``ip_certificate=None``: for clients that send no SNI;
         * ``alpn_protocols=()``, ``srtp_profiles=()``; ``session_tickets=True``;
-          ``allow_renegotiation=False``; ``keylog_file=None``.
+          ``allow_renegotiation=False``; ``keylog_file=None``;
+        * ``verify_time=None``: certificate dates are checked against the system clock.
         """
         return cls(
             certfile=certfile,
@@ -479,6 +491,7 @@ class DTLSConfiguration:
             session_tickets=session_tickets,
             allow_renegotiation=allow_renegotiation,
             keylog_file=keylog_file,
+            verify_time=verify_time,
         )
 
     @classmethod
@@ -509,6 +522,7 @@ class DTLSConfiguration:
         session_tickets: bool = True,
         allow_renegotiation: bool = False,
         keylog_file: StrPath | None = None,
+        verify_time: VerifyTime | None = None,
     ) -> DTLSConfiguration:
         """Configuration for a client trusting ``cafile`` and expecting ``server_hostname``.
 
@@ -529,7 +543,8 @@ class DTLSConfiguration:
           its message queue bounds);
         * ``psk=None``: ``(identity, key)``;
         * ``alpn_protocols=()``, ``srtp_profiles=()``; ``session_tickets=True``;
-          ``allow_renegotiation=False``; ``keylog_file=None``.
+          ``allow_renegotiation=False``; ``keylog_file=None``;
+        * ``verify_time=None``: certificate dates are checked against the system clock.
         """
         return cls(
             cafile=cafile,
@@ -556,6 +571,7 @@ class DTLSConfiguration:
             session_tickets=session_tickets,
             allow_renegotiation=allow_renegotiation,
             keylog_file=keylog_file,
+            verify_time=verify_time,
         )
 
     # -- ssl.SSLContext-style names: each returns a NEW configuration ----------------------------
