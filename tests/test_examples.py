@@ -22,6 +22,7 @@ EXPECTED = {
     "edgeros_style.py": "done: 2 clients accepted, 4 messages echoed",
     # issue 13 (IoT)
     "coap_server.py": "done: two coaps requests answered, the client known by its certificate",
+    "sntp_clock.py": "done: certificates checked against the SNTP time",
 }
 
 #: More lines some examples must print, checked in order of appearance.
@@ -42,6 +43,11 @@ ALSO_EXPECTED = {
     "edgeros_style.py": ["server: new client", "closed the session"],
     # issue 13 (IoT)
     "coap_server.py": ["client: GET /.well-known/core: 2.05 Content </sensors/temperature>"],
+    "sntp_clock.py": [
+        "sntp: plain SNTP is unauthenticated",
+        "device clock unset (1970): refused (certificate is not yet valid)",
+        "verify_time from SNTP: connected, echoed b'hello'",
+    ],
 }
 
 
