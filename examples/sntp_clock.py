@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import getpass
+import os
 import select
 import shutil
 import socket
@@ -49,14 +50,14 @@ def chronyd_on_loopback(directory: Path) -> Iterator[int]:
     config.write_text(
         f"port {port}\nbindaddress 127.0.0.1\nallow 127.0.0.1\n"
         "local stratum 8\n"  # serve our own clock without an upstream server
-        f"cmdport 0\npidfile {directory / 'chronyd.pid'}\n"
+        f"cmdport 0\nbindcmdaddress {directory / 'chronyd.sock'}\n"
+        f"pidfile {directory / 'chronyd.pid'}\n"
         f"driftfile {directory / 'drift'}\nuser {getpass.getuser()}\n"
     )
     process = subprocess.Popen(
         [chronyd, "-x", "-d", "-f", str(config)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        text=True,
     )
     try:
         ready(process, deadline=time.monotonic() + 10)
@@ -72,22 +73,24 @@ def chronyd_on_loopback(directory: Path) -> Iterator[int]:
             process.stderr.close()
 
 
-def ready(process: subprocess.Popen[str], deadline: float) -> None:
+def ready(process: subprocess.Popen[bytes], deadline: float) -> None:
     """Wait until chronyd says it runs with its final privileges, which it does once its NTP
-    socket is open; fail with what it printed if it exits or stays silent past ``deadline``."""
+    socket is open; fail with what it printed if it exits or stays silent past ``deadline``.
+    (Reads the pipe's descriptor directly: a buffered reader would hide lines from select.)"""
     assert process.stderr is not None
-    seen: list[str] = []
+    fd = process.stderr.fileno()
+    printed = b""
     while (remaining := deadline - time.monotonic()) > 0:
-        readable, _, _ = select.select([process.stderr], [], [], remaining)
+        readable, _, _ = select.select([fd], [], [], remaining)
         if not readable:
             break
-        line = process.stderr.readline()
-        if not line:
-            raise RuntimeError("chronyd exited: " + " | ".join(seen))
-        seen.append(line.strip())
-        if "privileges" in line:  # "Running with root privileges" / "Dropped root privileges"
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            raise RuntimeError("chronyd exited: " + printed.decode(errors="replace"))
+        printed += chunk
+        if b"privileges" in printed:  # "Running with root privileges" / "Dropped root ..."
             return
-    raise RuntimeError("chronyd did not start in time: " + " | ".join(seen))
+    raise RuntimeError("chronyd did not start in time: " + printed.decode(errors="replace"))
 
 
 def echo(channel: sync.Channel) -> None:
