@@ -44,7 +44,7 @@ from typing import Any
 
 from OpenSSL import SSL
 
-from .. import _accel
+from .._frontend import accel as _accel
 from ..config import DTLSConfiguration
 from ..exceptions import (
     CertificateVerificationError,

@@ -31,15 +31,15 @@ from typing import Any, TextIO
 
 from OpenSSL import SSL
 
-from . import __version__, certs, udp
-from . import asyncio as dtlskit_asyncio
-from . import sync as dtlskit_sync
-from ._accel import ACCELERATOR
-from ._sockets import Address, format_address, probe_bind
-from .config import DTLSConfiguration
-from .core.connection import ConnectionStatistics
-from .core.session import Session
-from .exceptions import (
+from .. import __version__, certs, udp
+from .. import asyncio as dtlskit_asyncio
+from .. import sync as dtlskit_sync
+from .._frontend.accel import ACCELERATOR
+from .._frontend.sockets import Address, format_address, probe_bind
+from ..config import DTLSConfiguration
+from ..core.connection import ConnectionStatistics
+from ..core.session import Session
+from ..exceptions import (
     CertificateVerificationError,
     ConfigurationError,
     ConnectionClosedByPeer,
