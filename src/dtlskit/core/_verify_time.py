@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from .exceptions import ConfigurationError
+from ..exceptions import ConfigurationError
 
 VerifyTime = datetime | float | Callable[[], "datetime | float"]
 """An aware ``datetime``, a POSIX timestamp (seconds), or a callable returning either, called
