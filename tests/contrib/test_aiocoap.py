@@ -260,3 +260,43 @@ def test_one_context_has_one_transport(pki: PKIFiles) -> None:
             await client.shutdown()
 
     run(main())
+
+
+def test_a_session_the_server_ended_is_replaced_by_a_new_handshake(pki: PKIFiles) -> None:
+    """The server closes the session (close_notify) once it answered; the client's next
+    request to the same server starts a new session instead of sending into the dead one."""
+    import asyncio
+
+    import aiocoap.resource as resource
+
+    server_channels = []
+
+    class Goodbye(resource.Resource):  # type: ignore[misc]
+        async def render_get(self, request: aiocoap.Message) -> aiocoap.Message:
+            server_channels.append(request.remote.channel)
+            return aiocoap.Message(payload=b"bye")
+
+    async def main() -> None:
+        root = site()
+        root.add_resource(["bye"], Goodbye())
+        server = await coaps.create_server_context(root, "127.0.0.1", 0, config=server_config(pki))
+        transport = coaps.coaps_transport(server)
+        port = transport.server.addresses[0][1]
+        client = await coaps.create_client_context(cert_client(pki))
+        try:
+            first = await get(client, f"coaps://127.0.0.1:{port}/bye")
+            (server_channel,) = server_channels
+            server_channel.close()
+            # The client's session task ends when the server's close_notify arrives.
+            await asyncio.wait_for(asyncio.shield(first.remote._task), 30)
+            assert first.remote.ended
+            second = await get(client, f"coaps://127.0.0.1:{port}/who")
+        finally:
+            await client.shutdown()
+            statistics = transport.server.statistics()
+            await server.shutdown()
+        assert first.payload == b"bye" and second.payload.startswith(b"cert CN=dtlskit client")
+        assert second.remote is not first.remote
+        assert statistics.handshakes_completed == 2
+
+    run(main())

@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -197,7 +196,6 @@ class _ServerSession(dtlskit.SessionProtocol):
         host, port = channel.getpeername()[:2]
         self.remote = _Remote(self.transport, str(hostportjoin(host, port)))
         self.remote._established(channel)
-        self.transport._sessions.add(self.remote)
 
     def message_received(self, data: bytes) -> None:
         self.transport._received(self.remote, data)
@@ -230,7 +228,6 @@ class CoapsTransport(interfaces.MessageInterface):  # type: ignore[misc]
         self._client_config = client_config
         self._client_credentials = client_credentials
         self._pool: dict[tuple[str, int, int], tuple[DTLSConfiguration, _ClientRemote]] = {}
-        self._sessions: weakref.WeakSet[_Remote] = weakref.WeakSet()
         self.server: dtlskit.asyncio.Server | None = None
         self.drops: dict[str, int] = {}
 
@@ -264,7 +261,6 @@ class CoapsTransport(interfaces.MessageInterface):  # type: ignore[misc]
             for key, (_, pooled) in list(self._pool.items()):
                 if pooled is remote:
                     del self._pool[key]
-        self._sessions.discard(remote)
         if self._manager is not None:
             # Not from inside a send(): aiocoap is in the middle of that request's bookkeeping.
             self._loop.call_soon(self._dispatch_error, remote, exc)
