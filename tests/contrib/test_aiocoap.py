@@ -300,3 +300,75 @@ def test_a_session_the_server_ended_is_replaced_by_a_new_handshake(pki: PKIFiles
         assert statistics.handshakes_completed == 2
 
     run(main())
+
+
+def test_client_sessions_are_pooled_by_equal_configuration_and_bounded(
+    pki: PKIFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests with an equal configuration share a session; past the bound the least recently
+    used session is closed (counted) and later requests still work."""
+    from dtlskit.contrib.aiocoap import _transport
+
+    monkeypatch.setattr(_transport, "MAX_CLIENT_SESSIONS", 2)
+    configs = {mtu: cert_client(pki).replace(mtu=mtu) for mtu in (1200, 1100, 1000)}
+
+    def config_for(host: str, port: int) -> dtlskit.DTLSConfiguration:
+        return configs[current[0]].replace()  # a new object each time, equal to the pooled one
+
+    current = [1200]
+
+    async def main() -> None:
+        server = await coaps.create_server_context(
+            site(), "127.0.0.1", 0, config=server_config(pki)
+        )
+        server_transport = coaps.coaps_transport(server)
+        port = server_transport.server.addresses[0][1]
+        client = await coaps.create_client_context(config_for)
+        client_transport = coaps.coaps_transport(client)
+        uri = f"coaps://127.0.0.1:{port}/who"
+        try:
+            first = await get(client, uri)
+            again = await get(client, uri)
+            for mtu in (1100, 1000):  # the third session evicts the first (the bound is 2)
+                current[0] = mtu
+                await get(client, uri)
+            assert first.remote.ended
+            current[0] = 1200
+            last = await get(client, uri)
+        finally:
+            await client.shutdown()
+            statistics = server_transport.server.statistics()
+            await server.shutdown()
+        assert again.remote is first.remote
+        assert last.remote is not first.remote and last.payload.startswith(b"cert CN=")
+        assert client_transport.drops == {"client_session_evicted": 2}
+        assert statistics.handshakes_completed == 4
+
+    run(main())
+
+
+def test_a_message_too_large_for_the_session_is_dropped_not_the_session(pki: PKIFiles) -> None:
+    import aiocoap.resource as resource
+
+    class Oversized(resource.Resource):  # type: ignore[misc]
+        async def render_get(self, request: aiocoap.Message) -> aiocoap.Message:
+            request.remote.send(b"\x50" + bytes(4000))  # a NON message far past the MTU
+            return aiocoap.Message(payload=b"still here")
+
+    async def main() -> None:
+        root = site()
+        root.add_resource(["big"], Oversized())
+        server = await coaps.create_server_context(root, "127.0.0.1", 0, config=server_config(pki))
+        transport = coaps.coaps_transport(server)
+        port = transport.server.addresses[0][1]
+        client = await coaps.create_client_context(cert_client(pki))
+        try:
+            response = await get(client, f"coaps://127.0.0.1:{port}/big")
+            after = await get(client, f"coaps://127.0.0.1:{port}/who")
+        finally:
+            await client.shutdown()
+            await server.shutdown()
+        assert response.payload == b"still here" and after.remote is response.remote
+        assert transport.drops == {"message_too_large": 1}
+
+    run(main())

@@ -47,7 +47,7 @@ from aiocoap.util import hostportjoin, hostportsplit
 
 import dtlskit
 from dtlskit.config import DTLSConfiguration
-from dtlskit.exceptions import DTLSError
+from dtlskit.exceptions import ConnectionClosedLocally, DTLSError, MessageTooLarge
 
 from ._claims import claims_of
 
@@ -57,6 +57,10 @@ ClientConfig = DTLSConfiguration | Callable[[str, int], "DTLSConfiguration | Non
 """What a client uses for a ``coaps://host:port`` URI: one configuration for every server, or a
 callable given ``(host, port)`` returning one (``None``: aiocoap's credentials, then the
 system's CAs)."""
+
+MAX_CLIENT_SESSIONS = 64
+"""Client sessions a transport keeps open at once (one per server and configuration); the
+least recently used one is closed to make room for another."""
 
 MAX_WAITING_MESSAGES = 32
 """Messages a client remote keeps while its handshake runs; more are dropped (counted as
@@ -127,6 +131,15 @@ class _Remote(interfaces.EndpointAddress):  # type: ignore[misc]
             return
         try:
             channel.send_nowait(data)
+        except MessageTooLarge:  # this message only: the session goes on
+            self._transport._count("message_too_large")
+            logger.warning(
+                "dropped a CoAP message of %d bytes to %s: larger than the session's %d-byte "
+                "cleartext MTU",
+                len(data),
+                self._hostinfo,
+                channel.cleartext_mtu,
+            )
         except DTLSError as exc:
             self._transport._end(self, exc)
 
@@ -227,7 +240,9 @@ class CoapsTransport(interfaces.MessageInterface):  # type: ignore[misc]
         self._loop = loop
         self._client_config = client_config
         self._client_credentials = client_credentials
-        self._pool: dict[tuple[str, int, int], tuple[DTLSConfiguration, _ClientRemote]] = {}
+        # Client sessions, least recently used first: (host, port, configuration, remote).
+        self._pool: list[tuple[str, int, DTLSConfiguration, _ClientRemote]] = []
+        self._closing: set[asyncio.Task[None]] = set()
         self.server: dtlskit.asyncio.Server | None = None
         self.drops: dict[str, int] = {}
 
@@ -258,9 +273,7 @@ class CoapsTransport(interfaces.MessageInterface):  # type: ignore[misc]
             return
         remote.ended = True
         if isinstance(remote, _ClientRemote):
-            for key, (_, pooled) in list(self._pool.items()):
-                if pooled is remote:
-                    del self._pool[key]
+            self._pool = [entry for entry in self._pool if entry[3] is not remote]
         if self._manager is not None:
             # Not from inside a send(): aiocoap is in the middle of that request's bookkeeping.
             self._loop.call_soon(self._dispatch_error, remote, exc)
@@ -290,12 +303,26 @@ class CoapsTransport(interfaces.MessageInterface):  # type: ignore[misc]
             raise ValueError("no coaps host in the request (neither .opt.uri_host nor .remote)")
         port = port or COAPS_PORT
         config = self._config_for(host, port, request)
-        key = (host, port, id(config))
-        pooled = self._pool.get(key)
-        if pooled is not None and pooled[0] is config and not pooled[1].ended:
-            return pooled[1]
+        for index, (pooled_host, pooled_port, pooled_config, pooled) in enumerate(self._pool):
+            if (
+                (pooled_host, pooled_port) == (host, port)
+                and (pooled_config is config or pooled_config == config)
+                and not pooled.ended
+            ):
+                self._pool.append(self._pool.pop(index))  # most recently used last
+                return pooled
         remote = _ClientRemote(self, host, port, config)
-        self._pool[key] = (config, remote)
+        self._pool.append((host, port, config, remote))
+        if len(self._pool) > MAX_CLIENT_SESSIONS:
+            oldest = self._pool[0][3]
+            self._count("client_session_evicted")
+            self._end(oldest, ConnectionClosedLocally(
+                f"the coaps session to {oldest.hostinfo} was closed to make room for another "
+                f"(at most {MAX_CLIENT_SESSIONS} client sessions)"
+            ))  # fmt: skip
+            closing = self._loop.create_task(oldest._close(), name=f"closing {oldest.hostinfo}")
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
         return remote
 
     def _config_for(self, host: str, port: int, request: Any) -> DTLSConfiguration:
@@ -329,11 +356,13 @@ class CoapsTransport(interfaces.MessageInterface):  # type: ignore[misc]
         if server is not None:
             server.close()
             await server.wait_closed()
-        remotes = [remote for _, remote in self._pool.values()]
+        remotes = [entry[3] for entry in self._pool]
         self._pool.clear()
         for remote in remotes:
             remote.ended = True
             await remote._close()
+        for task in list(self._closing):
+            await task
 
 
 _PSK_CONFIGS: dict[tuple[bytes, bytes], DTLSConfiguration] = {}
