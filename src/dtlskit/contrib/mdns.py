@@ -327,16 +327,27 @@ def _found(info: ServiceInfo, service_type: str) -> Found:
     )
 
 
-class _Names:
-    """Instance names a browser has seen, in order; waiters wake on each new one."""
+_MAX_NAMES = 256  # instance names one browse keeps: anyone on the link can advertise names
 
-    def __init__(self) -> None:
+
+class _Names:
+    """Instance names a browser has seen, in order (at most ``_MAX_NAMES``; only ``only`` when
+    given, so a flood of other names cannot delay finding it); waiters wake on each new one."""
+
+    def __init__(self, only: str | None) -> None:
+        self.only = only
         self.names: list[str] = []
         self.changed = threading.Event()
 
     def __call__(self, **kwargs: Any) -> None:
-        if kwargs["state_change"] is ServiceStateChange.Added and kwargs["name"] not in self.names:
-            self.names.append(kwargs["name"])
+        name = kwargs["name"]
+        if (
+            kwargs["state_change"] is ServiceStateChange.Added
+            and (self.only is None or name.lower() == self.only.lower())
+            and name not in self.names
+            and len(self.names) < _MAX_NAMES
+        ):
+            self.names.append(name)
             self.changed.set()
 
 
@@ -372,7 +383,7 @@ def _browse_sync(
     service_type: str, timeout: float, interfaces: Interfaces, wanted: str | None
 ) -> list[Found]:
     zeroconf = Zeroconf(interfaces=interfaces)
-    names = _Names()
+    names = _Names(f"{wanted}.{service_type}" if wanted else None)
     browser = ServiceBrowser(zeroconf, service_type, handlers=[names])
     deadline = time.monotonic() + timeout
     results: dict[str, Found] = {}
@@ -428,7 +439,7 @@ async def _browse_async(
 ) -> list[Found]:
     loop = asyncio.get_running_loop()
     zeroconf = AsyncZeroconf(interfaces=interfaces)
-    names = _Names()
+    names = _Names(f"{wanted}.{service_type}" if wanted else None)
     changed = asyncio.Event()
 
     def on_change(**kwargs: Any) -> None:

@@ -117,13 +117,19 @@ def query(host: str, port: int = NTP_PORT, *, timeout: float = 5.0) -> Clock:
     """Ask ``host``:``port`` for the time (blocking); answers that do not match the request are
     ignored until ``timeout`` (then :class:`SNTPTimeout`)."""
     deadline = time.monotonic() + timeout
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-    family, _, _, _, address = infos[0]
-    with socket.socket(family, socket.SOCK_DGRAM) as sock:
-        sock.connect(address)
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+    except OSError as exc:
+        raise SNTPError(f"cannot reach {host}:{port}: {exc}") from exc
+    with sock:
         packet, nonce = _request()
         sent_wall = time.time()
-        sock.send(packet)
+        try:
+            sock.connect(address)
+            sock.send(packet)
+        except OSError as exc:
+            raise SNTPError(f"cannot reach {host}:{port}: {exc}") from exc
         last: SNTPError | None = None
         while (remaining := deadline - time.monotonic()) > 0:
             sock.settimeout(remaining)
@@ -162,7 +168,10 @@ async def async_query(host: str, port: int = NTP_PORT, *, timeout: float = 5.0) 
     """:func:`query` for asyncio."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    transport, answer = await loop.create_datagram_endpoint(_Answer, remote_addr=(host, port))
+    try:
+        transport, answer = await loop.create_datagram_endpoint(_Answer, remote_addr=(host, port))
+    except OSError as exc:
+        raise SNTPError(f"cannot reach {host}:{port}: {exc}") from exc
     try:
         peer = transport.get_extra_info("peername")
         packet, nonce = _request()
