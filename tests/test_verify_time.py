@@ -241,3 +241,24 @@ def test_create_pki_certificates_are_current(tmp_path: Path) -> None:
     cert = x509_of(files.server_cert)
     now = datetime.now(UTC)
     assert cert.not_valid_before_utc <= now <= cert.not_valid_after_utc  # type: ignore[attr-defined]
+
+
+def test_a_session_checked_at_verify_time_is_not_resumed_under_the_system_clock(
+    pki_2020: PKIFiles,
+) -> None:
+    """Resuming skips certificate checks: a session whose certificate was valid only at
+    verify_time must not be resumed by a configuration that checks against the system clock."""
+    server = dtlskit.DTLSConfiguration.server(pki_2020.server_cert, pki_2020.server_key)
+    in_2020 = client_config(pki_2020, verify_time=IN_2020)
+    with sync.serve(sync_echo, "127.0.0.1", 0, config=server) as running:
+        port = running.addresses[0][1]
+        with sync.connect("127.0.0.1", port, config=in_2020, timeout=WAIT) as channel:
+            session = channel.session
+        assert session is not None
+        with sync.connect("127.0.0.1", port, config=in_2020, timeout=WAIT, session=session) as ch:
+            assert ch.session_reused  # the same policy resumes
+        with pytest.raises(dtlskit.CertificateVerificationError) as caught:
+            sync.connect(
+                "127.0.0.1", port, config=client_config(pki_2020), timeout=WAIT, session=session
+            )
+    assert caught.value.reason is dtlskit.VerificationReason.EXPIRED

@@ -661,9 +661,10 @@ class DTLSConfiguration:
     def verification_policy(self, server_name: str | None) -> bytes:
         """A digest of what a client connection to ``server_name`` accepts as the server's
         identity: verify mode, host name checking, every trust source (CA file contents, CA
-        directory, inline CAs, the system store) and the PSK identity. A session is offered
-        for resumption only to a connection with the same policy: resuming skips certificate
-        checks, so a session one configuration accepted must not reach a stricter one."""
+        directory, inline CAs, the system store), the PSK identity and ``verify_time``. A
+        session is offered for resumption only to a connection with the same policy: resuming
+        skips certificate checks, so a session one configuration accepted must not reach a
+        stricter one."""
         digest = self.__dict__.get("_trust_digest")
         if digest is None:
             trust = hashlib.sha256()
@@ -674,6 +675,7 @@ class DTLSConfiguration:
                 repr(os.fspath(self.cafile) if self.cafile is not None else None),
                 repr(os.fspath(self.capath) if self.capath is not None else None),
                 repr(self.default_certs),
+                repr(self.verify_time),  # the clock certificate dates were checked against
             ):
                 trust.update(part.encode() + b"\0")
             if self.cafile is not None:
