@@ -236,11 +236,14 @@ def test_junk_inside_the_session_is_dropped_and_counted(pki: PKIFiles) -> None:
         try:
             async with dtlskit.connect("127.0.0.1", port, config=cert_client(pki)) as channel:
                 await channel.send(b"\xff")  # a 1-byte message: not CoAP (RFC 7252 §3)
+                # CON GET with a Uri-Path option that is not UTF-8 (aiocoap raises
+                # UnicodeDecodeError, not UnparsableMessage, for it)
+                await channel.send(bytes([0x42, 0x01, 0x00, 0xC2]) + b"ab" + b"\xb1\xe6")
                 await channel.send(request)
                 reply = aiocoap.Message.decode(await channel.recv())
         finally:
             await server.shutdown()
-        assert transport.drops == {"unparsable_coap_message": 1}
+        assert transport.drops == {"unparsable_coap_message": 2}
         assert reply.mid == 0x1234 and reply.token == b"t1"
         assert reply.payload.startswith(b"cert CN=dtlskit client")
 

@@ -281,7 +281,8 @@ class CoapsTransport(interfaces.MessageInterface):  # type: ignore[misc]
             return
         try:
             message = Message.decode(data, remote)
-        except error.UnparsableMessage:
+        except Exception:  # untrusted bytes: UnparsableMessage, but also e.g.
+            # UnicodeDecodeError for a string option (Uri-Path) that is not UTF-8
             self._count("unparsable_coap_message")
             logger.debug("dropped an unparsable CoAP message from %s", remote.hostinfo)
             return
