@@ -519,7 +519,9 @@ async def async_connect(
 ) -> dtlskit.asyncio.Channel:
     """Connect to a found service (its first address) with :func:`dtlskit.connect`: the
     certificate is verified as ``config`` says (``server_hostname`` defaults to the SRV host
-    name), then, with ``check_fingerprint``, compared with the advertised fingerprint."""
+    name), then, with ``check_fingerprint``, compared with the advertised fingerprint (if one
+    was advertised). Both come from the unauthenticated advertisement: where devices share a
+    CA, set ``config.server_hostname`` to the name you expect (docs/iot.md)."""
     address, name = _target(found, config)
     channel = await dtlskit.connect(
         address, found.port, config=config, server_hostname=name, timeout=timeout
