@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 
 import pytest
@@ -109,6 +109,19 @@ def round_trip(
 FLAVOURS = ["asyncio", "sync"]
 
 
+class BrokenZone(tzinfo):
+    """A time zone whose offset cannot be had (a missing tz database, say)."""
+
+    def utcoffset(self, dt: datetime | None) -> timedelta:
+        raise RuntimeError("no tz database")
+
+    def dst(self, dt: datetime | None) -> timedelta:
+        raise RuntimeError("no tz database")
+
+    def tzname(self, dt: datetime | None) -> str:
+        return "broken"
+
+
 # -- clients --------------------------------------------------------------------------------------
 
 
@@ -205,24 +218,32 @@ def test_server_with_a_failing_clock_refuses_that_handshake_and_keeps_serving(
     assert len(calls) >= 2
 
 
-@pytest.mark.parametrize("flavour", FLAVOURS)
-def test_server_clock_answering_out_of_range_refuses_that_handshake_and_keeps_serving(
-    flavour: str, pki: PKIFiles, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A clock callable answering a time no certificate check can use (here 1e30 s: OpenSSL's
-    time_t overflows) fails that one handshake like a clock that raises; it used to escape
-    as a raw OverflowError and, in the blocking flavour, end the server's I/O thread."""
-    calls = []
+JUNK_TIMES = {"1e30 s": (1e30, "year 9999"), "broken zone": (None, "no tz database")}
 
-    def clock() -> float:
+
+@pytest.mark.parametrize("junk", list(JUNK_TIMES))
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_server_clock_answering_junk_refuses_that_handshake_and_keeps_serving(
+    flavour: str, junk: str, pki: PKIFiles, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A clock callable answering a time no certificate check can use (1e30 s: OpenSSL's
+    time_t overflows; a datetime whose time zone raises) fails that one handshake like a
+    clock that raises; it used to escape raw (OverflowError, RuntimeError) and, in the
+    blocking flavour, end the server's I/O thread."""
+    calls = []
+    value, words = JUNK_TIMES[junk]
+    if value is None:
+        value = datetime(2020, 1, 1, tzinfo=BrokenZone())
+
+    def clock() -> object:
         calls.append(1)
-        return 1e30 if len(calls) == 1 else datetime.now(UTC).timestamp()
+        return value if len(calls) == 1 else datetime.now(UTC).timestamp()
 
     server = mutual_server(pki, verify_time=clock)
     client = client_config(pki, certfile=pki.client_cert, keyfile=pki.client_key)
     caplog.set_level(logging.WARNING, logger="dtlskit.server")
     assert round_trip(flavour, server, client) == b"tick"
-    refused = [r.getMessage() for r in caplog.records if "year 9999" in r.getMessage()]
+    refused = [r.getMessage() for r in caplog.records if words in r.getMessage()]
     assert len(refused) == 1, refused
     assert len(calls) >= 2
 
@@ -258,6 +279,7 @@ def test_describe_dates_never_fails_on_far_times(pki: PKIFiles) -> None:
         2**70,
         253_402_300_800,
         datetime(1969, 12, 31, tzinfo=UTC),
+        datetime(2020, 1, 1, tzinfo=BrokenZone()),
     ],
     ids=[
         "naive datetime",
@@ -269,6 +291,7 @@ def test_describe_dates_never_fails_on_far_times(pki: PKIFiles) -> None:
         "huge int",
         "after 9999",
         "before 1970",
+        "broken zone",
     ],
 )
 def test_bad_verify_time_is_a_configuration_error(value: object) -> None:

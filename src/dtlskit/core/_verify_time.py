@@ -52,12 +52,19 @@ def resolve(value: VerifyTime) -> int:
 
 def _timestamp(value: object, what: str) -> int:
     if isinstance(value, datetime):
-        if value.tzinfo is None or value.utcoffset() is None:
+        try:  # its tzinfo is the caller's code: it may raise anything
+            offset = value.utcoffset() if value.tzinfo is not None else None
+            timestamp = math.floor(value.timestamp()) if offset is not None else None
+        except Exception as exc:
+            raise ConfigurationError(
+                f"{what}: its time zone failed ({type(exc).__name__}: {exc})"
+            ) from exc
+        if timestamp is None:
             raise ConfigurationError(
                 f"{what} must be an aware datetime (e.g. datetime(..., tzinfo=timezone.utc)); "
                 f"a naive one ({value.isoformat()}) does not say which time zone it is in"
             )
-        return _in_range(math.floor(value.timestamp()), value, what)
+        return _in_range(timestamp, value, what)
     if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
         return _in_range(math.floor(value), value, what)
     raise ConfigurationError(
