@@ -179,9 +179,11 @@ class Server:
             start_protocol(self._handler, channel, self._loop.call_soon)  # type: ignore[arg-type]
             return
         if self._handler is not None:
+            # One shared name: a name per peer cost ~250 bytes per session (the coroutine
+            # holds the channel, whose repr names the peer).
             task = self._loop.create_task(
                 self._run_handler(self._handler, channel),  # type: ignore[arg-type]
-                name=f"dtlskit handler {format_address(channel.getpeername())}",
+                name="dtlskit handler",
             )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -200,13 +202,14 @@ class Server:
         self._wake_acceptor()
 
     async def _run_handler(self, handler: Handler, channel: Channel) -> None:
-        peer = format_address(channel.getpeername())
         try:
             await handler(channel)
-        except ConnectionClosed as exc:
-            logger.debug("session with %s ended in its handler: %s", peer, exc)
+        except ConnectionClosed as exc:  # the peer's name is made only for a log line
+            logger.debug("session with %s ended in its handler: %s", channel._peer_text, exc)
         except Exception:
-            logger.exception("handler failed for %s; closing that session", peer)
+            logger.exception(
+                "handler failed for %s; closing that session", channel._peer_text
+            )
         finally:
             channel.close()
             channel._release()

@@ -123,7 +123,7 @@ def verify_error_string(code: int) -> str:
 # -- per-connection notes ---------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)
 class HandshakeNotes:
     """What the callbacks learnt about one connection, for engine properties and error messages.
 

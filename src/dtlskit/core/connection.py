@@ -35,6 +35,7 @@ and re-arm a timer for :meth:`get_timer`, calling :meth:`handle_timer` when it e
 from __future__ import annotations
 
 import contextlib
+import copy
 import enum
 import ipaddress
 import ssl
@@ -76,6 +77,8 @@ Address = tuple[Any, ...]
 
 _MAX_READ = 65536
 _APPLICATION_DATA = 23
+_ALERT = 21
+_FAST_TYPES = frozenset({b"\x17", b"\x15"})  # one application-data or alert record
 _ESTABLISHED_EPOCH = 1  # renegotiation (a later epoch) keeps the general path
 _MAX_PLAINTEXT = 2**14  # largest plaintext of one record
 # How far OpenSSL's wall-clock timer may lag ours before we stop waiting for it.
@@ -103,7 +106,7 @@ class State(enum.Enum):
     TERMINATED = "terminated"
 
 
-@dataclass
+@dataclass(slots=True)
 class ConnectionStatistics:
     """Counters of one association. A snapshot is returned by ``statistics()``."""
 
@@ -128,7 +131,9 @@ class ConnectionStatistics:
 
     def copy(self) -> ConnectionStatistics:
         """An independent snapshot."""
-        return ConnectionStatistics(**{**self.__dict__, "drops": dict(self.drops)})
+        copied = copy.copy(self)
+        copied.drops = dict(self.drops)
+        return copied
 
 
 class DTLSConnection(NegotiatedSession):
@@ -309,15 +314,18 @@ class DTLSConnection(NegotiatedSession):
         return self._state_now() is not State.TERMINATED
 
     def receive_record(self, data: bytes, now: float) -> bool:
-        """The fast path for one datagram that is exactly one application-data record of this
-        established session (the caller checked the framing: first byte 23, length field +
-        13 == ``len(data)``). Returns False, having done nothing, when the fast path does not
-        apply (not established yet, renegotiation allowed): call :meth:`receive_datagram`.
+        """The fast path for one datagram that is exactly one application-data or alert
+        record of this established session (the caller checked the framing: first byte 23 or
+        21, length field + 13 == ``len(data)``). Returns False, having done nothing, when the
+        fast path does not apply (not established yet, renegotiation allowed): call
+        :meth:`receive_datagram`.
 
         A message goes straight to :attr:`on_message` or :attr:`inbox` (no event, no timer
-        change but the idle deadline, a plain float). A record OpenSSL discards is counted
-        (``"wrong_epoch"`` or ``"bad_record"``). Only when the session ends (close_notify, a
-        fatal error) is there output or an event: then the :attr:`listener` is told.
+        change but the idle deadline, a plain float). An application-data record OpenSSL
+        discards is counted (``"wrong_epoch"`` or ``"bad_record"``); an alert it takes quietly
+        (a warning) is not, as on the general path, unless its framing is not DTLS
+        (``"malformed_record"``). Only when the session ends (close_notify, a fatal error) is
+        there output or an event: then the :attr:`listener` is told.
         """
         handle = self._handle
         if handle is None:
@@ -340,6 +348,10 @@ class DTLSConnection(NegotiatedSession):
 
     def _record_failed(self, code: int, data: bytes) -> None:
         if code == _accel.WANT_READ:
+            if data[0] == _ALERT:  # a warning alert, or one OpenSSL discarded
+                if not _well_framed(data):
+                    self._report_drop("malformed_record")
+                return
             epoch = int.from_bytes(data[3:5], "big")
             self._report_drop("wrong_epoch" if epoch != _ESTABLISHED_EPOCH else "bad_record")
             return
@@ -359,7 +371,7 @@ class DTLSConnection(NegotiatedSession):
         """Feed one datagram from the peer. Then drain events and send datagrams."""
         if (
             self._handle is not None
-            and data[:1] == b"\x17"
+            and data[:1] in _FAST_TYPES
             and len(data) == 13 + int.from_bytes(data[11:13], "big")
         ):
             self.receive_record(data, now)
@@ -418,7 +430,7 @@ class DTLSConnection(NegotiatedSession):
         if repeat and self.state is State.ESTABLISHED and flights.resend_final(now):
             self._stats.final_flight_resends += 1
             if len(self._outgoing) == produced_before:  # OpenSSL did not re-send it itself
-                self._queue(flights.final)
+                self._outgoing.extend(flights.final)
 
     def send(self, message: bytes) -> None:
         """Encrypt one message into one record. Then call :meth:`datagrams_to_send`.
@@ -690,9 +702,11 @@ class DTLSConnection(NegotiatedSession):
             return
         records = self._drain_openssl()
         if complete:
-            # If we sent the last flight, nothing acknowledges it but silence: keep it.
-            self._flights.completed(records, now, window=self._config.handshake_timeout)
-            self._queue(records)
+            # If we sent the last flight, nothing acknowledges it but silence: keep it (as the
+            # datagrams it goes out in: one object, not one per record).
+            final = pack_datagrams(records, self._mtu) if records else []
+            self._flights.completed(final, now, window=self._config.handshake_timeout)
+            self._outgoing.extend(final)
             self._handshake_completed(now)
         elif records:
             if not self._flights.sent(records, now):

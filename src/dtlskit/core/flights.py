@@ -103,7 +103,8 @@ class Flights:
         self._answered: AbstractSet[bytes] = _NOTHING
         self._final_answers: AbstractSet[bytes] = _NOTHING
         self.final: list[bytes] = []
-        """Our final flight, kept until the peer shows it arrived (or the window closes)."""
+        """Our final flight (its datagrams, packed as sent), kept until the peer shows it
+        arrived (or the window closes)."""
         self._final_until = 0.0
         self._final_resent_at: float | None = None
 
@@ -165,13 +166,18 @@ class Flights:
     # -- after the handshake --------------------------------------------------------------------
 
     def completed(self, final: list[bytes], now: float, window: float) -> None:
-        """The handshake is done; ``final`` is our last flight if we sent it (else empty)."""
+        """The handshake is done; ``final`` is our last flight if we sent it (else empty), as
+        the datagrams it went out in. What only the handshake compared with (the name of our
+        last flight, what the peer's last datagram held unless our final flight answers it)
+        is forgotten now: an established session keeps no more than it needs."""
         self.deadline = None
         self.records = []
         self.final = final
         self._final_until = now + window
         self._final_answers = self._last_heard if final else _NOTHING
         self._answered = _NOTHING
+        self._last_heard = _NOTHING
+        self._name = _NO_NAME
 
     @property
     def final_deadline(self) -> float | None:

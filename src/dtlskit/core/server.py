@@ -131,6 +131,10 @@ _SECOND_FLIGHT_MESSAGES = 3
 # (``half_open_next_epoch_budget``).
 _HALF_OPEN_NEXT_EPOCH_BYTES = 24 * 1024
 
+# First bytes of a datagram that may take the established fast path: one application-data or
+# one alert record (OpenSSL judges it either way; see DTLSConnection.receive_record).
+_FAST_TYPES = frozenset({b"\x17", b"\x15"})
+
 _FIRST_FLIGHT_STATES = frozenset(
     {b"before SSL initialization", b"SSLv3/TLS write server done", b"SSLv3/TLS write finished"}
 )
@@ -238,12 +242,13 @@ class ServerEngine:
         conn = self._connections.get(address)
         if (
             conn is not None
-            and data[:1] == b"\x17"
+            and data[:1] in _FAST_TYPES
             and len(data) == 13 + int.from_bytes(data[11:13], "big")
             and conn.receive_record(data, now)
         ):
-            # The fast path: one application-data record of an established session. Nothing
-            # to flush: the session tells its listener if it produced output or ended.
+            # The fast path: one application-data (or alert: a close_notify) record of an
+            # established session. Nothing to flush: the session tells its listener if it
+            # produced output or ended.
             return
         if conn is not None and not _may_be_client_hello(data):
             self._feed(address, conn, data, now)
@@ -657,6 +662,7 @@ class ServerEngine:
             self._stats.handshakes_completed += 1
 
     def _end_half_open(self, conn: DTLSConnection) -> None:
+        self._first_flight.pop(id(conn), None)  # ~130 bytes a session would keep until expiry
         source = self._handshaking.pop(id(conn))
         self._hello_sequence.pop(id(conn), None)
         self._next_epoch_bytes.pop(id(conn), None)
