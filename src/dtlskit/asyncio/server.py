@@ -96,7 +96,11 @@ class Server:
         self._handler = handler
         self._config = config
         self._endpoints: list[ServerDriver] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[asyncio.Task[None], Channel] = {}
+        """Handler tasks and their channels (to name the peer of a stuck one)."""
+        # Bound methods made once: each access makes a new 64-byte object, kept per session.
+        self._task_done_callback = self._task_done
+        self._defer = loop.call_soon
         self._accept_queue: collections.deque[Channel] = collections.deque()
         self._accept_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._drops: collections.Counter[str] = collections.Counter()
@@ -176,7 +180,7 @@ class Server:
 
     def _on_channel(self, channel: Channel) -> None:
         if is_protocol_factory(self._handler):
-            start_protocol(self._handler, channel, self._loop.call_soon)  # type: ignore[arg-type]
+            start_protocol(self._handler, channel, self._defer)  # type: ignore[arg-type]
             return
         if self._handler is not None:
             # One shared name: a name per peer cost ~250 bytes per session (the coroutine
@@ -185,8 +189,8 @@ class Server:
                 self._run_handler(self._handler, channel),  # type: ignore[arg-type]
                 name="dtlskit handler",
             )
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._tasks[task] = channel
+            task.add_done_callback(self._task_done_callback)
             return
         if len(self._accept_queue) >= self._config.limits.accept_backlog:
             self._count_drop("accept_backlog_full")
@@ -200,6 +204,9 @@ class Server:
             return
         self._accept_queue.append(channel)
         self._wake_acceptor()
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(task, None)
 
     async def _run_handler(self, handler: Handler, channel: Channel) -> None:
         try:
@@ -319,7 +326,8 @@ class Server:
         logger.info("server closed")
 
     async def _finish(self) -> None:
-        tasks = set(self._tasks)
+        channels = dict(self._tasks)
+        tasks = set(channels)
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=self.close_timeout)
             for task in pending:
@@ -327,7 +335,9 @@ class Server:
             if pending:
                 _, stuck = await asyncio.wait(pending, timeout=self.close_timeout)
                 for task in stuck:
-                    logger.warning("handler task %s ignored cancellation", task.get_name())
+                    logger.warning(
+                        "handler task of %s ignored cancellation", channels[task]._peer_text
+                    )
         for endpoint in self._endpoints:
             await endpoint.wait_lost()
 

@@ -79,6 +79,9 @@ _MAX_READ = 65536
 _APPLICATION_DATA = 23
 _ALERT = 21
 _FAST_TYPES = frozenset({b"\x17", b"\x15"})  # one application-data or alert record
+# The drop counters of a session that dropped nothing: shared, never written (``_drop`` gives a
+# session a dict of its own first): 64 bytes less per session.
+_NO_DROPS: dict[str, int] = {}
 _ESTABLISHED_EPOCH = 1  # renegotiation (a later epoch) keeps the general path
 _MAX_PLAINTEXT = 2**14  # largest plaintext of one record
 # How far OpenSSL's wall-clock timer may lag ours before we stop waiting for it.
@@ -224,7 +227,7 @@ class DTLSConnection(NegotiatedSession):
         self._cleartext_limit = 0
         self._final_pending = False
         self._outgoing: list[bytes] = []
-        self._stats = ConnectionStatistics()
+        self._stats = ConnectionStatistics(drops=_NO_DROPS)  # a dict of its own at the first drop
         self.error: DTLSError | None = None
         self.listener: Callable[[DTLSConnection], None] | None = None
         """Called (without arguments but the engine) whenever output or events are produced
@@ -902,11 +905,16 @@ class DTLSConnection(NegotiatedSession):
         self._stats.bytes_received += len(data)
 
     def _drop(self, reason: str) -> None:
-        self._stats.drops[reason] = self._stats.drops.get(reason, 0) + 1
+        drops = self._stats.drops
+        if drops is _NO_DROPS:
+            drops = self._stats.drops = {}
+        drops[reason] = drops.get(reason, 0) + 1
 
     def _report_drop(self, reason: str) -> None:
         """Count a drop here and in the server's counters (when a server owns this engine)."""
         drops = self._stats.drops
+        if drops is _NO_DROPS:
+            drops = self._stats.drops = {}
         drops[reason] = drops.get(reason, 0) + 1
         server = self.server_drops
         if server is not None:

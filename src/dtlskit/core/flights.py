@@ -101,7 +101,7 @@ class Flights:
         self._sent_at: float | None = None
         self._last_heard: AbstractSet[bytes] = _NOTHING
         self._answered: AbstractSet[bytes] = _NOTHING
-        self._final_answers: AbstractSet[bytes] = _NOTHING
+        self._final_answers: tuple[int, ...] = ()
         self.final: list[bytes] = []
         """Our final flight (its datagrams, packed as sent), kept until the peer shows it
         arrived (or the window closes)."""
@@ -174,7 +174,10 @@ class Flights:
         self.records = []
         self.final = final
         self._final_until = now + window
-        self._final_answers = self._last_heard if final else _NOTHING
+        # Kept for the window as the hashes of the peer's last records (a tuple of ints: about
+        # 250 bytes less than the records' fingerprints). A collision costs at most one early
+        # re-send of our final flight, rate-limited as any other.
+        self._final_answers = tuple(map(hash, self._last_heard)) if final else ()
         self._answered = _NOTHING
         self._last_heard = _NOTHING
         self._name = _NO_NAME
@@ -187,9 +190,10 @@ class Flights:
 
     def final_repeat(self, data: bytes) -> bool:
         """Whether ``data`` repeats the peer's last flight while we still keep ours."""
-        if not self.final or not self._final_answers:
+        answers = self._final_answers
+        if not self.final or not answers:
             return False
-        return bool(self._final_answers & _fingerprints(data))
+        return any(hash(fingerprint) in answers for fingerprint in _fingerprints(data))
 
     def resend_final(self, now: float) -> bool:
         """True if our final flight may be re-sent now (window open, rate respected)."""
@@ -205,7 +209,7 @@ class Flights:
         """Authenticated data arrived: the peer has our final flight; forget it (and what
         the handshake left: nothing will be compared with it again)."""
         self.final = []
-        self._final_answers = _NOTHING
+        self._final_answers = ()
         self._last_heard = _NOTHING
         self._name = _NO_NAME
 
@@ -216,7 +220,7 @@ class Flights:
         self.final = []
         self._last_heard = _NOTHING
         self._answered = _NOTHING
-        self._final_answers = _NOTHING
+        self._final_answers = ()
 
     def _allowed(self, now: float, last_sent: float | None) -> bool:
         """At most one re-send per initial retransmission timeout: a peer that really lost our

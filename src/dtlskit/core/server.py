@@ -221,6 +221,7 @@ class ServerEngine:
         )
         self._rate_due = -math.inf  # global HelloVerifyRequest budget (GCRA), if one is set
         self._stats = ServerStatistics()
+        self._listener = self._on_engine_activity  # made once (each access makes a new one)
         self.budget = ByteBudget(config.limits.max_buffered_bytes)
         """Bytes the inboxes of every session of this socket may hold together."""
         self._idle_timeout = (
@@ -500,7 +501,7 @@ class ServerEngine:
         conn = DTLSConnection(
             self._session_config, server=True, peer_address=address, context=self._context
         )
-        conn.listener = self._on_engine_activity  # one bound method, no closure per session
+        conn.listener = self._listener  # one bound method for every session
         conn.budget = self.budget
         conn.server_drops = self._stats.drops
         self._connections[address] = conn
