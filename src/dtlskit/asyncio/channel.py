@@ -300,12 +300,29 @@ class Channel(ChannelBase):
         return self
 
     async def __anext__(self) -> bytes:
-        try:
-            return await self.recv()
-        except DTLSError as exc:
-            if ends_iteration(exc):
-                raise StopAsyncIteration from None
-            raise
+        # recv(), inlined: one coroutine frame less per session waiting in ``async for``
+        # (about 230 bytes each).
+        if self._waiter is not None:
+            raise ConcurrencyError(
+                f"another task is already waiting in recv() on the channel to {self._peer_text}; "
+                "read from one task and hand messages to the others"
+            )
+        inbox = self._inbox
+        while True:
+            try:
+                message = inbox.take()
+            except DTLSError as exc:
+                if ends_iteration(exc):
+                    raise StopAsyncIteration from None
+                raise
+            if message is not None:
+                return message
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiter = inbox.waiter = waiter
+            try:
+                await waiter
+            finally:
+                self._waiter = inbox.waiter = None
 
     # -- life cycle -----------------------------------------------------------------------------
 

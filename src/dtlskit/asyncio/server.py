@@ -182,13 +182,18 @@ class Server:
         if is_protocol_factory(self._handler):
             start_protocol(self._handler, channel, self._defer)  # type: ignore[arg-type]
             return
-        if self._handler is not None:
-            # One shared name: a name per peer cost ~250 bytes per session (the coroutine
-            # holds the channel, whose repr names the peer).
-            task = self._loop.create_task(
-                self._run_handler(self._handler, channel),  # type: ignore[arg-type]
-                name="dtlskit handler",
+        handler = self._handler
+        if handler is not None:
+            # The task runs the handler's own coroutine (calling an ``async def`` runs none of
+            # it), and _task_done closes the channel and logs how it ended: no wrapping
+            # coroutine per session. Any other callable goes through _run_handler. One shared
+            # task name: a name per peer cost ~250 bytes per session.
+            coro = (
+                handler(channel)
+                if asyncio.iscoroutinefunction(handler)
+                else self._run_handler(handler, channel)  # type: ignore[arg-type]
             )
+            task = self._loop.create_task(coro, name="dtlskit handler")
             self._tasks[task] = channel
             task.add_done_callback(self._task_done_callback)
             return
@@ -206,20 +211,29 @@ class Server:
         self._wake_acceptor()
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.pop(task, None)
-
-    async def _run_handler(self, handler: Handler, channel: Channel) -> None:
+        """A handler task ended: say how (a ConnectionClosed at DEBUG, any other exception
+        with its traceback), then close its channel and give back what it held."""
+        channel = self._tasks.pop(task, None)
+        if channel is None:  # pragma: no cover - every handler task is registered
+            return
         try:
-            await handler(channel)
-        except ConnectionClosed as exc:  # the peer's name is made only for a log line
-            logger.debug("session with %s ended in its handler: %s", channel._peer_text, exc)
-        except Exception:
-            logger.exception(
-                "handler failed for %s; closing that session", channel._peer_text
-            )
+            error = None if task.cancelled() else task.exception()
+            if isinstance(error, ConnectionClosed):  # the peer's name is made only to log
+                logger.debug("session with %s ended in its handler: %s", channel._peer_text, error)
+            elif isinstance(error, Exception):
+                logger.error(
+                    "handler failed for %s; closing that session",
+                    channel._peer_text,
+                    exc_info=error,
+                )
         finally:
             channel.close()
             channel._release()
+
+    async def _run_handler(self, handler: Handler, channel: Channel) -> None:
+        """A handler that is not an ``async def`` function (an object with an async
+        ``__call__``, a function returning an awaitable): called and awaited in its task."""
+        await handler(channel)
 
     def _wake_acceptor(self) -> None:
         while self._accept_waiters:
