@@ -82,6 +82,9 @@ _FAST_TYPES = frozenset({b"\x17", b"\x15"})  # one application-data or alert rec
 # The drop counters of a session that dropped nothing: shared, never written (``_drop`` gives a
 # session a dict of its own first): 64 bytes less per session.
 _NO_DROPS: dict[str, int] = {}
+# The output and event queues of a session that has none (almost always, once established):
+# shared, never appended to (``_emit`` and ``_event`` give a session a list of its own).
+_NONE_YET: list[Any] = []
 _ESTABLISHED_EPOCH = 1  # renegotiation (a later epoch) keeps the general path
 _MAX_PLAINTEXT = 2**14  # largest plaintext of one record
 # How far OpenSSL's wall-clock timer may lag ours before we stop waiting for it.
@@ -210,7 +213,9 @@ class DTLSConnection(NegotiatedSession):
         )
 
         self.state: State = State.INITIAL
-        self._events: list[ev.Event] = []  # a few at a time: a list is 56 bytes, a deque 624
+        # A few at a time, and mostly none: the shared empty list until the first (a list is
+        # 56 bytes, a deque 624); see _event and _emit.
+        self._events: list[ev.Event] = _NONE_YET
         self._queued_messages = 0
         self._queued_bytes = 0
         self._limits = config.limits
@@ -226,7 +231,7 @@ class DTLSConnection(NegotiatedSession):
         self._handle: Any = None  # the accelerator's handle, once established
         self._cleartext_limit = 0
         self._final_pending = False
-        self._outgoing: list[bytes] = []
+        self._outgoing: list[bytes] = _NONE_YET
         self._stats = ConnectionStatistics(drops=_NO_DROPS)  # a dict of its own at the first drop
         self.error: DTLSError | None = None
         self.listener: Callable[[DTLSConnection], None] | None = None
@@ -433,7 +438,7 @@ class DTLSConnection(NegotiatedSession):
         if repeat and self.state is State.ESTABLISHED and flights.resend_final(now):
             self._stats.final_flight_resends += 1
             if len(self._outgoing) == produced_before:  # OpenSSL did not re-send it itself
-                self._outgoing.extend(flights.final)
+                self._emit(flights.final)
 
     def send(self, message: bytes) -> None:
         """Encrypt one message into one record. Then call :meth:`datagrams_to_send`.
@@ -514,7 +519,7 @@ class DTLSConnection(NegotiatedSession):
             self._collect_output()
         self._finish(State.CLOSED)
         self.error = ConnectionClosedLocally("the connection was closed locally")
-        self._events.append(ev.SessionClosed(by_peer=False))
+        self._event(ev.SessionClosed(by_peer=False))
         self._notify()
 
     def abort(self, error: DTLSError) -> None:
@@ -532,7 +537,10 @@ class DTLSConnection(NegotiatedSession):
 
     def datagrams_to_send(self, now: float | None = None) -> list[bytes]:
         """Datagrams to transmit to the peer, in order; each at most :attr:`mtu` bytes."""
-        out, self._outgoing = self._outgoing, []
+        out = self._outgoing
+        if out is _NONE_YET:
+            return []
+        self._outgoing = _NONE_YET
         for datagram in out:
             self._stats.datagrams_sent += 1
             self._stats.bytes_sent += len(datagram)
@@ -540,9 +548,12 @@ class DTLSConnection(NegotiatedSession):
 
     def next_event(self) -> ev.Event | None:
         """The oldest event not yet returned, or None."""
-        if not self._events:
+        events = self._events
+        if not events:
             return None
-        event = self._events.pop(0)
+        event = events.pop(0)
+        if not events:
+            self._events = _NONE_YET
         if isinstance(event, ev.MessageReceived):
             self._queued_messages -= 1
             self._queued_bytes -= len(event.data)
@@ -709,7 +720,7 @@ class DTLSConnection(NegotiatedSession):
             # datagrams it goes out in: one object, not one per record).
             final = pack_datagrams(records, self._mtu) if records else []
             self._flights.completed(final, now, window=self._config.handshake_timeout)
-            self._outgoing.extend(final)
+            self._emit(final)
             self._handshake_completed(now)
         elif records:
             if not self._flights.sent(records, now):
@@ -777,7 +788,7 @@ class DTLSConnection(NegotiatedSession):
             self._stats.handshake_seconds = now - self._handshake_started
         if self._idle_timeout is not None:
             self._idle_deadline = now + self._idle_timeout
-        self._events.append(
+        self._event(
             ev.HandshakeCompleted(
                 version=self.version or "DTLS",
                 cipher=self.cipher or "",
@@ -839,7 +850,7 @@ class DTLSConnection(NegotiatedSession):
             return
         self._queued_messages += 1
         self._queued_bytes += size
-        self._events.append(ev.MessageReceived(data))
+        self._event(ev.MessageReceived(data))
         self._notify()  # a server demultiplexer must collect it
 
     def _peer_closed(self) -> None:
@@ -850,7 +861,7 @@ class DTLSConnection(NegotiatedSession):
         self.error = ConnectionClosedByPeer(
             f"{self._peer_text} closed the connection (close_notify)", alert="close notify"
         )
-        self._events.append(ev.SessionClosed(by_peer=True, alert="close notify"))
+        self._event(ev.SessionClosed(by_peer=True, alert="close notify"))
 
     def _stored_flight_fits(self) -> bool:
         """Whether the flight's records, cut by OpenSSL before any MTU back-off, still fit."""
@@ -894,7 +905,7 @@ class DTLSConnection(NegotiatedSession):
             self._queue(records)
 
     def _queue(self, records: list[bytes]) -> None:
-        self._outgoing.extend(pack_datagrams(records, self._mtu))
+        self._emit(pack_datagrams(records, self._mtu))
 
     def _set_mtu(self, mtu: int) -> None:
         self._mtu = mtu
@@ -940,7 +951,22 @@ class DTLSConnection(NegotiatedSession):
         error = self._explain_failure(error)
         self._finish(State.TERMINATED)
         self.error = error
-        self._events.append(ev.ConnectionTerminated(error))
+        self._event(ev.ConnectionTerminated(error))
+
+    def _event(self, event: ev.Event) -> None:
+        if self._events is _NONE_YET:
+            self._events = [event]
+        else:
+            self._events.append(event)
+
+    def _emit(self, datagrams: list[bytes]) -> None:
+        """Queue datagrams for :meth:`datagrams_to_send`."""
+        if not datagrams:
+            return
+        if self._outgoing is _NONE_YET:
+            self._outgoing = list(datagrams)
+        else:
+            self._outgoing.extend(datagrams)
 
     def _notify(self) -> None:
         if self.listener is not None:

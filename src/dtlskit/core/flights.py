@@ -60,6 +60,7 @@ def _fingerprints(data: bytes) -> set[bytes]:
 
 _NOTHING: frozenset[bytes] = frozenset()  # shared: an empty set costs 216 bytes per session
 _NO_NAME: FlightName = frozenset()  # the same, for a flight's name
+_NO_RECORDS: list[bytes] = []  # the same, for no flight (never appended to)
 
 
 class Flights:
@@ -91,8 +92,8 @@ class Flights:
         """The current retransmission timeout (RTO)."""
         self.deadline: float | None = None
         """When to retransmit the current flight, or None when no flight awaits an answer."""
-        self.records: list[bytes] = []
-        """The records of the current flight, as last sent."""
+        self.records: list[bytes] = _NO_RECORDS
+        """The records of the current flight, as last sent (replaced, never appended to)."""
         self.consecutive_timeouts = 0
         self.deferred_for_skew = False
         """Set while waiting a moment for OpenSSL's slightly later wall-clock timer."""
@@ -171,7 +172,7 @@ class Flights:
         last flight, what the peer's last datagram held unless our final flight answers it)
         is forgotten now: an established session keeps no more than it needs."""
         self.deadline = None
-        self.records = []
+        self.records = _NO_RECORDS
         self.final = final
         self._final_until = now + window
         # Kept for the window as the hashes of the peer's last records (a tuple of ints: about
@@ -216,7 +217,7 @@ class Flights:
     def clear(self) -> None:
         """The session ended: drop every flight and timer."""
         self.deadline = None
-        self.records = []
+        self.records = _NO_RECORDS
         self.final = []
         self._last_heard = _NOTHING
         self._answered = _NOTHING
