@@ -73,7 +73,6 @@ from __future__ import annotations
 import collections
 import heapq
 import ipaddress
-import itertools
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -216,7 +215,6 @@ class ServerEngine:
         # address now maps elsewhere is stale; one that fires early finds nothing due).
         self._timers: list[tuple[float, int, Address, int]] = []
         self._armed: dict[int, float] = {}
-        self._counter = itertools.count()
         self._first_flight_timeout = (
             self._limits.first_flight_timeout
             if self._limits.first_flight_timeout is not None
@@ -637,10 +635,13 @@ class ServerEngine:
         deadline = conn.get_timer()
         if deadline is None or self._connections.get(address) is not conn:
             return
-        armed = self._armed.get(id(conn))
+        ident = id(conn)  # one int object for the map key and the heap entry (32 bytes each)
+        armed = self._armed.get(ident)
         if armed is None or deadline < armed:
-            self._armed[id(conn)] = deadline
-            heapq.heappush(self._timers, (deadline, next(self._counter), address, id(conn)))
+            self._armed[ident] = deadline
+            # The id also breaks ties (no counter: one int less per session); entries with the
+            # same deadline and id are one association's, and then compare their addresses.
+            heapq.heappush(self._timers, (deadline, ident, address, ident))
 
     def _live_entry(self, deadline: float, address: Address, ident: int) -> DTLSConnection | None:
         """The association a heap entry stands for, or None if the entry is stale."""
