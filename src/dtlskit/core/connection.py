@@ -711,7 +711,7 @@ class DTLSConnection(NegotiatedSession):
         if complete:
             # If we sent the last flight, nothing acknowledges it but silence: keep it (as the
             # datagrams it goes out in: one object, not one per record).
-            final = pack_datagrams(records, self._mtu) if records else []
+            final = pack_datagrams(records, self._mtu) if records else _NONE_YET
             self._flights.completed(final, now, window=self._config.handshake_timeout)
             self._emit(final)
             self._handshake_completed(now)

@@ -202,7 +202,7 @@ class ServerEngine:
         self._half_open_per_source: collections.Counter[Any] = collections.Counter()
         # Half-open associations not yet seen past our first flight, oldest first (pruned lazily).
         self._first_flight: dict[int, tuple[float, Address, DTLSConnection]] = {}
-        self._hello_history: dict[Address, list[tuple[float, bytes]]] = {}
+        self._hello_history: dict[Address, tuple[tuple[float, bytes], ...]] = {}
         # Half-open associations: id → message_seq of the ClientHello that created them, and
         # id → bytes of later-epoch records fed to them (see _HALF_OPEN_NEXT_EPOCH_BYTES).
         self._hello_sequence: dict[int, int] = {}
@@ -487,7 +487,7 @@ class ServerEngine:
                     f"the server's half-open pool was full and {why}"
                 ),
             )
-        history = self._hello_history.get(address, []) if replacing is not None else []
+        history = self._hello_history.get(address, ()) if replacing is not None else ()
         if replacing is not None:
             self._stats.sessions_replaced += 1
             self._end(
@@ -496,9 +496,8 @@ class ServerEngine:
                 ConnectionLost(f"replaced by a new handshake from {format_address(address)}"),
             )
         horizon = now - 2 * self.cookies.tick_seconds  # older randoms carry no valid cookie
-        history = [entry for entry in history if entry[0] > horizon][-(_HELLO_HISTORY - 1) :]
-        history.append((now, hello.random))
-        self._hello_history[address] = history
+        kept = [entry for entry in history if entry[0] > horizon][-(_HELLO_HISTORY - 1) :]
+        self._hello_history[address] = (*kept, (now, hello.random))  # a tuple: no spare room
         conn = DTLSConnection(
             self._session_config, server=True, peer_address=address, context=self._context
         )
