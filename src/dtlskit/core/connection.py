@@ -78,7 +78,6 @@ __all__ = ["ConnectionStatistics", "DTLSConnection", "State", "fallback_mtu_for"
 
 Address = tuple[Any, ...]
 
-_MAX_READ = 65536
 _APPLICATION_DATA = 23
 _ALERT = 21
 _FAST_TYPES = frozenset({b"\x17", b"\x15"})  # one application-data or alert record
@@ -796,20 +795,23 @@ class DTLSConnection(NegotiatedSession):
         record, so one successful read is all there is (saves a read that would only raise)."""
         got_data = False
         while self.state is State.ESTABLISHED:
-            try:
-                data = self._ssl.read(_MAX_READ)
-            except SSL.WantReadError:
-                break
-            except SSL.ZeroReturnError:
-                self._peer_closed()
-                break
-            except SSL.Error as exc:
-                self._collect_output()
-                self._terminate(_errors.session_error(exc, peer=self._peer_text))
-                return
+            data = _bindings.read_plaintext(self._ssl)
+            if type(data) is not bytes:
+                code = int(data)
+                if code == _accel.WANT_READ:
+                    break
+                try:
+                    _accel.raise_error(self._ssl, code)
+                except SSL.ZeroReturnError:
+                    self._peer_closed()
+                    break
+                except SSL.Error as exc:
+                    self._collect_output()
+                    self._terminate(_errors.session_error(exc, peer=self._peer_text))
+                    return
             got_data = True
             self._stats.messages_received += 1
-            self._deliver(bytes(data))
+            self._deliver(data)  # type: ignore[arg-type]
             if single_record:
                 break
         if got_data:
@@ -866,28 +868,15 @@ class DTLSConnection(NegotiatedSession):
         return self.state
 
     def _bio_write(self, data: bytes) -> None:
-        try:
-            self._ssl.bio_write(data)
-        except SSL.Error:  # pragma: no cover - empty datagrams are dropped before this
-            self._drop("bio_write_failed")
+        if not _bindings.write_input(self._ssl, data):  # pragma: no cover - empty ones are
+            self._drop("bio_write_failed")  # dropped before this
 
     def _drain_openssl(self) -> list[bytes]:
-        pending = _bindings.memory_bio_pending(self._ssl)
-        if pending == 0:
-            return []
-        chunks = []
-        while True:
-            try:
-                chunk = self._ssl.bio_read(pending or _MAX_READ)
-            except SSL.WantReadError:
-                break
-            chunks.append(chunk)
-            if pending is not None or len(chunk) < _MAX_READ:
-                break  # a memory BIO returns everything it holds up to the size asked
-        if not chunks:
+        data = _bindings.read_output(self._ssl)
+        if not data:
             return []
         try:
-            return split_records_trusted(b"".join(chunks))
+            return split_records_trusted(data)
         except BadPacket:  # pragma: no cover - OpenSSL's output is always framed
             self._drop("unframed_output")
             return []
