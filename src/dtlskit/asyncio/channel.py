@@ -38,6 +38,9 @@ __all__ = ["Channel"]
 class Endpoint(asyncio.DatagramProtocol):
     """One socket's protocol. Subclasses say what to transmit, what to drain, when to wake."""
 
+    _collected: list[tuple[bytes, Address | None]] | None = None
+    """While a server driver reads a batch: the replies sent meanwhile (see its driver)."""
+
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._transport: asyncio.DatagramTransport | None = None
@@ -234,8 +237,23 @@ class Channel(ChannelBase):
         ``message_received`` on a server, the datagram leaves with the other replies of the
         same read batch, in order, in one system call; a socket error on it is then counted
         (``"send_failed"``) rather than raised."""
-        self._check_open()
-        self._transmit_message(data)
+        if self._inbox.error is not None:
+            raise fresh_error(self._inbox.error)
+        endpoint = self._endpoint
+        record = self._engine.seal(data)
+        if record is not None:
+            # A reply from message_received on a server: collected, to leave with the batch
+            # (what send_record does, without its calls; what a closed socket collected is
+            # dropped with the batch).
+            collected = endpoint._collected
+            if collected is not None:
+                collected.append((record, self._send_address))
+                return
+            failure = endpoint.send_record(record, self._send_address)
+        else:
+            failure = endpoint.flush()
+        if failure is not None:
+            raise fresh_error(failure)
 
     def _transmit_message(self, data: bytes | bytearray | memoryview) -> None:
         endpoint = self._endpoint
