@@ -195,7 +195,9 @@ def common_options() -> argparse.ArgumentParser:
         "--verbose",
         action="count",
         default=0,
-        help="log more; repeat for even more (-vv: debug logs of the library)",
+        help="-v: log the handshake (each flight sent and received, retransmissions, alerts, "
+        "whether a session was resumed and why not) and the connection; -vv: also every "
+        "datagram and the library's debug logs",
     )
     group.add_argument(
         "--debug",
