@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
-        print(f"dtlskit: error: {describe_error(exc)}", file=sys.stderr)
+        print(f"dtlskit: error: {describe_error(exc, args)}", file=sys.stderr)
         return 1
 
 

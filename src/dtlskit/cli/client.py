@@ -57,6 +57,7 @@ def _cmd_client(args: argparse.Namespace) -> int:
                 "no_verify",
                 "mtu",
                 "psk",
+                "alpn",
                 "session_file",
             ),
         )
@@ -99,6 +100,8 @@ def _dtls_client(args: argparse.Namespace, messages: Iterator[bytes]) -> int:
         settings["mtu"] = args.mtu
     if args.recv_buffer_size is not None:
         settings["recv_buffer_size"] = args.recv_buffer_size
+    if args.alpn:
+        settings["alpn_protocols"] = args.alpn
     if args.psk:
         if len(args.psk) > 1:
             raise UsageError("a client uses one --psk IDENTITY:HEXKEY")
@@ -123,6 +126,8 @@ def _dtls_client(args: argparse.Namespace, messages: Iterator[bytes]) -> int:
             subject(channel.peer_certificate),
             " (NOT verified: --no-verify)" if args.no_verify else "",
         )
+        if args.alpn:
+            logger.info("ALPN protocol: %s", channel.alpn_protocol)
         _converse(channel, messages, args.timeout)
         stats = channel.statistics()
     logger.info(
@@ -276,6 +281,12 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
         action="append",
         metavar="IDENTITY:HEXKEY",
         help="authenticate with a pre-shared key instead of certificates (RFC 4279)",
+    )
+    client.add_argument(
+        "--alpn",
+        action="append",
+        metavar="PROTOCOL",
+        help="offer this ALPN protocol (RFC 7301; repeatable, in order of preference)",
     )
     client.add_argument(
         "--session-file",
