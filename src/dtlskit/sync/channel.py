@@ -53,6 +53,7 @@ from ..exceptions import (
     DTLSError,
     DTLSTimeoutError,
     InvalidArgument,
+    UsageError,
 )
 
 __all__ = ["BufferTooSmall", "Channel", "IOThread"]
@@ -597,6 +598,14 @@ class Channel(ChannelBase):
             if self._owns_io:
                 self._io.stop()
             self._end(ConnectionClosedLocally("the connection was closed locally"))
+
+    def wait_closed(self, timeout: float | None = None) -> None:
+        """After :meth:`close`: wait until the socket (a client's own) is released. In this
+        flavour :meth:`close` already waits for that, so this returns at once; it is here so
+        that code written for either flavour reads the same. ``timeout`` is accepted for the
+        same reason. Before :meth:`close` it raises :class:`UsageError`."""
+        if not self._close_called:
+            raise UsageError("wait_closed() waits for close(): call close() first")
 
     def __enter__(self) -> Channel:
         return self
