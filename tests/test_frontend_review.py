@@ -750,7 +750,7 @@ def test_both_flavours_move_on_after_a_refusal(
 
 
 def test_frontend_spec_says_refusals_move_on() -> None:
-    spec = (Path(__file__).parents[1] / "docs" / "frontends-spec.md").read_text()
+    spec = (Path(__file__).parents[1] / "docs" / "dev" / "frontends-spec.md").read_text()
     assert "only for resolution failures" not in spec
     assert "port unreachable" in spec
 

@@ -7,7 +7,7 @@ The core is sans-I/O and not thread-safe. Each UDP socket therefore gets exactly
 ``ServerEngine``) together with one lock, ``IOThread.lock``. Every engine call, from any thread,
 holds that lock. The thread runs a ``selectors`` loop over the socket and one end of a
 socketpair used to wake it; the select timeout is the engine's ``get_timer()`` deadline. Every
-wake-up is the same three steps (docs/frontends-spec.md): feed the engine (datagrams read from
+wake-up is the same three steps (docs/dev/frontends-spec.md): feed the engine (datagrams read from
 the socket, or ``handle_timer(now)``), drain its events, transmit ``datagrams_to_send()`` and
 re-arm the timer. ``now`` is ``time.monotonic()``.
 
