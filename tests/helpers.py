@@ -15,7 +15,10 @@ from typing import Any, TypeVar
 
 import pytest
 
-__all__ = ["WAIT", "has_ipv6", "needs_fork", "needs_ipv6", "run"]
+from dtlskit import asyncio as aio
+from dtlskit import sync
+
+__all__ = ["WAIT", "aecho", "has_ipv6", "needs_fork", "needs_ipv6", "run", "secho", "v6only"]
 
 T = TypeVar("T")
 
@@ -40,3 +43,22 @@ needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="workers need os
 def run(coro: Coroutine[Any, Any, T], bound: float = 30.0) -> T:
     """Run ``coro`` in a fresh event loop; fail if it takes longer than ``bound`` seconds."""
     return asyncio.run(asyncio.wait_for(coro, bound))
+
+
+async def aecho(channel: aio.Channel) -> None:
+    """An asyncio echo handler: every message back, until the session ends."""
+    async for message in channel:
+        await channel.send(message)
+
+
+def secho(channel: sync.Channel) -> None:
+    """A blocking echo handler: every message back, until the session ends."""
+    for message in channel:
+        channel.send(message)
+
+
+def v6only(sock: socket.socket) -> bool | None:
+    """``IPV6_V6ONLY`` of an IPv6 socket; None for another family."""
+    if sock.family != socket.AF_INET6:
+        return None
+    return bool(sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))

@@ -19,9 +19,9 @@ from dtlskit.core import events
 from dtlskit.core.connection import DTLSConnection
 from dtlskit.core.cookies import CookieJar
 from dtlskit.testing import MemoryPair
+from tests.helpers import WAIT
 
 ROOT = Path(__file__).resolve().parent.parent
-WAIT = 10.0  # bound on every wait; never a timing assertion
 
 
 def _exception_classes() -> list[type[BaseException]]:

@@ -145,3 +145,10 @@ def test_wait_closed_before_close_is_a_usage_error(
             await channel.wait_closed()
 
         run(main(), WAIT)
+
+
+def test_sync_server_exports_run_server() -> None:
+    import dtlskit.sync.server as sync_server
+
+    assert "run_server" in sync_server.__all__
+    assert set(sync_server.__all__) <= set(dir(sync_server))

@@ -16,11 +16,10 @@ from cryptography.x509.oid import NameOID
 import dtlskit
 from dtlskit.asyncio import Channel, connect, listen, serve
 from dtlskit.certs import PKIFiles
+from tests.helpers import WAIT
 from tests.peers import free_udp_port
 
 T = TypeVar("T")
-
-WAIT = 10.0  # a safety net for every await: never a timing assertion
 
 
 def run(coro: Coroutine[Any, Any, T], bound: float = 30.0) -> T:
