@@ -70,3 +70,40 @@ def test_verify_error_strings_and_notes_of_foreign_connections() -> None:
 
     foreign = SSL.Connection(SSL.Context(SSL.DTLS_METHOD), None)
     assert _bindings.notes_of(foreign) is None  # not made by a dtlskit engine
+
+
+def client_engine_on(context, client_config):
+    from dtlskit.core import DTLSConnection
+    from dtlskit.testing.memory import SERVER_ADDRESS
+
+    return DTLSConnection(client_config, server=False, peer_address=SERVER_ADDRESS, context=context)
+
+
+@pytest.mark.parametrize(
+    ("identity", "key", "words"),
+    [
+        (b"sensor", b"k" * 2000, "longer than OpenSSL allows"),
+        (b"i" * 300, KEY, "longer than OpenSSL allows"),
+        (b"sensor", "not bytes", "PSK client callback failed: TypeError"),
+    ],
+)
+def test_a_psk_client_callback_that_cannot_answer_fails_its_handshake(identity, key, words):
+    # Beyond what the configuration lets through: the binding itself must refuse, in words.
+    server = dtlskit.DTLSConfiguration.server(psk_lookup={"sensor": KEY})
+    client = dtlskit.DTLSConfiguration.client(psk=("sensor", KEY))
+    context = client.build_context(server=False)
+    _bindings.set_psk_client(context, identity, key)
+    pair = MemoryPair(server, client)
+    pair.client = client_engine_on(context, client)
+    pair.start()
+    pair.run()
+    assert pair.client.error is not None
+    assert words in str(pair.client.error)
+
+
+def test_openssl_refusing_the_psk_identity_hint_is_a_configuration_error():
+    from OpenSSL import SSL
+
+    context = SSL.Context(SSL.DTLS_METHOD)
+    with pytest.raises(dtlskit.ConfigurationError, match="refused the PSK identity hint"):
+        _bindings.set_psk_server(context, lambda identity: None, b"h" * 1000)

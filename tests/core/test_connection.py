@@ -36,6 +36,7 @@ def test_start_server_is_for_a_fresh_server_engine(server_config, client_config)
 def test_what_an_engine_reports_before_and_after_its_handshake(server_config, client_config):
     pair = MemoryPair(server_config, client_config)
     assert pair.client.version is None and pair.client.cipher is None
+    assert pair.client.cleartext_mtu == pair.client.mtu - 64  # no keys yet: an estimate
     assert pair.client.config is client_config
     pair.client.note_drop("queue_full")
     assert pair.client.statistics().drops == {"queue_full": 1}
@@ -65,3 +66,33 @@ def test_seal_refuses_empty_and_oversized_messages(server_config, client_config)
         pair.client.seal(bytes(pair.client.cleartext_mtu + 1))
     record = pair.client.seal(memoryview(b"a view"))
     assert isinstance(record, bytes) and record[0] == 23
+
+
+def test_a_server_hostname_that_is_no_host_name_is_a_configuration_error(client_config):
+    with pytest.raises(dtlskit.ConfigurationError, match="not a valid host name"):
+        DTLSConnection(
+            client_config.replace(server_hostname="x" * 70 + ".example"),
+            server=False,
+            peer_address=SERVER_ADDRESS,
+        )
+
+
+def test_a_forged_record_on_the_general_path_is_dropped_and_counted(server_config, client_config):
+    pair = MemoryPair(
+        server_config.replace(allow_renegotiation=True),
+        client_config.replace(allow_renegotiation=True),
+    )
+    assert pair.handshake()
+    forged = bytes([23, 0xFE, 0xFD, 0, 1]) + (99).to_bytes(6, "big") + (40).to_bytes(2, "big")
+    pair.client.receive_datagram(forged + bytes(40), pair.clock.now)
+    assert pair.client.statistics().drops == {"bad_record": 1}
+    assert pair.client.state is State.ESTABLISHED
+
+
+def test_abort_is_idempotent(server_config, client_config):
+    pair = MemoryPair(server_config, client_config)
+    assert pair.handshake()
+    pair.client.abort(dtlskit.ConnectionLost("first"))
+    pair.client.abort(dtlskit.ConnectionLost("second"))
+    assert str(pair.client.error) == "first"
+    assert pair.client.state is State.TERMINATED

@@ -178,3 +178,19 @@ def test_why_a_session_was_not_resumed(caplog, server_config, client_config, ses
     unverified = client_config.replace(verify_mode=ssl.CERT_NONE)
     assert not resumed_pair(server, unverified, session).client.session_reused
     assert "made under other verification settings" in completion(caplog)
+
+
+def test_other_record_types_and_fragments_are_named():
+    heartbeat = bytes([24, 0xFE, 0xFD, 0, 0]) + bytes(6) + b"\x00\x01\x00"
+    assert describe_records(heartbeat) == "record type 24"
+    body = bytes(10)
+    fragment = (
+        bytes([11])
+        + (100).to_bytes(3, "big")
+        + (2).to_bytes(2, "big")
+        + (40).to_bytes(3, "big")
+        + len(body).to_bytes(3, "big")
+        + body
+    )
+    record = bytes([22, 0xFE, 0xFD, 0, 0]) + bytes(6) + len(fragment).to_bytes(2, "big") + fragment
+    assert describe_records(record) == "Certificate (bytes 40..50 of 100)"
