@@ -107,3 +107,15 @@ def test_openssl_refusing_the_psk_identity_hint_is_a_configuration_error():
     context = SSL.Context(SSL.DTLS_METHOD)
     with pytest.raises(dtlskit.ConfigurationError, match="refused the PSK identity hint"):
         _bindings.set_psk_server(context, lambda identity: None, b"h" * 1000)
+
+
+def test_openssl_refusals_of_names_and_sessions_are_configuration_errors(monkeypatch):
+    from OpenSSL import SSL
+
+    connection = SSL.Connection(SSL.Context(SSL.DTLS_METHOD), None)
+    with pytest.raises(dtlskit.ConfigurationError, match="refused 'a\\\\x00b' as the expected"):
+        _bindings.set_expected_peer_name(connection, "a\x00b")
+    with pytest.raises(dtlskit.ConfigurationError, match="could not serialise the session"):
+        _bindings.session_to_der(_bindings._ffi.NULL)
+    monkeypatch.setitem(_bindings._bound, "ERR_clear_error", False)
+    _bindings._clear_errors()  # without the binding: nothing to clear, no error
