@@ -577,6 +577,17 @@ class DTLSConfiguration:
         )
 
     # -- ssl.SSLContext-style names: each returns a NEW configuration ----------------------------
+    #
+    # Code ported from ssl.SSLContext calls these for their effect and ignores the result. So
+    # that this is never a silent no-op, each call retires the configuration it was called on:
+    # building an endpoint from a retired configuration raises ConfigurationError naming the
+    # call and the fix (`config = config.load_cert_chain(...)`). Deriving further variants from
+    # it stays allowed; replace() retires nothing.
+
+    def _derive(self, method: str, **changes: Any) -> DTLSConfiguration:
+        derived = self.replace(**changes)
+        self.__dict__["_retired_by"] = method
+        return derived
 
     def load_cert_chain(
         self, certfile: StrPath, keyfile: StrPath | None = None, password: Password | None = None
@@ -584,9 +595,12 @@ class DTLSConfiguration:
         """A copy presenting ``certfile``/``keyfile`` (``ssl.SSLContext.load_cert_chain``).
 
         The configuration is frozen, so unlike ``SSLContext`` this changes nothing in place:
-        use the returned configuration (``config = config.load_cert_chain(...)``).
+        use the returned configuration (``config = config.load_cert_chain(...)``). This one is
+        retired: an endpoint built from it raises :class:`ConfigurationError`.
         """
-        return self.replace(certfile=certfile, keyfile=keyfile, password=password)
+        return self._derive(
+            "load_cert_chain", certfile=certfile, keyfile=keyfile, password=password
+        )
 
     def load_verify_locations(
         self,
@@ -595,7 +609,8 @@ class DTLSConfiguration:
         cadata: str | bytes | None = None,
     ) -> DTLSConfiguration:
         """A copy that trusts these CAs (``ssl.SSLContext.load_verify_locations``); each
-        given one replaces the field of the same name. Returns a new configuration (frozen)."""
+        given one replaces the field of the same name. Returns a new configuration (frozen) and
+        retires this one (see :meth:`load_cert_chain`)."""
         if cafile is None and capath is None and cadata is None:
             raise ConfigurationError("load_verify_locations needs cafile, capath or cadata")
         changes: dict[str, Any] = {}
@@ -605,20 +620,23 @@ class DTLSConfiguration:
             changes["capath"] = capath
         if cadata is not None:
             changes["cadata"] = cadata
-        return self.replace(**changes)
+        return self._derive("load_verify_locations", **changes)
 
     def load_default_certs(self) -> DTLSConfiguration:
         """A copy that also trusts the system's CA store (``default_certs=True``;
-        ``ssl.SSLContext.load_default_certs``). Returns a new configuration (frozen)."""
-        return self.replace(default_certs=True)
+        ``ssl.SSLContext.load_default_certs``). Returns a new configuration (frozen) and
+        retires this one (see :meth:`load_cert_chain`)."""
+        return self._derive("load_default_certs", default_certs=True)
 
     def set_alpn_protocols(self, protocols: Sequence[str]) -> DTLSConfiguration:
         """A copy offering (client) or accepting (server) these ALPN protocols
-        (``ssl.SSLContext.set_alpn_protocols``). Returns a new configuration (frozen)."""
-        return self.replace(alpn_protocols=protocols)
+        (``ssl.SSLContext.set_alpn_protocols``). Returns a new configuration (frozen) and
+        retires this one (see :meth:`load_cert_chain`)."""
+        return self._derive("set_alpn_protocols", alpn_protocols=protocols)
 
     def replace(self, **changes: Any) -> DTLSConfiguration:
-        """A copy with some fields changed (validated again)."""
+        """A copy with some fields changed (validated again). Retires nothing: the usual way
+        to derive several variants from one configuration."""
         return dataclasses.replace(self, **changes)
 
     def effective_verify_mode(self, server: bool) -> ssl.VerifyMode:
@@ -651,10 +669,11 @@ class DTLSConfiguration:
         password: Password | None = None,
     ) -> DTLSConfiguration:
         """A copy that also serves ``certfile`` to clients asking for ``name`` (EdgerOS
-        ``addcert``). The configuration is frozen: use the returned one."""
+        ``addcert``). The configuration is frozen: use the returned one; this one is retired
+        (see :meth:`load_cert_chain`)."""
         certificates = dict(self.sni_certificates or {})
         certificates[name] = (certfile, keyfile, password)
-        return self.replace(sni_certificates=certificates)
+        return self._derive("add_sni_certificate", sni_certificates=certificates)
 
     # -- OpenSSL context ----------------------------------------------------------------------
 

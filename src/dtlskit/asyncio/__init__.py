@@ -7,11 +7,13 @@ optionally with ``SO_REUSEPORT`` worker processes. The blocking mirror image is
 """
 
 from .._frontend.channel_base import SessionProtocol
+from ..exceptions import BufferTooSmall
 from .channel import Channel
 from .client import connect
 from .server import Listener, Server, install_signal_handlers, listen, run_server, serve
 
 __all__ = [
+    "BufferTooSmall",
     "Channel",
     "Listener",
     "Server",
