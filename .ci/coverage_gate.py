@@ -1,6 +1,6 @@
 """Fail unless every module of src/dtlskit/core has at least MINIMUM % branch coverage.
 
-Reads the data of ``coverage run --branch --source=dtlskit.core ...`` (the file given as the
+Reads the data of ``coverage run --branch --source=src/dtlskit/core ...`` (the file given as the
 first argument, default ``.coverage``) and prints one line per module.
 """
 
