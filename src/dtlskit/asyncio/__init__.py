@@ -9,16 +9,20 @@ optionally with ``SO_REUSEPORT`` worker processes. The blocking mirror image is
 from .._channel_base import SessionProtocol
 from .channel import Channel
 from .client import connect
+from .handoff import HandoffListener, from_handoff, listen_handoff
 from .server import Listener, Server, install_signal_handlers, listen, run_server, serve
 
 __all__ = [
     "Channel",
+    "HandoffListener",
     "Listener",
     "Server",
     "SessionProtocol",
     "connect",
+    "from_handoff",
     "install_signal_handlers",
     "listen",
+    "listen_handoff",
     "run_server",
     "serve",
 ]
