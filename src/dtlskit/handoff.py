@@ -378,15 +378,33 @@ class HandoffListenerCore:
                 break
             except OSError:
                 continue  # an ICMP error reported on the listening socket: nothing to do
+            destination = self._destination(ancillary)
             accepted = gate.receive_datagram(data, address, now)
+            self.flush(destination)
             if accepted is not None:
-                self._take(accepted, self._destination(ancillary), now)
-        self.flush()
+                self._take(accepted, destination, now)
 
-    def flush(self) -> None:
+    def flush(self, source: str) -> None:
+        """Send the gate's HelloVerifyRequests from ``source`` (the address their ClientHellos
+        were sent to: on a wildcard listener, named in an ``IP_PKTINFO`` message, or the
+        kernel could pick another address of the host, which the client would ignore)."""
+        ancillary = self._source_ancillary(source)
         for reply, address in self.gate.datagrams_to_send():
             with contextlib.suppress(OSError):  # a HelloVerifyRequest is best effort
-                self.sock.sendto(reply, address)
+                if ancillary:
+                    self.sock.sendmsg([reply], ancillary, 0, address)
+                else:
+                    self.sock.sendto(reply, address)
+
+    def _source_ancillary(self, source: str) -> list[tuple[int, int, bytes]]:
+        if not self._wildcard:
+            return []
+        ip = ipaddress.ip_address(source)
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is None:
+            return [(socket.IPPROTO_IPV6, _IPV6_PKTINFO, ip.packed + b"\0\0\0\0")]
+        v4 = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else ip
+        packed = v4.packed if v4 is not None else ip.packed[-4:]
+        return [(socket.IPPROTO_IP, _IP_PKTINFO, b"\0\0\0\0" + packed + b"\0\0\0\0")]
 
     def close(self) -> None:
         if self._closed:
@@ -457,6 +475,7 @@ class HandoffListenerCore:
                 continue
             gate.returned()
             again = gate.receive_datagram(data, source, now)
+            self.flush(destination)
             if again is not None:
                 work.append(again)
         with contextlib.suppress(OSError):
