@@ -142,6 +142,17 @@ class Limits:
     accept_backlog: int = 128
     """Completed handshakes waiting for ``accept()`` before new ones are refused."""
 
+    address_key: str = "address"
+    """What the per-address limits (``max_sessions_per_address``,
+    ``max_half_open_per_address``, ``max_half_open_per_ipv6_prefix``) count by: ``"address"``
+    (the source IP, all ports together; an IPv6 /64 for half-open handshakes) or
+    ``"address_and_port"``. Use ``"address_and_port"`` behind a UDP proxy that does not keep
+    client addresses (nginx ``stream`` without ``proxy_bind ... transparent``, a balancer that
+    source-NATs): every client then arrives from the proxy's address, one port per client, and
+    per-address limits would cap the whole proxy as one client. Limit per client address on
+    the proxy itself then (nginx ``limit_conn``). Never use it on a server clients reach
+    directly: a single host could then hold ``max_half_open`` handshakes."""
+
     def __post_init__(self) -> None:
         for name in (
             "max_sessions",
@@ -172,6 +183,11 @@ class Limits:
             )
         if self.idle_timeout is not None and not _positive_seconds(self.idle_timeout):
             raise ConfigurationError("Limits.idle_timeout must be a positive number or None")
+        if self.address_key not in ("address", "address_and_port"):
+            raise ConfigurationError(
+                f"Limits.address_key must be 'address' or 'address_and_port', not "
+                f"{self.address_key!r}"
+            )
 
 
 @dataclass(frozen=True)
