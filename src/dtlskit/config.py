@@ -246,6 +246,13 @@ class DTLSConfiguration:
     """Seconds without a message from the peer before the session is dropped. ``None``: clients
     never time out; servers use ``limits.idle_timeout``."""
 
+    new_port_after_lost_flights: int | None = 2
+    """Clients: when this many flights in a row (the first flight and its retransmissions)
+    got no answer at all, the handshake starts again from a new source port (within the same
+    ``handshake_timeout``), so that a load balancer choosing a node per address and port picks
+    again, and a dead node costs a few seconds instead of the whole deadline. ``None`` keeps
+    one port; so does a ``local_addr`` with a fixed port."""
+
     cookie_secret: bytes | None = None
     """Servers: HMAC secret for stateless cookies (>= 16 bytes). Share it between workers or
     restarts to keep cookies valid across them; random when ``None``."""
@@ -327,6 +334,11 @@ class DTLSConfiguration:
             )
         if self.idle_timeout is not None and not _positive_seconds(self.idle_timeout):
             raise ConfigurationError("idle_timeout must be a positive, finite number or None")
+        lost = self.new_port_after_lost_flights
+        if lost is not None and (not isinstance(lost, int) or isinstance(lost, bool) or lost < 1):
+            raise ConfigurationError(
+                f"new_port_after_lost_flights must be a positive integer or None, not {lost!r}"
+            )
         if self.recv_buffer_size is not None and (
             not isinstance(self.recv_buffer_size, int)
             or isinstance(self.recv_buffer_size, bool)
@@ -525,6 +537,7 @@ class DTLSConfiguration:
         session_tickets: bool = True,
         allow_renegotiation: bool = False,
         keylog_file: StrPath | None = None,
+        new_port_after_lost_flights: int | None = 2,
     ) -> DTLSConfiguration:
         """Configuration for a client trusting ``cafile`` and expecting ``server_hostname``.
 
@@ -545,9 +558,11 @@ class DTLSConfiguration:
           its message queue bounds);
         * ``psk=None``: ``(identity, key)``;
         * ``alpn_protocols=()``, ``srtp_profiles=()``; ``session_tickets=True``;
-          ``allow_renegotiation=False``; ``keylog_file=None``.
+          ``allow_renegotiation=False``; ``keylog_file=None``;
+        * ``new_port_after_lost_flights=2``: fail over to a new source port (``None``: never).
         """
         return cls(
+            new_port_after_lost_flights=new_port_after_lost_flights,
             cafile=cafile,
             server_hostname=server_hostname,
             capath=capath,
