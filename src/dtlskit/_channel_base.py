@@ -141,7 +141,9 @@ def should_fail_over(engine: DTLSConnection, lost_flights: int | None, now: floa
     if timer is None or now < timer:
         return False
     stats = engine.statistics()
-    return stats.datagrams_received == 0 and stats.retransmissions >= lost_flights - 1
+    # Bytes, not datagrams: a proxy may answer an upstream's ICMP error with an empty datagram
+    # (nginx stream does), which tells nothing about a live node.
+    return stats.bytes_received == 0 and stats.retransmissions >= lost_flights - 1
 
 
 def check_server_config(config: object) -> DTLSConfiguration:

@@ -170,11 +170,13 @@ class ClientDriver(SocketDriver):
                 )
             )
             return
-        if not self.handshake.done() and should_fail_over(self._engine, self._new_port_after, now):
+        fail_over = not self.handshake.done() and should_fail_over(
+            self._engine, self._new_port_after, now
+        )
+        self._engine.handle_timer(now)  # the flight goes out once more on this port
+        if fail_over:
             self._failed_over = True  # no answer at all: _open starts again from a new port
             self.handshake.set_exception(FailOver())
-            return
-        self._engine.handle_timer(now)
 
     def channel_closed(self, channel: Channel) -> None:
         self._close_socket()

@@ -80,11 +80,13 @@ class _ClientIO(IOThread):
         return None if self.failed_over else self.engine.get_timer()
 
     def _handle_timer_locked(self, now: float) -> None:
-        if not self.established and should_fail_over(self.engine, self._new_port_after, now):
+        fail_over = not self.established and should_fail_over(
+            self.engine, self._new_port_after, now
+        )
+        self.engine.handle_timer(now)  # the flight goes out once more on this port
+        if fail_over:
             self.failed_over = True
             self.handshake_done.set()
-            return
-        self.engine.handle_timer(now)
 
     def _receive_locked(self, now: float) -> None:
         batch, error = _accel.recv_batch(self.sock, BATCH)
