@@ -307,9 +307,10 @@ def deployment(
 
 
 def client_config(pki: Any, **changes: Any) -> dtlskit.DTLSConfiguration:
-    return dtlskit.DTLSConfiguration.client(
-        cafile=pki.ca_cert, server_hostname="localhost", handshake_timeout=WAIT, **changes
+    config = dtlskit.DTLSConfiguration.client(
+        cafile=pki.ca_cert, server_hostname="localhost", handshake_timeout=WAIT
     )
+    return config.replace(**changes) if changes else config
 
 
 def who(
