@@ -44,7 +44,7 @@ import time
 from collections import deque
 from typing import Any
 
-from ._sockets import format_address, size_receive_buffer, translate_os_error
+from ._frontend.sockets import format_address, size_receive_buffer, translate_os_error
 from .config import DTLSConfiguration
 from .core.connection import DTLSConnection
 from .core.cookies import CookieJar

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from .. import _accel
+from .._frontend import accel as _accel
 from ..config import DTLSConfiguration
 from ..core.connection import DTLSConnection
 from ..exceptions import ConfigurationError, UsageError

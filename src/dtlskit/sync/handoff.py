@@ -14,9 +14,9 @@ import select
 import time
 from typing import Any
 
-from .. import _accel
-from .._channel_base import fresh_error
-from .._sockets import format_address
+from .._frontend import accel as _accel
+from .._frontend.channel_base import fresh_error
+from .._frontend.sockets import format_address
 from ..config import DTLSConfiguration
 from ..core.connection import DTLSConnection, State
 from ..exceptions import (
