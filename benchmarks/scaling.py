@@ -270,11 +270,16 @@ class Nginx:
 
 @contextlib.contextmanager
 def deployment(
-    pki: Any, nodes: int = 2, workers: int = 2, with_nginx: bool = True
+    pki: Any,
+    nodes: int = 2,
+    workers: int = 2,
+    with_nginx: bool = True,
+    hosts: Sequence[str] | None = None,
 ) -> Iterator[tuple[tuple[str, int], list[Node], Nginx | None]]:
-    """Nodes on 127.0.0.2, 127.0.0.3, ... and (optionally) nginx on 127.0.0.1 in front.
-    Yields (the address clients use, the nodes, nginx)."""
-    hosts = [f"127.0.0.{2 + i}" for i in range(nodes)]
+    """Nodes on 127.0.0.2, 127.0.0.3, ... (or ``hosts``) and (optionally) nginx on 127.0.0.1
+    in front. Yields (the address clients use, the nodes, nginx)."""
+    if hosts is None:
+        hosts = [f"127.0.0.{2 + i}" for i in range(nodes)]
     port = free_udp_port_on_all(hosts)
     started: list[Node] = []
     balancer: Nginx | None = None
@@ -415,6 +420,59 @@ def measure(
     }
 
 
+def measure_c(
+    pki: Any, label: str, nodes: int, workers: int, with_nginx: bool, seconds: float
+) -> dict[str, Any]:
+    """The same figures with the C load generator of ``benchmarks/cload.c`` (a client on the
+    system libssl, each session from its own 127.x.y.z address) as the load: the Python
+    clients of :func:`measure` saturate before one worker does. The generator aims at
+    127.0.0.1, so a node measured without nginx listens there."""
+    from benchmarks.cload import CLoad, build  # run as ``python -m benchmarks.scaling``
+
+    binary, how = build()
+    if binary is None:
+        return {"setup": label, "skipped": how}
+    load = CLoad(binary, how)
+    load._pin = False  # servers, nginx and the load share the machine's cores
+    hosts = ["127.0.0.1"] if not with_nginx else None
+    with deployment(pki, nodes, workers, with_nginx, hosts=hosts) as (front, started, balancer):
+        server_pids = [pid for node in started for pid in node.pids()]
+        proxy_pids = balancer.pids() if balancer is not None else []
+        cpu0, proxy0 = cpu_seconds(server_pids), cpu_seconds(proxy_pids)
+        hs = load.handshakes(port=front[1], server_pid=0, concurrency=16, seconds=seconds)
+        cpu1, proxy1 = cpu_seconds(server_pids), cpu_seconds(proxy_pids)
+        echo = load.echo(
+            protocol="dtls",
+            port=front[1],
+            server_pid=0,
+            sessions=16,
+            window=4,
+            size=64,
+            warmup=1.0,
+            seconds=seconds,
+            loss_timeout=2.0,
+        )
+        cpu2, proxy2 = cpu_seconds(server_pids), cpu_seconds(proxy_pids)
+    done, replies = hs["completed"], echo["replies"]
+    return {
+        "setup": label,
+        "load": "C (cload)",
+        "handshakes_per_s": hs["per_s"],
+        "handshakes_failed": hs["failed"],
+        "server_cpu_ms_per_handshake": round(1000 * (cpu1 - cpu0) / max(done, 1), 2),
+        "nginx_cpu_ms_per_handshake": round(1000 * (proxy1 - proxy0) / max(done, 1), 3)
+        if balancer is not None
+        else None,
+        "echoes_per_s": echo["msgs_per_s"],
+        "echo_lost": echo["lost"],
+        "rtt_p50_ms": echo["rtt_p50_ms"],
+        "server_cpu_us_per_echo": round(1e6 * (cpu2 - cpu1) / max(replies, 1), 1),
+        "nginx_cpu_us_per_echo": round(1e6 * (proxy2 - proxy1) / max(replies, 1), 1)
+        if balancer is not None
+        else None,
+    }
+
+
 def measure_failover(pki: Any, lost_flights: int | None = 2) -> dict[str, Any]:
     """Kill the node serving one source address; time the next handshake from it."""
     config = client_config(pki, new_port_after_lost_flights=lost_flights)
@@ -440,6 +498,8 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--handshakes", type=int, default=15, help="per client")
     parser.add_argument("--messages", type=int, default=300, help="per client")
     parser.add_argument("--runs", type=int, default=3, help="failover measurements per setting")
+    parser.add_argument("--seconds", type=float, default=5.0, help="per C-load job")
+    parser.add_argument("--skip-python-load", action="store_true")
     args = parser.parse_args(argv)
     why = nginx_available()
     if why is not None:
@@ -449,24 +509,50 @@ def main(argv: Sequence[str]) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         pki = create_pki(Path(tmp))
-        rows = [
-            measure(
-                pki, "1 node, 1 worker", 1, 1, False, args.clients, args.handshakes, args.messages
-            ),
-            measure(
-                pki, "1 node, 2 workers", 1, 2, False, args.clients, args.handshakes, args.messages
-            ),
-            measure(
-                pki,
-                "nginx, 2 nodes x 2 workers",
-                2,
-                2,
-                True,
-                args.clients,
-                args.handshakes,
-                args.messages,
-            ),
+        setups = [
+            ("1 node, 1 worker", 1, 1, False),
+            ("1 node, 2 workers", 1, 2, False),
+            ("nginx, 2 nodes x 2 workers", 2, 2, True),
         ]
+        for label, nodes, workers, with_nginx in setups:
+            row = measure_c(pki, label, nodes, workers, with_nginx, args.seconds)
+            print(json.dumps(row), flush=True)
+        rows = (
+            []
+            if args.skip_python_load
+            else [
+                measure(
+                    pki,
+                    "1 node, 1 worker",
+                    1,
+                    1,
+                    False,
+                    args.clients,
+                    args.handshakes,
+                    args.messages,
+                ),
+                measure(
+                    pki,
+                    "1 node, 2 workers",
+                    1,
+                    2,
+                    False,
+                    args.clients,
+                    args.handshakes,
+                    args.messages,
+                ),
+                measure(
+                    pki,
+                    "nginx, 2 nodes x 2 workers",
+                    2,
+                    2,
+                    True,
+                    args.clients,
+                    args.handshakes,
+                    args.messages,
+                ),
+            ]
+        )
         for row in rows:
             print(json.dumps(row), flush=True)
         for lost in (2, None):

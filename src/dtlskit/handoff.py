@@ -41,6 +41,7 @@ import os
 import select
 import socket
 import time
+import warnings
 from collections import deque
 from typing import Any
 
@@ -155,8 +156,10 @@ class Handoff:
         self.close()
 
     def __del__(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
+        sock = getattr(self, "_sock", None)
+        if sock is not None:
+            warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self, stacklevel=1)
+            sock.close()
 
     def __repr__(self) -> str:
         state = "open" if self._sock is not None else "gone"
