@@ -553,3 +553,26 @@ def test_worker_rechecks_the_cookie_when_it_knows_the_secret(handoff_config, cli
     with pytest.raises(dtlskit.HandshakeFailure, match="cookie_secret"):
         sync.from_handoff(handoff, config=handoff_config, timeout=5)
     sock.close()
+
+
+def test_listener_arguments_and_closing(handoff_config):
+    with pytest.raises(dtlskit.InvalidArgument, match="IP address"):
+        sync.listen_handoff("localhost", 0, config=handoff_config)
+    with pytest.raises(dtlskit.InvalidArgument, match="backlog"):
+        sync.listen_handoff("127.0.0.1", 0, config=handoff_config, backlog=0)
+    with pytest.raises(dtlskit.ConfigurationError):
+        sync.listen_handoff("127.0.0.1", 0, config="nope")  # type: ignore[arg-type]
+    listener = sync.listen_handoff("127.0.0.1", 0, config=handoff_config)
+    listener.close()
+    with pytest.raises(dtlskit.UsageError, match="closed"):
+        listener.accept(timeout=1)
+
+    async def main() -> None:
+        listener = await dtlskit.listen_handoff("::1", 0, config=handoff_config)
+        waiter = asyncio.create_task(listener.accept())
+        await asyncio.sleep(0)
+        listener.close()  # wakes the waiting accept()
+        with pytest.raises(dtlskit.UsageError, match="closed"):
+            await waiter
+
+    asyncio.run(main())

@@ -45,6 +45,7 @@ import warnings
 from collections import deque
 from typing import Any
 
+from ._frontend.channel_base import check_server_config
 from ._frontend.sockets import format_address, size_receive_buffer, translate_os_error
 from .config import DTLSConfiguration
 from .core.connection import DTLSConnection
@@ -444,7 +445,9 @@ class HandoffListenerCore:
         peer = accepted.address
         local: Address = (destination, self._bound[1])
         if self.sock.family == socket.AF_INET6:
-            local = (destination, self._bound[1], 0, peer[3] if len(peer) > 3 else 0)
+            link_local = ipaddress.ip_address(destination).is_link_local
+            scope = peer[3] if link_local and len(peer) > 3 else 0
+            local = (destination, self._bound[1], 0, scope)
         try:
             sock = socket.socket(self.sock.family, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
         except OSError:
@@ -536,8 +539,7 @@ def prepare(
 ) -> tuple[DTLSConnection, ReconnectGuard]:
     """The receiving side's engine for a hand-off (not started), after checking its cookie
     when the configuration has a ``cookie_secret`` (or ``verify_cookie`` asks)."""
-    if not isinstance(config, DTLSConfiguration):
-        raise ConfigurationError("config must be a DTLSConfiguration (DTLSConfiguration.server())")
+    check_server_config(config)
     cookies = cookie_jar_for(config)
     hello = parse_client_hello_untrusted(handoff.client_hello)
     check = config.cookie_secret is not None if verify_cookie is None else verify_cookie
@@ -547,6 +549,10 @@ def prepare(
             "cookie this configuration's cookie_secret does not verify (give the listener and "
             "the workers the same cookie_secret), or one that expired"
         )
+    if config.idle_timeout is None:
+        # As a listening server's sessions do (ServerEngine): idle peers are dropped after
+        # ``limits.idle_timeout``, so a worker's memory stays bounded.
+        config = config.replace(idle_timeout=config.limits.idle_timeout)
     engine = DTLSConnection(
         config, server=True, peer_address=handoff.peer_address, context=config.context(server=True)
     )

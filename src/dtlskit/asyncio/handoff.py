@@ -13,6 +13,7 @@ import asyncio
 from typing import Any
 
 from .._frontend import accel as _accel
+from .._frontend.channel_base import check_server_config
 from ..config import DTLSConfiguration
 from ..core.connection import DTLSConnection
 from ..exceptions import ConfigurationError, UsageError
@@ -153,6 +154,7 @@ async def from_handoff(
     peer and return its :class:`Channel` (:class:`HandshakeTimeout` after ``timeout`` seconds,
     default ``config.handshake_timeout``). See :func:`dtlskit.sync.from_handoff`."""
     loop = asyncio.get_running_loop()
+    check_server_config(config)
     limit = config.handshake_timeout if timeout is None else float(timeout)
     if not limit > 0:
         raise ConfigurationError(f"timeout must be a positive number of seconds, not {timeout!r}")

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from .._frontend import accel as _accel
-from .._frontend.channel_base import fresh_error
+from .._frontend.channel_base import check_server_config, fresh_error
 from .._frontend.sockets import format_address
 from ..config import DTLSConfiguration
 from ..core.connection import DTLSConnection, State
@@ -61,7 +61,12 @@ class HandoffListener:
             if core._closed:
                 raise UsageError("accept() on a closed hand-off listener")
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            readable, _, _ = select.select([core.sock], [], [], remaining)
+            try:
+                readable, _, _ = select.select([core.sock], [], [], remaining)
+            except (OSError, ValueError):  # closed by another thread meanwhile
+                if core._closed:
+                    raise UsageError("the hand-off listener was closed during accept()") from None
+                raise
             if readable:
                 core.read(time.monotonic())
             elif deadline is not None and time.monotonic() >= deadline:
@@ -153,6 +158,7 @@ def from_handoff(
     ``config.cookie_secret`` set (or ``verify_cookie=True``) the handed-off ClientHello's cookie
     is checked again here (:class:`HandshakeFailure` if it does not verify).
     """
+    check_server_config(config)
     if timeout is None:
         timeout = config.handshake_timeout
     if not isinstance(timeout, int | float) or timeout <= 0:
