@@ -200,16 +200,16 @@ class Handoff:
                     f"the handed-off socket is connected to {format_address(peer)}, the message "
                     f"names {format_address(parsed.peer_address)}"
                 )
-            if local[1] != parsed.local_address[1]:
+            if not _same_endpoint(local, parsed.local_address):
                 raise InvalidArgument(
-                    f"the handed-off socket is bound to port {local[1]}, the message names "
-                    f"{parsed.local_address[1]}"
+                    f"the handed-off socket is bound to {format_address(local)}, the message "
+                    f"names {format_address(parsed.local_address)}"
                 )
             sock.setblocking(False)
         except BaseException:
             sock.close()
             raise
-        return cls(sock, parsed.local_address, peer, parsed.client_hello)
+        return cls(sock, local, peer, parsed.client_hello)
 
 
 def receive(unix_sock: socket.socket, timeout: float | None = None) -> Handoff:
@@ -269,6 +269,8 @@ def _receive_now(unix_sock: socket.socket) -> Handoff:
             usable = len(data) - len(data) % array.array("i").itemsize
             fds.extend(array.array("i", data[:usable]))
     if not message and not fds:
+        if unix_sock.type == socket.SOCK_DGRAM:  # no end of stream: an empty message
+            raise InvalidArgument("an empty hand-off message (discarded)")
         raise ConnectionLost("the Unix socket carrying hand-offs was closed by the other side")
     problem = None
     if msg_flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
@@ -305,7 +307,9 @@ class HandoffListenerCore:
         self.sock = sock
         self.config = config
         self.gate = HandoffGate(
-            cookie_jar_for(config), max_client_hello_size=config.limits.max_client_hello_size
+            cookie_jar_for(config),
+            max_client_hello_size=config.limits.max_client_hello_size,
+            hello_verify_per_second=config.limits.hello_verify_per_second,
         )
         self.ready: deque[Handoff] = deque()
         self._backlog = backlog

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import collections
 import ipaddress
+import math
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -123,8 +124,11 @@ class HandoffGate:
         *,
         max_client_hello_size: int = 16 * 1024,
         max_records: int = 4096,
+        hello_verify_per_second: float | None = None,
     ) -> None:
         self.cookies = cookies
+        self._rate = hello_verify_per_second
+        self._rate_due = -math.inf
         self._max_hello = max_client_hello_size
         self._max_records = max_records
         # (address, random) -> [time handed off, sealed]
@@ -210,7 +214,24 @@ class HandoffGate:
         """A snapshot of the counters."""
         return self._stats.copy()
 
+    def _take_token(self, now: float) -> bool:
+        """``Limits.hello_verify_per_second`` for all sources together, as
+        :class:`~dtlskit.core.server.ServerEngine` applies it (GCRA, burst of twice the rate)."""
+        rate = self._rate
+        if rate is None:
+            return True
+        interval = 1.0 / rate
+        tolerance = (max(1.0, 2 * rate) - 1.0) * interval + 1e-6
+        due = max(self._rate_due, now)
+        if due - now > tolerance:
+            return False
+        self._rate_due = due + interval
+        return True
+
     def _hello_verify(self, hello: ClientHello, data: bytes, address: Address, now: float) -> None:
+        if not self._take_token(now):
+            self._drop("hello_verify_rate_limited")
+            return
         reply = build_hello_verify_request(
             hello, self.cookies.issue(address, hello.bound_fields, now)
         )

@@ -69,7 +69,11 @@ class HandoffListener:
                 raise
             if readable:
                 core.read(time.monotonic())
-            elif deadline is not None and time.monotonic() >= deadline:
+                if core.ready:
+                    continue
+            # Checked after a read too: a flood keeps the socket readable for as long as it
+            # lasts, and the caller's timeout must still fire.
+            if deadline is not None and time.monotonic() >= deadline:
                 raise DTLSTimeoutError(f"no peer was accepted within {timeout:g} s")
 
     def getsockname(self) -> Address:
@@ -103,8 +107,9 @@ def listen_handoff(
     backlog: int = 128,
 ) -> HandoffListener:
     """A hand-off listener on ``host`` (an IP address; ``"0.0.0.0"`` or ``"::"`` for all) and
-    ``port`` (0: any free port). ``config`` is the server configuration: its cookie secret and
-    limits are used here; give the workers the same ``cookie_secret``. At most ``backlog``
+    ``port`` (0: any free port). ``config`` is the server configuration: its cookie secret,
+    ``limits.hello_verify_per_second`` and ``limits.max_client_hello_size`` are used here; give
+    the workers the same ``cookie_secret``. At most ``backlog``
     accepted peers wait for :meth:`HandoffListener.accept` (more are dropped, counted as
     ``accept_queue_full``, and retry)."""
     return HandoffListener(HandoffListenerCore.bind(host, port, config, backlog))
