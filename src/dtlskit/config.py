@@ -146,6 +146,17 @@ class Limits:
     accept_backlog: int = 128
     """Completed handshakes waiting for ``accept()`` before new ones are refused."""
 
+    address_key: str = "address"
+    """What the per-address limits (``max_sessions_per_address``,
+    ``max_half_open_per_address``, ``max_half_open_per_ipv6_prefix``) count by: ``"address"``
+    (the source IP, all ports together; an IPv6 /64 for half-open handshakes) or
+    ``"address_and_port"``. Use ``"address_and_port"`` behind a UDP proxy that does not keep
+    client addresses (nginx ``stream`` without ``proxy_bind ... transparent``, a balancer that
+    source-NATs): every client then arrives from the proxy's address, one port per client, and
+    per-address limits would cap the whole proxy as one client. Limit per client address on
+    the proxy itself then (nginx ``limit_conn``). Never use it on a server clients reach
+    directly: a single host could then hold ``max_half_open`` handshakes."""
+
     def __post_init__(self) -> None:
         for name in (
             "max_sessions",
@@ -176,6 +187,11 @@ class Limits:
             )
         if self.idle_timeout is not None and not _positive_seconds(self.idle_timeout):
             raise ConfigurationError("Limits.idle_timeout must be a positive number or None")
+        if self.address_key not in ("address", "address_and_port"):
+            raise ConfigurationError(
+                f"Limits.address_key must be 'address' or 'address_and_port', not "
+                f"{self.address_key!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -233,6 +249,13 @@ class DTLSConfiguration:
     idle_timeout: float | None = None
     """Seconds without a message from the peer before the session is dropped. ``None``: clients
     never time out; servers use ``limits.idle_timeout``."""
+
+    new_port_after_lost_flights: int | None = 2
+    """Clients: when this many flights in a row (the first flight and its retransmissions)
+    got no answer at all, the handshake starts again from a new source port (within the same
+    ``handshake_timeout``), so that a load balancer choosing a node per address and port picks
+    again, and a dead node costs a few seconds instead of the whole deadline. ``None`` keeps
+    one port; so does a ``local_addr`` with a fixed port."""
 
     cookie_secret: bytes | None = None
     """Servers: HMAC secret for stateless cookies (>= 16 bytes). Share it between workers or
@@ -322,6 +345,11 @@ class DTLSConfiguration:
             )
         if self.idle_timeout is not None and not _positive_seconds(self.idle_timeout):
             raise ConfigurationError("idle_timeout must be a positive, finite number or None")
+        lost = self.new_port_after_lost_flights
+        if lost is not None and (not isinstance(lost, int) or isinstance(lost, bool) or lost < 1):
+            raise ConfigurationError(
+                f"new_port_after_lost_flights must be a positive integer or None, not {lost!r}"
+            )
         if self.recv_buffer_size is not None and (
             not isinstance(self.recv_buffer_size, int)
             or isinstance(self.recv_buffer_size, bool)
@@ -524,6 +552,7 @@ class DTLSConfiguration:
         session_tickets: bool = True,
         allow_renegotiation: bool = False,
         keylog_file: StrPath | None = None,
+        new_port_after_lost_flights: int | None = 2,
         verify_time: VerifyTime | None = None,
     ) -> DTLSConfiguration:
         """Configuration for a client trusting ``cafile`` and expecting ``server_hostname``.
@@ -546,9 +575,11 @@ class DTLSConfiguration:
         * ``psk=None``: ``(identity, key)``;
         * ``alpn_protocols=()``, ``srtp_profiles=()``; ``session_tickets=True``;
           ``allow_renegotiation=False``; ``keylog_file=None``;
+        * ``new_port_after_lost_flights=2``: fail over to a new source port (``None``: never);
         * ``verify_time=None``: certificate dates are checked against the system clock.
         """
         return cls(
+            new_port_after_lost_flights=new_port_after_lost_flights,
             cafile=cafile,
             server_hostname=server_hostname,
             capath=capath,
