@@ -665,19 +665,23 @@ class DTLSConfiguration:
             digest = self.__dict__.setdefault("_trust_digest", trust.digest())
         return hashlib.sha256(digest + (server_name or "").encode()).digest()
 
-    def context(self, server: bool) -> SSL.Context:
+    def context(self, server: bool, *, tls: bool = False) -> SSL.Context:
         """The OpenSSL context for this role, built on first use and then shared by every
         connection made from this configuration (as one ``ssl.SSLContext`` serves many sockets).
         Files are read once; to pick up a changed certificate, make a new configuration
-        (:meth:`replace`). Raises :class:`ConfigurationError`."""
-        cache: dict[bool, SSL.Context] = self.__dict__.setdefault("_context_cache", {})
-        ctx = cache.get(server)
+        (:meth:`replace`). ``tls=True``: the TLS-over-TCP context (:mod:`dtlskit.core.tls`).
+        Raises :class:`ConfigurationError`."""
+        cache: dict[tuple[bool, bool], SSL.Context] = self.__dict__.setdefault(
+            "_context_cache", {}
+        )
+        ctx = cache.get((server, tls))
         if ctx is None:
-            ctx = cache[server] = self.build_context(server)
+            ctx = cache[(server, tls)] = self.build_context(server, tls=tls)
         return ctx
 
-    def build_context(self, server: bool) -> SSL.Context:
-        """A fresh OpenSSL DTLS context for this role. Raises :class:`ConfigurationError`.
+    def build_context(self, server: bool, *, tls: bool = False) -> SSL.Context:
+        """A fresh OpenSSL DTLS context for this role (``tls=True``: a TLS 1.2/1.3 context for
+        TCP, same settings). Raises :class:`ConfigurationError`.
 
         A server's context also holds the contexts of its SNI certificates (switched to by its
         server-name callback), its session cache and its session-ticket keys: share one context
@@ -685,14 +689,15 @@ class DTLSConfiguration:
         worker resume every session.
         """
         if server and self.certfile is None and self.psk_lookup is None:
+            protocol = "TLS" if tls else "DTLS"
             raise ConfigurationError(
-                "a DTLS server needs a certificate: give certfile and keyfile "
+                f"a {protocol} server needs a certificate: give certfile and keyfile "
                 "(or psk_lookup for a PSK-only server)"
             )
-        ctx = self._base_context(server)
+        ctx = self._base_context(server, tls)
         self._load_identity(ctx)
         if server:
-            self._install_sni(ctx)
+            self._install_sni(ctx, tls)
         elif self.effective_verify_mode(False) == ssl.CERT_NONE and not (
             self.psk is not None and _psk_only(self.effective_ciphers(False))
         ):
@@ -702,10 +707,14 @@ class DTLSConfiguration:
             )
         return ctx
 
-    def _base_context(self, server: bool) -> SSL.Context:
+    def _base_context(self, server: bool, tls: bool = False) -> SSL.Context:
         """Everything but our certificate (SNI contexts are made with this too)."""
-        ctx = SSL.Context(SSL.DTLS_METHOD)
-        ctx.set_min_proto_version(_DTLS1_2_VERSION)
+        if tls:
+            ctx = SSL.Context(SSL.TLS_METHOD)
+            ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+        else:
+            ctx = SSL.Context(SSL.DTLS_METHOD)
+            ctx.set_min_proto_version(_DTLS1_2_VERSION)
         options = SSL.OP_NO_QUERY_MTU | SSL.OP_NO_COMPRESSION
         if not self.allow_renegotiation:
             options |= SSL.OP_NO_RENEGOTIATION
@@ -736,6 +745,7 @@ class DTLSConfiguration:
         if server:
             # Session ID context: required for resumption when client certificates are used.
             ctx.set_session_id(b"dtlskit")
+        if server and not tls:
             # We answer ClientHellos with our own stateless cookies before OpenSSL sees them;
             # these callbacks only satisfy DTLSv1_listen for a ClientHello we already verified.
             ctx.set_cookie_generate_callback(lambda conn: b"dtlskit")
@@ -778,7 +788,7 @@ class DTLSConfiguration:
             ctx.set_keylog_callback(_KeyLogWriter(os.fspath(self.keylog_file)))
         _bindings.watch_handshake(ctx, server)
 
-    def _install_sni(self, ctx: SSL.Context) -> None:
+    def _install_sni(self, ctx: SSL.Context, tls: bool = False) -> None:
         if not self.sni_certificates and self.sni_callback is None and self.ip_certificate is None:
             return
         from .core import _bindings
@@ -789,10 +799,10 @@ class DTLSConfiguration:
             key = name.lower().rstrip(".")
             table = wildcard if key.startswith("*.") else exact
             table[key.removeprefix("*.")] = self._identity_context(
-                spec, f"sni_certificates[{name!r}]"
+                spec, f"sni_certificates[{name!r}]", tls
             )
         by_ip = (
-            self._identity_context(self.ip_certificate, "ip_certificate")
+            self._identity_context(self.ip_certificate, "ip_certificate", tls)
             if self.ip_certificate is not None
             else None
         )
@@ -804,14 +814,14 @@ class DTLSConfiguration:
                 key = name.lower().rstrip(".")
                 target = exact.get(key) or wildcard.get(key.partition(".")[2])
             if target is None and self.sni_callback is not None:
-                target = self._callback_context(name, built)
+                target = self._callback_context(name, built, tls)
             if target is not None:
                 connection.set_context(target)
 
         _bindings.set_servername_callback(ctx, choose)
 
     def _callback_context(
-        self, name: str | None, built: dict[tuple[str, str], SSL.Context]
+        self, name: str | None, built: dict[tuple[str, str], SSL.Context], tls: bool = False
     ) -> SSL.Context | None:
         what = f"sni_callback({name!r})"
         callback = self.sni_callback
@@ -828,11 +838,13 @@ class DTLSConfiguration:
         if key not in built:
             if len(built) >= _MAX_CALLBACK_CONTEXTS:
                 built.clear()
-            built[key] = self._identity_context(spec, what)
+            built[key] = self._identity_context(spec, what, tls)
         return built[key]
 
-    def _identity_context(self, spec: CertificateSpec, what: str) -> SSL.Context:
-        ctx = self._base_context(server=True)
+    def _identity_context(
+        self, spec: CertificateSpec, what: str, tls: bool = False
+    ) -> SSL.Context:
+        ctx = self._base_context(server=True, tls=tls)
         password = spec[2] if len(spec) == 3 else None
         try:
             _use_identity(ctx, spec[0], spec[1], password)

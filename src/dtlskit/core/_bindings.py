@@ -522,3 +522,11 @@ def verify_result(connection: SSL.Connection) -> int:
     resumption it is the result stored in the session when it was first established."""
     lib = _require("SSL_get_verify_result")
     return int(lib.SSL_get_verify_result(connection._ssl))
+
+
+
+def current_session(connection: SSL.Connection) -> Any:
+    """A reference to the connection's current ``SSL_SESSION`` (freed when collected), or None.
+    Holding it keeps its address from being reused, so two references can be compared: a
+    TLS 1.3 client's session changes when a session ticket arrives after the handshake."""
+    return get_session(connection)
