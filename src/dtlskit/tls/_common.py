@@ -1,0 +1,310 @@
+"""What the asyncio (:mod:`dtlskit.tls`) and the blocking (:mod:`dtlskit.sync.tls`) TLS front
+ends share: received-data buffers with the stream helpers, server limits and statistics, and
+the translation of socket errors. Nothing here waits, reads a clock or touches a loop or thread.
+
+Limits (from the configuration's :class:`~dtlskit.config.Limits`, one vocabulary with DTLS):
+
+* ``max_sessions``: TCP connections held at once (handshaking or established);
+* ``max_sessions_per_address``: connections from one IP address;
+* ``accept_backlog``: established connections waiting for ``accept()`` (``listen`` only);
+* ``handshake_timeout`` (configuration): a client that does not finish its handshake in time
+  is dropped; it never blocks ``accept`` or another client (each has its own task/thread);
+* ``idle_timeout`` (configuration, else ``limits.idle_timeout``): an established client silent
+  that long is closed (close_notify);
+* ``max_queued_bytes``: received bytes waiting for the application, per connection; beyond it
+  the front end stops reading the socket (TCP's flow control pushes back on the peer), so no
+  byte is dropped.
+
+Every refusal and drop is counted by reason in :class:`TLSServerStatistics`.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._sockets import Address, format_address
+from ..config import DTLSConfiguration
+from ..core.inbox import fresh_error
+from ..core.tls import check_tls_config
+from ..exceptions import (
+    ConfigurationError,
+    ConnectionClosedByPeer,
+    ConnectionClosedLocally,
+    ConnectionRefused,
+    DTLSError,
+    InvalidArgument,
+    TransportError,
+    UsageError,
+)
+
+__all__ = [
+    "ConnectionGate",
+    "Received",
+    "TLSServerStatistics",
+    "check_server_tls_config",
+    "connect_error",
+    "ends_iteration",
+    "server_idle_timeout",
+]
+
+_DEFAULT_UNTIL_LIMIT = 65536
+
+
+@dataclass
+class TLSServerStatistics:
+    """Counters of a TLS server (``server.statistics()``)."""
+
+    connections: int = 0
+    """TCP connections held now (handshaking or established)."""
+    accepted: int = 0
+    """TCP connections taken (before any limit)."""
+    handshakes_completed: int = 0
+    handshakes_failed: int = 0
+    """Handshakes that failed (bad certificate, garbage, timeout, peer gone, ...)."""
+    refused: dict[str, int] = field(default_factory=dict)
+    """Connections refused or ended by a limit, by reason: ``"max_sessions"``,
+    ``"max_sessions_per_address"``, ``"accept_backlog"``, ``"handshake_timeout"``,
+    ``"idle_timeout"``."""
+
+    def copy(self) -> TLSServerStatistics:
+        """An independent snapshot."""
+        return TLSServerStatistics(**{**self.__dict__, "refused": dict(self.refused)})
+
+    def count(self, reason: str) -> None:
+        """Count one refusal for ``reason``."""
+        self.refused[reason] = self.refused.get(reason, 0) + 1
+
+
+def check_server_tls_config(config: object) -> DTLSConfiguration:
+    """A server's configuration, checked for TCP (raises ConfigurationError)."""
+    if not isinstance(config, DTLSConfiguration):
+        raise ConfigurationError(
+            "config must be a DTLSConfiguration (e.g. DTLSConfiguration.server(certfile, keyfile))"
+        )
+    check_tls_config(config)
+    if config.certfile is None and config.psk_lookup is None:
+        raise ConfigurationError(
+            "a TLS server needs a certificate: give certfile and keyfile "
+            "(or psk_lookup for a PSK-only server)"
+        )
+    return config
+
+
+def server_idle_timeout(config: DTLSConfiguration) -> float | None:
+    """The idle limit of a server's connections."""
+    return config.idle_timeout if config.idle_timeout is not None else config.limits.idle_timeout
+
+
+def _address_key(address: Address) -> str:
+    host = str(address[0]).split("%")[0]
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
+class ConnectionGate:
+    """Admission of TCP connections by the limits on their number, in all and per address."""
+
+    def __init__(self, config: DTLSConfiguration, stats: TLSServerStatistics) -> None:
+        self._max = config.limits.max_sessions
+        self._per_address = config.limits.max_sessions_per_address
+        self._by_address: dict[str, int] = {}
+        self._stats = stats
+
+    def admit(self, address: Address) -> str | None:
+        """Count a new connection in, or return the reason (counted) it is refused."""
+        stats = self._stats
+        stats.accepted += 1
+        key = _address_key(address)
+        reason = None
+        if stats.connections >= self._max:
+            reason = "max_sessions"
+        elif self._by_address.get(key, 0) >= self._per_address:
+            reason = "max_sessions_per_address"
+        if reason is not None:
+            stats.count(reason)
+            return reason
+        stats.connections += 1
+        self._by_address[key] = self._by_address.get(key, 0) + 1
+        return None
+
+    def release(self, address: Address) -> None:
+        """A connection admitted by :meth:`admit` ended."""
+        key = _address_key(address)
+        left = self._by_address.get(key, 0) - 1
+        if left > 0:
+            self._by_address[key] = left
+        else:
+            self._by_address.pop(key, None)
+        self._stats.connections -= 1
+
+
+class Received:
+    """What arrived and waits for the application: a byte stream, or whole messages when
+    framed. Both flavours wait on it their own way; the taking is here."""
+
+    __slots__ = ("_framed", "_messages", "_stream", "error")
+
+    def __init__(self, framed: bool) -> None:
+        self._framed = framed
+        self._stream = bytearray()
+        self._messages: collections.deque[bytes] = collections.deque()
+        self.error: DTLSError | None = None
+        """Set when the connection ended: raised once what arrived before it is taken."""
+
+    @property
+    def size(self) -> int:
+        """Bytes waiting."""
+        if self._framed:
+            return sum(map(len, self._messages))
+        return len(self._stream)
+
+    def pending(self) -> int:
+        """Bytes (stream) or messages (framed) waiting."""
+        return len(self._messages) if self._framed else len(self._stream)
+
+    def put(self, data: bytes) -> None:
+        """Data from the engine."""
+        if self._framed:
+            self._messages.append(data)
+        else:
+            self._stream += data
+
+    def ready(self) -> bool:
+        """Whether :meth:`take` returns at once (data, or the end)."""
+        return bool(self._messages or self._stream) or self.error is not None
+
+    def take(self) -> bytes:
+        """Everything that arrived (stream) or the next message (framed); raises the end."""
+        if self._framed:
+            if self._messages:
+                return self._messages.popleft()
+        elif self._stream:
+            data = bytes(self._stream)
+            self._stream.clear()
+            return data
+        raise fresh(self.error)
+
+    def take_exactly(self, n: int) -> bytes | None:
+        """``n`` bytes if that many arrived; None to wait; raises when the stream ended
+        short (``ConnectionLost`` naming how many bytes came)."""
+        self._stream_only("read_exactly")
+        if len(self._stream) >= n:
+            data = bytes(self._stream[:n])
+            del self._stream[:n]
+            return data
+        if self.error is not None:
+            raise _short(self.error, f"{len(self._stream)} of the {n} bytes asked for arrived")
+        return None
+
+    def take_until(self, separator: bytes, limit: int) -> bytes | None:
+        """Bytes up to and including ``separator``; None to wait; raises
+        :class:`InvalidArgument`-free :class:`~dtlskit.exceptions.InvalidMessage` when
+        ``limit`` bytes came without it (they stay buffered), the end when it ends first."""
+        self._stream_only("read_until")
+        index = self._stream.find(separator)
+        if index >= 0 and index + len(separator) <= limit:
+            end = index + len(separator)
+            data = bytes(self._stream[:end])
+            del self._stream[:end]
+            return data
+        if index >= 0 or len(self._stream) >= limit:
+            from ..exceptions import InvalidMessage
+
+            raise InvalidMessage(
+                f"no {separator!r} within the first {limit} bytes (the limit): they stay buffered"
+            )
+        if self.error is not None:
+            raise _short(self.error, f"the stream ended before {separator!r}")
+        return None
+
+    def take_until_eof(self, limit: int) -> bytes | None:
+        """Everything, once the peer closed cleanly; None to wait; raises ConnectionLost past
+        ``limit`` bytes or on any end but close_notify."""
+        self._stream_only("read_until_eof")
+        if len(self._stream) > limit:
+            from ..exceptions import InvalidMessage
+
+            raise InvalidMessage(f"more than {limit} bytes (the limit) before the end")
+        if self.error is None:
+            return None
+        if isinstance(self.error, ConnectionClosedByPeer | ConnectionClosedLocally):
+            data = bytes(self._stream)
+            self._stream.clear()
+            return data
+        raise fresh(self.error)
+
+    def _stream_only(self, name: str) -> None:
+        if self._framed:
+            raise UsageError(
+                f"{name}() reads a byte stream; this channel uses framing='length-prefixed' "
+                "(use recv() for whole messages)"
+            )
+
+
+def check_limit(limit: object, name: str = "limit") -> int:
+    """A positive byte count argument."""
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise InvalidArgument(f"{name} must be a positive number of bytes, not {limit!r}")
+    return limit
+
+
+def check_count(n: object) -> int:
+    """``read_exactly``'s byte count."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise InvalidArgument(f"read_exactly() needs a byte count >= 0, not {n!r}")
+    return n
+
+
+def check_separator(separator: object) -> bytes:
+    """``read_until``'s separator."""
+    if not isinstance(separator, bytes) or not separator:
+        raise InvalidArgument(f"separator must be non-empty bytes, not {separator!r}")
+    return separator
+
+
+def fresh(error: DTLSError | None) -> DTLSError:
+    """A new copy of a terminal error (each raise gets its own traceback)."""
+    if error is None:  # pragma: no cover - callers check
+        return UsageError("the connection has not ended")
+    return fresh_error(error)
+
+
+def _short(error: DTLSError, what: str) -> DTLSError:
+    from ..exceptions import ConnectionLost
+
+    if isinstance(error, ConnectionClosedByPeer):
+        return ConnectionLost(f"{error} before the read was complete: {what}", alert=error.alert)
+    return fresh(error)
+
+
+def ends_iteration(error: DTLSError) -> bool:
+    """Whether ``error`` ends ``for``/``async for`` cleanly (a close_notify either way)."""
+    return isinstance(error, ConnectionClosedByPeer | ConnectionClosedLocally)
+
+
+def connect_error(exc: OSError, host: str, port: int) -> DTLSError:
+    """The dtlskit error for a failed TCP connect."""
+    where = format_address((host, port))
+    if isinstance(exc, ConnectionRefusedError) or exc.errno == errno.ECONNREFUSED:
+        return ConnectionRefused(
+            errno.ECONNREFUSED, f"nothing listens at {where} (TCP connection refused)"
+        )
+    return TransportError(exc.errno or errno.EIO, f"cannot connect to {where}: {exc}")
+
+
+def peer_of(transport_or_sock: Any) -> Address:
+    """The peer address of a socket (or ``("?", 0)`` once it is gone)."""
+    try:
+        address = transport_or_sock.getpeername()
+    except OSError:
+        return ("?", 0)
+    return tuple(address)

@@ -1,0 +1,430 @@
+"""asyncio TLS channel: one TCP connection driven by the sans-I/O :class:`TLSConnection`.
+
+Each connection has an :class:`asyncio.Protocol` (:class:`TLSProtocol`). Every wake-up is the
+three steps of every dtlskit front end: feed the engine (``data_received`` /
+``eof_received``), write what it produced, drain its events into the channel and re-arm the one
+loop timer (handshake and idle deadlines). Received data waits in the channel's
+:class:`~dtlskit.tls._common.Received`; past ``limits.max_queued_bytes`` the protocol pauses
+reading the socket until the application takes data (TCP's flow control then pushes back on the
+peer; nothing is dropped). ``send`` waits while the transport's write buffer is above its high
+water mark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from .._sockets import Address, format_address
+from ..core import events as ev
+from ..core.connection import State
+from ..core.session import Session
+from ..core.tls import Framing, SessionTicketReceived, TLSConnection, TLSStatistics
+from ..exceptions import ConnectionLost, DTLSError
+from ._common import (
+    Received,
+    check_count,
+    check_limit,
+    check_separator,
+    ends_iteration,
+    fresh,
+)
+
+__all__ = ["Channel", "TLSProtocol"]
+
+logger = logging.getLogger("dtlskit.tls")
+
+_UNTIL_LIMIT = 65536
+_EOF_LIMIT = 16 * 1_048_576
+
+
+class TLSProtocol(asyncio.Protocol):
+    """Moves one TCP connection's bytes through its engine; see the module docstring."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        engine: TLSConnection,
+        *,
+        on_established: Callable[[TLSProtocol], None] | None = None,
+        on_end: Callable[[TLSProtocol, DTLSError], None] | None = None,
+    ) -> None:
+        self.loop = loop
+        self.engine = engine
+        self.transport: asyncio.Transport | None = None
+        self.received = Received(engine.framing == "length-prefixed")
+        self.handshake: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self.peer: Address = ("?", 0)
+        self._on_established = on_established
+        self._on_end = on_end
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None
+        self._reader: asyncio.Future[None] | None = None
+        self._writable: asyncio.Future[None] | None = None
+        self._reading_paused = False
+        self._limit = engine.config.limits.max_queued_bytes
+        self.ended = False
+
+    # -- asyncio.Protocol -----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)  # a stream transport, by construction
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = tuple(peer) if peer else ("?", 0)
+        self.engine.peer_address = self.peer
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):  # not TCP: nothing to tune
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        now = self.loop.time()
+        if self.engine.is_server:
+            self.engine.start_server(now)
+        else:
+            self.engine.connect(now)
+        self.flush()
+
+    def data_received(self, data: bytes) -> None:
+        self.engine.receive_data(data, self.loop.time())
+        self.flush()
+
+    def eof_received(self) -> bool:
+        self.engine.receive_eof(self.loop.time())
+        self.flush()
+        return False  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        engine = self.engine
+        if engine.state not in (State.CLOSED, State.TERMINATED):
+            why = f": {exc}" if exc is not None else ""
+            engine.abort(
+                ConnectionLost(
+                    f"the TCP connection to {format_address(self.peer)} was lost{why} (the "
+                    "stream was truncated)"
+                )
+            )
+        self.flush()
+        self.transport = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._wake_writer()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        if self._writable is None:
+            self._writable = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        self._wake_writer()
+
+    # -- the wake-up step -----------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write the engine's output, drain its events, re-arm the timer."""
+        engine = self.engine
+        data = engine.data_to_send()
+        transport = self.transport
+        if data and transport is not None and not transport.is_closing():
+            transport.write(data)
+        woke = False
+        while (event := engine.next_event()) is not None:
+            if isinstance(event, ev.MessageReceived):
+                self.received.put(event.data)
+                woke = True
+            elif isinstance(event, ev.HandshakeCompleted):
+                if not self.handshake.done():
+                    self.handshake.set_result(None)
+                if self._on_established is not None:
+                    self._on_established(self)
+            elif isinstance(event, ev.SessionClosed | ev.ConnectionTerminated):
+                self._ended(engine.error or ConnectionLost("the connection ended"))
+                woke = True
+            elif isinstance(event, SessionTicketReceived):
+                logger.debug("session ticket from %s", format_address(self.peer))
+        if woke:
+            self._wake_reader()
+            if (
+                not self._reading_paused
+                and self.received.size > self._limit
+                and transport is not None
+                and not self.ended
+            ):
+                self._reading_paused = True
+                transport.pause_reading()
+        self._rearm(engine.get_timer())
+
+    def _ended(self, error: DTLSError) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        self.received.error = error
+        if not self.handshake.done():
+            self.handshake.set_exception(fresh(error))
+            self.handshake.exception()  # retrieved here; the awaiter gets it too
+        transport = self.transport
+        if transport is not None:
+            transport.close()  # after the close_notify or alert already written
+        if self._on_end is not None:
+            self._on_end(self, error)
+
+    def _rearm(self, deadline: float | None) -> None:
+        if deadline == self._deadline:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._deadline = deadline
+        if deadline is not None and self.transport is not None:
+            self._timer = self.loop.call_at(deadline, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._deadline = None
+        self.engine.handle_timer(self.loop.time())
+        self.flush()
+
+    # -- waiting ----------------------------------------------------------------------------------
+
+    def _wake_reader(self) -> None:
+        reader = self._reader
+        if reader is not None and not reader.done():
+            reader.set_result(None)
+
+    def _wake_writer(self) -> None:
+        writer, self._writable = self._writable, None
+        if writer is not None and not writer.done():
+            writer.set_result(None)
+
+    async def wait_readable(self) -> None:
+        """Wait until more data or the end arrives (one waiter at a time)."""
+        if self._reader is not None and not self._reader.done():
+            from ..exceptions import ConcurrencyError
+
+            raise ConcurrencyError("two tasks read from one TLS channel at once")
+        self._resume_reading()
+        self._reader = self.loop.create_future()
+        try:
+            await self._reader
+        finally:
+            self._reader = None
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and self.received.size <= self._limit:
+            self._reading_paused = False
+            if self.transport is not None:
+                self.transport.resume_reading()
+
+    def taken(self) -> None:
+        """The application took data: read the socket again if it was paused."""
+        if self._reading_paused:
+            self._resume_reading()
+
+    async def writable(self) -> None:
+        """Wait while the transport's write buffer is full."""
+        while self._writable is not None and self.transport is not None:
+            await asyncio.shield(self._writable)
+
+
+class Channel:
+    """One TLS connection, the asyncio flavour; the shape of the DTLS
+    :class:`dtlskit.asyncio.Channel`.
+
+    Stream semantics by default: ``recv()`` returns what arrived (bytes, at least one);
+    ``read_exactly``, ``read_until`` and ``read_until_eof`` read the stream in the ways
+    protocols need. With ``framing="length-prefixed"`` each ``recv()`` is one whole message
+    ``send()`` sent on the other side. ``async for`` yields until the peer closes cleanly.
+    Use it as ``async with``; ``close()`` sends close_notify.
+    """
+
+    def __init__(self, protocol: TLSProtocol) -> None:
+        self._protocol = protocol
+        self._engine = protocol.engine
+        self._received = protocol.received
+        sock = protocol.transport.get_extra_info("socket") if protocol.transport else None
+        self._sockname: Address = tuple(sock.getsockname()) if sock is not None else ("?", 0)
+        self._closing = False
+
+    # -- data -------------------------------------------------------------------------------------
+
+    async def send(self, data: bytes | bytearray | memoryview) -> None:
+        """Send ``data`` (stream: any length; framed: one message); waits while the socket's
+        write buffer is full. Raises the connection's end once it ended."""
+        self._send(data)
+        await self._protocol.writable()
+
+    def send_nowait(self, data: bytes | bytearray | memoryview) -> None:
+        """Send without waiting for buffer space (the transport buffers it)."""
+        self._send(data)
+
+    def _send(self, data: bytes | bytearray | memoryview) -> None:
+        self._engine.send(data)
+        self._protocol.flush()
+
+    async def recv(self) -> bytes:
+        """Stream: the bytes that arrived (waits for at least one). Framed: the next message.
+        After the end, what arrived before it first, then the end's exception
+        (:class:`~dtlskit.ConnectionClosedByPeer` after close_notify,
+        :class:`~dtlskit.ConnectionLost` when truncated)."""
+        received = self._received
+        while not received.ready():
+            await self._protocol.wait_readable()
+        data = received.take()
+        self._protocol.taken()
+        return data
+
+    async def read_exactly(self, n: int) -> bytes:
+        """Exactly ``n`` bytes; :class:`~dtlskit.ConnectionLost` when the stream ends first."""
+        check_count(n)
+        while (data := self._received.take_exactly(n)) is None:
+            await self._protocol.wait_readable()
+        self._protocol.taken()
+        return data
+
+    async def read_until(self, separator: bytes = b"\n", *, limit: int = _UNTIL_LIMIT) -> bytes:
+        """Bytes up to and including ``separator``, at most ``limit`` bytes (else
+        :class:`~dtlskit.InvalidMessage`; the bytes stay buffered)."""
+        check_separator(separator)
+        check_limit(limit)
+        while (data := self._received.take_until(separator, limit)) is None:
+            await self._protocol.wait_readable()
+        self._protocol.taken()
+        return data
+
+    async def read_until_eof(self, *, limit: int = _EOF_LIMIT) -> bytes:
+        """Everything until the peer closes with close_notify (at most ``limit`` bytes);
+        a truncated stream raises :class:`~dtlskit.ConnectionLost`."""
+        check_limit(limit)
+        while (data := self._received.take_until_eof(limit)) is None:
+            await self._protocol.wait_readable()
+        return data
+
+    def __aiter__(self) -> Channel:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self.recv()
+        except DTLSError as exc:
+            if ends_iteration(exc):
+                raise StopAsyncIteration from None
+            raise
+
+    # -- life -------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Send close_notify and close the connection. Idempotent."""
+        if self._closing:
+            return
+        self._closing = True
+        self._engine.close()
+        self._protocol.flush()
+        transport = self._protocol.transport
+        if transport is not None:
+            transport.close()
+
+    async def wait_closed(self) -> None:
+        """Wait until the TCP connection is closed."""
+        await asyncio.shield(self._protocol.closed)
+
+    async def __aenter__(self) -> Channel:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+        await self.wait_closed()
+
+    # -- properties -------------------------------------------------------------------------------
+
+    def getpeername(self) -> Address:
+        """The peer's address."""
+        return self._protocol.peer
+
+    def getsockname(self) -> Address:
+        """Our address."""
+        return self._sockname
+
+    def pending(self) -> int:
+        """Bytes (stream) or messages (framed) received and not yet taken."""
+        return self._received.pending()
+
+    def statistics(self) -> TLSStatistics:
+        """A snapshot of the connection's counters."""
+        return self._engine.statistics()
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection has ended (either way)."""
+        return self._closing or self._protocol.ended
+
+    @property
+    def error(self) -> DTLSError | None:
+        """Why the connection ended, once it did."""
+        return self._engine.error
+
+    @property
+    def framing(self) -> Framing:
+        """``"stream"`` or ``"length-prefixed"``."""
+        return self._engine.framing
+
+    @property
+    def version(self) -> str | None:
+        """``"TLSv1.3"`` or ``"TLSv1.2"``."""
+        return self._engine.version
+
+    @property
+    def cipher(self) -> str | None:
+        """The cipher suite (OpenSSL name)."""
+        return self._engine.cipher
+
+    @property
+    def alpn_protocol(self) -> str | None:
+        """The ALPN protocol agreed, or None."""
+        return self._engine.alpn_protocol
+
+    @property
+    def peer_certificate(self) -> Any:
+        """The peer's certificate (``cryptography``), or None."""
+        return self._engine.peer_certificate
+
+    @property
+    def peer_certificate_chain(self) -> list[Any]:
+        """The chain the peer sent, leaf first."""
+        return self._engine.peer_certificate_chain
+
+    @property
+    def session(self) -> Session | None:
+        """The newest resumable session (TLS 1.3 tickets arrive after the handshake and are
+        read as data is)."""
+        return self._engine.session
+
+    @property
+    def session_reused(self) -> bool:
+        """Whether the handshake resumed a session."""
+        return self._engine.session_reused
+
+    @property
+    def psk_identity(self) -> str | None:
+        """The PSK identity in use, if any."""
+        return self._engine.psk_identity
+
+    @property
+    def server_name(self) -> str | None:
+        """SNI name asked for (server) or sent (client)."""
+        return self._engine.server_name
+
+    def export_keying_material(
+        self, label: bytes, length: int, context: bytes | None = None
+    ) -> bytes:
+        """RFC 5705 / RFC 8446 §7.5 keying material; both peers get the same bytes."""
+        return self._engine.export_keying_material(label, length, context)
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<dtlskit.tls.Channel {format_address(self.getpeername())} {state}>"
