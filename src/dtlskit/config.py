@@ -671,9 +671,7 @@ class DTLSConfiguration:
         Files are read once; to pick up a changed certificate, make a new configuration
         (:meth:`replace`). ``tls=True``: the TLS-over-TCP context (:mod:`dtlskit.core.tls`).
         Raises :class:`ConfigurationError`."""
-        cache: dict[tuple[bool, bool], SSL.Context] = self.__dict__.setdefault(
-            "_context_cache", {}
-        )
+        cache: dict[tuple[bool, bool], SSL.Context] = self.__dict__.setdefault("_context_cache", {})
         ctx = cache.get((server, tls))
         if ctx is None:
             ctx = cache[(server, tls)] = self.build_context(server, tls=tls)
@@ -841,9 +839,7 @@ class DTLSConfiguration:
             built[key] = self._identity_context(spec, what, tls)
         return built[key]
 
-    def _identity_context(
-        self, spec: CertificateSpec, what: str, tls: bool = False
-    ) -> SSL.Context:
+    def _identity_context(self, spec: CertificateSpec, what: str, tls: bool = False) -> SSL.Context:
         ctx = self._base_context(server=True, tls=tls)
         password = spec[2] if len(spec) == 3 else None
         try:

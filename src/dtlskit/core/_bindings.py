@@ -524,7 +524,6 @@ def verify_result(connection: SSL.Connection) -> int:
     return int(lib.SSL_get_verify_result(connection._ssl))
 
 
-
 def current_session(connection: SSL.Connection) -> Any:
     """A reference to the connection's current ``SSL_SESSION`` (freed when collected), or None.
     Holding it keeps its address from being reused, so two references can be compared: a
