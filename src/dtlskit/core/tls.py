@@ -583,7 +583,7 @@ class TLSConnection(NegotiatedSession):
                 self._deliver(chunks)
                 chunks = []
                 self._collect_output()
-                self._terminate(_errors.session_error(exc, peer=self._peer_text))
+                self._terminate(self._session_error(exc))
                 return
             chunks.append(bytes(chunk))
         self._deliver(chunks)
@@ -596,6 +596,20 @@ class TLSConnection(NegotiatedSession):
                 self._stats.tickets_received += 1
                 self._events.append(SessionTicketReceived())
         self._collect_output()  # key updates, close_notify answers
+
+    def _session_error(self, exc: SSL.Error) -> DTLSError:
+        """A fatal error once established. A TLS 1.3 client learns that the server refused
+        its certificate only after its own Finished (RFC 8446 §4.4.2.4): a certificate alert
+        before any data is still that handshake's failure."""
+        if (
+            not self._server
+            and self._stats.messages_received == 0
+            and _errors.alert_name(exc) in _errors.CERTIFICATE_ALERTS
+        ):
+            return _errors.handshake_error(
+                exc, verify_reason=None, server=False, peer=self._peer_text, notes=self._notes
+            )
+        return _errors.session_error(exc, peer=self._peer_text)
 
     def _deliver(self, chunks: list[bytes]) -> None:
         if not chunks:
