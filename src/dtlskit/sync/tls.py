@@ -51,6 +51,7 @@ from ..core.tls import (
     check_framing,
 )
 from ..exceptions import (
+    ConcurrencyError,
     ConfigurationError,
     ConnectionLost,
     DTLSError,
@@ -238,10 +239,14 @@ class Channel:
 
     def _wait(self, take: Callable[[], bytes | None], timeout: float | None) -> bytes:
         deadline = _check_timeout(timeout)
-        with self._read_lock:
+        if not self._read_lock.acquire(blocking=False):
+            raise ConcurrencyError("two threads read from one TLS channel at once")
+        try:
             while (data := take()) is None:
                 self._pump(deadline)
             return data
+        finally:
+            self._read_lock.release()
 
     def recv(self, timeout: float | None = None) -> bytes:
         """Stream: what arrived (at least one byte). Framed: the next message. After the
