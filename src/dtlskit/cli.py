@@ -447,6 +447,16 @@ def _add_demo_parser(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _cmd_server(args: argparse.Namespace) -> int:
+    if args.transport in ("tls", "tcp"):  # TLS over TCP (issue 10): dtlskit/tls/_cli.py
+        from .tls import _cli as tls_cli
+
+        return tls_cli.run_server(
+            args,
+            server_config=_server_config,
+            client_command=_client_command,
+            out=_out,
+            usage=UsageError,
+        )
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
     if args.workers > 1 and args.port == 0:
@@ -634,9 +644,11 @@ def _reject_tls_flags(args: argparse.Namespace, names: Iterable[str]) -> None:
 def _add_transport_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--transport",
-        choices=("dtls", "udp"),
+        choices=("dtls", "udp", "tls", "tcp"),
         default="dtls",
-        help="dtls (default), or plain udp: the same echo without any security, for comparison",
+        help="dtls (default), or plain udp: the same echo without any security, for comparison; "
+        "tls: TLS 1.2/1.3 over TCP with the same flags (the client is interactive like "
+        "openssl s_client), or plain tcp",
     )
 
 
@@ -712,6 +724,18 @@ def _cmd_client(args: argparse.Namespace) -> int:
         raise UsageError("--count must be at least 1")
     if any(not message for message in args.message or ()):
         raise UsageError("--message must not be empty (DTLS sends no empty records)")
+    if args.transport in ("tls", "tcp"):  # TLS over TCP (issue 10): dtlskit/tls/_cli.py
+        from .tls import _cli as tls_cli
+
+        return tls_cli.run_client(
+            args,
+            _client_messages(args.message, args.count, sys.stdin) if args.message else iter(()),
+            keylog=_with_keylog,
+            load_session=_load_session,
+            psk_table=_psk_table,
+            out=_out,
+            usage=UsageError,
+        )
     messages = _client_messages(args.message, args.count, sys.stdin)
     if args.transport == "udp":
         _reject_tls_flags(

@@ -58,13 +58,13 @@ from ..exceptions import (
     DTLSTimeoutError,
     HandshakeTimeout,
     InvalidArgument,
-    TransportError,
     UsageError,
 )
 from ..tls._common import (
     ConnectionGate,
     Received,
     TLSServerStatistics,
+    bind_tcp_sockets,
     check_count,
     check_limit,
     check_separator,
@@ -478,32 +478,6 @@ def connect(
 # -- servers ------------------------------------------------------------------------------------
 
 
-def _bind(host: str | None, port: int, reuse_port: bool, backlog: int) -> list[socket.socket]:
-    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    sockets: list[socket.socket] = []
-    try:
-        for family, kind, proto, _, address in infos[:1] if host else infos:
-            sock = socket.socket(family, kind, proto)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if reuse_port:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if family == socket.AF_INET6 and not host:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(address)
-            sock.listen(backlog)
-            sock.setblocking(False)
-            if port == 0:
-                port = sock.getsockname()[1]
-    except OSError as exc:
-        for sock in sockets:
-            sock.close()
-        raise TransportError(
-            exc.errno or 0, f"cannot listen on {format_address((host or '*', port))}: {exc}"
-        ) from exc
-    return sockets
-
-
 class Server:
     """A blocking TLS server: one thread per client running ``handler(channel)``."""
 
@@ -535,7 +509,9 @@ class Server:
         self._threads: set[threading.Thread] = set()
         self._closing = False
         self._done = threading.Event()
-        self._sockets = _bind(host, port, reuse_port, min(config.limits.accept_backlog * 4, 4096))
+        self._sockets = bind_tcp_sockets(
+            host, port, reuse_port, min(config.limits.accept_backlog * 4, 4096)
+        )
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._acceptor = threading.Thread(target=self._accept_loop, name="dtlskit-tls-accept")

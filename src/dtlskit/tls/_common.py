@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import errno
 import ipaddress
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,7 @@ __all__ = [
     "ConnectionGate",
     "Received",
     "TLSServerStatistics",
+    "bind_tcp_sockets",
     "check_server_tls_config",
     "connect_error",
     "ends_iteration",
@@ -308,3 +310,43 @@ def peer_of(transport_or_sock: Any) -> Address:
     except OSError:
         return ("?", 0)
     return tuple(address)
+
+
+def bind_tcp_sockets(
+    host: str | None, port: int, reuse_port: bool, backlog: int
+) -> list[socket.socket]:
+    """Listening, non-blocking TCP sockets: ``host`` None or ``""`` binds every address family
+    (the IPv6 socket ``IPV6_V6ONLY``), all on the same port (the first one's, when 0 was
+    asked for). Raises :class:`TransportError` naming the address."""
+    try:
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise TransportError(exc.errno, f"cannot resolve {host!r}: {exc.strerror}") from exc
+    sockets: list[socket.socket] = []
+    seen: set[int] = set()
+    try:
+        for family, kind, proto, _, address in infos[:1] if host else infos:
+            if family in seen:
+                continue
+            seen.add(family)
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6 and not host:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((address[0], port, *address[2:]))
+            sock.listen(backlog)
+            sock.setblocking(False)
+            if port == 0:
+                port = int(sock.getsockname()[1])
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise TransportError(
+            exc.errno or 0, f"cannot listen on {format_address((host or '*', port))}: {exc}"
+        ) from exc
+    return sockets

@@ -32,6 +32,7 @@ from ..exceptions import (
 from ._common import (
     ConnectionGate,
     TLSServerStatistics,
+    bind_tcp_sockets,
     check_server_tls_config,
     server_idle_timeout,
 )
@@ -74,20 +75,14 @@ class Server:
 
     async def _start(self, host: str | None, port: int, reuse_port: bool) -> None:
         check_port(port)
-        try:
-            server = await self._loop.create_server(
-                self._make_protocol,
-                host or None,
-                port,
-                reuse_address=True,
-                reuse_port=reuse_port or None,
-                backlog=min(self._config.limits.accept_backlog * 4, 4096),
-            )
-        except OSError as exc:
-            raise TransportError(
-                exc.errno or 0, f"cannot listen on {format_address((host or '*', port))}: {exc}"
-            ) from exc
-        self._servers.append(server)
+        backlog = min(self._config.limits.accept_backlog * 4, 4096)
+        for sock in bind_tcp_sockets(host, port, reuse_port, backlog):
+            try:
+                server = await self._loop.create_server(self._make_protocol, sock=sock)
+            except BaseException:
+                sock.close()
+                raise
+            self._servers.append(server)
 
     # -- connections ------------------------------------------------------------------------------
 
