@@ -44,13 +44,13 @@ stream returns to :meth:`receive_data` and its end to :meth:`receive_eof`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ssl
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from OpenSSL import SSL
 
-from ..config import DTLSConfiguration, Limits, _psk_only
 from ..exceptions import (
     CertificateVerificationError,
     ConfigurationError,
@@ -68,8 +68,13 @@ from ..exceptions import (
 )
 from . import _bindings, _errors
 from . import events as ev
-from .connection import State, _is_ip_literal, format_address
+from .connection import _is_ip_literal, format_address
+from .context import offers_only_psk
 from .session import NegotiatedSession, Session
+from .state import State
+
+if TYPE_CHECKING:
+    from ..config import DTLSConfiguration
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
@@ -91,8 +96,15 @@ _MAX_FRAME = 2**31 - 1
 _READ_SIZE = 65536
 _HEADER = 4
 
-_DEFAULTS = DTLSConfiguration()
-_DEFAULT_LIMITS = Limits()
+
+def _default(instance: Any, name: str) -> Any:
+    """The default of dataclass field ``name`` of ``instance``'s class."""
+    for item in dataclasses.fields(instance):
+        if item.name == name:
+            if item.default_factory is not dataclasses.MISSING:
+                return item.default_factory()
+            return item.default
+    raise AttributeError(name)  # pragma: no cover - names are fixed here
 
 
 @dataclass(frozen=True)
@@ -133,10 +145,10 @@ def check_tls_config(config: DTLSConfiguration) -> DTLSConfiguration:
     ``max_retransmit_timeout``, ``limits.hello_verify_per_second``,
     ``limits.first_flight_timeout``, ``limits.max_half_open_per_ipv6_prefix``).
     """
-    if not isinstance(config, DTLSConfiguration):
+    if not dataclasses.is_dataclass(config) or not hasattr(config, "limits"):
         raise ConfigurationError(f"config must be a DTLSConfiguration, not {config!r}")
     for name in ("mtu", "cookie_secret", "initial_retransmit_timeout", "max_retransmit_timeout"):
-        if getattr(config, name) != getattr(_DEFAULTS, name):
+        if getattr(config, name) != _default(config, name):
             raise ConfigurationError(
                 f"{name} is a DTLS setting with no meaning over TCP: leave it at its default "
                 "for a TLS endpoint"
@@ -146,7 +158,7 @@ def check_tls_config(config: DTLSConfiguration) -> DTLSConfiguration:
             "srtp_profiles (DTLS-SRTP, RFC 5764) exist only over DTLS: drop them for TLS"
         )
     for name in ("hello_verify_per_second", "first_flight_timeout"):
-        if getattr(config.limits, name) != getattr(_DEFAULT_LIMITS, name):
+        if getattr(config.limits, name) != _default(config.limits, name):
             raise ConfigurationError(
                 f"limits.{name} is a DTLS setting with no meaning over TCP: leave it at its "
                 "default for a TLS endpoint"
@@ -539,7 +551,7 @@ class TLSConnection(NegotiatedSession):
             if (
                 not verifying
                 and config.psk is not None
-                and _psk_only(config.effective_ciphers(False))
+                and offers_only_psk(config.effective_ciphers(False))
                 and self.peer_certificate is not None
             ):
                 # A PSK-only client verifies no certificate: a TLS 1.3 server that ignored our

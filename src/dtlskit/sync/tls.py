@@ -38,11 +38,11 @@ from typing import Any
 
 from OpenSSL import SSL
 
-from .._sockets import Address, check_port, format_address
+from .._frontend.sockets import Address, check_port, format_address
 from ..config import DTLSConfiguration
 from ..core import events as ev
-from ..core.connection import State
 from ..core.session import Session
+from ..core.state import State
 from ..core.tls import (
     DEFAULT_MAX_MESSAGE_SIZE,
     Framing,

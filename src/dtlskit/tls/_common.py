@@ -27,7 +27,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._sockets import Address, format_address
+from .._frontend.sockets import Address, format_address
 from ..config import DTLSConfiguration
 from ..core.inbox import fresh_error
 from ..core.tls import check_tls_config

@@ -19,10 +19,10 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from .._sockets import Address, format_address
+from .._frontend.sockets import Address, format_address
 from ..core import events as ev
-from ..core.connection import State
 from ..core.session import Session
+from ..core.state import State
 from ..core.tls import Framing, SessionTicketReceived, TLSConnection, TLSStatistics
 from ..exceptions import ConnectionLost, DTLSError
 from ._common import (

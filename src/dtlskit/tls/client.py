@@ -7,7 +7,7 @@ import logging
 from collections.abc import Generator
 from typing import Any
 
-from .._sockets import Address, check_port
+from .._frontend.sockets import Address, check_port
 from ..config import DTLSConfiguration
 from ..core.session import Session
 from ..core.tls import DEFAULT_MAX_MESSAGE_SIZE, Framing, TLSConnection, check_framing

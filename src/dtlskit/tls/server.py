@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar
 
 from OpenSSL import SSL
 
-from .._sockets import Address, check_port, format_address
+from .._frontend.sockets import Address, check_port, format_address
 from ..config import DTLSConfiguration
 from ..core.tls import DEFAULT_MAX_MESSAGE_SIZE, Framing, TLSConnection, check_framing
 from ..exceptions import (

@@ -1,8 +1,8 @@
 """``dtlskit server|client --transport tls`` (and ``tcp``, plain TCP for comparison).
 
-The command line's hook calls :func:`run_server` / :func:`run_client` with the parsed flags and
-the few helpers it owns (the server configuration from the shared flags, its output function,
-its usage-error class), so the TLS commands speak the DTLS commands' flags where they apply:
+The ``server`` and ``client`` commands hand ``--transport tls|tcp`` to :func:`run_server` /
+:func:`run_client`, which build on the same helpers, so the TLS commands speak the DTLS
+commands' flags where they apply:
 ``--cert --key --key-password --ca --require-client-cert --psk`` (server), ``--ca --cert --key
 --server-name --no-verify --psk --session-file --message --count --timeout`` (client). DTLS-only
 flags (``--mtu``, ``--workers``, ``--recv-buffer-size``) are refused with a usage error.
@@ -29,12 +29,12 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .._sockets import format_address
+from .._frontend.sockets import format_address
 from ..config import DTLSConfiguration
-from ..core.session import Session
 from ..exceptions import ConnectionClosedByPeer, DTLSError, DTLSTimeoutError, TransportError
-from . import Channel, serve
-from ._common import bind_tcp_sockets
+from ..tls import Channel, serve
+from ..tls._common import bind_tcp_sockets, connect_error
+from ._common import UsageError, client_command, out, psk_table, with_keylog
 
 __all__ = ["run_client", "run_server"]
 
@@ -43,41 +43,35 @@ logger = logging.getLogger("dtlskit.cli")
 _DTLS_ONLY = ("mtu", "recv_buffer_size")
 
 
-def _refuse_dtls_flags(args: argparse.Namespace, usage: type[Exception]) -> None:
+def _refuse_dtls_flags(args: argparse.Namespace) -> None:
     for name in _DTLS_ONLY:
         if getattr(args, name, None) is not None:
-            raise usage(
-                f"--{name.replace('_', '-')} has no meaning with --transport {args.transport}"
-            )
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"{flag} has no meaning with --transport {args.transport}")
     if getattr(args, "workers", 1) != 1:
-        raise usage(f"--workers needs --transport dtls, not {args.transport}")
+        raise UsageError(f"--workers needs --transport dtls, not {args.transport}")
 
 
 # -- server ---------------------------------------------------------------------------------------
 
 
-def run_server(
-    args: argparse.Namespace,
-    *,
-    server_config: Callable[[argparse.Namespace], tuple[DTLSConfiguration, str]],
-    client_command: Callable[[str | None, int, str], str],
-    out: Callable[[str], None],
-    usage: type[Exception],
-) -> int:
+def run_server(args: argparse.Namespace) -> int:
     """``dtlskit server --transport tls|tcp``: an echo server until SIGINT/SIGTERM."""
-    _refuse_dtls_flags(args, usage)
+    from .server import _server_config
+
+    _refuse_dtls_flags(args)
     if args.transport == "tcp":
         for name in ("cert", "key", "key_password", "ca", "psk"):
             if getattr(args, name, None):
-                raise usage(f"--{name.replace('_', '-')} has no meaning with --transport tcp")
+                raise UsageError(f"--{name.replace('_', '-')} has no meaning with --transport tcp")
         if args.require_client_cert:
-            raise usage("--require-client-cert needs --transport tls")
-        asyncio.run(_serve_tcp(args.host, args.port, client_command, out))
+            raise UsageError("--require-client-cert needs --transport tls")
+        asyncio.run(_serve_tcp(args.host, args.port))
         return 0
-    config, hint = server_config(args)
+    config, hint = _server_config(args)
     config.build_context(True, tls=True)  # fail now, in one line, if a file cannot be loaded
     flags = f"--transport tls {hint}".strip()
-    asyncio.run(_serve_tls(args.host, args.port, config, flags, client_command, out))
+    asyncio.run(_serve_tls(args.host, args.port, config, flags))
     return 0
 
 
@@ -92,14 +86,7 @@ def _stop_on(signum: int, stop: Callable[[], None]) -> None:
     stop()
 
 
-async def _serve_tls(
-    host: str | None,
-    port: int,
-    config: DTLSConfiguration,
-    flags: str,
-    client_command: Callable[[str | None, int, str], str],
-    out: Callable[[str], None],
-) -> None:
+async def _serve_tls(host: str | None, port: int, config: DTLSConfiguration, flags: str) -> None:
     async with serve(_echo, host, port, config=config) as server:
         _install_stop(server.close)
         where = ", ".join(format_address(address) for address in server.addresses)
@@ -135,12 +122,7 @@ async def _echo(channel: Channel) -> None:
         logger.warning("%s: connection ended: %s (%d bytes echoed)", peer, exc, echoed)
 
 
-async def _serve_tcp(
-    host: str | None,
-    port: int,
-    client_command: Callable[[str | None, int, str], str],
-    out: Callable[[str], None],
-) -> None:
+async def _serve_tcp(host: str | None, port: int) -> None:
     async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = format_address(writer.get_extra_info("peername"))
         logger.info("%s connected (plain TCP)", peer)
@@ -183,8 +165,6 @@ class _TCP:
         try:
             self._sock = socket.create_connection((host, port), timeout=timeout)
         except OSError as exc:
-            from ._common import connect_error
-
             raise connect_error(exc, host, port) from exc
         self._sock.settimeout(None)
 
@@ -211,27 +191,18 @@ class _TCP:
         self._sock.close()
 
 
-def run_client(
-    args: argparse.Namespace,
-    messages: Iterator[bytes],
-    *,
-    keylog: Callable[[DTLSConfiguration], DTLSConfiguration],
-    load_session: Callable[[str | None], Session | None],
-    psk_table: Callable[[list[str] | None], dict[str, bytes]],
-    out: Callable[[str], None],
-    usage: type[Exception],
-) -> int:
+def run_client(args: argparse.Namespace, messages: Iterator[bytes]) -> int:
     """``dtlskit client --transport tls|tcp``."""
-    _refuse_dtls_flags(args, usage)
+    _refuse_dtls_flags(args)
     connection: Any
     if args.transport == "tcp":
         for name in ("ca", "cert", "key", "server_name", "no_verify", "psk", "session_file"):
             if getattr(args, name, None):
-                raise usage(f"--{name.replace('_', '-')} has no meaning with --transport tcp")
+                raise UsageError(f"--{name.replace('_', '-')} has no meaning with --transport tcp")
         connection = _TCP(args.host, args.port, args.timeout)
         logger.info("connected to %s:%s over plain TCP", args.host, args.port)
     else:
-        connection = _tls_connect(args, keylog, load_session, psk_table, out, usage)
+        connection = _tls_connect(args)
     try:
         if args.message:
             for message in messages:
@@ -246,28 +217,22 @@ def run_client(
     return 0
 
 
-def _tls_connect(
-    args: argparse.Namespace,
-    keylog: Callable[[DTLSConfiguration], DTLSConfiguration],
-    load_session: Callable[[str | None], Session | None],
-    psk_table: Callable[[list[str] | None], dict[str, bytes]],
-    out: Callable[[str], None],
-    usage: type[Exception],
-) -> Any:
+def _tls_connect(args: argparse.Namespace) -> Any:
     from ..sync import tls
+    from .client import _load_session
 
     if args.key and not args.cert:
-        raise usage("--key needs --cert")
+        raise UsageError("--key needs --cert")
     settings: dict[str, Any] = {"certfile": args.cert, "keyfile": args.key}
     if args.no_verify:
         settings.update(verify_mode=ssl.CERT_NONE, check_hostname=False)
     if args.psk:
         if len(args.psk) > 1:
-            raise usage("a client uses one --psk IDENTITY:HEXKEY")
+            raise UsageError("a client uses one --psk IDENTITY:HEXKEY")
         ((identity, key),) = psk_table(args.psk).items()
         settings["psk"] = (identity, key)
-    config = keylog(DTLSConfiguration.client(args.ca, args.server_name, **settings))
-    session = load_session(args.session_file)
+    config = with_keylog(DTLSConfiguration.client(args.ca, args.server_name, **settings))
+    session = _load_session(args.session_file)
     started = time.perf_counter()
     channel = tls.connect(
         args.host, args.port, config=config, timeout=args.timeout, session=session
