@@ -529,3 +529,43 @@ def current_session(connection: SSL.Connection) -> Any:
     Holding it keeps its address from being reused, so two references can be compared: a
     TLS 1.3 client's session changes when a session ticket arrives after the handshake."""
     return get_session(connection)
+
+
+# -- stream reads and writes without an exception per call (TLS over TCP) -----------------------
+
+WANT_READ = -2
+"""What :func:`stream_read` returns when OpenSSL needs more bytes from the peer."""
+CLEAN_CLOSE = -1
+"""What :func:`stream_read` returns after the peer's close_notify."""
+
+
+_no_zero = _ffi.new_allocator(should_clear_after_alloc=False) if _ffi is not None else None
+_RECORD_PLAINTEXT = 16384  # one SSL_read returns at most one record's plaintext
+
+
+def stream_read(connection: SSL.Connection) -> bytes | int:
+    """One ``SSL_read``: decrypted bytes (at most one record's), or :data:`WANT_READ` (more
+    bytes from the peer are needed) or :data:`CLEAN_CLOSE` (the peer's close_notify). These
+    common outcomes cost no exception, unlike pyOpenSSL's ``recv``, which raises WantReadError
+    on every drained read. Any other outcome raises what pyOpenSSL's ``recv`` raises. Each
+    call has its own buffer (threads may read different connections at once: cffi releases
+    the GIL during the call)."""
+    if _no_zero is None:  # pragma: no cover - cryptography has bound these for years
+        try:
+            return bytes(connection.recv(_RECORD_PLAINTEXT))
+        except SSL.WantReadError:
+            return WANT_READ
+        except SSL.ZeroReturnError:
+            return CLEAN_CLOSE
+    ssl = connection._ssl
+    buffer = _no_zero("char[]", _RECORD_PLAINTEXT)
+    result = _lib.SSL_read(ssl, buffer, _RECORD_PLAINTEXT)
+    if result > 0:
+        return bytes(_ffi.buffer(buffer, result))
+    code = _lib.SSL_get_error(ssl, result)
+    if code == _lib.SSL_ERROR_WANT_READ:
+        return WANT_READ
+    if code == _lib.SSL_ERROR_ZERO_RETURN:
+        return CLEAN_CLOSE
+    connection._raise_ssl_error(ssl, result)  # raises the error pyOpenSSL would
+    return WANT_READ  # pragma: no cover - SSL_ERROR_NONE with a result <= 0 never happens

@@ -581,23 +581,24 @@ class TLSConnection(NegotiatedSession):
 
     def _read_application_data(self, now: float) -> None:
         chunks: list[bytes] = []
+        read = _bindings.stream_read
         while self.state is State.ESTABLISHED:
             try:
-                chunk = self._ssl.read(_READ_SIZE)
-            except SSL.WantReadError:
-                break
-            except SSL.ZeroReturnError:
-                self._deliver(chunks)
-                chunks = []
-                self._peer_closed()
-                break
+                chunk = read(self._ssl)
             except SSL.Error as exc:
                 self._deliver(chunks)
                 chunks = []
                 self._collect_output()
                 self._terminate(self._session_error(exc))
                 return
-            chunks.append(bytes(chunk))
+            if type(chunk) is bytes:
+                chunks.append(chunk)
+                continue
+            if chunk == _bindings.CLEAN_CLOSE:
+                self._deliver(chunks)
+                chunks = []
+                self._peer_closed()
+            break
         self._deliver(chunks)
         if self._idle_timeout is not None and self.state is State.ESTABLISHED:
             self._idle_deadline = now + self._idle_timeout

@@ -118,23 +118,26 @@ class Channel:
     # -- the wake-up step -------------------------------------------------------------------------
 
     def _flush_locked(self) -> None:
+        """Drain the engine's events into the channel, then write its output: the channel's
+        state is final before the peer can see anything (a close_notify, an alert)."""
         engine = self._engine
         data = engine.data_to_send()
-        if data and not self._closed_socket():
-            try:
-                self._sock.sendall(data)
-            except OSError as exc:
-                engine.abort(
-                    ConnectionLost(
-                        f"the TCP connection to {format_address(self._peer)} failed: {exc}"
-                    )
-                )
         ended = False
         while (event := engine.next_event()) is not None:
             if isinstance(event, ev.MessageReceived):
                 self._received.put(event.data)
             elif isinstance(event, ev.SessionClosed | ev.ConnectionTerminated):
                 self._received.error = engine.error
+                ended = True
+        if data and not self._closed_socket():
+            try:
+                self._sock.sendall(data)
+            except OSError as exc:
+                where = format_address(self._peer)
+                engine.abort(ConnectionLost(f"the TCP connection to {where} failed: {exc}"))
+                while engine.next_event() is not None:
+                    pass
+                self._received.error = self._received.error or engine.error
                 ended = True
         if ended:
             self._close_socket()
