@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_newcomer:
             _measure_newcomer(document, settings, pki)
         if not args.skip_tls:  # TLS over TCP (issue 10): benchmarks/tls.py
-            document["tls"] = tls_bench.measure(settings.seconds, pki)
+            document["tls"] = tls_bench.measure(settings.seconds, pki, 1 if args.quick else 3)
     document["meta"]["total_seconds"] = time.monotonic() - started
     document["meta"]["load_average_at_end"] = list(os.getloadavg())
     report.add_ratios(document)

@@ -17,8 +17,10 @@ load, pinned to CPU 1, is the same for both: the standard library's blocking TLS
 then new connections one after another, each a full handshake plus one echoed byte
 (handshakes). The figures: replies (or handshakes) per second of wall time, and the
 **server's CPU time** (user + system, /proc/PID/stat) per message (or handshake) over the same
-interval, which does not depend on how busy the load kept it. Ratios: dtlskit's rate over
-asyncio's, and asyncio's CPU per operation over dtlskit's (both > 1 when dtlskit is faster).
+interval, which does not depend on how busy the load kept it. The servers are measured in
+alternation, several rounds each, and each figure is the median of its rounds. Ratios:
+dtlskit's rate over asyncio's, and asyncio's CPU per operation over dtlskit's (both > 1 when
+dtlskit is faster).
 """
 
 from __future__ import annotations
@@ -212,30 +214,56 @@ def _handshake_load(
     }
 
 
-def measure(seconds: float, pki: PKIFiles) -> dict[str, Any]:
-    """Both implementations, echo and handshakes, and the ratios; a JSON-able document."""
-    rows: dict[str, Any] = {}
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def _one_round(kind: str, seconds: float, pki: PKIFiles, context: ssl.SSLContext) -> Any:
+    with Child(
+        f"tls server {kind}", _serve, kind, str(pki.server_cert), str(pki.server_key)
+    ) as child:
+        _, port = child.receive(30)
+        return {
+            "echo": _echo_load(child.pid, port, context, seconds),
+            "handshakes": _handshake_load(child.pid, port, context, seconds),
+        }
+
+
+def measure(seconds: float, pki: PKIFiles, rounds: int = 3) -> dict[str, Any]:
+    """Both implementations, echo and handshakes, and the ratios; a JSON-able document.
+
+    The two servers are measured in alternation, ``rounds`` times each (A B A B ...), and each
+    figure is the median of its rounds: what else runs on the machine then weighs on both
+    alike."""
+    samples: dict[str, list[Any]] = {kind: [] for kind in IMPLEMENTATIONS}
     errors: dict[str, str] = {}
     context = _client_context(pki)
     saved = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     try:
         _pin(LOAD_CPU)
-        for kind in IMPLEMENTATIONS:
-            progress(f"tls: measuring {kind}")
-            try:
-                with Child(
-                    f"tls server {kind}", _serve, kind, str(pki.server_cert), str(pki.server_key)
-                ) as child:
-                    _, port = child.receive(30)
-                    rows[kind] = {
-                        "echo": _echo_load(child.pid, port, context, seconds),
-                        "handshakes": _handshake_load(child.pid, port, context, seconds),
-                    }
-            except (BenchmarkError, OSError, ssl.SSLError) as exc:
-                errors[kind] = str(exc)
+        for index in range(rounds):
+            for kind in IMPLEMENTATIONS:
+                if kind in errors:
+                    continue
+                progress(f"tls: measuring {kind} (round {index + 1} of {rounds})")
+                try:
+                    samples[kind].append(_one_round(kind, seconds, pki, context))
+                except (BenchmarkError, OSError, ssl.SSLError) as exc:
+                    errors[kind] = str(exc)
     finally:
         if saved is not None:
             os.sched_setaffinity(0, saved)
+    rows: dict[str, Any] = {}
+    for kind, runs in samples.items():
+        if kind in errors or not runs:
+            continue
+        rows[kind] = {
+            part: {name: _median([run[part][name] for run in runs]) for name in runs[0][part]}
+            for part in ("echo", "handshakes")
+        }
+        rows[kind]["rounds"] = len(runs)
     document: dict[str, Any] = {"rows": rows, "errors": errors, "ratios": {}}
     if len(rows) == len(IMPLEMENTATIONS):
         ours, theirs = rows["dtlskit.tls"], rows["asyncio-ssl"]
@@ -280,9 +308,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run the TLS comparison alone; print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per figure")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="alternating rounds per server (median)"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="dtlskit-tls-bench-") as directory:
-        document = measure(args.seconds, create_pki(directory))
+        document = measure(args.seconds, create_pki(directory), args.rounds)
     print(table(document))
     return 1 if document["errors"] else 0
 

@@ -18,11 +18,12 @@ except ImportError:  # a checkout without the installed mapping
 
 
 def test_measure_reports_both_servers_and_exact_ratios(pki: PKIFiles) -> None:
-    document = tls_bench.measure(0.3, pki)
+    document = tls_bench.measure(0.3, pki, rounds=2)
     assert document["errors"] == {}
     rows = document["rows"]
     assert set(rows) == set(tls_bench.IMPLEMENTATIONS)
     for row in rows.values():
+        assert row["rounds"] == 2
         assert row["echo"]["replies"] > 0 and row["echo"]["server_cpu_us_per_message"] >= 0
         assert row["handshakes"]["handshakes"] > 0
     ours, theirs = rows["dtlskit.tls"], rows["asyncio-ssl"]

@@ -46,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -183,6 +184,7 @@ class TLSConnection(NegotiatedSession):
         "_handshake_started",
         "_idle_deadline",
         "_idle_timeout",
+        "_last_address",
         "_last_session",
         "_max_message",
         "_outgoing",
@@ -192,6 +194,7 @@ class TLSConnection(NegotiatedSession):
         "_verify_code",
         "_verify_reason",
         "error",
+        "on_data",
         "peer_address",
         "state",
     )
@@ -249,6 +252,10 @@ class TLSConnection(NegotiatedSession):
         self._idle_timeout = config.idle_timeout
         self._idle_deadline: float | None = None
         self._last_session: Any = None
+        self._last_address = 0
+        self.on_data: Callable[[bytes], object] | None = None
+        """Called with each delivery (a chunk, or a framed message) instead of a
+        :class:`~dtlskit.core.events.MessageReceived` event (a front end's fast path)."""
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -312,20 +319,21 @@ class TLSConnection(NegotiatedSession):
     def receive_data(self, data: bytes, now: float) -> None:
         """Feed bytes read from the stream. Then write :meth:`data_to_send`, drain events and
         re-arm the timer."""
-        if self.state in (State.CLOSED, State.TERMINATED):
+        state = self.state
+        if state is State.ESTABLISHED and data:  # the common case, first
+            self._stats.bytes_received += len(data)
+            _bindings.stream_feed(self._ssl, data)
+            self._read_application_data(now)
             return
-        if self.state is State.INITIAL:
+        if state in (State.CLOSED, State.TERMINATED):
+            return
+        if state is State.INITIAL:
             raise UsageError("receive_data() before connect() or start_server()")
         if not data:
             return
         self._stats.bytes_received += len(data)
-        try:
-            self._ssl.bio_write(bytes(data))
-        except SSL.Error as exc:  # pragma: no cover - a memory BIO grows as needed
-            self._terminate(_errors.session_error(exc, peer=self._peer_text))
-            return
-        if self.state is State.HANDSHAKING:
-            self._advance_handshake(now)
+        _bindings.stream_feed(self._ssl, bytes(data))
+        self._advance_handshake(now)
         if self.state is State.ESTABLISHED:
             self._read_application_data(now)
 
@@ -363,9 +371,7 @@ class TLSConnection(NegotiatedSession):
                 raise MessageTooLarge(len(payload), self._max_message)
             payload = len(payload).to_bytes(_HEADER, "big") + payload
         try:
-            view = memoryview(payload)
-            while view:  # a memory BIO takes everything: one pass, unless partial writes
-                view = view[self._ssl.write(view) :]
+            _bindings.stream_write(self._ssl, payload)
         except SSL.Error as exc:
             error = _errors.session_error(exc, peer=self._peer_text)
             self._terminate(error)
@@ -398,6 +404,14 @@ class TLSConnection(NegotiatedSession):
         data = out[0] if len(out) == 1 else b"".join(out)
         self._stats.bytes_sent += len(data)
         return data
+
+    def has_events(self) -> bool:
+        """Whether :meth:`next_event` has anything."""
+        return bool(self._events)
+
+    def has_work(self) -> bool:
+        """Whether :meth:`data_to_send` or :meth:`next_event` have anything."""
+        return bool(self._events or self._outgoing)
 
     def next_event(self) -> ev.Event | None:
         """The oldest event not yet returned, or None."""
@@ -570,7 +584,8 @@ class TLSConnection(NegotiatedSession):
         )
         if self._idle_timeout is not None:
             self._idle_deadline = now + self._idle_timeout
-        self._last_session = _bindings.current_session(self._ssl)
+        self._last_session = _bindings.get_session(self._ssl)
+        self._last_address = _bindings.session_address_of(self._last_session)
         self._events.append(
             ev.HandshakeCompleted(
                 version=self.version or "TLS",
@@ -580,34 +595,23 @@ class TLSConnection(NegotiatedSession):
         )
 
     def _read_application_data(self, now: float) -> None:
-        chunks: list[bytes] = []
-        read = _bindings.stream_read
-        while self.state is State.ESTABLISHED:
-            try:
-                chunk = read(self._ssl)
-            except SSL.Error as exc:
-                self._deliver(chunks)
-                chunks = []
-                self._collect_output()
-                self._terminate(self._session_error(exc))
-                return
-            if type(chunk) is bytes:
-                chunks.append(chunk)
-                continue
-            if chunk == _bindings.CLEAN_CLOSE:
-                self._deliver(chunks)
-                chunks = []
-                self._peer_closed()
-            break
+        chunks, status, error = _bindings.stream_read_all(self._ssl)
         self._deliver(chunks)
+        if error is not None:
+            self._collect_output()
+            self._terminate(self._session_error(error))
+            return
+        if status == _bindings.CLEAN_CLOSE:
+            self._peer_closed()
         if self._idle_timeout is not None and self.state is State.ESTABLISHED:
             self._idle_deadline = now + self._idle_timeout
-        if not self._server:
-            current = _bindings.current_session(self._ssl)
-            if current != self._last_session and current is not None:
-                self._last_session = current
-                self._stats.tickets_received += 1
-                self._events.append(SessionTicketReceived())
+        if not self._server and _bindings.session_address(self._ssl) != self._last_address:
+            # A ticket replaced the session (TLS 1.3, RFC 8446 §4.6.1). The session is held,
+            # so its address cannot be reused by another while it is compared.
+            self._last_session = _bindings.get_session(self._ssl)
+            self._last_address = _bindings.session_address_of(self._last_session)
+            self._stats.tickets_received += 1
+            self._events.append(SessionTicketReceived())
         self._collect_output()  # key updates, close_notify answers
 
     def _session_error(self, exc: SSL.Error) -> DTLSError:
@@ -630,7 +634,10 @@ class TLSConnection(NegotiatedSession):
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         if self._framing == "stream":
             self._stats.messages_received += 1
-            self._events.append(ev.MessageReceived(data))
+            if self.on_data is not None:
+                self.on_data(data)
+            else:
+                self._events.append(ev.MessageReceived(data))
             return
         frame = self._frame
         frame += data
@@ -651,7 +658,11 @@ class TLSConnection(NegotiatedSession):
                 break
             start = offset + _HEADER
             self._stats.messages_received += 1
-            self._events.append(ev.MessageReceived(bytes(frame[start : start + size])))
+            message = bytes(frame[start : start + size])
+            if self.on_data is not None:
+                self.on_data(message)
+            else:
+                self._events.append(ev.MessageReceived(message))
             offset = start + size
         del frame[:offset]
 
@@ -674,17 +685,9 @@ class TLSConnection(NegotiatedSession):
         self._events.append(ev.SessionClosed(by_peer=True, alert="close notify"))
 
     def _collect_output(self) -> None:
-        pending = _bindings.memory_bio_pending(self._ssl)
-        if pending == 0:
-            return
-        while True:
-            try:
-                chunk = self._ssl.bio_read(pending or _READ_SIZE)
-            except SSL.WantReadError:
-                break
-            self._outgoing.append(chunk)
-            if pending is not None or len(chunk) < _READ_SIZE:
-                break
+        data = _bindings.stream_drain(self._ssl)
+        if data:
+            self._outgoing.append(data)
 
     def _finish(self, state: State) -> None:
         self.state = state
@@ -701,6 +704,8 @@ class TLSConnection(NegotiatedSession):
 
 
 def _check_data(data: object) -> bytes:
+    if type(data) is bytes and data:
+        return data
     if not isinstance(data, bytes | bytearray | memoryview):
         hint = "; encode text first, e.g. text.encode()" if isinstance(data, str) else ""
         raise InvalidMessage(

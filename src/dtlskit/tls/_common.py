@@ -38,6 +38,7 @@ from ..exceptions import (
     ConnectionRefused,
     DTLSError,
     InvalidArgument,
+    InvalidMessage,
     TransportError,
     UsageError,
 )
@@ -151,76 +152,86 @@ class ConnectionGate:
 
 class Received:
     """What arrived and waits for the application: a byte stream, or whole messages when
-    framed. Both flavours wait on it their own way; the taking is here."""
+    framed. Both flavours wait on it their own way; the taking is here. Chunks are kept as
+    they came (no copy); they are joined only when a read needs bytes across them."""
 
-    __slots__ = ("_framed", "_messages", "_stream", "error")
+    __slots__ = ("_chunks", "_framed", "_size", "error")
 
     def __init__(self, framed: bool) -> None:
         self._framed = framed
-        self._stream = bytearray()
-        self._messages: collections.deque[bytes] = collections.deque()
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._size = 0
         self.error: DTLSError | None = None
         """Set when the connection ended: raised once what arrived before it is taken."""
 
     @property
     def size(self) -> int:
         """Bytes waiting."""
-        if self._framed:
-            return sum(map(len, self._messages))
-        return len(self._stream)
+        return self._size
 
     def pending(self) -> int:
         """Bytes (stream) or messages (framed) waiting."""
-        return len(self._messages) if self._framed else len(self._stream)
+        return len(self._chunks) if self._framed else self._size
 
     def put(self, data: bytes) -> None:
         """Data from the engine."""
-        if self._framed:
-            self._messages.append(data)
-        else:
-            self._stream += data
+        self._chunks.append(data)
+        self._size += len(data)
 
     def ready(self) -> bool:
         """Whether :meth:`take` returns at once (data, or the end)."""
-        return bool(self._messages or self._stream) or self.error is not None
+        return bool(self._chunks) or self.error is not None
 
     def take(self) -> bytes:
         """Everything that arrived (stream) or the next message (framed); raises the end."""
-        if self._framed:
-            if self._messages:
-                return self._messages.popleft()
-        elif self._stream:
-            data = bytes(self._stream)
-            self._stream.clear()
+        chunks = self._chunks
+        if chunks:
+            if self._framed or len(chunks) == 1:
+                data = chunks.popleft()
+            else:
+                data = b"".join(chunks)
+                chunks.clear()
+            self._size -= len(data)
             return data
         raise fresh(self.error)
+
+    def _stream_bytes(self) -> bytes:
+        """The stream waiting, as one chunk (joined once, kept joined)."""
+        chunks = self._chunks
+        if len(chunks) > 1:
+            joined = b"".join(chunks)
+            chunks.clear()
+            chunks.append(joined)
+        return chunks[0] if chunks else b""
+
+    def _cut(self, end: int) -> bytes:
+        data = self._stream_bytes()
+        self._chunks.clear()
+        if end < len(data):
+            self._chunks.append(data[end:])
+        self._size -= end
+        return data[:end]
 
     def take_exactly(self, n: int) -> bytes | None:
         """``n`` bytes if that many arrived; None to wait; raises when the stream ended
         short (``ConnectionLost`` naming how many bytes came)."""
         self._stream_only("read_exactly")
-        if len(self._stream) >= n:
-            data = bytes(self._stream[:n])
-            del self._stream[:n]
-            return data
+        if self._size >= n:
+            return self._cut(n)
         if self.error is not None:
-            raise _short(self.error, f"{len(self._stream)} of the {n} bytes asked for arrived")
+            raise _short(self.error, f"{self._size} of the {n} bytes asked for arrived")
         return None
 
     def take_until(self, separator: bytes, limit: int) -> bytes | None:
         """Bytes up to and including ``separator``; None to wait; raises
-        :class:`InvalidArgument`-free :class:`~dtlskit.exceptions.InvalidMessage` when
-        ``limit`` bytes came without it (they stay buffered), the end when it ends first."""
+        :class:`~dtlskit.exceptions.InvalidMessage` when ``limit`` bytes came without it (they
+        stay buffered), the end when it ends first."""
         self._stream_only("read_until")
-        index = self._stream.find(separator)
+        data = self._stream_bytes()
+        index = data.find(separator)
         if index >= 0 and index + len(separator) <= limit:
-            end = index + len(separator)
-            data = bytes(self._stream[:end])
-            del self._stream[:end]
-            return data
-        if index >= 0 or len(self._stream) >= limit:
-            from ..exceptions import InvalidMessage
-
+            return self._cut(index + len(separator))
+        if index >= 0 or len(data) >= limit:
             raise InvalidMessage(
                 f"no {separator!r} within the first {limit} bytes (the limit): they stay buffered"
             )
@@ -232,16 +243,12 @@ class Received:
         """Everything, once the peer closed cleanly; None to wait; raises ConnectionLost past
         ``limit`` bytes or on any end but close_notify."""
         self._stream_only("read_until_eof")
-        if len(self._stream) > limit:
-            from ..exceptions import InvalidMessage
-
+        if self._size > limit:
             raise InvalidMessage(f"more than {limit} bytes (the limit) before the end")
         if self.error is None:
             return None
         if isinstance(self.error, ConnectionClosedByPeer | ConnectionClosedLocally):
-            data = bytes(self._stream)
-            self._stream.clear()
-            return data
+            return self._cut(self._size)
         raise fresh(self.error)
 
     def _stream_only(self, name: str) -> None:

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -42,8 +43,26 @@ _UNTIL_LIMIT = 65536
 _EOF_LIMIT = 16 * 1_048_576
 
 
-class TLSProtocol(asyncio.Protocol):
-    """Moves one TCP connection's bytes through its engine; see the module docstring."""
+_READ_BUFFER = 65536
+
+
+class _Buffers(threading.local):
+    """One receive buffer per thread (an event loop runs on one thread; the loop reads into it
+    and hands the bytes over before reading again), instead of one per connection."""
+
+    def __init__(self) -> None:
+        self.view = memoryview(bytearray(_READ_BUFFER))
+
+
+_buffers = _Buffers()
+
+
+class TLSProtocol(asyncio.BufferedProtocol):
+    """Moves one TCP connection's bytes through its engine; see the module docstring.
+
+    A buffered protocol: the loop reads into a buffer of this thread (``recv_into``), where a
+    plain protocol would get a fresh ``bytes`` of the transport's maximum read size (256 KiB,
+    allocated and shrunk on every read)."""
 
     def __init__(
         self,
@@ -69,6 +88,7 @@ class TLSProtocol(asyncio.Protocol):
         self._reading_paused = False
         self._limit = engine.config.limits.max_queued_bytes
         self.ended = False
+        engine.on_data = self._on_data
 
     # -- asyncio.Protocol -----------------------------------------------------------------------
 
@@ -89,9 +109,25 @@ class TLSProtocol(asyncio.Protocol):
             self.engine.connect(now)
         self.flush()
 
-    def data_received(self, data: bytes) -> None:
-        self.engine.receive_data(data, self.loop.time())
-        self.flush()
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _buffers.view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        engine = self.engine
+        engine.receive_data(bytes(_buffers.view[:nbytes]), self.loop.time())
+        if engine.has_work():  # anything but data (which went to _on_data): the full step
+            self.flush()
+
+    def _on_data(self, data: bytes) -> None:
+        """The engine's delivery (its fast path: no event object)."""
+        received = self.received
+        received.put(data)
+        self._wake_reader()
+        if not self._reading_paused and received.size > self._limit and not self.ended:
+            transport = self.transport
+            if transport is not None:
+                self._reading_paused = True
+                transport.pause_reading()
 
     def eof_received(self) -> bool:
         self.engine.receive_eof(self.loop.time())
@@ -175,14 +211,16 @@ class TLSProtocol(asyncio.Protocol):
             self._on_end(self, error)
 
     def _rearm(self, deadline: float | None) -> None:
-        if deadline == self._deadline:
+        """Keep one loop timer at or before the engine's deadline. A deadline that only moved
+        later (the idle deadline, pushed back by every record) keeps the armed timer: when it
+        fires, the engine acts on what has passed and the timer is armed again for the rest."""
+        armed = self._deadline
+        if deadline is None or (armed is not None and armed <= deadline):
             return
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
         self._deadline = deadline
-        if deadline is not None and self.transport is not None:
-            self._timer = self.loop.call_at(deadline, self._fire)
+        self._timer = self.loop.call_at(deadline, self._fire) if self.transport else None
 
     def _fire(self) -> None:
         self._timer = None
@@ -257,15 +295,23 @@ class Channel:
         """Send ``data`` (stream: any length; framed: one message); waits while the socket's
         write buffer is full. Raises the connection's end once it ended."""
         self._send(data)
-        await self._protocol.writable()
+        if self._protocol._writable is not None:  # the transport's buffer is full: wait
+            await self._protocol.writable()
 
     def send_nowait(self, data: bytes | bytearray | memoryview) -> None:
         """Send without waiting for buffer space (the transport buffers it)."""
         self._send(data)
 
     def _send(self, data: bytes | bytearray | memoryview) -> None:
-        self._engine.send(data)
-        self._protocol.flush()
+        engine = self._engine
+        engine.send(data)
+        if engine.has_events():
+            self._protocol.flush()
+            return
+        out = engine.data_to_send()  # the common case: records to write, nothing else
+        transport = self._protocol.transport
+        if out and transport is not None and not transport.is_closing():
+            transport.write(out)
 
     async def recv(self) -> bytes:
         """Stream: the bytes that arrived (waits for at least one). Framed: the next message.
@@ -309,12 +355,17 @@ class Channel:
         return self
 
     async def __anext__(self) -> bytes:
+        received = self._received  # recv(), inlined: one coroutine frame less per message
+        while not received.ready():
+            await self._protocol.wait_readable()
         try:
-            return await self.recv()
+            data = received.take()
         except DTLSError as exc:
             if ends_iteration(exc):
                 raise StopAsyncIteration from None
             raise
+        self._protocol.taken()
+        return data
 
     # -- life -------------------------------------------------------------------------------------
 

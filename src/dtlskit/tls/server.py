@@ -86,7 +86,7 @@ class Server:
 
     # -- connections ------------------------------------------------------------------------------
 
-    def _make_protocol(self) -> asyncio.Protocol:
+    def _make_protocol(self) -> asyncio.BaseProtocol:
         engine = TLSConnection(
             self._config,
             server=True,
