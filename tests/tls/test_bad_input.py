@@ -152,3 +152,89 @@ def test_asyncio_server(case: str, server_config, client_config) -> None:
 def test_engine_event_names_are_shared() -> None:
     """The TLS engine speaks the DTLS engine's events (one vocabulary for the front ends)."""
     assert issubclass(dtlskit.tls.SessionTicketReceived, ev.Event)
+
+
+def test_partial_frames_are_bounded_across_connections(server_config, client_config) -> None:
+    """Partly sent framed messages of all connections are charged to the server's
+    ``limits.max_buffered_bytes``: the connection that would pass it ends, named; the
+    others keep going."""
+    limits = dtlskit.Limits(max_buffered_bytes=100_000)
+
+    async def main() -> None:
+        ends: asyncio.Queue[BaseException] = asyncio.Queue()
+
+        async def handler(channel: dtlskit.tls.Channel) -> None:
+            try:
+                async for data in channel:
+                    await channel.send(data)
+            except dtlskit.DTLSError as exc:
+                ends.put_nowait(exc)
+
+        async with dtlskit.tls.serve(
+            handler,
+            "127.0.0.1",
+            0,
+            config=server_config.replace(limits=limits),
+            framing="length-prefixed",
+            max_message_size=80_000,
+        ) as server:
+            loop = asyncio.get_running_loop()
+
+            def partial() -> socket.socket:
+                sock, engine = raw_tls_client(server.port, client_config)
+                engine.send((80_000).to_bytes(4, "big") + b"p" * 60_000)  # 60 of 80 kB
+                sock.sendall(engine.data_to_send())
+                return sock
+
+            first = await loop.run_in_executor(None, partial)
+            second = await loop.run_in_executor(None, partial)  # 120 kB > 100 kB: refused
+            error = await ends.get()
+            assert isinstance(error, dtlskit.ConnectionLost), error
+            assert "max_buffered_bytes" in str(error)
+            async with dtlskit.tls.connect(
+                "127.0.0.1", server.port, config=client_config, framing="length-prefixed"
+            ) as good:
+                await good.send(b"still served")
+                assert await good.recv() == b"still served"
+            assert server._budget.held == 60_004  # the first one's partial message only
+            first.close()
+            second.close()
+            while server.statistics().connections:
+                await asyncio.sleep(0.01)
+            assert server._budget.held == 0
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_unread_data_stops_reading_and_is_bounded(server_config, client_config) -> None:
+    """A handler that does not read: its connection stops reading its socket past
+    ``max_queued_bytes`` (TCP's flow control holds the rest back), and the server's total
+    stays within its budget."""
+    limits = dtlskit.Limits(max_queued_bytes=50_000, max_buffered_bytes=200_000)
+
+    async def main() -> None:
+        release = asyncio.Event()
+
+        async def lazy(channel: dtlskit.tls.Channel) -> None:
+            await release.wait()
+            total = 0
+            while total < 2_000_000:
+                total += len(await channel.recv())
+
+        async with (
+            dtlskit.tls.serve(
+                lazy, "127.0.0.1", 0, config=server_config.replace(limits=limits)
+            ) as server,
+            dtlskit.tls.connect("127.0.0.1", server.port, config=client_config) as channel,
+        ):
+            chunk = b"z" * 100_000
+            sent = 0
+            while sent < 2_000_000:  # far more than the limits
+                channel.send_nowait(chunk)
+                sent += len(chunk)
+                await asyncio.sleep(0)
+                # one connection's limit, plus at most one socket read and one record
+                assert server._budget.held <= 50_000 + 65_536 + 16_384
+            release.set()
+
+    asyncio.run(asyncio.wait_for(main(), 60))

@@ -71,6 +71,7 @@ from . import _bindings, _errors
 from . import events as ev
 from .connection import _is_ip_literal, format_address
 from .context import offers_only_psk
+from .inbox import ByteBudget
 from .session import NegotiatedSession, Session
 from .state import State
 
@@ -193,6 +194,7 @@ class TLSConnection(NegotiatedSession):
         "_stats",
         "_verify_code",
         "_verify_reason",
+        "budget",
         "error",
         "on_data",
         "peer_address",
@@ -253,6 +255,10 @@ class TLSConnection(NegotiatedSession):
         self._idle_deadline: float | None = None
         self._last_session: Any = None
         self._last_address = 0
+        self.budget: ByteBudget | None = None
+        """A server's byte budget (``limits.max_buffered_bytes``) that partial framed messages
+        of all its connections are charged to; past it the connection whose partial message
+        would pass it ends (``ConnectionLost``, server buffer full)."""
         self.on_data: Callable[[bytes], object] | None = None
         """Called with each delivery (a chunk, or a framed message) instead of a
         :class:`~dtlskit.core.events.MessageReceived` event (a front end's fast path)."""
@@ -640,19 +646,21 @@ class TLSConnection(NegotiatedSession):
                 self._events.append(ev.MessageReceived(data))
             return
         frame = self._frame
+        before = len(frame)
         frame += data
         offset = 0
         while len(frame) - offset >= _HEADER:
             size = int.from_bytes(frame[offset : offset + _HEADER], "big")
             if size > self._max_message:
                 self._collect_output()
+                self._release_frame(before)
+                self._frame = bytearray()
                 self._terminate(
                     ConnectionLost(
                         f"{self._peer_text} sent a message of {size} bytes, more than "
                         f"max_message_size ({self._max_message} bytes)"
                     )
                 )
-                self._frame = bytearray()
                 return
             if len(frame) - offset - _HEADER < size:
                 break
@@ -665,16 +673,35 @@ class TLSConnection(NegotiatedSession):
                 self._events.append(ev.MessageReceived(message))
             offset = start + size
         del frame[:offset]
+        budget = self.budget
+        if budget is not None:
+            budget.held += len(frame) - before
+            if len(frame) > before and budget.held > budget.limit:
+                self._release_frame(len(frame))
+                self._frame = bytearray()
+                self._collect_output()
+                self._terminate(
+                    ConnectionLost(
+                        f"{self._peer_text}: the server's buffer for partly received messages "
+                        f"is full (limits.max_buffered_bytes, {budget.limit} bytes)"
+                    )
+                )
+
+    def _release_frame(self, size: int) -> None:
+        """Give back to the budget the ``size`` bytes of partial message it was charged."""
+        if self.budget is not None and size:
+            self.budget.held -= size
 
     def _peer_closed(self) -> None:
         with contextlib.suppress(SSL.Error):
             self._ssl.shutdown()  # answer with our close_notify
         self._collect_output()
         if self._frame:
+            partial = len(self._frame)
             self._finish(State.TERMINATED)
             self.error = ConnectionLost(
                 f"{self._peer_text} closed the connection in the middle of a framed message "
-                f"({len(self._frame)} bytes of it received)"
+                f"({partial} bytes of it received)"
             )
             self._events.append(ev.ConnectionTerminated(self.error))
             return
@@ -690,6 +717,9 @@ class TLSConnection(NegotiatedSession):
             self._outgoing.append(data)
 
     def _finish(self, state: State) -> None:
+        if self._frame:
+            self._release_frame(len(self._frame))
+            self._frame = bytearray()
         self.state = state
         self._handshake_deadline = None
         self._idle_deadline = None

@@ -29,7 +29,7 @@ from typing import Any
 
 from .._frontend.sockets import Address, format_address
 from ..config import DTLSConfiguration
-from ..core.inbox import fresh_error
+from ..core.inbox import ByteBudget, fresh_error
 from ..core.tls import check_tls_config
 from ..exceptions import (
     ConfigurationError,
@@ -46,6 +46,7 @@ from ..exceptions import (
 __all__ = [
     "ConnectionGate",
     "Received",
+    "SharedBudget",
     "TLSServerStatistics",
     "bind_tcp_sockets",
     "check_server_tls_config",
@@ -148,6 +149,22 @@ class ConnectionGate:
         else:
             self._by_address.pop(key, None)
         self._stats.connections -= 1
+
+
+class SharedBudget(ByteBudget):
+    """A server's ``limits.max_buffered_bytes``: bytes its connections hold for the
+    application (received, not yet taken) plus partial framed messages (charged by the
+    engines). Past it a connection that holds data stops reading its socket (TCP's flow
+    control) until the total falls back; a connection holding nothing may always read (so
+    connections whose applications do read keep going), which bounds the total by the
+    budget plus one read per such connection."""
+
+    __slots__ = ("paused",)
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.paused: dict[Any, None] = {}
+        """Connections that stopped reading because of the budget, oldest first."""
 
 
 class Received:

@@ -28,6 +28,7 @@ from ..core.tls import Framing, SessionTicketReceived, TLSConnection, TLSStatist
 from ..exceptions import ConnectionLost, DTLSError
 from ._common import (
     Received,
+    SharedBudget,
     check_count,
     check_limit,
     check_separator,
@@ -88,6 +89,9 @@ class TLSProtocol(asyncio.BufferedProtocol):
         self._reading_paused = False
         self._limit = engine.config.limits.max_queued_bytes
         self.ended = False
+        self.budget: SharedBudget | None = None
+        """A server's byte budget, shared by its connections (None for clients)."""
+        self._charged = 0
         engine.on_data = self._on_data
 
     # -- asyncio.Protocol -----------------------------------------------------------------------
@@ -120,14 +124,40 @@ class TLSProtocol(asyncio.BufferedProtocol):
 
     def _on_data(self, data: bytes) -> None:
         """The engine's delivery (its fast path: no event object)."""
-        received = self.received
-        received.put(data)
+        self.received.put(data)
         self._wake_reader()
-        if not self._reading_paused and received.size > self._limit and not self.ended:
-            transport = self.transport
-            if transport is not None:
-                self._reading_paused = True
-                transport.pause_reading()
+        self._account()
+
+    def _account(self) -> None:
+        """Charge what the application has not taken to the budget; stop reading the socket
+        past the connection's limit or the server's budget (see ``SharedBudget``)."""
+        size = self.received.size
+        budget = self.budget
+        if budget is not None and size != self._charged:
+            budget.held += size - self._charged
+            freed = size < self._charged
+            self._charged = size
+            if freed and budget.paused and budget.held <= budget.limit:
+                _resume_paused(budget)
+        if self._reading_paused or self.ended or self.transport is None:
+            return
+        over_budget = budget is not None and budget.held > budget.limit and size > 0
+        if size > self._limit or over_budget:
+            self._reading_paused = True
+            self.transport.pause_reading()
+            if over_budget and budget is not None:
+                budget.paused[self] = None
+
+    def _release_budget(self) -> None:
+        budget = self.budget
+        if budget is None:
+            return
+        budget.paused.pop(self, None)
+        if self._charged:
+            budget.held -= self._charged
+            self._charged = 0
+            if budget.paused and budget.held <= budget.limit:
+                _resume_paused(budget)
 
     def eof_received(self) -> bool:
         self.engine.receive_eof(self.loop.time())
@@ -146,6 +176,7 @@ class TLSProtocol(asyncio.BufferedProtocol):
             )
         self.flush()
         self.transport = None
+        self._release_budget()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -171,7 +202,7 @@ class TLSProtocol(asyncio.BufferedProtocol):
             transport.write(data)
         woke = False
         while (event := engine.next_event()) is not None:
-            if isinstance(event, ev.MessageReceived):
+            if isinstance(event, ev.MessageReceived):  # only without on_data (not used here)
                 self.received.put(event.data)
                 woke = True
             elif isinstance(event, ev.HandshakeCompleted):
@@ -186,14 +217,7 @@ class TLSProtocol(asyncio.BufferedProtocol):
                 logger.debug("session ticket from %s", format_address(self.peer))
         if woke:
             self._wake_reader()
-            if (
-                not self._reading_paused
-                and self.received.size > self._limit
-                and transport is not None
-                and not self.ended
-            ):
-                self._reading_paused = True
-                transport.pause_reading()
+            self._account()
         self._rearm(engine.get_timer())
 
     def _ended(self, error: DTLSError) -> None:
@@ -254,13 +278,21 @@ class TLSProtocol(asyncio.BufferedProtocol):
             self._reader = None
 
     def _resume_reading(self) -> None:
-        if self._reading_paused and self.received.size <= self._limit:
-            self._reading_paused = False
-            if self.transport is not None:
-                self.transport.resume_reading()
+        if not self._reading_paused:
+            return
+        size = self.received.size
+        budget = self.budget
+        if size > self._limit or (budget is not None and size > 0 and budget.held > budget.limit):
+            return
+        self._reading_paused = False
+        if budget is not None:
+            budget.paused.pop(self, None)
+        if self.transport is not None:
+            self.transport.resume_reading()
 
     def taken(self) -> None:
-        """The application took data: read the socket again if it was paused."""
+        """The application took data: give its bytes back, read the socket again if paused."""
+        self._account()
         if self._reading_paused:
             self._resume_reading()
 
@@ -268,6 +300,15 @@ class TLSProtocol(asyncio.BufferedProtocol):
         """Wait while the transport's write buffer is full."""
         while self._writable is not None and self.transport is not None:
             await asyncio.shield(self._writable)
+
+
+def _resume_paused(budget: SharedBudget) -> None:
+    """The budget fell back under its limit: let connections it stopped read again, oldest
+    first, while it stays under."""
+    while budget.paused and budget.held <= budget.limit:
+        protocol = next(iter(budget.paused))
+        del budget.paused[protocol]
+        protocol._resume_reading()
 
 
 class Channel:
@@ -349,6 +390,7 @@ class Channel:
         check_limit(limit)
         while (data := self._received.take_until_eof(limit)) is None:
             await self._protocol.wait_readable()
+        self._protocol.taken()
         return data
 
     def __aiter__(self) -> Channel:

@@ -31,6 +31,7 @@ from ..exceptions import (
 )
 from ._common import (
     ConnectionGate,
+    SharedBudget,
     TLSServerStatistics,
     bind_tcp_sockets,
     check_server_tls_config,
@@ -67,6 +68,7 @@ class Server:
         self._idle = server_idle_timeout(config)
         self._stats = TLSServerStatistics()
         self._gate = ConnectionGate(config, self._stats)
+        self._budget = SharedBudget(config.limits.max_buffered_bytes)
         self._servers: list[asyncio.Server] = []
         self._protocols: set[TLSProtocol] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -95,7 +97,10 @@ class Server:
             max_message_size=self._max_message,
         )
         engine.set_idle_timeout(self._idle, 0.0)
-        return _ServerProtocol(self, engine)
+        engine.budget = self._budget
+        protocol = _ServerProtocol(self, engine)
+        protocol.budget = self._budget
+        return protocol
 
     def _admitted(self, protocol: TLSProtocol) -> bool:
         if self._closed:
