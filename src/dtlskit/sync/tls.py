@@ -119,7 +119,8 @@ class Channel:
 
     def _flush_locked(self) -> None:
         """Drain the engine's events into the channel, then write its output: the channel's
-        state is final before the peer can see anything (a close_notify, an alert)."""
+        state (and a server's bookkeeping of its end) is final before the peer can see
+        anything (a close_notify, an alert)."""
         engine = self._engine
         data = engine.data_to_send()
         ended = False
@@ -129,6 +130,8 @@ class Channel:
             elif isinstance(event, ev.SessionClosed | ev.ConnectionTerminated):
                 self._received.error = engine.error
                 ended = True
+        if ended and self.on_end is not None:
+            self.on_end(self)
         if data and not self._closed_socket():
             try:
                 self._sock.sendall(data)
@@ -142,7 +145,7 @@ class Channel:
         if ended:
             self._close_socket()
             if self.on_end is not None:
-                self.on_end(self)
+                self.on_end(self)  # again after a failed write: idempotent for the server
 
     def _closed_socket(self) -> bool:
         return self._sock.fileno() < 0

@@ -194,13 +194,13 @@ class TLSProtocol(asyncio.BufferedProtocol):
     # -- the wake-up step -----------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Write the engine's output, drain its events, re-arm the timer."""
+        """Drain the engine's events, write its output, re-arm the timer. Events first: the
+        channel's state and a server's bookkeeping of an end are final before the peer can
+        see anything (a close_notify, an alert); the transport closes after the write."""
         engine = self.engine
         data = engine.data_to_send()
-        transport = self.transport
-        if data and transport is not None and not transport.is_closing():
-            transport.write(data)
         woke = False
+        ended = False
         while (event := engine.next_event()) is not None:
             if isinstance(event, ev.MessageReceived):  # only without on_data (not used here)
                 self.received.put(event.data)
@@ -211,28 +211,32 @@ class TLSProtocol(asyncio.BufferedProtocol):
                 if self._on_established is not None:
                     self._on_established(self)
             elif isinstance(event, ev.SessionClosed | ev.ConnectionTerminated):
-                self._ended(engine.error or ConnectionLost("the connection ended"))
+                ended = self._ended(engine.error or ConnectionLost("the connection ended"))
                 woke = True
             elif isinstance(event, SessionTicketReceived):
                 logger.debug("session ticket from %s", format_address(self.peer))
+        transport = self.transport
+        if data and transport is not None and not transport.is_closing():
+            transport.write(data)
+        if ended and transport is not None:
+            transport.close()  # after the close_notify or alert just written
         if woke:
             self._wake_reader()
             self._account()
         self._rearm(engine.get_timer())
 
-    def _ended(self, error: DTLSError) -> None:
+    def _ended(self, error: DTLSError) -> bool:
+        """Record the end; True the first time (the caller then closes the transport)."""
         if self.ended:
-            return
+            return False
         self.ended = True
         self.received.error = error
         if not self.handshake.done():
             self.handshake.set_exception(fresh(error))
             self.handshake.exception()  # retrieved here; the awaiter gets it too
-        transport = self.transport
-        if transport is not None:
-            transport.close()  # after the close_notify or alert already written
         if self._on_end is not None:
             self._on_end(self, error)
+        return True
 
     def _rearm(self, deadline: float | None) -> None:
         """Keep one loop timer at or before the engine's deadline. A deadline that only moved
