@@ -137,3 +137,41 @@ def test_refused(client_config) -> None:
         port = probe.getsockname()[1]
     with pytest.raises(dtlskit.ConnectionRefused):
         tls.connect("127.0.0.1", port, config=client_config)
+
+
+def test_handler_stuck_sending_blocks_neither_accept_nor_close(server_config, client_config):
+    """A handler blocked in send() to a client that never reads holds only its own thread:
+    the accept thread (whose idle sweep never waits for a busy channel) keeps accepting, the
+    idle deadline shuts the stuck connection down, and close() returns."""
+    stuck = threading.Event()
+    outcome: list[BaseException] = []
+
+    def flood(channel: tls.Channel) -> None:
+        line = channel.read_until(b"\n", timeout=10)
+        if line == b"flood\n":
+            stuck.set()
+            try:
+                for _ in range(10_000):  # ~160 MB: far more than the socket buffers hold
+                    channel.send(b"x" * 16_384)
+            except dtlskit.DTLSError as exc:
+                outcome.append(exc)
+            return
+        channel.send(line)
+
+    cfg = server_config.replace(idle_timeout=0.5)
+    server = tls.serve(flood, "127.0.0.1", 0, config=cfg)
+    try:
+        silent = tls.connect("127.0.0.1", server.port, config=client_config)
+        silent.send(b"flood\n")  # and never read again
+        assert stuck.wait(10)
+        with tls.connect("127.0.0.1", server.port, config=client_config) as other:
+            other.send(b"served\n")
+            assert other.read_until(b"\n", timeout=10) == b"served\n"
+        for _ in range(1000):  # the idle sweep ends the stuck send (bounded wait)
+            if outcome:
+                break
+            threading.Event().wait(0.01)
+        assert outcome and isinstance(outcome[0], dtlskit.ConnectionClosed), outcome
+        silent.close()
+    finally:
+        server.close()

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import queue
 import select
 import socket
@@ -85,6 +86,21 @@ _READ_SIZE = 65536
 _UNTIL_LIMIT = 65536
 _EOF_LIMIT = 16 * 1_048_576
 HANDLER_JOIN_TIMEOUT = 5.0
+
+
+def _readable(socks: list[socket.socket], timeout: float | None) -> list[socket.socket]:
+    """The sockets of ``socks`` that are readable (or closed) within ``timeout`` seconds
+    (``poll``: descriptors above 1023 are fine, unlike ``select``)."""
+    poller = select.poll()
+    by_fd = {}
+    for sock in socks:
+        fd = sock.fileno()
+        if fd < 0:
+            raise ValueError("socket closed")
+        by_fd[fd] = sock
+        poller.register(fd, select.POLLIN | select.POLLPRI)
+    events = poller.poll(None if timeout is None else math.ceil(max(timeout, 0.0) * 1000.0))
+    return [by_fd[fd] for fd, _ in events if fd in by_fd]
 
 
 def _check_timeout(timeout: float | None) -> float | None:
@@ -164,7 +180,7 @@ class Channel:
         until = min(d for d in (deadline, timer) if d is not None) if (deadline or timer) else None
         wait = None if until is None else max(until - now, 0.0)
         try:
-            readable, _, _ = select.select([self._sock], [], [], wait)
+            readable = _readable([self._sock], wait)
         except (OSError, ValueError):  # closed by another thread
             readable = []
             if self._received.error is None:
@@ -202,12 +218,27 @@ class Channel:
             raise fresh(self._received.error)
 
     def _expire(self, now: float) -> None:
-        """Act on a passed engine deadline (the server's idle sweep)."""
-        with self._lock:
+        """Act on a passed engine deadline (the server's idle sweep). Never waits: when a
+        thread holds the channel (a ``send`` blocked on a peer that does not read), the
+        socket is shut down under it instead, which ends that send."""
+        if not self._lock.acquire(blocking=False):
+            timer = self._engine.get_timer()
+            if timer is not None and now >= timer:
+                self._abort_io()
+            return
+        try:
             timer = self._engine.get_timer()
             if timer is not None and now >= timer:
                 self._engine.handle_timer(now)
                 self._flush_locked()
+        finally:
+            self._lock.release()
+
+    def _abort_io(self) -> None:
+        """Shut the socket down without the channel's lock: a thread blocked in it (a send to
+        a peer that does not read, a wait for data) returns and finds the connection over."""
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
 
     # -- data -------------------------------------------------------------------------------------
 
@@ -534,7 +565,7 @@ class Server:
             if timers:
                 timeout = max(min(timers) - time.monotonic(), 0.0) + 0.001
             try:
-                readable, _, _ = select.select([*self._sockets, self._wake_r], [], [], timeout)
+                readable = _readable([*self._sockets, self._wake_r], timeout)
             except (OSError, ValueError):
                 return
             for sock in readable:
@@ -684,6 +715,10 @@ class Server:
         for sock in self._sockets:
             sock.close()
         for channel in channels:
+            if channel._lock.acquire(blocking=False):
+                channel._lock.release()
+            else:  # a handler is blocked sending to a peer that does not read: end it
+                channel._abort_io()
             channel.close()
         with self._lock:
             threads = list(self._threads)

@@ -46,6 +46,10 @@ _EOF_LIMIT = 16 * 1_048_576
 
 _READ_BUFFER = 65536
 
+CLOSE_GRACE = 10.0
+"""Seconds a closing connection may take to hand its last buffered bytes to a peer that does
+not read, before it is reset."""
+
 
 class _Buffers(threading.local):
     """One receive buffer per thread (an event loop runs on one thread; the loop reads into it
@@ -219,11 +223,22 @@ class TLSProtocol(asyncio.BufferedProtocol):
         if data and transport is not None and not transport.is_closing():
             transport.write(data)
         if ended and transport is not None:
-            transport.close()  # after the close_notify or alert just written
+            self.close_transport()  # after the close_notify or alert just written
         if woke:
             self._wake_reader()
             self._account()
         self._rearm(engine.get_timer())
+
+    def close_transport(self) -> None:
+        """Close the transport once what it buffered is written; a peer that does not read
+        gets :data:`CLOSE_GRACE` seconds for that, then the connection is reset (a close
+        would otherwise wait for it forever)."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.close()
+        if transport.get_write_buffer_size() > 0:
+            self.loop.call_later(CLOSE_GRACE, transport.abort)
 
     def _ended(self, error: DTLSError) -> bool:
         """Record the end; True the first time (the caller then closes the transport)."""
@@ -422,9 +437,7 @@ class Channel:
         self._closing = True
         self._engine.close()
         self._protocol.flush()
-        transport = self._protocol.transport
-        if transport is not None:
-            transport.close()
+        self._protocol.close_transport()
 
     async def wait_closed(self) -> None:
         """Wait until the TCP connection is closed."""

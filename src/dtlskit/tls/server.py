@@ -183,8 +183,7 @@ class Server:
         for protocol in list(self._protocols):
             protocol.engine.close()
             protocol.flush()
-            if protocol.transport is not None:
-                protocol.transport.close()
+            protocol.close_transport()
         if not self._done.done():
             self._done.set_result(None)
 
