@@ -149,3 +149,16 @@ def test_dtls_only_field_refused(server_config) -> None:
             await dtlskit.tls.serve(echo, "127.0.0.1", 0, config=server_config.replace(mtu=1400))
 
     run(main())
+
+
+def test_ipv6(server_config, client_config) -> None:
+    async def main() -> None:
+        async with (
+            dtlskit.tls.serve(echo, "::1", 0, config=server_config) as server,
+            dtlskit.tls.connect("::1", server.port, config=client_config) as channel,
+        ):
+            assert channel.getpeername()[0] == "::1"
+            await channel.send(b"six")
+            assert await channel.read_exactly(3) == b"six"
+
+    run(main())

@@ -175,3 +175,13 @@ def test_handler_stuck_sending_blocks_neither_accept_nor_close(server_config, cl
         silent.close()
     finally:
         server.close()
+
+
+def test_ipv6_and_every_interface(server_config, client_config) -> None:
+    with tls.serve(echo, None, 0, config=server_config) as server:
+        families = {len(address) for address in server.addresses}
+        assert len({a[1] for a in server.addresses}) == 1  # one port for every family
+        for host in ("127.0.0.1", "::1") if 4 in families else ("127.0.0.1",):
+            with tls.connect(host, server.port, config=client_config) as channel:
+                channel.send(b"v6?")
+                assert channel.read_exactly(3, timeout=10) == b"v6?"
