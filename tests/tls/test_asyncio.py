@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 
 import pytest
 
@@ -160,5 +161,37 @@ def test_ipv6(server_config, client_config) -> None:
             assert channel.getpeername()[0] == "::1"
             await channel.send(b"six")
             assert await channel.read_exactly(3) == b"six"
+
+    run(main())
+
+
+def test_close_does_not_wait_forever_for_a_peer_that_does_not_read(
+    server_config, client_config, monkeypatch
+) -> None:
+    """Closing a connection whose peer reads nothing resets it after CLOSE_GRACE seconds
+    (a close would otherwise wait for the peer forever, holding the buffered bytes)."""
+    import dtlskit.tls.channel as channel_module
+
+    monkeypatch.setattr(channel_module, "CLOSE_GRACE", 0.2)
+    done = asyncio.Event()
+
+    async def flood(channel: dtlskit.tls.Channel) -> None:
+        for _ in range(300):  # ~5 MB queued in the transport: the peer reads none of it
+            channel.send_nowait(b"x" * 16_384)
+        channel.close()
+        await channel.wait_closed()  # returns once the grace ran out and the reset happened
+        done.set()
+
+    async def main() -> None:
+        async with dtlskit.tls.serve(flood, "127.0.0.1", 0, config=server_config) as server:
+            loop = asyncio.get_running_loop()
+            raw = socket.create_connection(("127.0.0.1", server.port))
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            context = ssl.create_default_context(cafile=str(client_config.cafile))
+            tls_sock = await loop.run_in_executor(
+                None, lambda: context.wrap_socket(raw, server_hostname="localhost")
+            )
+            await asyncio.wait_for(done.wait(), 20)
+            tls_sock.close()
 
     run(main())
