@@ -195,3 +195,19 @@ def test_close_does_not_wait_forever_for_a_peer_that_does_not_read(
             tls_sock.close()
 
     run(main())
+
+
+def test_recv_into(server_config, client_config) -> None:
+    async def main() -> None:
+        framed = "length-prefixed"
+        async with (
+            dtlskit.tls.serve(echo, "127.0.0.1", 0, config=server_config, framing=framed) as s,
+            dtlskit.tls.connect("127.0.0.1", s.port, config=client_config, framing=framed) as c,
+        ):
+            await c.send(b"0123456789")
+            with pytest.raises(dtlskit.BufferTooSmall):
+                await c.recv_into(bytearray(4))
+            big = bytearray(12)
+            assert await c.recv_into(big, offset=2) == 10 and big[2:] == b"0123456789"
+
+    run(main())

@@ -185,3 +185,26 @@ def test_ipv6_and_every_interface(server_config, client_config) -> None:
             with tls.connect(host, server.port, config=client_config) as channel:
                 channel.send(b"v6?")
                 assert channel.read_exactly(3, timeout=10) == b"v6?"
+
+
+def test_recv_into(server_config, client_config) -> None:
+    with (
+        tls.serve(echo, "127.0.0.1", 0, config=server_config) as server,
+        tls.connect("127.0.0.1", server.port, config=client_config) as channel,
+    ):
+        channel.send(b"abcdef")
+        buffer = bytearray(10)
+        got = 0
+        while got < 6:
+            got += channel.recv_into(buffer, offset=2 + got, length=6 - got, timeout=10)
+        assert buffer == b"\0\0abcdef\0\0"
+    framed = "length-prefixed"
+    with (
+        tls.serve(echo, "127.0.0.1", 0, config=server_config, framing=framed) as server,
+        tls.connect("127.0.0.1", server.port, config=client_config, framing=framed) as ch,
+    ):
+        ch.send(b"0123456789")
+        with pytest.raises(dtlskit.BufferTooSmall):
+            ch.recv_into(bytearray(4), timeout=10)
+        big = bytearray(20)
+        assert ch.recv_into(big, timeout=10) == 10 and big[:10] == b"0123456789"

@@ -73,6 +73,7 @@ from ..tls._common import (
     connect_error,
     ends_iteration,
     fresh,
+    recv_into_slice,
     server_idle_timeout,
 )
 
@@ -291,6 +292,28 @@ class Channel:
         ``timeout`` seconds (the connection stays usable)."""
         received = self._received
         return self._wait(lambda: received.take() if received.ready() else None, timeout)
+
+    def recv_into(
+        self,
+        buffer: Any,
+        *,
+        offset: int = 0,
+        length: int | None = None,
+        timeout: float | None = None,
+    ) -> int:
+        """Stream: copy what arrived (up to ``length`` bytes, at least one) into
+        ``buffer[offset:]``; framed: the next message, which must fit
+        (:class:`~dtlskit.BufferTooSmall` otherwise; it stays queued). Returns the size."""
+        view, offset, length = recv_into_slice(buffer, offset, length)
+        deadline = _check_timeout(timeout)
+        if not self._read_lock.acquire(blocking=False):
+            raise ConcurrencyError("two threads read from one TLS channel at once")
+        try:
+            while (size := self._received.take_into(view, offset, length)) is None:
+                self._pump(deadline)
+            return size
+        finally:
+            self._read_lock.release()
 
     def read_exactly(self, n: int, timeout: float | None = None) -> bytes:
         """Exactly ``n`` bytes; :class:`~dtlskit.ConnectionLost` when the stream ends first."""

@@ -32,6 +32,7 @@ from ..config import DTLSConfiguration
 from ..core.inbox import ByteBudget, fresh_error
 from ..core.tls import check_tls_config
 from ..exceptions import (
+    BufferTooSmall,
     ConfigurationError,
     ConnectionClosedByPeer,
     ConnectionClosedLocally,
@@ -212,6 +213,27 @@ class Received:
             return data
         raise fresh(self.error)
 
+    def take_into(self, view: memoryview, offset: int, length: int) -> int | None:
+        """``recv_into``: stream: copy up to ``length`` bytes of what arrived (at least one);
+        framed: the next message, which must fit (else :class:`BufferTooSmall`, and it stays
+        queued). None to wait; raises the end."""
+        chunks = self._chunks
+        if not chunks:
+            if self.error is not None:
+                raise fresh(self.error)
+            return None
+        if self._framed:
+            message = chunks[0]
+            if len(message) > length:
+                raise BufferTooSmall(len(message), length)
+            chunks.popleft()
+            self._size -= len(message)
+            view[offset : offset + len(message)] = message
+            return len(message)
+        data = self._cut(min(length, self._size))
+        view[offset : offset + len(data)] = data
+        return len(data)
+
     def _stream_bytes(self) -> bytes:
         """The stream waiting, as one chunk (joined once, kept joined)."""
         chunks = self._chunks
@@ -374,3 +396,10 @@ def bind_tcp_sockets(
             exc.errno or 0, f"cannot listen on {format_address((host or '*', port))}: {exc}"
         ) from exc
     return sockets
+
+
+def recv_into_slice(buffer: Any, offset: int, length: int | None) -> tuple[memoryview, int, int]:
+    """``recv_into``'s arguments checked, as the DTLS channels check them."""
+    from .._frontend.channel_base import ChannelBase
+
+    return ChannelBase._recv_into_slice(buffer, offset, length)

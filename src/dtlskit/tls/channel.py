@@ -34,6 +34,7 @@ from ._common import (
     check_separator,
     ends_iteration,
     fresh,
+    recv_into_slice,
 )
 
 __all__ = ["Channel", "TLSProtocol"]
@@ -384,6 +385,16 @@ class Channel:
         data = received.take()
         self._protocol.taken()
         return data
+
+    async def recv_into(self, buffer: Any, *, offset: int = 0, length: int | None = None) -> int:
+        """Stream: copy what arrived (up to ``length`` bytes, at least one) into
+        ``buffer[offset:]``; framed: the next message, which must fit
+        (:class:`~dtlskit.BufferTooSmall` otherwise; it stays queued). Returns the size."""
+        view, offset, length = recv_into_slice(buffer, offset, length)
+        while (size := self._received.take_into(view, offset, length)) is None:
+            await self._protocol.wait_readable()
+        self._protocol.taken()
+        return size
 
     async def read_exactly(self, n: int) -> bytes:
         """Exactly ``n`` bytes; :class:`~dtlskit.ConnectionLost` when the stream ends first."""
