@@ -273,7 +273,10 @@ class Channel:
                         self._sock.settimeout(None)
             self._flush_locked()
 
-    send_nowait = send
+    def send_nowait(self, data: bytes | bytearray | memoryview) -> None:
+        """:meth:`send` (the name of the asyncio flavour's non-waiting send): a partly
+        written TLS record cannot be taken back, so the blocking flavour writes it whole."""
+        self.send(data)
 
     def _wait(self, take: Callable[[], bytes | None], timeout: float | None) -> bytes:
         deadline = _check_timeout(timeout)
