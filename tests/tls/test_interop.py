@@ -473,3 +473,26 @@ def test_gnutls_cli_rejects_bad_server(
             peer.stop()
     words = {"wrong ca": "issuer", "hostname": "does not match", "expired": "expired"}[case]
     assert words in line
+
+
+@needs_openssl
+def test_openssl_client_resumes_tls12(pki: PKIFiles, tmp_path: Path) -> None:
+    cfg = dtlskit.DTLSConfiguration.server(pki.server_cert, pki.server_key)
+    sess = tmp_path / "session12.pem"
+    with tls.serve(echo, "127.0.0.1", 0, config=cfg) as server:
+        first = Peer(
+            s_client(server.port, "-CAfile", str(pki.ca_cert), "-tls1_2", "-sess_out", str(sess))
+        )
+        try:
+            first.wait_for("New, TLSv1.2")
+            first.write(b"one\n")
+            first.wait_for("one")
+        finally:
+            first.stop()
+        second = Peer(
+            s_client(server.port, "-CAfile", str(pki.ca_cert), "-tls1_2", "-sess_in", str(sess))
+        )
+        try:
+            second.wait_for("Reused, TLSv1.2")
+        finally:
+            second.stop()
