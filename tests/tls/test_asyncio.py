@@ -211,3 +211,25 @@ def test_recv_into(server_config, client_config) -> None:
             assert await c.recv_into(big, offset=2) == 10 and big[2:] == b"0123456789"
 
     run(main())
+
+
+def test_reads_larger_than_the_queue_limit_complete(server_config, client_config) -> None:
+    """read_exactly / read_until_eof of more than limits.max_queued_bytes: reading goes on up
+    to what the reader asked for (its own bound) instead of pausing at the queue limit."""
+    small = dtlskit.Limits(max_queued_bytes=10_000)
+    payload = bytes(range(256)) * 2_000  # 512 kB
+
+    async def sender(channel: dtlskit.tls.Channel) -> None:
+        await channel.send(payload)
+        await channel.send(payload)
+
+    async def main() -> None:
+        async with dtlskit.tls.serve(sender, "127.0.0.1", 0, config=server_config) as server:
+            channel = await dtlskit.tls.connect(
+                "127.0.0.1", server.port, config=client_config.replace(limits=small)
+            )
+            assert await channel.read_exactly(len(payload)) == payload
+            assert await channel.read_until_eof() == payload
+            await channel.__aexit__()
+
+    run(main())

@@ -238,3 +238,44 @@ def test_unread_data_stops_reading_and_is_bounded(server_config, client_config) 
             release.set()
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_sync_partial_frames_are_bounded_across_connections(server_config, client_config):
+    ends: queue.Queue[BaseException] = queue.Queue()
+
+    def handler(channel: tls.Channel) -> None:
+        try:
+            for data in channel:
+                channel.send(data)
+        except dtlskit.DTLSError as exc:
+            ends.put(exc)
+
+    limits = dtlskit.Limits(max_buffered_bytes=100_000)
+    with tls.serve(
+        handler,
+        "127.0.0.1",
+        0,
+        config=server_config.replace(limits=limits),
+        framing="length-prefixed",
+        max_message_size=80_000,
+    ) as server:
+        socks = []
+        for _ in range(2):  # 60 kB of an 80 kB message each: the second passes 100 kB
+            sock, engine = raw_tls_client(server.port, client_config)
+            engine.send((80_000).to_bytes(4, "big") + b"p" * 60_000)
+            sock.sendall(engine.data_to_send())
+            socks.append(sock)
+        error = ends.get(timeout=WAIT)
+        assert isinstance(error, dtlskit.ConnectionLost) and "max_buffered_bytes" in str(error)
+        with tls.connect(
+            "127.0.0.1", server.port, config=client_config, framing="length-prefixed"
+        ) as good:
+            good.send(b"still served")
+            assert good.recv(timeout=WAIT) == b"still served"
+        assert server._budget.held == 60_004
+        for sock in socks:
+            sock.close()
+        deadline = time.monotonic() + WAIT
+        while server._budget.held and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server._budget.held == 0

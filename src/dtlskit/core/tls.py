@@ -477,6 +477,11 @@ class TLSConnection(NegotiatedSession):
         return self._max_message
 
     @property
+    def partial_message_bytes(self) -> int:
+        """Bytes of a framed message received in part (``framing="length-prefixed"``)."""
+        return len(self._frame)
+
+    @property
     def is_server(self) -> bool:
         """Whether this engine plays the server role."""
         return self._server

@@ -89,6 +89,24 @@ _EOF_LIMIT = 16 * 1_048_576
 HANDLER_JOIN_TIMEOUT = 5.0
 
 
+class _LockedBudget:
+    """A blocking server's ``limits.max_buffered_bytes`` for partial framed messages, charged
+    by its client threads (under a lock: ``+=`` is not atomic across threads)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self._lock = threading.Lock()
+
+    def charge(self, delta: int) -> bool:
+        """Add ``delta`` bytes; False (and nothing added) when a growth would pass the limit."""
+        with self._lock:
+            if delta > 0 and self.held + delta > self.limit:
+                return False
+            self.held += delta
+            return True
+
+
 def _readable(socks: list[socket.socket], timeout: float | None) -> list[socket.socket]:
     """The sockets of ``socks`` that are readable (or closed) within ``timeout`` seconds
     (``poll``: descriptors above 1023 are fine, unlike ``select``)."""
@@ -131,6 +149,9 @@ class Channel:
         self._sockname: Address = tuple(sock.getsockname())
         self.on_end: Callable[[Channel], None] | None = None
         """Called once when the connection ends (a server's bookkeeping)."""
+        self.budget: _LockedBudget | None = None
+        """A server's ``limits.max_buffered_bytes`` for partial framed messages."""
+        self._charged = 0
 
     # -- the wake-up step -------------------------------------------------------------------------
 
@@ -147,6 +168,9 @@ class Channel:
             elif isinstance(event, ev.SessionClosed | ev.ConnectionTerminated):
                 self._received.error = engine.error
                 ended = True
+        if ended and self.budget is not None and self._charged:
+            self.budget.charge(-self._charged)
+            self._charged = 0
         if ended and self.on_end is not None:
             self.on_end(self)
         if data and not self._closed_socket():
@@ -163,6 +187,24 @@ class Channel:
             self._close_socket()
             if self.on_end is not None:
                 self.on_end(self)  # again after a failed write: idempotent for the server
+
+    def _charge_locked(self) -> None:
+        """Charge this connection's partial framed message to the server's budget; the
+        connection whose message would pass it ends (named)."""
+        budget = self.budget
+        assert budget is not None
+        size = self._engine.partial_message_bytes
+        if not budget.charge(size - self._charged):
+            budget.charge(-self._charged)  # give back what it held; the message is dropped
+            self._charged = 0
+            self._engine.abort(
+                ConnectionLost(
+                    f"{format_address(self._peer)}: the server's buffer for partly received "
+                    f"messages is full (limits.max_buffered_bytes, {budget.limit} bytes)"
+                )
+            )
+            return
+        self._charged = size
 
     def _closed_socket(self) -> bool:
         return self._sock.fileno() < 0
@@ -200,6 +242,8 @@ class Channel:
             with self._lock:
                 if data:
                     engine.receive_data(data, now)
+                    if self.budget is not None:
+                        self._charge_locked()
                 else:
                     engine.receive_eof(now)
                 self._flush_locked()
@@ -567,6 +611,7 @@ class Server:
         self._idle = server_idle_timeout(config)
         self._stats = TLSServerStatistics()
         self._gate = ConnectionGate(config, self._stats)
+        self._budget = _LockedBudget(config.limits.max_buffered_bytes)
         self._lock = threading.Lock()
         self._channels: set[Channel] = set()
         self._threads: set[threading.Thread] = set()
@@ -637,6 +682,8 @@ class Server:
             engine.set_idle_timeout(self._idle, 0.0)
             channel = Channel(sock, engine, peer)
             channel.on_end = self._ended
+            if self._framing == "length-prefixed":
+                channel.budget = self._budget
             with self._lock:
                 self._channels.add(channel)
             thread = threading.Thread(

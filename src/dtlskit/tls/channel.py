@@ -97,6 +97,9 @@ class TLSProtocol(asyncio.BufferedProtocol):
         self.budget: SharedBudget | None = None
         """A server's byte budget, shared by its connections (None for clients)."""
         self._charged = 0
+        self._wanted = 0
+        """Bytes the waiting reader needs before it can return (read_exactly's count,
+        read_until_eof's limit): reading goes on up to them even past the limits."""
         engine.on_data = self._on_data
 
     # -- asyncio.Protocol -----------------------------------------------------------------------
@@ -146,6 +149,8 @@ class TLSProtocol(asyncio.BufferedProtocol):
                 _resume_paused(budget)
         if self._reading_paused or self.ended or self.transport is None:
             return
+        if self._wanted and size < self._wanted:
+            return  # a reader asked for this much (read_exactly, read_until_eof): keep reading
         over_budget = budget is not None and budget.held > budget.limit and size > 0
         if size > self._limit or over_budget:
             self._reading_paused = True
@@ -284,25 +289,32 @@ class TLSProtocol(asyncio.BufferedProtocol):
         if writer is not None and not writer.done():
             writer.set_result(None)
 
-    async def wait_readable(self) -> None:
-        """Wait until more data or the end arrives (one waiter at a time)."""
+    async def wait_readable(self, wanted: int = 0) -> None:
+        """Wait until more data or the end arrives (one waiter at a time). ``wanted``: the
+        bytes the reader needs in all (reading goes on up to them, past the limits: the
+        caller's own bound, e.g. ``read_until_eof``'s ``limit``)."""
         if self._reader is not None and not self._reader.done():
             from ..exceptions import ConcurrencyError
 
             raise ConcurrencyError("two tasks read from one TLS channel at once")
+        self._wanted = wanted
         self._resume_reading()
         self._reader = self.loop.create_future()
         try:
             await self._reader
         finally:
             self._reader = None
+            self._wanted = 0
 
     def _resume_reading(self) -> None:
         if not self._reading_paused:
             return
         size = self.received.size
         budget = self.budget
-        if size > self._limit or (budget is not None and size > 0 and budget.held > budget.limit):
+        wanted = self._wanted and size < self._wanted
+        if not wanted and (
+            size > self._limit or (budget is not None and size > 0 and budget.held > budget.limit)
+        ):
             return
         self._reading_paused = False
         if budget is not None:
@@ -400,7 +412,7 @@ class Channel:
         """Exactly ``n`` bytes; :class:`~dtlskit.ConnectionLost` when the stream ends first."""
         check_count(n)
         while (data := self._received.take_exactly(n)) is None:
-            await self._protocol.wait_readable()
+            await self._protocol.wait_readable(n)
         self._protocol.taken()
         return data
 
@@ -410,7 +422,7 @@ class Channel:
         check_separator(separator)
         check_limit(limit)
         while (data := self._received.take_until(separator, limit)) is None:
-            await self._protocol.wait_readable()
+            await self._protocol.wait_readable(limit)
         self._protocol.taken()
         return data
 
@@ -419,7 +431,7 @@ class Channel:
         a truncated stream raises :class:`~dtlskit.ConnectionLost`."""
         check_limit(limit)
         while (data := self._received.take_until_eof(limit)) is None:
-            await self._protocol.wait_readable()
+            await self._protocol.wait_readable(limit + 1)  # one more: "past the limit" shows
         self._protocol.taken()
         return data
 
