@@ -717,9 +717,13 @@ class Server:
             try:
                 channel._handshake(None)
             except DTLSError as exc:
-                logger.debug("handshake with %s failed: %s", format_address(channel._peer), exc)
-                channel.close()
-                return
+                if not channel._engine.handshake_completed:
+                    where = format_address(channel._peer)
+                    logger.debug("handshake with %s failed: %s", where, exc)
+                    channel.close()
+                    return
+                # It completed, and what came with its last flight ended the connection: the
+                # handler still gets the channel (its first recv raises why), as in asyncio.
             with self._lock:
                 self._stats.handshakes_completed += 1
             self._wake()  # the accept thread now watches its idle deadline
