@@ -225,8 +225,8 @@ def test_expired_certificate(tmp_path: Path) -> None:
 
     from dtlskit import certs
 
-    ca = certs.create_ca("Test CA")
     past = datetime.now(timezone.utc) - timedelta(days=30)
+    ca = certs.create_ca("Test CA", not_before=past - timedelta(days=1))
     cert, key = certs.issue_certificate(
         ca, "localhost", hosts=["localhost"], not_before=past, not_after=past + timedelta(days=1)
     )
@@ -315,3 +315,31 @@ def test_keylog(server_config, client_config, tmp_path: Path) -> None:
     client, server = pair(server_config, client_config.replace(keylog_file=log))
     pump(client, server)
     assert b"CLIENT_HANDSHAKE_TRAFFIC_SECRET" in log.read_bytes()
+
+
+def test_verify_time_checks_certificates_against_the_given_clock(tmp_path: Path) -> None:
+    """``verify_time`` (a device clock) applies over TLS as over DTLS."""
+    from datetime import datetime, timedelta, timezone
+
+    from dtlskit import certs
+
+    past = datetime.now(timezone.utc) - timedelta(days=30)
+    ca = certs.create_ca("Test CA", not_before=past - timedelta(days=1))
+    cert, key = certs.issue_certificate(
+        ca, "localhost", hosts=["localhost"], not_before=past, not_after=past + timedelta(days=1)
+    )
+    (tmp_path / "c.pem").write_bytes(certs.certificate_pem(cert))
+    (tmp_path / "k.pem").write_bytes(certs.private_key_pem(key))
+    (tmp_path / "ca.pem").write_bytes(certs.certificate_pem(ca[0]))
+    server_cfg = dtlskit.DTLSConfiguration.server(tmp_path / "c.pem", tmp_path / "k.pem")
+    client_cfg = dtlskit.DTLSConfiguration.client(
+        cafile=tmp_path / "ca.pem", server_hostname="localhost"
+    )
+    then = past + timedelta(hours=12)  # the certificate was valid then
+    client, server = pair(server_cfg, client_cfg.replace(verify_time=then))
+    pump(client, server)
+    assert client.state is State.ESTABLISHED, client.error
+    client, server = pair(server_cfg, client_cfg)  # today: expired, and the dates are named
+    pump(client, server)
+    assert isinstance(client.error, dtlskit.CertificateVerificationError)
+    assert "valid" in str(client.error)

@@ -67,7 +67,7 @@ from ..exceptions import (
     UsageError,
     VerificationReason,
 )
-from . import _bindings, _errors
+from . import _bindings, _errors, _verify_time
 from . import events as ev
 from .connection import _is_ip_literal, format_address
 from .context import offers_only_psk
@@ -177,6 +177,7 @@ class TLSConnection(NegotiatedSession):
     """
 
     __slots__ = (
+        "_clock_failure",
         "_config",
         "_events",
         "_frame",
@@ -194,6 +195,7 @@ class TLSConnection(NegotiatedSession):
         "_stats",
         "_verify_code",
         "_verify_reason",
+        "_verify_timestamp",
         "budget",
         "error",
         "on_data",
@@ -233,6 +235,8 @@ class TLSConnection(NegotiatedSession):
         self._ssl = SSL.Connection(ctx, None)
         self._verify_reason: str | None = None
         self._verify_code: int | None = None
+        self._verify_timestamp: int | None = None
+        self._clock_failure: ConfigurationError | None = None
         name = server_hostname or config.server_hostname
         self._setup_verification(name)
         self._setup_negotiation(
@@ -274,6 +278,16 @@ class TLSConnection(NegotiatedSession):
             if self._server and mode == ssl.CERT_REQUIRED:
                 flags |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
             self._ssl.set_verify(flags, self._verify_callback)
+            verify_time = getattr(self._config, "verify_time", None)
+            if verify_time is not None:  # a device clock (docs/iot.md), as for DTLS
+                try:
+                    self._verify_timestamp = _verify_time.resolve(verify_time)
+                except ConfigurationError as exc:
+                    if not self._server:
+                        raise
+                    self._clock_failure = exc  # start_server() fails this handshake alone
+                else:
+                    _bindings.set_verify_time(self._ssl, self._verify_timestamp)
         if self._server:
             return
         if name:
@@ -301,6 +315,9 @@ class TLSConnection(NegotiatedSession):
             self._verify_reason = (
                 f"{_bindings.verify_error_string(errno)} (depth {depth}, subject {subject})"
             )
+            if errno in _verify_time.EXPIRED_CODES | _verify_time.NOT_YET_VALID_CODES:
+                dates = _verify_time.describe_dates(cert, self._verify_timestamp)
+                self._verify_reason += f": {dates}"
             self._verify_code = errno
         return bool(ok)
 
@@ -321,6 +338,12 @@ class TLSConnection(NegotiatedSession):
             raise UsageError("start_server() is for a server engine that has not started")
         self._ssl.set_accept_state()
         self._begin(now)
+        if self._clock_failure is not None:
+            self._terminate(
+                HandshakeFailure(
+                    f"handshake with {self._peer_text} refused: {self._clock_failure}"
+                )
+            )
 
     def receive_data(self, data: bytes, now: float) -> None:
         """Feed bytes read from the stream. Then write :meth:`data_to_send`, drain events and
