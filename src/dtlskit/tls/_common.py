@@ -152,6 +152,11 @@ class ConnectionGate:
         self._stats.connections -= 1
 
 
+ITEM_OVERHEAD = 64
+"""Bytes each waiting chunk or message is charged beside its payload (its ``bytes`` header and
+queue slot), as the DTLS inbox charges each message."""
+
+
 class SharedBudget(ByteBudget):
     """A server's ``limits.max_buffered_bytes``: bytes its connections hold for the
     application (received, not yet taken) plus partial framed messages (charged by the
@@ -184,7 +189,13 @@ class Received:
 
     @property
     def size(self) -> int:
-        """Bytes waiting."""
+        """What waits, as charged against the limits: its bytes plus :data:`ITEM_OVERHEAD`
+        per chunk or message (so that empty framed messages are not free)."""
+        return self._size + ITEM_OVERHEAD * len(self._chunks)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes waiting (payload only)."""
         return self._size
 
     def pending(self) -> int:

@@ -25,7 +25,7 @@ from ..core import events as ev
 from ..core.session import Session
 from ..core.state import State
 from ..core.tls import Framing, SessionTicketReceived, TLSConnection, TLSStatistics
-from ..exceptions import ConnectionLost, DTLSError
+from ..exceptions import ConnectionLost, DTLSError, HandshakeFailure
 from ._common import (
     Received,
     SharedBudget,
@@ -97,6 +97,7 @@ class TLSProtocol(asyncio.BufferedProtocol):
         self.budget: SharedBudget | None = None
         """A server's byte budget, shared by its connections (None for clients)."""
         self._charged = 0
+        self._write_blocked = False
         self._wanted = 0
         """Bytes the waiting reader needs before it can return (read_exactly's count,
         read_until_eof's limit): reading goes on up to them even past the limits."""
@@ -149,7 +150,7 @@ class TLSProtocol(asyncio.BufferedProtocol):
                 _resume_paused(budget)
         if self._reading_paused or self.ended or self.transport is None:
             return
-        if self._wanted and size < self._wanted:
+        if self._wanted and self.received.nbytes < self._wanted:
             return  # a reader asked for this much (read_exactly, read_until_eof): keep reading
         over_budget = budget is not None and budget.held > budget.limit and size > 0
         if size > self._limit or over_budget:
@@ -176,7 +177,15 @@ class TLSProtocol(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         engine = self.engine
-        if engine.state not in (State.CLOSED, State.TERMINATED):
+        if engine.state in (State.INITIAL, State.HANDSHAKING):
+            why = f": {exc}" if exc is not None else ""
+            engine.abort(
+                HandshakeFailure(
+                    f"the TCP connection to {format_address(self.peer)} was lost during the "
+                    f"handshake{why}"
+                )
+            )
+        elif engine.state not in (State.CLOSED, State.TERMINATED):
             why = f": {exc}" if exc is not None else ""
             engine.abort(
                 ConnectionLost(
@@ -195,11 +204,20 @@ class TLSProtocol(asyncio.BufferedProtocol):
             self.closed.set_result(None)
 
     def pause_writing(self) -> None:
+        """The transport's write buffer passed its high-water mark: senders wait, and the
+        socket is not read meanwhile, since reading can make OpenSSL write too (answers to
+        TLS 1.3 KeyUpdate requests): a peer that reads nothing cannot grow the buffer."""
         if self._writable is None:
             self._writable = self.loop.create_future()
+        self._write_blocked = True
+        if not self._reading_paused and self.transport is not None and not self.ended:
+            self._reading_paused = True
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self._write_blocked = False
         self._wake_writer()
+        self._resume_reading()
 
     # -- the wake-up step -----------------------------------------------------------------------
 
@@ -307,11 +325,11 @@ class TLSProtocol(asyncio.BufferedProtocol):
             self._wanted = 0
 
     def _resume_reading(self) -> None:
-        if not self._reading_paused:
+        if not self._reading_paused or self._write_blocked:
             return
         size = self.received.size
         budget = self.budget
-        wanted = self._wanted and size < self._wanted
+        wanted = self._wanted and self.received.nbytes < self._wanted
         if not wanted and (
             size > self._limit or (budget is not None and size > 0 and budget.held > budget.limit)
         ):
@@ -409,7 +427,11 @@ class Channel:
         return size
 
     async def read_exactly(self, n: int) -> bytes:
-        """Exactly ``n`` bytes; :class:`~dtlskit.ConnectionLost` when the stream ends first."""
+        """Exactly ``n`` bytes; :class:`~dtlskit.ConnectionLost` when the stream ends first.
+
+        The socket is read on up to ``n`` bytes, past ``limits.max_queued_bytes`` and the
+        server's budget: bound ``n`` yourself (check a length read off the stream before
+        passing it here)."""
         check_count(n)
         while (data := self._received.take_exactly(n)) is None:
             await self._protocol.wait_readable(n)
@@ -427,8 +449,9 @@ class Channel:
         return data
 
     async def read_until_eof(self, *, limit: int = _EOF_LIMIT) -> bytes:
-        """Everything until the peer closes with close_notify (at most ``limit`` bytes);
-        a truncated stream raises :class:`~dtlskit.ConnectionLost`."""
+        """Everything until the peer closes with close_notify (at most ``limit`` bytes, which
+        may be held at once: past ``limits.max_queued_bytes``, so choose it); a truncated
+        stream raises :class:`~dtlskit.ConnectionLost`."""
         check_limit(limit)
         while (data := self._received.take_until_eof(limit)) is None:
             await self._protocol.wait_readable(limit + 1)  # one more: "past the limit" shows

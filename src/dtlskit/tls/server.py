@@ -71,6 +71,7 @@ class Server:
         self._budget = SharedBudget(config.limits.max_buffered_bytes)
         self._servers: list[asyncio.Server] = []
         self._protocols: set[TLSProtocol] = set()
+        self._counted: set[TLSProtocol] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._done: asyncio.Future[None] = loop.create_future()
@@ -132,10 +133,11 @@ class Server:
             channel.close()
 
     def _ended(self, protocol: TLSProtocol, error: DTLSError) -> None:
-        if protocol not in self._protocols:
+        """The session ended (counted once); its connection keeps its slot in the limits
+        until the socket is gone (:meth:`_gone`), which may take up to ``CLOSE_GRACE``."""
+        if protocol in self._counted:
             return
-        self._protocols.discard(protocol)
-        self._gate.release(protocol.peer)
+        self._counted.add(protocol)
         if not protocol.engine.handshake_completed:
             self._stats.handshakes_failed += 1
             if isinstance(error, HandshakeTimeout):
@@ -143,6 +145,13 @@ class Server:
             logger.debug("handshake with %s failed: %s", format_address(protocol.peer), error)
         elif "(idle)" in str(error):
             self._stats.count("idle_timeout")
+
+    def _gone(self, protocol: TLSProtocol) -> None:
+        """The TCP connection is closed: its slot in the limits is free."""
+        self._counted.discard(protocol)
+        if protocol in self._protocols:
+            self._protocols.discard(protocol)
+            self._gate.release(protocol.peer)
 
     # -- public -----------------------------------------------------------------------------------
 
@@ -274,6 +283,7 @@ class _ServerProtocol(TLSProtocol):
             return
         super().connection_lost(exc)
         self._server._ended(self, self.engine.error or TransportError(0, "connection lost"))
+        self._server._gone(self)
 
 
 class _Starter(Generic[S]):
