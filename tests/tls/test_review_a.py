@@ -316,3 +316,134 @@ def test_asyncio_server_write_buffer_stays_bounded_under_keyupdate_requests(serv
 
     peak = asyncio.run(asyncio.wait_for(main(), 120))
     assert peak <= bound, f"{peak} bytes buffered for a peer that reads nothing"
+
+
+# -- M-T4 / H-T3: the quadratic stream buffer: see tests/tls/test_received.py (count-based, on
+# the rewritten buffer; the reviewer's versions patched the first version's internals) --------
+
+
+# -- M-T5: blocking client: recv(timeout=...) never returns against a server that never reads ----
+
+_KEYUPDATE_SERVER = r"""
+import ctypes, select, socket, sys
+ssl = ctypes.CDLL("libssl.so.3")
+ssl.TLS_server_method.restype = ctypes.c_void_p
+ssl.SSL_CTX_new.restype = ctypes.c_void_p; ssl.SSL_CTX_new.argtypes = [ctypes.c_void_p]
+ssl.SSL_CTX_use_certificate_chain_file.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+ssl.SSL_CTX_use_PrivateKey_file.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
+ssl.SSL_new.restype = ctypes.c_void_p; ssl.SSL_new.argtypes = [ctypes.c_void_p]
+ssl.SSL_set_fd.argtypes = [ctypes.c_void_p, ctypes.c_int]
+ssl.SSL_accept.argtypes = [ctypes.c_void_p]
+ssl.SSL_key_update.argtypes = [ctypes.c_void_p, ctypes.c_int]
+ssl.SSL_do_handshake.argtypes = [ctypes.c_void_p]
+cert, key, count = sys.argv[1].encode(), sys.argv[2].encode(), int(sys.argv[3])
+ctx = ssl.SSL_CTX_new(ssl.TLS_server_method())
+assert ssl.SSL_CTX_use_certificate_chain_file(ctx, cert) == 1
+assert ssl.SSL_CTX_use_PrivateKey_file(ctx, key, 1) == 1
+lst = socket.socket(); lst.bind(("127.0.0.1", 0)); lst.listen(1)
+print(lst.getsockname()[1], flush=True)
+conn, _ = lst.accept()
+conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+h = ssl.SSL_new(ctx); ssl.SSL_set_fd(h, conn.fileno())
+assert ssl.SSL_accept(h) == 1
+conn.setblocking(False)
+sent = 0
+while sent < count:
+    if ssl.SSL_key_update(h, 1) != 1:
+        break
+    while ssl.SSL_do_handshake(h) != 1:
+        if not select.select([], [conn], [], 3.0)[1]:
+            print("stopped: the client stopped reading at", sent, flush=True)
+            select.select([], [], [], 30)
+            sys.exit(0)
+    sent += 1
+print("sent", sent, flush=True)
+select.select([], [], [], 30)
+"""
+
+
+def test_sync_client_recv_timeout_holds_against_a_server_that_never_reads(pki, client_config):
+    """The hostile server (system libssl via ctypes) sends TLS 1.3 KeyUpdate requests and never
+    reads. The blocking client's recv(timeout=3) reads them inside _pump(); OpenSSL answers each;
+    _flush_locked() writes the answers with sendall() and no deadline, under the channel lock:
+    once the kernel buffers are full it blocks for good, so recv never returns (still blocked
+    after 40 s in tls_probe11.py). The server's handler threads have the idle sweep; a client
+    has nothing. recv must return (DTLSTimeoutError, or the connection's end) in bounded time."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            _KEYUPDATE_SERVER,
+            str(pki.server_cert),
+            str(pki.server_key),
+            "400000",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        port = int(proc.stdout.readline())
+        channel = tls.connect("127.0.0.1", port, config=client_config, timeout=5)
+        outcome: list[object] = []
+
+        def reader() -> None:
+            try:
+                channel.recv(timeout=3)
+                outcome.append("data")
+            except dtlskit.DTLSError as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=reader, daemon=True)
+        thread.start()
+        thread.join(30)  # a bound on the wait (3 s asked), not a timing assertion
+        assert not thread.is_alive(), "recv(timeout=3) still blocked after 30 s"
+        assert outcome and isinstance(outcome[0], dtlskit.DTLSError), outcome
+        channel.close()
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+# -- L-T2: blocking server: a thread that cannot start kills the accept thread ---------------------
+
+
+def test_sync_server_survives_a_client_thread_that_cannot_start(
+    server_config, client_config, monkeypatch
+):
+    """Server._accept_from() calls thread.start() unguarded: when the OS refuses a thread
+    (RuntimeError "can't start new thread": a container's pids.max, RLIMIT_NPROC, memory for
+    stacks; a server admits up to max_sessions = 10,000 threads by default) the exception ends
+    the accept thread, and the server never accepts again while it still looks up
+    (is_serving()). The refusal is simulated here for one connection (the OS's answer, not a
+    socket's or OpenSSL's). Expected: that connection is refused and counted, later ones
+    served."""
+    real_start = threading.Thread.start
+    refused = []
+
+    def start(self):
+        if self.name.startswith("dtlskit-tls ") and not refused:
+            refused.append(self.name)
+            raise RuntimeError("can't start new thread")
+        return real_start(self)
+
+    def handler(channel: tls.Channel) -> None:
+        for data in channel:
+            channel.send(data)
+
+    with tls.serve(handler, "127.0.0.1", 0, config=server_config) as server:
+        monkeypatch.setattr(threading.Thread, "start", start)
+        victim = socket.create_connection(("127.0.0.1", server.port), timeout=WAIT)
+        for _ in range(500):
+            if refused:
+                break
+            time.sleep(0.01)
+        assert refused
+        with tls.connect("127.0.0.1", server.port, config=client_config, timeout=5) as good:
+            good.send(b"still accepting")
+            assert good.recv(timeout=WAIT) == b"still accepting"
+        victim.close()

@@ -155,7 +155,7 @@ class Channel:
 
     # -- the wake-up step -------------------------------------------------------------------------
 
-    def _flush_locked(self) -> None:
+    def _flush_locked(self, deadline: float | None = None) -> None:
         """Drain the engine's events into the channel, then write its output: the channel's
         state (and a server's bookkeeping of its end) is final before the peer can see
         anything (a close_notify, an alert)."""
@@ -175,10 +175,18 @@ class Channel:
             self.on_end(self)
         if data and not self._closed_socket():
             try:
-                self._sock.sendall(data)
+                self._send_within(data, deadline)
             except OSError as exc:
                 where = format_address(self._peer)
-                engine.abort(ConnectionLost(f"the TCP connection to {where} failed: {exc}"))
+                if isinstance(exc, TimeoutError):
+                    error = ConnectionLost(
+                        f"{where} reads nothing of what this side must send (answers OpenSSL "
+                        "wrote while reading: key updates, alerts); a write blocked past the "
+                        "deadline, and a partly written record cannot be taken back"
+                    )
+                else:
+                    error = ConnectionLost(f"the TCP connection to {where} failed: {exc}")
+                engine.abort(error)
                 while engine.next_event() is not None:
                     pass
                 self._received.error = self._received.error or engine.error
@@ -205,6 +213,22 @@ class Channel:
             )
             return
         self._charged = size
+
+    def _send_within(self, data: bytes, deadline: float | None) -> None:
+        """``sendall`` bounded by ``deadline`` (else by the engine's next deadline, the idle
+        one, when there is one): a reader's wait must not become an unbounded write to a peer
+        that reads nothing. Raises TimeoutError past it."""
+        if deadline is None:
+            deadline = self._engine.get_timer()
+        if deadline is None:
+            self._sock.sendall(data)
+            return
+        self._sock.settimeout(max(deadline - time.monotonic(), 0.001))
+        try:
+            self._sock.sendall(data)
+        finally:
+            if not self._closed_socket():
+                self._sock.settimeout(None)
 
     def _closed_socket(self) -> bool:
         return self._sock.fileno() < 0
@@ -246,7 +270,7 @@ class Channel:
                         self._charge_locked()
                 else:
                     engine.receive_eof(now)
-                self._flush_locked()
+                self._flush_locked(deadline)
             return
         if timer is not None and now >= timer:
             with self._lock:
@@ -692,7 +716,19 @@ class Server:
             thread.daemon = True
             with self._lock:
                 self._threads.add(thread)
-            thread.start()
+            try:
+                thread.start()
+            except RuntimeError as exc:  # the OS refused a thread (pids.max, RLIMIT_NPROC, ...)
+                logger.warning("refusing %s: cannot start a thread for it (%s)", peer, exc)
+                with self._lock:
+                    self._threads.discard(thread)
+                    self._stats.count("threads")
+                channel.on_end = None
+                with self._lock:
+                    if channel in self._channels:
+                        self._channels.discard(channel)
+                        self._gate.release(peer)
+                channel._close_socket()
 
     def _ended(self, channel: Channel) -> None:
         with self._lock:

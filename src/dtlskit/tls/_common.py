@@ -175,14 +175,23 @@ class SharedBudget(ByteBudget):
 
 class Received:
     """What arrived and waits for the application: a byte stream, or whole messages when
-    framed. Both flavours wait on it their own way; the taking is here. Chunks are kept as
-    they came (no copy); they are joined only when a read needs bytes across them."""
+    framed. Both flavours wait on it their own way; the taking is here.
 
-    __slots__ = ("_chunks", "_framed", "_size", "error")
+    Framed messages wait in a deque. The stream waits in one ``bytearray`` that arrivals
+    extend and reads consume from a start offset (compacted once half is consumed), and
+    ``take_until`` remembers how far it searched: every byte is copied and searched a bounded
+    number of times whatever the sizes of arrivals and reads (no quadratic cost a peer could
+    provoke). A lone arrival taken whole by ``take`` is handed over without any copy."""
+
+    __slots__ = ("_buf", "_chunks", "_framed", "_scan", "_single", "_size", "_start", "error")
 
     def __init__(self, framed: bool) -> None:
         self._framed = framed
-        self._chunks: collections.deque[bytes] = collections.deque()
+        self._chunks: collections.deque[bytes] = collections.deque()  # framed messages
+        self._single: bytes | None = None  # stream: the only data waiting, not copied yet
+        self._buf = bytearray()  # stream: data waiting from _start on
+        self._start = 0
+        self._scan = 0  # stream: take_until has searched _buf up to here
         self._size = 0
         self.error: DTLSError | None = None
         """Set when the connection ended: raised once what arrived before it is taken."""
@@ -190,8 +199,10 @@ class Received:
     @property
     def size(self) -> int:
         """What waits, as charged against the limits: its bytes plus :data:`ITEM_OVERHEAD`
-        per chunk or message (so that empty framed messages are not free)."""
-        return self._size + ITEM_OVERHEAD * len(self._chunks)
+        per framed message (so that empty framed messages are not free) or for the stream."""
+        if self._framed:
+            return self._size + ITEM_OVERHEAD * len(self._chunks)
+        return self._size + ITEM_OVERHEAD if self._size else 0
 
     @property
     def nbytes(self) -> int:
@@ -204,70 +215,92 @@ class Received:
 
     def put(self, data: bytes) -> None:
         """Data from the engine."""
-        self._chunks.append(data)
+        if not data and not self._framed:
+            return
         self._size += len(data)
+        if self._framed:
+            self._chunks.append(data)
+        elif self._size == len(data):
+            self._single = data  # nothing else waits: keep it as it is
+        else:
+            self._gather()
+            self._buf += data
 
     def ready(self) -> bool:
         """Whether :meth:`take` returns at once (data, or the end)."""
-        return bool(self._chunks) or self.error is not None
+        if self._framed:
+            return bool(self._chunks) or self.error is not None
+        return self._size > 0 or self.error is not None
+
+    def _gather(self) -> None:
+        """Stream: move a lone arrival into the buffer (before a second one or a partial
+        read)."""
+        if self._single is not None:
+            self._buf += self._single
+            self._single = None
+
+    def _consume(self, end: int) -> bytes:
+        """Stream: the bytes from the start to ``end`` (an index into the buffer), removed."""
+        data = bytes(self._buf[self._start : end])
+        self._start = end
+        self._size -= len(data)
+        if self._start == len(self._buf):
+            self._buf = bytearray()
+            self._start = 0
+        elif self._start > len(self._buf) // 2:
+            del self._buf[: self._start]  # compact: each byte moves at most once more
+            self._start = 0
+        self._scan = self._start
+        return data
 
     def take(self) -> bytes:
         """Everything that arrived (stream) or the next message (framed); raises the end."""
-        chunks = self._chunks
-        if chunks:
-            if self._framed or len(chunks) == 1:
-                data = chunks.popleft()
-            else:
-                data = b"".join(chunks)
-                chunks.clear()
-            self._size -= len(data)
-            return data
+        if self._framed:
+            if self._chunks:
+                data = self._chunks.popleft()
+                self._size -= len(data)
+                return data
+        elif self._size:
+            single = self._single
+            if single is not None:
+                self._single = None
+                self._size = 0
+                return single
+            return self._consume(len(self._buf))
         raise fresh(self.error)
 
     def take_into(self, view: memoryview, offset: int, length: int) -> int | None:
         """``recv_into``: stream: copy up to ``length`` bytes of what arrived (at least one);
         framed: the next message, which must fit (else :class:`BufferTooSmall`, and it stays
         queued). None to wait; raises the end."""
-        chunks = self._chunks
-        if not chunks:
-            if self.error is not None:
-                raise fresh(self.error)
+        if not self.ready():
             return None
         if self._framed:
-            message = chunks[0]
+            if not self._chunks:
+                raise fresh(self.error)
+            message = self._chunks[0]
             if len(message) > length:
                 raise BufferTooSmall(len(message), length)
-            chunks.popleft()
+            self._chunks.popleft()
             self._size -= len(message)
             view[offset : offset + len(message)] = message
             return len(message)
-        data = self._cut(min(length, self._size))
+        if not self._size:
+            raise fresh(self.error)
+        self._gather()
+        data = self._consume(self._start + min(length, self._size))
         view[offset : offset + len(data)] = data
         return len(data)
-
-    def _stream_bytes(self) -> bytes:
-        """The stream waiting, as one chunk (joined once, kept joined)."""
-        chunks = self._chunks
-        if len(chunks) > 1:
-            joined = b"".join(chunks)
-            chunks.clear()
-            chunks.append(joined)
-        return chunks[0] if chunks else b""
-
-    def _cut(self, end: int) -> bytes:
-        data = self._stream_bytes()
-        self._chunks.clear()
-        if end < len(data):
-            self._chunks.append(data[end:])
-        self._size -= end
-        return data[:end]
 
     def take_exactly(self, n: int) -> bytes | None:
         """``n`` bytes if that many arrived; None to wait; raises when the stream ended
         short (``ConnectionLost`` naming how many bytes came)."""
         self._stream_only("read_exactly")
         if self._size >= n:
-            return self._cut(n)
+            if n == self._size and self._single is not None:
+                return self.take()
+            self._gather()
+            return self._consume(self._start + n)
         if self.error is not None:
             raise _short(self.error, f"{self._size} of the {n} bytes asked for arrived")
         return None
@@ -277,13 +310,18 @@ class Received:
         :class:`~dtlskit.exceptions.InvalidMessage` when ``limit`` bytes came without it (they
         stay buffered), the end when it ends first."""
         self._stream_only("read_until")
-        data = self._stream_bytes()
-        index = data.find(separator)
-        if index >= 0 and index + len(separator) <= limit:
-            return self._cut(index + len(separator))
-        if index >= 0 or len(data) >= limit:
+        self._gather()
+        buf = self._buf
+        end_of_window = min(len(buf), self._start + limit)
+        index = buf.find(separator, max(self._scan, self._start), end_of_window)
+        if index >= 0:
+            return self._consume(index + len(separator))
+        # Not within the first `limit` bytes; resume the next search where this one stopped.
+        self._scan = max(self._start, end_of_window - len(separator) + 1)
+        if self._size >= limit:
             raise InvalidMessage(
-                f"no {separator!r} within the first {limit} bytes (the limit): they stay buffered"
+                f"no {separator!r} within the first {limit} bytes (the limit): they stay "
+                "buffered"
             )
         if self.error is not None:
             raise _short(self.error, f"the stream ended before {separator!r}")
@@ -298,7 +336,9 @@ class Received:
         if self.error is None:
             return None
         if isinstance(self.error, ConnectionClosedByPeer | ConnectionClosedLocally):
-            return self._cut(self._size)
+            if self._single is not None:
+                return self.take()
+            return self._consume(len(self._buf)) if self._size else b""
         raise fresh(self.error)
 
     def _stream_only(self, name: str) -> None:
