@@ -84,3 +84,13 @@ def test_stream_semantics_kept() -> None:
     with pytest.raises(_common.InvalidMessage):
         received.take_until(b"\n", 10)
     assert received.take_until(b"\n", 100) == b"x" * 20 + b"\n"
+
+
+def test_read_until_with_another_separator_after_a_failed_search() -> None:
+    """Review A, M-T7: the remembered search position belongs to one separator."""
+    received = _common.Received(False)
+    received.put(b"ab\ncd")
+    assert received.take_until(b"\r\n", 100) is None
+    assert received.take_until(b"\n", 100) == b"ab\n"
+    received.put(b"ef\r\n")
+    assert received.take_until(b"\n", 100) == b"cdef\r\n"

@@ -447,3 +447,27 @@ def test_sync_server_survives_a_client_thread_that_cannot_start(
             good.send(b"still accepting")
             assert good.recv(timeout=WAIT) == b"still accepting"
         victim.close()
+
+
+# -- M-T7: read_until with another separator after a failed search --------------------------------
+
+
+def test_sync_read_until_another_separator_after_a_timeout(server_config, client_config):
+    """The same over real sockets: read_until(b"\\r\\n", timeout=1) times out (the connection
+    stays usable, as documented), then read_until(b"\\n") must return b"ab\\n"."""
+
+    def handler(channel: tls.Channel) -> None:
+        channel.send(b"ab\ncd")
+        with contextlib.suppress(dtlskit.DTLSError):
+            channel.read_until_eof()  # until the client leaves
+
+    with (
+        tls.serve(handler, "127.0.0.1", 0, config=server_config) as server,
+        tls.connect("127.0.0.1", server.port, config=client_config) as channel,
+    ):
+        while channel.pending() < 5:  # both lines' bytes are here
+            with contextlib.suppress(dtlskit.DTLSTimeoutError):
+                channel.read_until(b"\r\n", timeout=0.2)
+        with pytest.raises(dtlskit.DTLSTimeoutError):
+            channel.read_until(b"\r\n", timeout=0.2)
+        assert channel.read_until(b"\n", timeout=3) == b"ab\n"

@@ -340,9 +340,7 @@ class TLSConnection(NegotiatedSession):
         self._begin(now)
         if self._clock_failure is not None:
             self._terminate(
-                HandshakeFailure(
-                    f"handshake with {self._peer_text} refused: {self._clock_failure}"
-                )
+                HandshakeFailure(f"handshake with {self._peer_text} refused: {self._clock_failure}")
             )
 
     def receive_data(self, data: bytes, now: float) -> None:

@@ -183,7 +183,17 @@ class Received:
     number of times whatever the sizes of arrivals and reads (no quadratic cost a peer could
     provoke). A lone arrival taken whole by ``take`` is handed over without any copy."""
 
-    __slots__ = ("_buf", "_chunks", "_framed", "_scan", "_single", "_size", "_start", "error")
+    __slots__ = (
+        "_buf",
+        "_chunks",
+        "_framed",
+        "_scan",
+        "_scan_for",
+        "_single",
+        "_size",
+        "_start",
+        "error",
+    )
 
     def __init__(self, framed: bool) -> None:
         self._framed = framed
@@ -191,7 +201,8 @@ class Received:
         self._single: bytes | None = None  # stream: the only data waiting, not copied yet
         self._buf = bytearray()  # stream: data waiting from _start on
         self._start = 0
-        self._scan = 0  # stream: take_until has searched _buf up to here
+        self._scan = 0  # stream: take_until has searched _buf up to here ...
+        self._scan_for = b""  # ... for this separator
         self._size = 0
         self.error: DTLSError | None = None
         """Set when the connection ended: raised once what arrived before it is taken."""
@@ -312,6 +323,9 @@ class Received:
         self._stream_only("read_until")
         self._gather()
         buf = self._buf
+        if separator != self._scan_for:  # another separator: search again from the start
+            self._scan_for = separator
+            self._scan = self._start
         end_of_window = min(len(buf), self._start + limit)
         index = buf.find(separator, max(self._scan, self._start), end_of_window)
         if index >= 0:
@@ -320,8 +334,7 @@ class Received:
         self._scan = max(self._start, end_of_window - len(separator) + 1)
         if self._size >= limit:
             raise InvalidMessage(
-                f"no {separator!r} within the first {limit} bytes (the limit): they stay "
-                "buffered"
+                f"no {separator!r} within the first {limit} bytes (the limit): they stay buffered"
             )
         if self.error is not None:
             raise _short(self.error, f"the stream ended before {separator!r}")
