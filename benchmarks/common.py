@@ -98,8 +98,8 @@ def udp_drops(addresses: Iterable[tuple[str, int]]) -> int:
 
     The kernel writes /proc/net/udp a page at a time and finds where it stopped by counting
     lines, so while other processes open and close sockets a line can be skipped. The file is
-    read twice, and again (up to five passes) while an address is missing; the counters only grow, so the largest
-    reading of each socket (by inode) is kept."""
+    read twice, and again (up to five passes) while an address is missing; the counters only
+    grow, so the largest reading of each socket (by inode) is kept."""
     wanted = {(_hex_ipv4(host), port) for host, port in addresses}
     found: set[tuple[str, int]] = set()
     drops: dict[str, int] = {}  # by socket inode: workers share one address (SO_REUSEPORT)
