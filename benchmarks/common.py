@@ -94,17 +94,29 @@ def cpu_seconds(pid: int) -> float:
 
 def udp_drops(addresses: Iterable[tuple[str, int]]) -> int:
     """Datagrams the kernel dropped on arrival (a full receive buffer) at the IPv4 UDP sockets
-    bound to ``addresses``, summed (the ``drops`` column of /proc/net/udp)."""
+    bound to ``addresses``, summed (the ``drops`` column of /proc/net/udp).
+
+    The kernel writes /proc/net/udp a page at a time and finds where it stopped by counting
+    lines, so while other processes open and close sockets a line can be skipped. The file is
+    read twice, and again (up to five passes) while an address is missing; the counters only
+    grow, so the largest reading of each socket (by inode) is kept."""
     wanted = {(_hex_ipv4(host), port) for host, port in addresses}
-    total = 0
-    with open("/proc/net/udp") as handle:
-        next(handle)  # the header
-        for line in handle:
-            fields = line.split()
-            host, _, port = fields[1].partition(":")
-            if (host, int(port, 16)) in wanted:
-                total += int(fields[-1])
-    return total
+    found: set[tuple[str, int]] = set()
+    drops: dict[str, int] = {}  # by socket inode: workers share one address (SO_REUSEPORT)
+    for attempt in range(5):
+        with open("/proc/net/udp") as handle:
+            next(handle)  # the header
+            for line in handle:
+                fields = line.split()
+                host, _, port = fields[1].partition(":")
+                key = (host, int(port, 16))
+                if key in wanted:
+                    found.add(key)
+                    inode = fields[9]
+                    drops[inode] = max(drops.get(inode, 0), int(fields[-1]))
+        if found == wanted and attempt >= 1:  # two passes at least: workers share an address
+            break
+    return sum(drops.values())
 
 
 def _hex_ipv4(host: str) -> str:

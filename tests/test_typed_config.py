@@ -53,7 +53,8 @@ BAD = {
 def _mypy(tmp_path: Path, source: str) -> subprocess.CompletedProcess[str]:
     user = tmp_path / "user.py"
     user.write_text(source)
-    env = dict(os.environ, MYPYPATH=str(PACKAGE_PARENT))
+    # No MYPYPATH: mypy must find the installed package itself (README's editable install).
+    env = {k: v for k, v in os.environ.items() if k != "MYPYPATH"}
     return subprocess.run(
         [
             sys.executable,

@@ -739,15 +739,16 @@ class DTLSConfiguration:
             digest = self.__dict__.setdefault("_trust_digest", trust.digest())
         return hashlib.sha256(digest + (server_name or "").encode()).digest()
 
-    def context(self, server: bool) -> SSL.Context:
+    def context(self, server: bool, *, tls: bool = False) -> SSL.Context:
         """The OpenSSL context for this role, built on first use and then shared by every
-        connection made from this configuration; see :func:`dtlskit.core.context.context`."""
-        return _context.context(self, server)
+        connection made from this configuration; see :func:`dtlskit.core.context.context`.
+        ``tls=True``: the TLS-over-TCP context."""
+        return _context.context(self, server, tls=tls)
 
-    def build_context(self, server: bool) -> SSL.Context:
-        """A fresh OpenSSL DTLS context for this role; see
+    def build_context(self, server: bool, *, tls: bool = False) -> SSL.Context:
+        """A fresh OpenSSL DTLS context for this role (``tls=True``: TLS 1.2/1.3 for TCP); see
         :func:`dtlskit.core.context.build_context`. Raises :class:`ConfigurationError`."""
-        return _context.build_context(self, server)
+        return _context.build_context(self, server, tls=tls)
 
 
 def _check_psk(psk: object) -> None:

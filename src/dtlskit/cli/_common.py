@@ -221,9 +221,11 @@ def reject_tls_flags(args: argparse.Namespace, names: Iterable[str]) -> None:
 def add_transport_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--transport",
-        choices=("dtls", "udp"),
+        choices=("dtls", "udp", "tls", "tcp"),
         default="dtls",
-        help="dtls (default), or plain udp: the same echo without any security, for comparison",
+        help="dtls (default), or plain udp: the same echo without any security, for comparison; "
+        "tls: TLS 1.2/1.3 over TCP with the same flags (the client is interactive like "
+        "openssl s_client), or plain tcp",
     )
 
 

@@ -44,6 +44,11 @@ def _cmd_client(args: argparse.Namespace) -> int:
         raise UsageError("--count must be at least 1")
     if any(not message for message in args.message or ()):
         raise UsageError("--message must not be empty (DTLS sends no empty records)")
+    if args.transport in ("tls", "tcp"):  # TLS over TCP (issue 10): cli/tls.py
+        from .tls import run_client
+
+        given = _client_messages(args.message, args.count, sys.stdin) if args.message else None
+        return run_client(args, given or iter(()))
     messages = _client_messages(args.message, args.count, sys.stdin)
     if args.transport == "udp":
         reject_tls_flags(

@@ -35,6 +35,10 @@ from ._common import (
 
 
 def _cmd_server(args: argparse.Namespace) -> int:
+    if args.transport in ("tls", "tcp"):  # TLS over TCP (issue 10): cli/tls.py
+        from .tls import run_server
+
+        return run_server(args)
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
     if args.workers > 1 and args.port == 0:
