@@ -26,9 +26,15 @@ except ImportError as exc:  # pragma: no cover - the extra is not installed
         "dtlskit.quic needs aioquic: pip install 'dtlskit[quic]'"
     ) from exc
 
-from ._asyncio import QuicChannel, QuicServer, QuicStream, connect, serve
-from ._config import REFUSED
-from ._engine import QuicStatistics, StreamError
+import logging
+
+# aioquic logs each connection error on its "quic" logger; we raise it as one of our exceptions
+# instead, so without the application's own logging set-up it should not also reach stderr.
+logging.getLogger("quic").addHandler(logging.NullHandler())
+
+from ._asyncio import QuicChannel, QuicServer, QuicStream, connect, serve  # noqa: E402
+from ._config import REFUSED  # noqa: E402
+from ._engine import QuicStatistics, StreamError  # noqa: E402
 
 __all__ = [
     "REFUSED",

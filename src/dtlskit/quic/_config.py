@@ -184,7 +184,9 @@ def quic_configuration(
     if max_stream_bytes is None:
         max_stream_bytes = config.limits.max_queued_bytes
     if not isinstance(max_stream_bytes, int) or max_stream_bytes < 1:
-        raise ConfigurationError(f"max_stream_bytes must be a positive int, not {max_stream_bytes!r}")
+        raise ConfigurationError(
+            f"max_stream_bytes must be a positive int, not {max_stream_bytes!r}"
+        )
     if server:
         idle = config.idle_timeout or config.limits.idle_timeout or 300.0
     else:

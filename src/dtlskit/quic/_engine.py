@@ -208,7 +208,8 @@ class QuicSession:
             role = "client" if self.server else "server"
             self._end(
                 HandshakeTimeout(
-                    f"QUIC handshake did not complete within {self.settings.handshake_timeout:g} s: "
+                    "QUIC handshake did not complete within "
+                    f"{self.settings.handshake_timeout:g} s: "
                     f"the {role} did not answer (is anything listening there, on QUIC?)"
                 )
             )
@@ -522,7 +523,9 @@ class QuicSession:
         self._release(state)
         self._incoming.pop(stream_id, None)
         self._messages.pop(stream_id, None)
-        state.error = StreamError(f"stream {stream_id} refused: {words}", error_code=_STREAM_REFUSED)
+        state.error = StreamError(
+            f"stream {stream_id} refused: {words}", error_code=_STREAM_REFUSED
+        )
         self._abort(stream_id, _STREAM_REFUSED, state)
         if not state.claimed:
             state.data = bytearray()
