@@ -119,7 +119,17 @@ class QuicStatistics:
 
 
 class _Stream:
-    __slots__ = ("claimed", "data", "ended", "error", "local", "message", "size", "write_ended")
+    __slots__ = (
+        "claimed",
+        "data",
+        "ended",
+        "error",
+        "local",
+        "message",
+        "peer_done",
+        "size",
+        "write_ended",
+    )
 
     def __init__(self, local: bool, claimed: bool, message: bool) -> None:
         self.local = local
@@ -129,6 +139,7 @@ class _Stream:
         self.size = 0
         self.ended = False
         self.write_ended = False
+        self.peer_done = False  # FIN or RESET_STREAM received: no more bytes will come
         self.error: StreamError | None = None
 
 
@@ -306,7 +317,8 @@ class QuicSession:
         if state is None:
             return b"", True
         if state.error is not None:
-            self._streams.pop(stream_id, None)
+            if state.peer_done:
+                self._streams.pop(stream_id, None)
             raise state.error
         if state.data or state.ended:
             data = bytes(state.data)
@@ -450,8 +462,12 @@ class QuicSession:
                 self._refuse(stream_id, state, "too_many_streams", "too many streams wait")
                 return
             self._incoming[stream_id] = None
-        if state.error is not None:
-            return  # refused or reset: its bytes are not kept
+        if state.error is not None:  # refused or reset: its bytes are not kept
+            if end:
+                state.peer_done = True
+                if not state.claimed:
+                    self._streams.pop(stream_id, None)
+            return
         if state.size + len(data) > self.settings.max_stream_bytes:
             self._refuse(
                 stream_id,
@@ -507,11 +523,13 @@ class QuicSession:
         if state is None:
             return
         self._release(state)
+        state.peer_done = True
         if not state.claimed:
             self._streams.pop(stream_id, None)
             self._incoming.pop(stream_id, None)
             self._messages.pop(stream_id, None)
-            self.stats.drops["stream_reset_by_peer"] += 1
+            if state.error is None:
+                self.stats.drops["stream_reset_by_peer"] += 1
             return
         if state.error is None:
             state.error = StreamError(

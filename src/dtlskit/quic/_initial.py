@@ -13,6 +13,7 @@ read, never raises.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 __all__ = ["MAX_KEPT_BYTES", "MAX_KEPT_DATAGRAMS", "offered_alpn_untrusted"]
@@ -28,7 +29,8 @@ def offered_alpn_untrusted(datagrams: Sequence[bytes], cid_length: int = 8) -> l
     try:
         chunks: dict[int, bytes] = {}
         for datagram in datagrams:
-            _crypto_frames(datagram, cid_length, chunks)
+            with contextlib.suppress(Exception):  # what follows a bad packet is not read
+                _crypto_frames(datagram, cid_length, chunks)
         stream = b""
         while len(stream) in chunks:
             piece = chunks.pop(len(stream))
