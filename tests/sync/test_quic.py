@@ -10,7 +10,6 @@ import pytest
 import dtlskit
 from dtlskit.quic import StreamError
 from dtlskit.sync import quic
-from tests.quic.conftest import quic_client_config, quic_server_config  # noqa: F401
 
 
 def echo_messages(channel: quic.QuicChannel) -> None:
