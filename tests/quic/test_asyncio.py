@@ -152,7 +152,7 @@ def test_handshake_timeout_against_a_silent_peer(quic_client_config):
     config = quic_client_config.replace(handshake_timeout=0.5)
 
     async def main() -> None:
-        with pytest.raises(dtlskit.HandshakeTimeout, match="did not complete within 0.5 s"):
+        with pytest.raises(dtlskit.HandshakeTimeout, match=r"did not complete within 0\.5 s"):
             await quic.connect("127.0.0.1", port, config=config)
 
     try:
