@@ -20,6 +20,9 @@ EXPECTED = {
     "nonblocking.py": "done: 3 messages echoed in",
     "session_resumption.py": "done: the second connection resumed the saved session",
     "edgeros_style.py": "done: 2 clients accepted, 4 messages echoed",
+    # QUIC, seed 002 (issue 11)
+    "quic_echo_server.py": "done: seed 002's echo served over QUIC",
+    "quic_echo_client.py": "done: one message echoed on one QUIC stream",
 }
 
 #: More lines some examples must print, checked in order of appearance.
@@ -38,6 +41,13 @@ ALSO_EXPECTED = {
         "dtlskit client (run 2): ['session reused: yes']",
     ],
     "edgeros_style.py": ["server: new client", "closed the session"],
+    "quic_echo_server.py": [
+        "Accepted new connection (http/1.0)",
+        "echoed 21 bytes on stream 0",
+        "client said: connected (http/1.0); sending b'hello from the client'",
+        "echo: 'hello from the client'",
+    ],
+    "quic_echo_client.py": ["echo: 'hello, seed 002'", "echoed 15 bytes on stream 0"],
 }
 
 

@@ -32,6 +32,7 @@ import logging
 # instead, so without the application's own logging set-up it should not also reach stderr.
 logging.getLogger("quic").addHandler(logging.NullHandler())
 
+from . import sansio  # noqa: E402
 from ._asyncio import QuicChannel, QuicServer, QuicStream, connect, serve  # noqa: E402
 from ._config import REFUSED  # noqa: E402
 from ._engine import QuicStatistics, StreamError  # noqa: E402
@@ -44,5 +45,6 @@ __all__ = [
     "QuicStream",
     "StreamError",
     "connect",
+    "sansio",
     "serve",
 ]
