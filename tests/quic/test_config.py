@@ -94,7 +94,7 @@ def test_server_without_certificate_is_refused():
 def test_loading_errors_name_the_file(pki, tmp_path):
     missing = tmp_path / "missing.pem"
     config = dtlskit.DTLSConfiguration.server(missing, alpn_protocols=ALPN)
-    with pytest.raises(dtlskit.ConfigurationError, match="missing.pem"):
+    with pytest.raises(dtlskit.ConfigurationError, match=r"missing\.pem"):
         quic_configuration(config, server=True)
     mismatched = dtlskit.DTLSConfiguration.server(
         pki.server_cert, pki.client_key, alpn_protocols=ALPN
