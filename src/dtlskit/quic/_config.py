@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._secrets import open_private_append, security_warning
-from ..config import DTLSConfiguration, Limits, _check_readable, _load_private_key
+from ..config import DTLSConfiguration, Limits
+from ..core.context import _check_readable, _load_private_key
 from ..exceptions import ConfigurationError
 
 __all__ = ["REFUSED", "QuicSettings", "quic_configuration"]
