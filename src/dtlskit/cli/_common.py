@@ -157,12 +157,16 @@ def reject_tls_flags(args: argparse.Namespace, names: Iterable[str]) -> None:
 
 
 def add_transport_flags(parser: argparse.ArgumentParser) -> None:
+    from . import quic  # its own module (issue 11): --alpn
+
     parser.add_argument(
         "--transport",
-        choices=("dtls", "udp"),
+        choices=("dtls", "udp", "quic"),
         default="dtls",
-        help="dtls (default), or plain udp: the same echo without any security, for comparison",
+        help="dtls (default); plain udp: the same echo without any security, for comparison; "
+        "or quic: one stream per message, echoed on the same stream (needs aioquic)",
     )
+    quic.add_flags(parser)
 
 
 def psk_table(values: list[str] | None) -> dict[str, bytes]:

@@ -18,6 +18,7 @@ from ..core.session import Session
 from ..exceptions import (
     DTLSError,
 )
+from . import quic as quic_cli
 from ._common import (
     DEFAULT_TIMEOUT,
     UsageError,
@@ -41,6 +42,9 @@ def _cmd_client(args: argparse.Namespace) -> int:
     if any(not message for message in args.message or ()):
         raise UsageError("--message must not be empty (DTLS sends no empty records)")
     messages = _client_messages(args.message, args.count, sys.stdin)
+    quic_cli.check_flags(args)
+    if args.transport == "quic":
+        return quic_cli.client(args, messages)
     if args.transport == "udp":
         reject_tls_flags(
             args, ("ca", "cert", "key", "server_name", "no_verify", "mtu", "psk", "session_file")
