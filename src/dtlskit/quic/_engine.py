@@ -180,6 +180,10 @@ class QuicSession:
         self._kept: list[bytes] | None = [] if keep_handshake else None
         self._kept_bytes = 0
         self.peer_address: Any = None
+        self.on_event: Callable[[Any], bool] | None = None
+        """For an application protocol layered on the connection itself (aioquic's HTTP/3,
+        say): called with each raw aioquic event first; return True to consume it (our
+        streams-as-messages then never see it)."""
 
     # -- inputs -----------------------------------------------------------------------------
 
@@ -405,7 +409,10 @@ class QuicSession:
         from aioquic.quic import events
 
         quic = self.quic
+        hook = self.on_event
         while (event := quic.next_event()) is not None:
+            if hook is not None and hook(event):
+                continue
             if isinstance(event, events.StreamDataReceived):
                 self._on_stream_data(event.stream_id, event.data, event.end_stream)
             elif isinstance(event, events.DatagramFrameReceived):
