@@ -103,7 +103,9 @@ async def dtlskit_phases(pki: PKIFiles, seconds: float) -> dict[str, float]:
 
 
 async def aioquic_phases(pki: PKIFiles, seconds: float) -> dict[str, float]:
-    from aioquic.asyncio import QuicConnectionProtocol, connect, serve
+    from aioquic.asyncio.client import connect
+    from aioquic.asyncio.protocol import QuicConnectionProtocol
+    from aioquic.asyncio.server import serve
     from aioquic.quic.configuration import QuicConfiguration
     from aioquic.quic.events import QuicEvent, StreamDataReceived
 
@@ -151,7 +153,8 @@ async def aioquic_phases(pki: PKIFiles, seconds: float) -> dict[str, float]:
     client_config.load_verify_locations(cafile=str(pki.ca_cert))
     server = await serve("127.0.0.1", 0, configuration=server_config, create_protocol=Echo)
     try:
-        port = server._transport.get_extra_info("sockname")[1]
+        transport: Any = server._transport
+        port = transport.get_extra_info("sockname")[1]
         async with connect(
             "127.0.0.1", port, configuration=client_config, create_protocol=Client,
             wait_connected=True,

@@ -136,7 +136,7 @@ class QuicStream:
         while not self._ended:
             got = session.read_stream(self.stream_id)
             if got is None:
-                await channel._wait()
+                await channel._wait(self.stream_id)
                 continue
             data, ended = got
             self._received += data
@@ -178,6 +178,7 @@ class QuicChannel:
         self._peer = peer
         self._sock = sock
         self._waiters: list[asyncio.Future[None]] = []
+        self._readers: dict[int, asyncio.Future[None]] = {}
         self._receiving = False
         self._transport_owner = False
         endpoint.channels[session] = self
@@ -185,19 +186,39 @@ class QuicChannel:
     # -- plumbing -------------------------------------------------------------------------------
 
     def _wake(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        """Wake the tasks whose condition may have changed: every general waiter (recv,
+        accept, datagrams, handshake), and the readers of the streams that got something (all
+        of them once the connection has ended)."""
+        session = self._session
+        touched = session.touched
+        if self._waiters:
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+        readers = self._readers
+        if readers:
+            if session.error is not None or self._endpoint.error is not None:
+                chosen = list(readers)
+            else:
+                chosen = [stream_id for stream_id in touched if stream_id in readers]
+            for stream_id in chosen:
+                waiter = readers.pop(stream_id)
+                if not waiter.done():
+                    waiter.set_result(None)
+        touched.clear()
 
-    async def _wait(self) -> None:
+    async def _wait(self, stream_id: int | None = None) -> None:
         session = self._session
         if session.error is not None:
             raise session.error
         if self._endpoint.error is not None and not session.handshake_complete:
             raise self._endpoint.error
         waiter = self._endpoint.loop.create_future()
-        self._waiters.append(waiter)
+        if stream_id is None:
+            self._waiters.append(waiter)
+        else:
+            self._readers[stream_id] = waiter
         await waiter
 
     def _flush(self) -> None:

@@ -180,6 +180,9 @@ class QuicSession:
         self._kept: list[bytes] | None = [] if keep_handshake else None
         self._kept_bytes = 0
         self.peer_address: Any = None
+        self.touched: set[int] = set()
+        """Streams that received bytes, FIN or a reset since the front end last looked (it
+        wakes their readers, then clears this)."""
         self.on_event: Callable[[Any], bool] | None = None
         """For an application protocol layered on the connection itself (aioquic's HTTP/3,
         say): called with each raw aioquic event first; return True to consume it (our
@@ -427,6 +430,7 @@ class QuicSession:
             elif isinstance(event, events.StreamReset):
                 self._on_reset(event.stream_id, event.error_code, "reset (RESET_STREAM)")
             elif isinstance(event, events.StopSendingReceived):
+                self.touched.add(event.stream_id)
                 state = self._streams.get(event.stream_id)
                 if state is not None and not state.write_ended:
                     state.write_ended = True
@@ -455,6 +459,7 @@ class QuicSession:
                     )
 
     def _on_stream_data(self, stream_id: int, data: bytes, end: bool) -> None:
+        self.touched.add(stream_id)
         state = self._streams.get(stream_id)
         limits = self.settings.limits
         if state is None:
@@ -526,6 +531,7 @@ class QuicSession:
         self.stats.quic_datagrams_received += 1
 
     def _on_reset(self, stream_id: int, code: int, how: str) -> None:
+        self.touched.add(stream_id)
         state = self._streams.get(stream_id)
         if state is None:
             return

@@ -111,6 +111,7 @@ class _IOThread:
                 ):
                     self.wake()
         self.on_flushed(session)
+        session.touched.clear()  # every waiter is woken below: no need to know which
         self.cond.notify_all()
 
     def _socket_error(self, exc: OSError) -> None:
