@@ -9,8 +9,9 @@ server (each stream read to FIN, echoed on the same stream with FIN) and a clien
 certificates, ALPN (``hq-interop``) and verification are used for both stacks. Figures are
 **operations per CPU-second of the process** (``time.process_time``: user + system, both
 sides together), so that other work on the machine does not move them the way it moves wall
-time. Phases alternate between the two stacks, ``rounds`` times, and each stack keeps its best
-round: a round disturbed by a neighbour does not decide the ratio.
+time. Phases alternate between the two stacks, ``rounds`` times; figures are the medians of each
+round's figures: each ratio is the median of the rounds' own ratios, each pair measured a
+moment apart, so that a round disturbed by a neighbour does not decide it.
 
 * streams: one connection; batches of 16 concurrent requests (64-byte payload, one stream
   each), for ``seconds``;
@@ -26,6 +27,7 @@ import argparse
 import asyncio
 import os
 import ssl
+import statistics
 import sys
 import tempfile
 import time
@@ -188,24 +190,32 @@ async def aioquic_phases(pki: PKIFiles, seconds: float) -> dict[str, float]:
 # -- both, alternating -----------------------------------------------------------------------------
 
 
-def measure(pki: PKIFiles, seconds: float = 2.0, rounds: int = 3) -> dict[str, Any]:
-    """Alternate the two stacks ``rounds`` times; keep each one's best round; the ratios."""
-    best: dict[str, dict[str, float]] = {"dtlskit": {}, "aioquic": {}}
+def measure(pki: PKIFiles, seconds: float = 2.0, rounds: int = 5) -> dict[str, Any]:
+    """Run the two stacks one after the other, ``rounds`` times (alternating which goes
+    first); each figure is the median over the rounds, and each ratio the median of the
+    rounds' own ratios (a pair measured a moment apart shares the machine's load)."""
     phases = {"dtlskit": dtlskit_phases, "aioquic": aioquic_phases}
-    for _ in range(rounds):
-        for name, phase in phases.items():
-            figures = asyncio.run(asyncio.wait_for(phase(pki, seconds), 60 + 10 * seconds))
-            for key, value in figures.items():
-                best[name][key] = max(best[name].get(key, 0.0), value)
-    ratios = {
-        key: best["dtlskit"][key] / best["aioquic"][key] for key in best["dtlskit"]
-    }
+    runs: dict[str, list[dict[str, float]]] = {"dtlskit": [], "aioquic": []}
+    for index in range(rounds):
+        order = list(phases) if index % 2 == 0 else list(reversed(phases))
+        for name in order:
+            coroutine = phases[name](pki, seconds)
+            runs[name].append(asyncio.run(asyncio.wait_for(coroutine, 60 + 10 * seconds)))
+    keys = list(runs["dtlskit"][0])
     return {
-        "method": "operations per CPU-second (time.process_time, both sides in one process), "
-        f"best of {rounds} alternating rounds of {seconds:g} s",
-        "dtlskit": best["dtlskit"],
-        "aioquic": best["aioquic"],
-        "ratio": ratios,
+        "method": "operations per CPU-second (time.process_time, both sides in one process); "
+        f"median of {rounds} alternating rounds of {seconds:g} s; ratio = median of the "
+        "rounds' ratios",
+        "dtlskit": {k: statistics.median(r[k] for r in runs["dtlskit"]) for k in keys},
+        "aioquic": {k: statistics.median(r[k] for r in runs["aioquic"]) for k in keys},
+        "ratio": {
+            k: statistics.median(
+                ours[k] / theirs[k]
+                for ours, theirs in zip(runs["dtlskit"], runs["aioquic"], strict=True)
+            )
+            for k in keys
+        },
+        "rounds": runs,
         "target_ratio": 0.9,
     }
 
@@ -234,7 +244,7 @@ def table(figures: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=2.0)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="dtlskit-quic-bench-") as directory:
         figures = measure(create_pki(directory), args.seconds, args.rounds)

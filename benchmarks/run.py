@@ -471,7 +471,7 @@ def _measure_quic(
     document: dict[str, Any], settings: Settings, pki: PKIFiles, quick: bool
 ) -> None:
     """The QUIC rows (:mod:`.quic`): dtlskit.quic against aioquic used directly."""
-    rounds = 2 if quick else 3
+    rounds = 2 if quick else 5
     progress(f"QUIC: dtlskit.quic vs aioquic, {rounds} alternating rounds")
     try:
         document["quic"] = quic_bench.measure(pki, settings.seconds, rounds)

@@ -287,7 +287,9 @@ def test_quick_run_measured_quic_against_aioquic(quick: Any) -> None:
     for key in ("streams_per_cpu_second", "connections_per_cpu_second"):
         ours, theirs = figures["dtlskit"][key], figures["aioquic"][key]
         assert ours > 0 and theirs > 0
-        assert figures["ratio"][key] == pytest.approx(ours / theirs)
+        rounds = zip(figures["rounds"]["dtlskit"], figures["rounds"]["aioquic"], strict=True)
+        ratios = sorted(mine[key] / other[key] for mine, other in rounds)
+        assert ratios[0] <= figures["ratio"][key] <= ratios[-1]  # the median of the rounds
     assert "QUIC (seed 002 echo" in process.stdout
 
 

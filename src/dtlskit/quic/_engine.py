@@ -46,6 +46,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from aioquic.buffer import Buffer, BufferReadError  # type: ignore[attr-defined]
+from aioquic.quic import events
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.packet import QuicPacketType, encode_quic_version_negotiation, pull_quic_header
+
 from ..exceptions import (
     CertificateVerificationError,
     ConnectionClosed,
@@ -409,8 +414,6 @@ class QuicSession:
     # -- events -----------------------------------------------------------------------------
 
     def _process(self) -> None:
-        from aioquic.quic import events
-
         quic = self.quic
         hook = self.on_event
         while (event := quic.next_event()) is not None:
@@ -728,6 +731,7 @@ class QuicServerEngine:
         self.settings = settings
         self._by_cid: dict[bytes, QuicSession] = {}
         self._cids: dict[QuicSession, set[bytes]] = {}
+        self._half_open: set[QuicSession] = set()
         self.drops: collections.Counter[str] = collections.Counter()
         self.replies: list[tuple[bytes, Any]] = []
         self.new_sessions: list[QuicSession] = []
@@ -742,14 +746,6 @@ class QuicServerEngine:
     def receive_datagram(self, data: bytes, address: Any, now: float) -> QuicSession | None:
         """Route one datagram; returns the session it went to (call its
         ``datagrams_to_send``), or None when it was dropped or answered here (``replies``)."""
-        from aioquic.buffer import Buffer, BufferReadError  # type: ignore[attr-defined]
-        from aioquic.quic.connection import QuicConnection
-        from aioquic.quic.packet import (
-            QuicPacketType,
-            encode_quic_version_negotiation,
-            pull_quic_header,
-        )
-
         config = self.configuration
         try:
             header = pull_quic_header(
@@ -761,7 +757,10 @@ class QuicServerEngine:
         session = self._by_cid.get(header.destination_cid)
         if session is not None:
             session.receive_datagram(data, address, now)
-            self._update_cids(session)
+            if session.cid_events:
+                self._update_cids(session)
+            if session.handshake_complete and session in self._half_open:
+                self._half_open.discard(session)
             return session
         if header.version is None:
             self.drops["unknown_connection"] += 1
@@ -793,8 +792,7 @@ class QuicServerEngine:
         if len(self._cids) >= limits.max_sessions:
             self.drops["max_sessions"] += 1
             return None
-        half_open = sum(1 for s in self._cids if not s.handshake_complete)
-        if half_open >= limits.max_half_open:
+        if len(self._half_open) >= limits.max_half_open:
             self.drops["max_half_open"] += 1
             return None
         tickets = self._tickets
@@ -806,6 +804,7 @@ class QuicServerEngine:
         )
         session = QuicSession(connection, self.settings, server=True, now=now, keep_handshake=True)
         self._cids[session] = set()
+        self._half_open.add(session)
         self._register(session, header.destination_cid)
         self._register(session, connection.host_cid)
         self.new_sessions.append(session)
@@ -830,6 +829,7 @@ class QuicServerEngine:
 
     def forget(self, session: QuicSession) -> None:
         """Remove a finished session and all its connection IDs."""
+        self._half_open.discard(session)
         for cid in self._cids.pop(session, ()):
             if self._by_cid.get(cid) is session:
                 del self._by_cid[cid]
