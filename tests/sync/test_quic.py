@@ -128,3 +128,19 @@ def test_many_clients_at_once(quic_server_config, quic_client_config):
             thread.join(60)
     assert not errors
     assert sorted(results) == sorted(b"client %d" % i for i in range(8))
+
+
+def test_oversized_stream_is_refused_and_the_connection_goes_on(
+    quic_server_config, quic_client_config
+):
+    with quic.serve(
+        echo_streams, "127.0.0.1", 0, config=quic_server_config, max_stream_bytes=2048
+    ) as server:
+        port = server.addresses[0][1]
+        with quic.connect("127.0.0.1", port, config=quic_client_config, timeout=20) as channel:
+            with pytest.raises(StreamError):
+                channel.request(b"y" * 50_000, timeout=20)
+            assert channel.request(b"fits", timeout=20) == b"fits"
+            assert server.statistics().drops["stream_too_large"] == 1
+        with pytest.raises(dtlskit.ConnectionClosedLocally):
+            channel.send(b"after close")

@@ -430,8 +430,8 @@ def connect(
     stream (default ``config.limits.max_queued_bytes``); ``session`` is a ticket from an
     earlier channel's :attr:`QuicChannel.session` to resume. Errors: :class:`HandshakeTimeout`
     after ``config.handshake_timeout``, :class:`HandshakeFailure` (ALPN mismatch naming both
-    sides' protocols, an aborted handshake), :class:`CertificateVerificationError`,
-    :class:`ConnectionRefused`.
+    sides' protocols, an aborted handshake), :class:`CertificateVerificationError`;
+    :class:`ConfigurationError` for what QUIC cannot honour (``dtlskit.quic.REFUSED``).
     """
     return _Connect(
         _connect(host, port, config, datagrams, max_stream_bytes, session, local_address)
@@ -542,6 +542,7 @@ class _ServerEndpoint(_Endpoint):
         self.sock = sock
         self.tasks: set[asyncio.Task[None]] = set()
         self.started: set[QuicSession] = set()
+        self.failed: set[QuicSession] = set()
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         engine = self.engine
@@ -555,6 +556,12 @@ class _ServerEndpoint(_Endpoint):
             self.flush(session)
 
     def _session_changed(self, session: QuicSession) -> None:
+        if session.error is not None and session not in self.started:
+            if session not in self.failed:
+                self.failed.add(session)
+                self.engine.handshakes_failed += 1
+                logger.info("%r: QUIC handshake failed: %s", session.peer_address, session.error)
+            return
         if session.handshake_complete and session not in self.started and session.error is None:
             self.started.add(session)
             self.engine.handshakes_completed += 1
@@ -577,9 +584,7 @@ class _ServerEndpoint(_Endpoint):
 
     def _forget(self, session: QuicSession) -> None:
         super()._forget(session)
-        if session not in self.started and session.error is not None:
-            self.engine.handshakes_failed += 1
-            logger.info("%r: QUIC handshake failed: %s", session.peer_address, session.error)
+        self.failed.discard(session)
         self.engine.forget(session)
         self.started.discard(session)
         self.channels.pop(session, None)

@@ -508,6 +508,7 @@ class QuicServer:
         self._engine = engine
         self._handler = handler
         self._channels: dict[QuicSession, QuicChannel] = {}
+        self._failed: set[QuicSession] = set()
         self._threads: set[threading.Thread] = set()
         self._stopped = threading.Event()
         self._closed = False
@@ -540,10 +541,13 @@ class QuicServer:
             )
             self._threads.add(thread)
             thread.start()
+        failed = session.error is not None and session not in self._channels
+        if failed and session not in self._failed:
+            self._failed.add(session)
+            self._engine.handshakes_failed += 1
+            logger.info("%r: QUIC handshake failed: %s", session.peer_address, session.error)
         if session.finished:
-            if session not in self._channels:
-                self._engine.handshakes_failed += 1
-                logger.info("%r: QUIC handshake failed: %s", session.peer_address, session.error)
+            self._failed.discard(session)
             self._channels.pop(session, None)
             self._engine.forget(session)
 
