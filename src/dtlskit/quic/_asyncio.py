@@ -37,6 +37,7 @@ from ..exceptions import (
 )
 from ._config import quic_configuration
 from ._engine import QuicServerEngine, QuicSession, QuicStatistics
+from .sansio import client_session
 
 __all__ = ["QuicChannel", "QuicServer", "QuicStream", "connect", "serve"]
 
@@ -447,34 +448,27 @@ async def _connect(
     ticket: Any,
     local_address: tuple[str, int] | None,
 ) -> QuicChannel:
-    from aioquic.quic.connection import QuicConnection
-
     if not isinstance(config, DTLSConfiguration):
         raise InvalidArgument("config must be a dtlskit.DTLSConfiguration")
-    quic, settings = quic_configuration(
+    loop = asyncio.get_running_loop()
+    session = client_session(
         config,
-        server=False,
         server_name=host,
+        now=loop.time(),
         datagrams=datagrams,
         max_stream_bytes=max_stream_bytes,
-        session_ticket=ticket,
+        session=ticket,
     )
     family, address = await _resolve(host, port)
     bind = local_address or (("::", 0) if family == socket.AF_INET6 else ("0.0.0.0", 0))
-    sock = _udp_socket(family, bind, settings.recv_buffer_size)
-    loop = asyncio.get_running_loop()
-    transport, endpoint = await loop.create_datagram_endpoint(
-        lambda: _ClientEndpoint(loop), sock=sock
-    )
-    box: list[QuicSession] = []
-
-    def on_ticket(ticket: Any) -> None:  # keep the newest ticket the server issued
-        if box:
-            box[0].session_ticket = ticket
-
-    connection = QuicConnection(configuration=quic, session_ticket_handler=on_ticket)
-    session = QuicSession(connection, settings, server=False, now=loop.time())
-    box.append(session)
+    sock = _udp_socket(family, bind, session.settings.recv_buffer_size)
+    try:
+        transport, endpoint = await loop.create_datagram_endpoint(
+            lambda: _ClientEndpoint(loop), sock=sock
+        )
+    except BaseException:
+        sock.close()
+        raise
     endpoint.session = session
     channel = QuicChannel(endpoint, session, address, sock)
     channel._transport_owner = True

@@ -43,6 +43,7 @@ from ..exceptions import (
 )
 from ..quic._config import quic_configuration
 from ..quic._engine import QuicServerEngine, QuicSession, QuicStatistics, StreamError
+from ..quic.sansio import client_session
 
 __all__ = ["QuicChannel", "QuicServer", "QuicStream", "StreamError", "connect", "serve"]
 
@@ -452,31 +453,20 @@ def connect(
     """Connect over QUIC and complete the handshake (blocking); see :func:`dtlskit.quic.connect`.
     ``timeout`` bounds the whole call (:class:`DTLSTimeoutError`); the handshake deadline is
     ``config.handshake_timeout`` (:class:`HandshakeTimeout`)."""
-    from aioquic.quic.connection import QuicConnection
-
     if not isinstance(config, DTLSConfiguration):
         raise InvalidArgument("config must be a dtlskit.DTLSConfiguration")
-    quic, settings = quic_configuration(
+    quic_session = client_session(
         config,
-        server=False,
         server_name=host,
+        now=time.monotonic(),
         datagrams=datagrams,
         max_stream_bytes=max_stream_bytes,
-        session_ticket=session,
+        session=session,
     )
     family, address = _resolve(host, port)
     bind = ("::", 0) if family == socket.AF_INET6 else ("0.0.0.0", 0)
-    sock = _udp_socket(family, bind, settings.recv_buffer_size)
+    sock = _udp_socket(family, bind, quic_session.settings.recv_buffer_size)
     io = _IOThread(sock, f"dtlskit-quic-client-{host}:{port}")
-    box: list[QuicSession] = []
-
-    def on_ticket(ticket: Any) -> None:
-        if box:
-            box[0].session_ticket = ticket
-
-    connection = QuicConnection(configuration=quic, session_ticket_handler=on_ticket)
-    quic_session = QuicSession(connection, settings, server=False, now=io.now())
-    box.append(quic_session)
 
     def on_datagram(data: bytes, addr: Any, now: float) -> QuicSession:
         quic_session.receive_datagram(data, addr, now)
