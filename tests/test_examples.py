@@ -23,6 +23,10 @@ EXPECTED = {
     # QUIC, seed 002 (issue 11)
     "quic_echo_server.py": "done: seed 002's echo served over QUIC",
     "quic_echo_client.py": "done: one message echoed on one QUIC stream",
+    # issue 13 (IoT)
+    "coap_server.py": "done: two coaps requests answered, the client known by its certificate",
+    "sntp_clock.py": "done: certificates checked against the SNTP time",
+    "iot_gateway.py": "done: the gateway found the sensor by mDNS and read it over coaps",
 }
 
 #: More lines some examples must print, checked in order of appearance.
@@ -48,6 +52,19 @@ ALSO_EXPECTED = {
         "echo: 'hello from the client'",
     ],
     "quic_echo_client.py": ["echo: 'hello, seed 002'", "echoed 15 bytes on stream 0"],
+    # issue 13 (IoT)
+    "coap_server.py": ["client: GET /.well-known/core: 2.05 Content </sensors/temperature>"],
+    "iot_gateway.py": [
+        "advertised as sensor-1",
+        "gateway: found sensor-1 at 127.0.0.1:",
+        "sensor: GET /sensors/temperature from CN=dtlskit client",
+        "gateway: CN=localhost (the advertised certificate) says",
+    ],
+    "sntp_clock.py": [
+        "sntp: plain SNTP is unauthenticated",
+        "device clock unset (1970): refused (certificate is not yet valid)",
+        "verify_time from SNTP: connected, echoed b'hello'",
+    ],
 }
 
 
