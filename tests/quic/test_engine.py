@@ -94,3 +94,32 @@ def test_in_memory_pair_and_forged_datagrams():
     _pump(client, engine, 0.03)
     assert client.next_message() == b"still fine"
     assert client.error is None and server.error is None
+
+
+def test_an_aioquic_failure_ends_that_connection_only():
+    """Should aioquic raise on some input, that connection ends with a ConnectionLost naming
+    it (counted ``engine_error``); the server engine and its other connections go on."""
+    _server_config()
+    engine = server_engine(_CONFIG[0])
+    first = client_session(_CONFIG[1], server_name="localhost", now=0.0)
+    first.connect(SERVER_ADDRESS, 0.0)
+    _pump(first, engine, 0.0)
+    second = client_session(_CONFIG[1], server_name="localhost", now=0.0)
+    second.connect(SERVER_ADDRESS, 0.0)
+    _pump(second, engine, 0.0)
+    broken, healthy = engine.sessions
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("simulated aioquic bug")
+
+    broken.quic.receive_datagram = explode  # fault injection into one connection's engine
+    victim = first if broken is engine.sessions[0] else second
+    survivor = second if victim is first else first
+    victim.send_message(b"boom")
+    _pump(victim, engine, 0.01)
+    assert isinstance(broken.error, dtlskit.ConnectionLost)
+    assert "simulated aioquic bug" in str(broken.error)
+    assert broken.stats.drops["engine_error"] == 1
+    survivor.send_message(b"fine")
+    _pump(survivor, engine, 0.02)
+    assert healthy.next_message() == b"fine"

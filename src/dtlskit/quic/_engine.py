@@ -213,8 +213,23 @@ class QuicSession:
         ):
             self._kept.append(data)
             self._kept_bytes += len(data)
-        self.quic.receive_datagram(data, address, now)
+        try:
+            self.quic.receive_datagram(data, address, now)
+        except Exception as exc:  # aioquic's bug must not become ours: end this one only
+            self._engine_failed("a datagram", exc)
         self._process()
+
+    def _engine_failed(self, what: str, exc: Exception) -> None:
+        """aioquic raised: count it, end this connection (best-effort CONNECTION_CLOSE with
+        INTERNAL_ERROR), and let every other connection go on."""
+        self.stats.drops["engine_error"] += 1
+        self._end(
+            ConnectionLost(
+                f"the QUIC engine (aioquic) failed on {what}: {type(exc).__name__}: {exc}"
+            )
+        )
+        with contextlib.suppress(Exception):
+            self.quic.close(error_code=0x1, reason_phrase="internal error")
 
     def get_timer(self) -> float | None:
         """The next deadline (caller's clock), or None."""
@@ -239,13 +254,20 @@ class QuicSession:
             self.quic.close(error_code=0, reason_phrase="handshake timeout")
         timer = self.quic.get_timer()
         if timer is not None and now >= timer:
-            self.quic.handle_timer(now)
+            try:
+                self.quic.handle_timer(now)
+            except Exception as exc:
+                self._engine_failed("its timer", exc)
         self._process()
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
         """Datagrams to transmit now, each with its destination address."""
         self._name_alpn_sides()
-        out: list[tuple[bytes, Any]] = self.quic.datagrams_to_send(now=now)
+        try:
+            out: list[tuple[bytes, Any]] = self.quic.datagrams_to_send(now=now)
+        except Exception as exc:
+            self._engine_failed("sending", exc)
+            return []
         for data, _ in out:
             self.stats.datagrams_sent += 1
             self.stats.bytes_sent += len(data)
@@ -604,7 +626,7 @@ class QuicSession:
         self, code: int, frame_type: int | None, reason: str, by_peer: bool | None
     ) -> DTLSError:
         peer = "client" if self.server else "server"
-        phrase = f" ({reason})" if reason else ""
+        phrase = f" ({reason!r})" if reason else ""
         if reason == "Idle timeout" and by_peer is None:
             if not self.handshake_complete:
                 return HandshakeTimeout(
@@ -796,7 +818,7 @@ class QuicServerEngine:
             self.drops["max_half_open"] += 1
             return None
         tickets = self._tickets
-        connection = QuicConnection(
+        connection = QuicConnection(  # raises only for a bad configuration, checked already
             configuration=config,
             original_destination_connection_id=header.destination_cid,
             session_ticket_fetcher=tickets.pop if tickets is not None else None,
