@@ -36,8 +36,8 @@ ALPN = ["hq-interop"]
         (False, {"initial_retransmit_timeout": 2.0, "max_retransmit_timeout": 60.0},
          "initial_retransmit_timeout"),
         (False, {"mtu": 1000}, "mtu"),
-        (True, {"limits": dtlskit.Limits(max_half_open_per_address=8)},
-         "limits.max_half_open_per_address"),
+        (True, {"limits": dtlskit.Limits(first_flight_timeout=5.0)},
+         "limits.first_flight_timeout"),
         (False, {"alpn_protocols": ()}, "alpn_protocols"),
     ],
 )

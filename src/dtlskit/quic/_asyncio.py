@@ -220,7 +220,15 @@ class QuicChannel:
             self._waiters.append(waiter)
         else:
             self._readers[stream_id] = waiter
-        await waiter
+        try:
+            await waiter
+        finally:
+            if not waiter.done() or waiter.cancelled():  # cancelled: do not keep it
+                if stream_id is None:
+                    with contextlib.suppress(ValueError):
+                        self._waiters.remove(waiter)
+                elif self._readers.get(stream_id) is waiter:
+                    del self._readers[stream_id]
 
     def _flush(self) -> None:
         self._endpoint.flush(self._session)
@@ -546,6 +554,10 @@ class _ServerEndpoint(_Endpoint):
             if self.transport is not None:
                 for reply, address in replies:
                     self.transport.sendto(reply, address)
+        if engine.evicted:
+            evicted, engine.evicted = engine.evicted, []
+            for victim in evicted:
+                self.flush(victim)  # nothing to send, no timer: forgotten here too
         if session is not None:
             self.flush(session)
 

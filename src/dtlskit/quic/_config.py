@@ -52,15 +52,11 @@ REFUSED: Mapping[str, str] = {
     "initial_retransmit_timeout / max_retransmit_timeout": "QUIC's loss recovery (RFC 9002) "
     "derives its timeouts from measured round trips",
     "mtu below 1200": "QUIC requires datagrams of at least 1200 bytes (RFC 9000 §14)",
-    "limits.max_sessions_per_address / max_half_open_per_address / "
-    "max_half_open_per_ipv6_prefix / first_flight_timeout / max_client_hello_size / "
-    "hello_verify_per_second": "these bound DTLS's cookie exchange, which QUIC does not have",
+    "limits.first_flight_timeout / max_client_hello_size / hello_verify_per_second": "these "
+    "bound DTLS's cookie exchange, which QUIC does not have",
 }
 
 _DTLS_ONLY_LIMITS = (
-    "max_sessions_per_address",
-    "max_half_open_per_address",
-    "max_half_open_per_ipv6_prefix",
     "first_flight_timeout",
     "max_client_hello_size",
     "hello_verify_per_second",

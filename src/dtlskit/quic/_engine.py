@@ -41,6 +41,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -185,6 +186,9 @@ class QuicSession:
         self._kept: list[bytes] | None = [] if keep_handshake else None
         self._kept_bytes = 0
         self.peer_address: Any = None
+        self.source = ""
+        """Servers: the client's address as limits count it (IPv4 address, IPv6 /64)."""
+        self._abandoned = False
         self.touched: set[int] = set()
         """Streams that received bytes, FIN or a reset since the front end last looked (it
         wakes their readers, then clears this)."""
@@ -231,8 +235,16 @@ class QuicSession:
         with contextlib.suppress(Exception):
             self.quic.close(error_code=0x1, reason_phrase="internal error")
 
+    def abandon(self, reason: str) -> None:
+        """Drop this connection without a word (a server evicting a half-open handshake): it
+        sends nothing more and needs no timer."""
+        self._abandoned = True
+        self._end(HandshakeTimeout(reason))
+
     def get_timer(self) -> float | None:
         """The next deadline (caller's clock), or None."""
+        if self._abandoned:
+            return None
         timer: float | None = self.quic.get_timer()
         if not self.handshake_complete and self.error is None and (
             timer is None or self.deadline < timer
@@ -242,13 +254,15 @@ class QuicSession:
 
     def handle_timer(self, now: float) -> None:
         """Call when ``get_timer()`` has passed. Then call ``datagrams_to_send``."""
+        if self._abandoned:
+            return
         if not self.handshake_complete and self.error is None and now >= self.deadline:
             role = "client" if self.server else "server"
             self._end(
                 HandshakeTimeout(
                     "QUIC handshake did not complete within "
-                    f"{self.settings.handshake_timeout:g} s: "
-                    f"the {role} did not answer (is anything listening there, on QUIC?)"
+                    f"{self.settings.handshake_timeout:g} s: the {role} did not complete it "
+                    "(nothing listening there, not QUIC, or a server too busy to take us)"
                 )
             )
             self.quic.close(error_code=0, reason_phrase="handshake timeout")
@@ -262,6 +276,8 @@ class QuicSession:
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
         """Datagrams to transmit now, each with its destination address."""
+        if self._abandoned:
+            return []
         self._name_alpn_sides()
         try:
             out: list[tuple[bytes, Any]] = self.quic.datagrams_to_send(now=now)
@@ -426,7 +442,7 @@ class QuicSession:
     @property
     def finished(self) -> bool:
         """Over, and aioquic needs no more timers: the front end may forget it."""
-        return self.error is not None and self.quic.get_timer() is None
+        return self.error is not None and (self._abandoned or self.quic.get_timer() is None)
 
     def statistics(self) -> QuicStatistics:
         stats = dataclasses.replace(self.stats, drops=collections.Counter(self.stats.drops))
@@ -725,6 +741,20 @@ def _verification_reason(reason: str) -> VerificationReason:
     return VerificationReason.INVALID
 
 
+def source_key(address: Any) -> tuple[str, bool]:
+    """How limits count a client address: (IPv4 address or IPv6 /64 prefix, is a prefix)."""
+    host = str(address[0]).split("%")[0]
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host, False
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped), False
+        return str(ipaddress.ip_network((ip, 64), strict=False)), True
+    return str(ip), False
+
+
 def _bidirectional(stream_id: int) -> bool:
     return not stream_id & 2
 
@@ -753,7 +783,12 @@ class QuicServerEngine:
         self.settings = settings
         self._by_cid: dict[bytes, QuicSession] = {}
         self._cids: dict[QuicSession, set[bytes]] = {}
-        self._half_open: set[QuicSession] = set()
+        self._half_open: dict[QuicSession, None] = {}  # oldest first
+        self._half_open_by_source: dict[str, dict[QuicSession, None]] = {}
+        self._sessions_by_source: collections.Counter[str] = collections.Counter()
+        self.evicted: list[QuicSession] = []
+        """Half-open sessions evicted for a newcomer: the front end flushes each once (it has
+        nothing to send, no timer) so that it forgets them too, then clears the list."""
         self.drops: collections.Counter[str] = collections.Counter()
         self.replies: list[tuple[bytes, Any]] = []
         self.new_sessions: list[QuicSession] = []
@@ -782,7 +817,7 @@ class QuicServerEngine:
             if session.cid_events:
                 self._update_cids(session)
             if session.handshake_complete and session in self._half_open:
-                self._half_open.discard(session)
+                self._leave_half_open(session)
             return session
         if header.version is None:
             self.drops["unknown_connection"] += 1
@@ -814,7 +849,20 @@ class QuicServerEngine:
         if len(self._cids) >= limits.max_sessions:
             self.drops["max_sessions"] += 1
             return None
-        if len(self._half_open) >= limits.max_half_open:
+        source, is_prefix = source_key(address)
+        if self._sessions_by_source[source] >= limits.max_sessions_per_address:
+            self.drops["max_sessions_per_address"] += 1
+            return None
+        theirs = self._half_open_by_source.get(source, {})
+        cap = (
+            limits.max_half_open_per_ipv6_prefix if is_prefix else limits.max_half_open_per_address
+        )
+        if len(theirs) >= cap:
+            self.drops[
+                "max_half_open_per_ipv6_prefix" if is_prefix else "max_half_open_per_address"
+            ] += 1
+            return None
+        if len(self._half_open) >= limits.max_half_open and not self._evict_for(len(theirs)):
             self.drops["max_half_open"] += 1
             return None
         tickets = self._tickets
@@ -826,7 +874,10 @@ class QuicServerEngine:
         )
         session = QuicSession(connection, self.settings, server=True, now=now, keep_handshake=True)
         self._cids[session] = set()
-        self._half_open.add(session)
+        session.source = source
+        self._sessions_by_source[source] += 1
+        self._half_open[session] = None
+        self._half_open_by_source.setdefault(source, {})[session] = None
         self._register(session, header.destination_cid)
         self._register(session, connection.host_cid)
         self.new_sessions.append(session)
@@ -849,9 +900,39 @@ class QuicServerEngine:
                 self._cids[session].discard(cid)
         session.cid_events.clear()
 
+    def _leave_half_open(self, session: QuicSession) -> None:
+        self._half_open.pop(session, None)
+        held = self._half_open_by_source.get(session.source)
+        if held is not None:
+            held.pop(session, None)
+            if not held:
+                del self._half_open_by_source[session.source]
+
+    def _evict_for(self, newcomer_holds: int) -> bool:
+        """The half-open pool is full: evict the oldest handshake of the source holding the
+        most, when it holds at least two more than the newcomer's source (RELIABILITY rule 16:
+        no handful of sources may hold every slot). Whether a slot was freed."""
+        biggest = max(self._half_open_by_source.values(), key=len, default={})
+        if len(biggest) < newcomer_holds + 2:
+            return False
+        victim = next(iter(biggest))
+        victim.abandon(
+            f"handshake evicted from a full half-open pool: its source {victim.source} held "
+            f"the most half-open handshakes ({len(biggest)})"
+        )
+        self.drops["half_open_evicted"] += 1
+        self.forget(victim)
+        self.evicted.append(victim)
+        return True
+
     def forget(self, session: QuicSession) -> None:
-        """Remove a finished session and all its connection IDs."""
-        self._half_open.discard(session)
+        """Remove a finished session and all its connection IDs (idempotent)."""
+        if session not in self._cids:
+            return
+        self._leave_half_open(session)
+        self._sessions_by_source[session.source] -= 1
+        if self._sessions_by_source[session.source] <= 0:
+            del self._sessions_by_source[session.source]
         for cid in self._cids.pop(session, ()):
             if self._by_cid.get(cid) is session:
                 del self._by_cid[cid]

@@ -514,6 +514,10 @@ class QuicServer:
             for reply, to in replies:
                 with contextlib.suppress(OSError):
                     self._io.sock.sendto(reply, to)
+        if engine.evicted:
+            evicted, engine.evicted = engine.evicted, []
+            for victim in evicted:
+                self._io.flush_locked(victim)  # nothing to send, no timer: forgotten here too
         return session
 
     def _on_flushed(self, session: QuicSession) -> None:
