@@ -123,3 +123,47 @@ def test_source_keys():
     assert source_key(("127.0.0.1", 1)) == ("127.0.0.1", False)
     assert source_key(("::ffff:10.0.0.1", 1, 0, 0)) == ("10.0.0.1", False)
     assert source_key(("2001:db8:1:2:3:4:5:6", 1, 0, 0)) == ("2001:db8:1:2::/64", True)
+
+
+def test_sync_server_io_thread_survives_a_handler_that_cannot_start(
+    quic_server_config, quic_client_config, monkeypatch
+):
+    """B-Q3: a handler thread that cannot start (a threads limit) fails that connection only;
+    the I/O thread goes on serving the others, and close() works."""
+    import threading
+
+    from dtlskit.sync import quic as squic
+
+    def echo_sync(channel):
+        for message in channel:
+            channel.send(message)
+
+    real = threading.Thread
+    started = []
+
+    class Limited(real):  # fault injection at the thread start only
+        def start(self):
+            if self.name == "dtlskit-quic-handler":
+                started.append(1)
+                if len(started) == 2:
+                    raise RuntimeError("can't start new thread")
+            super().start()
+
+    monkeypatch.setattr(squic.threading, "Thread", Limited)
+    with squic.serve(echo_sync, "127.0.0.1", 0, config=quic_server_config) as server:
+        port = server.addresses[0][1]
+        with squic.connect("127.0.0.1", port, config=quic_client_config, timeout=20) as first:
+            first.send(b"one")
+            assert first.recv(timeout=20) == b"one"
+            with (
+                pytest.raises(dtlskit.ConnectionLost, match="server overloaded"),
+                squic.connect("127.0.0.1", port, config=quic_client_config, timeout=20) as second,
+            ):
+                second.send(b"two")
+                second.recv(timeout=20)
+            first.send(b"still served")
+            assert first.recv(timeout=20) == b"still served"
+            with squic.connect("127.0.0.1", port, config=quic_client_config, timeout=20) as third:
+                third.send(b"three")
+                assert third.recv(timeout=20) == b"three"
+        assert server.statistics().drops["handler_thread_unavailable"] == 1

@@ -135,14 +135,17 @@ class _IOThread:
                 if self._stopping:
                     break
                 self._sleeping_until = None
-                for key, _ in events:
-                    if key.fileobj is self._wake_r:
-                        with contextlib.suppress(OSError):
-                            while self._wake_r.recv(4096):
-                                pass
-                    else:
-                        self._read_locked()
-                self._fire_locked()
+                try:
+                    for key, _ in events:
+                        if key.fileobj is self._wake_r:
+                            with contextlib.suppress(OSError):
+                                while self._wake_r.recv(4096):
+                                    pass
+                        else:
+                            self._read_locked()
+                    self._fire_locked()
+                except Exception:  # a bug must not stop the socket: log it, serve the others
+                    logger.exception("QUIC I/O thread %s: a step failed", self._thread.name)
                 self.cond.notify_all()
         selector.close()
 
@@ -166,11 +169,18 @@ class _IOThread:
             except OSError as exc:
                 self._socket_error(exc)
                 break
-            session = self.on_datagram(data, address, self.now())
+            try:
+                session = self.on_datagram(data, address, self.now())
+            except Exception:
+                logger.exception("QUIC I/O thread: a datagram from %r failed", address)
+                continue
             if session is not None:
                 touched[session] = None
         for session in touched:
-            self.flush_locked(session)
+            try:
+                self.flush_locked(session)
+            except Exception:
+                logger.exception("QUIC I/O thread: flushing %r failed", session.peer_address)
 
     def _fire_locked(self) -> None:
         now = self.now()
@@ -533,8 +543,19 @@ class QuicServer:
             thread = threading.Thread(
                 target=self._run, args=(channel,), name="dtlskit-quic-handler", daemon=True
             )
-            self._threads.add(thread)
-            thread.start()
+            try:
+                thread.start()
+            except RuntimeError as exc:  # no thread to be had: this connection only fails
+                logger.warning(
+                    "%r: no thread for the handler (%s): connection closed",
+                    session.peer_address,
+                    exc,
+                )
+                self._engine.drops["handler_thread_unavailable"] += 1
+                session.close(0x1, "server overloaded")
+                self._io.flush_locked(session)
+            else:
+                self._threads.add(thread)
         failed = session.error is not None and session not in self._channels
         if failed and session not in self._failed:
             self._failed.add(session)
