@@ -20,6 +20,7 @@ EXPECTED = {
     "nonblocking.py": "done: 3 messages echoed in",
     "session_resumption.py": "done: the second connection resumed the saved session",
     "edgeros_style.py": "done: 2 clients accepted, 4 messages echoed",
+    "edgeros_multitask.py": "done: 6 clients handshaken in 2 worker processes, 18 echoes checked",
     # QUIC, seed 002 (issue 11)
     "quic_echo_server.py": "done: seed 002's echo served over QUIC",
     "quic_echo_client.py": "done: one message echoed on one QUIC stream",
@@ -45,6 +46,7 @@ ALSO_EXPECTED = {
         "dtlskit client (run 2): ['session reused: yes']",
     ],
     "edgeros_style.py": ["server: new client", "closed the session"],
+    "edgeros_multitask.py": ["to worker-0", "to worker-1", "served by worker-1"],
     "quic_echo_server.py": [
         "Accepted new connection (http/1.0)",
         "echoed 21 bytes on stream 0",

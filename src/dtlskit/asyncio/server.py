@@ -26,7 +26,7 @@ import logging
 import signal
 import socket
 import warnings
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from typing import Any, Generic, TypeVar
 
 from OpenSSL import SSL
@@ -59,7 +59,6 @@ from ..exceptions import (
     ConnectionClosedLocally,
     DTLSTimeoutError,
     TransportError,
-    UsageError,
 )
 from .channel import Channel
 from .driver import ServerDriver
@@ -95,7 +94,11 @@ class Server:
         self._handler = handler
         self._config = config
         self._endpoints: list[ServerDriver] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[asyncio.Task[None], Channel] = {}
+        """Handler tasks and their channels (to name the peer of a stuck one)."""
+        # Bound methods made once: each access makes a new 64-byte object, kept per session.
+        self._task_done_callback = self._task_done
+        self._defer = loop.call_soon
         self._accept_queue: collections.deque[Channel] = collections.deque()
         self._accept_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._drops: collections.Counter[str] = collections.Counter()
@@ -175,15 +178,22 @@ class Server:
 
     def _on_channel(self, channel: Channel) -> None:
         if is_protocol_factory(self._handler):
-            start_protocol(self._handler, channel, self._loop.call_soon)  # type: ignore[arg-type]
+            start_protocol(self._handler, channel, self._defer)  # type: ignore[arg-type]
             return
-        if self._handler is not None:
-            task = self._loop.create_task(
-                self._run_handler(self._handler, channel),  # type: ignore[arg-type]
-                name=f"dtlskit handler {format_address(channel.getpeername())}",
+        handler = self._handler
+        if handler is not None:
+            # The task runs the handler's own coroutine (calling an ``async def`` runs none of
+            # it), and _task_done closes the channel and logs how it ended: no wrapping
+            # coroutine per session. Any other callable goes through _run_handler. One shared
+            # task name: a name per peer cost ~250 bytes per session.
+            coro = (
+                handler(channel)
+                if asyncio.iscoroutinefunction(handler)
+                else self._run_handler(handler, channel)  # type: ignore[arg-type]
             )
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task = self._loop.create_task(coro, name="dtlskit handler")
+            self._tasks[task] = channel
+            task.add_done_callback(self._task_done_callback)
             return
         if len(self._accept_queue) >= self._config.limits.accept_backlog:
             self._count_drop("accept_backlog_full")
@@ -198,17 +208,30 @@ class Server:
         self._accept_queue.append(channel)
         self._wake_acceptor()
 
-    async def _run_handler(self, handler: Handler, channel: Channel) -> None:
-        peer = format_address(channel.getpeername())
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        """A handler task ended: say how (a ConnectionClosed at DEBUG, any other exception
+        with its traceback), then close its channel and give back what it held."""
+        channel = self._tasks.pop(task, None)
+        if channel is None:  # pragma: no cover - every handler task is registered
+            return
         try:
-            await handler(channel)
-        except ConnectionClosed as exc:
-            logger.debug("session with %s ended in its handler: %s", peer, exc)
-        except Exception:
-            logger.exception("handler failed for %s; closing that session", peer)
+            error = None if task.cancelled() else task.exception()
+            if isinstance(error, ConnectionClosed):  # the peer's name is made only to log
+                logger.debug("session with %s ended in its handler: %s", channel._peer_text, error)
+            elif isinstance(error, Exception):
+                logger.error(
+                    "handler failed for %s; closing that session",
+                    channel._peer_text,
+                    exc_info=error,
+                )
         finally:
             channel.close()
             channel._release()
+
+    async def _run_handler(self, handler: Handler, channel: Channel) -> None:
+        """A handler that is not an ``async def`` function (an object with an async
+        ``__call__``, a function returning an awaitable): called and awaited in its task."""
+        await handler(channel)
 
     def _wake_acceptor(self) -> None:
         while self._accept_waiters:
@@ -219,39 +242,6 @@ class Server:
 
     def _count_drop(self, reason: str) -> None:
         self._drops[reason] += 1
-
-    async def accept(self, timeout: float | None = None) -> Channel:
-        """The next peer whose handshake completed (servers started with :func:`listen`).
-
-        Raises :class:`~dtlskit.exceptions.DTLSTimeoutError` after ``timeout`` seconds, and
-        :class:`~dtlskit.exceptions.ConnectionClosedLocally` once the server is closed.
-        """
-        if self._handler is not None:
-            raise UsageError(
-                "this server runs a handler for every peer; use dtlskit.asyncio.listen() to "
-                "accept channels yourself"
-            )
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        while True:
-            if self._accept_queue:
-                return self._accept_queue.popleft()
-            if self._closing:
-                raise ConnectionClosedLocally("the listener is closed")
-            remaining = None if deadline is None else deadline - loop.time()
-            if remaining is not None and remaining <= 0:
-                raise DTLSTimeoutError(f"no peer completed a handshake within {timeout:g} s")
-            waiter: asyncio.Future[None] = loop.create_future()
-            self._accept_waiters.append(waiter)
-            try:
-                await asyncio.wait_for(waiter, remaining)
-            except asyncio.TimeoutError:
-                raise DTLSTimeoutError(
-                    f"no peer completed a handshake within {timeout:g} s"
-                ) from None
-            finally:
-                if waiter in self._accept_waiters:
-                    self._accept_waiters.remove(waiter)
 
     # -- information ----------------------------------------------------------------------------
 
@@ -314,8 +304,12 @@ class Server:
             self._finisher = self._loop.create_task(self._finish(), name="dtlskit server close")
         logger.info("server closed")
 
+    shutdown = close
+    """The same as :meth:`close` (the blocking flavour's name too)."""
+
     async def _finish(self) -> None:
-        tasks = set(self._tasks)
+        channels = dict(self._tasks)
+        tasks = set(channels)
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=self.close_timeout)
             for task in pending:
@@ -323,7 +317,9 @@ class Server:
             if pending:
                 _, stuck = await asyncio.wait(pending, timeout=self.close_timeout)
                 for task in stuck:
-                    logger.warning("handler task %s ignored cancellation", task.get_name())
+                    logger.warning(
+                        "handler task of %s ignored cancellation", channels[task]._peer_text
+                    )
         for endpoint in self._endpoints:
             await endpoint.wait_lost()
 
@@ -363,6 +359,43 @@ class Listener(Server, SocketOptions):
 
     def _bound_socket(self) -> socket.socket | None:
         return self._endpoints[0].sock if self._endpoints else None
+
+    async def accept(self, timeout: float | None = None) -> Channel:
+        """The next peer whose handshake completed.
+
+        Raises :class:`~dtlskit.exceptions.DTLSTimeoutError` after ``timeout`` seconds, and
+        :class:`~dtlskit.exceptions.ConnectionClosedLocally` once the server is closed.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            if self._accept_queue:
+                return self._accept_queue.popleft()
+            if self._closing:
+                raise ConnectionClosedLocally("the listener is closed")
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                raise DTLSTimeoutError(f"no peer completed a handshake within {timeout:g} s")
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._accept_waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, remaining)
+            except asyncio.TimeoutError:
+                raise DTLSTimeoutError(
+                    f"no peer completed a handshake within {timeout:g} s"
+                ) from None
+            finally:
+                if waiter in self._accept_waiters:
+                    self._accept_waiters.remove(waiter)
+
+    def pending(self) -> int:
+        """Completed handshakes waiting for :meth:`accept`."""
+        return len(self._accept_queue)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closing
 
 
 class _Starter(Generic[S]):
@@ -452,15 +485,31 @@ def listen(
     )
 
 
-def install_signal_handlers(server: Server) -> None:
-    """Make SIGINT and SIGTERM close ``server`` (close_notify to every peer), so that
-    ``serve_forever()`` returns. Call it from the running event loop."""
+def install_signal_handlers(
+    server: Server, signals: Iterable[int] = (signal.SIGINT, signal.SIGTERM)
+) -> Callable[[], None]:
+    """Make SIGINT and SIGTERM (or ``signals``) close ``server`` (close_notify to every peer),
+    so that ``serve_forever()`` returns. Call it from the running event loop. Returns a
+    function that removes the handlers again (as the blocking flavour's does)."""
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    installed: list[int] = []
+    previous: dict[int, Any] = {}
+    for signum in signals:
         try:
             loop.add_signal_handler(signum, _on_signal, server, signum)
+            installed.append(signum)
         except NotImplementedError:  # pragma: no cover - event loops without signal support
-            signal.signal(signum, lambda s, f: loop.call_soon_threadsafe(_on_signal, server, s))
+            previous[signum] = signal.signal(
+                signum, lambda s, f: loop.call_soon_threadsafe(_on_signal, server, s)
+            )
+
+    def restore() -> None:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+        for signum, old in previous.items():  # pragma: no cover - see above
+            signal.signal(signum, old if old is not None else signal.SIG_DFL)
+
+    return restore
 
 
 def _on_signal(server: Server, signum: int) -> None:
