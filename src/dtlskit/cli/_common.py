@@ -219,16 +219,14 @@ def reject_tls_flags(args: argparse.Namespace, names: Iterable[str]) -> None:
 
 
 def add_transport_flags(parser: argparse.ArgumentParser) -> None:
-    from . import quic  # its own module (issue 11): --alpn
-
     parser.add_argument(
         "--transport",
         choices=("dtls", "udp", "quic"),
         default="dtls",
         help="dtls (default); plain udp: the same echo without any security, for comparison; "
-        "or quic: one stream per message, echoed on the same stream (needs aioquic)",
+        "or quic: one stream per message, echoed on the same stream (needs aioquic; --alpn "
+        "defaults to hq-interop and http/1.0 on a server, hq-interop on a client)",
     )
-    quic.add_flags(parser)
 
 
 def psk_table(values: list[str] | None) -> dict[str, bytes]:

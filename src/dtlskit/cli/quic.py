@@ -25,21 +25,9 @@ from ._common import UsageError, client_command, logger, out, print_reply, with_
 DEFAULT_ALPN = ("hq-interop", "http/1.0")
 
 
-def add_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--alpn",
-        action="append",
-        metavar="PROTOCOL",
-        help="--transport quic: ALPN protocol to accept (server) or offer (client), repeatable "
-        f"(default: server {' and '.join(DEFAULT_ALPN)}, client {DEFAULT_ALPN[0]})",
-    )
-
-
 def check_flags(args: argparse.Namespace) -> None:
-    """--alpn belongs to QUIC; QUIC refuses what aioquic cannot do."""
+    """QUIC refuses what aioquic cannot do (``--alpn`` is shared with DTLS)."""
     if args.transport != "quic":
-        if getattr(args, "alpn", None):
-            raise UsageError("--alpn needs --transport quic")
         return
     refused = {
         "psk": "QUIC (aioquic) has no external pre-shared keys",
