@@ -3,7 +3,7 @@ same run.
 
     dtlskit bench [--quick] [--seconds S] [--sessions N] [--flavour asyncio|sync|both]
                   [--accelerator on|off|both] [--load auto|c|python] [--skip-uvloop]
-                  [--skip-trio] [--skip-mbedtls] [--skip-newcomer] [--skip-tls]
+                  [--skip-trio] [--skip-mbedtls] [--skip-newcomer] [--skip-tls] [--skip-quic]
                   [--socket-buffer BYTES]
                   [--json FILE] [--plot FILE.png]
     python benchmarks/run.py ...          (from a checkout)
@@ -27,6 +27,8 @@ Rows, in order (one progress line each on stderr):
 5. the newcomer's program (:mod:`.newcomer`): 100 clients x 100 fire-and-forget messages;
 6. TLS over TCP (:mod:`.tls`): ``dtlskit.tls`` against asyncio's own TLS streams, echo and
    handshakes, with the ratios (a table of its own after the DTLS one).
+7. QUIC (:mod:`.quic`): echo streams/s and new connections/s per CPU-second through
+   ``dtlskit.quic`` against aioquic used directly, and their ratio (``--skip-quic``).
 
 The table goes to stdout, the figures to ``--json`` (default ``bench-results.json``), and with
 ``--plot`` a chart of the ratios in two panels (lower is better, higher is better). Exit status
@@ -56,6 +58,7 @@ from OpenSSL import SSL
 from dtlskit.certs import PKIFiles, create_pki
 
 from . import newcomer, report
+from . import quic as quic_bench
 from . import tls as tls_bench
 from .cload import Load, open_load
 from .common import BenchmarkError, progress, rss_kib
@@ -217,6 +220,11 @@ def _parser() -> argparse.ArgumentParser:
         help="do not measure TLS over TCP (dtlskit.tls against asyncio's own TLS streams)",
     )
     parser.add_argument(
+        "--skip-quic",
+        action="store_true",
+        help="do not measure QUIC (dtlskit.quic against aioquic used directly)",
+    )
+    parser.add_argument(
         "--skip-newcomer", action="store_true", help="do not run the newcomer's program"
     )
     parser.add_argument(
@@ -306,12 +314,16 @@ def main(argv: list[str] | None = None) -> int:
             _measure_newcomer(document, settings, pki)
         if not args.skip_tls:  # TLS over TCP (issue 10): benchmarks/tls.py
             document["tls"] = tls_bench.measure(settings.seconds, pki, 1 if args.quick else 3)
+        if not args.skip_quic:
+            _measure_quic(document, settings, pki, args.quick)
     document["meta"]["total_seconds"] = time.monotonic() - started
     document["meta"]["load_average_at_end"] = list(os.getloadavg())
     report.add_ratios(document)
     print(report.table(document), flush=True)
     if "tls" in document:
         print(tls_bench.table(document["tls"]), flush=True)
+    if document.get("quic"):
+        print(quic_bench.table(document["quic"]), flush=True)
     report.write_json(document, args.json)
     progress(f"figures written to {args.json}")
     if args.plot:
@@ -465,6 +477,21 @@ def _measure_memory(spec: ServerSpec, settings: Settings, load: Load) -> dict[st
         "after_kib": after,
         "kib_per_session": (after - before) / established,
     }
+
+
+def _measure_quic(
+    document: dict[str, Any], settings: Settings, pki: PKIFiles, quick: bool
+) -> None:
+    """The QUIC rows (:mod:`.quic`): dtlskit.quic against aioquic used directly."""
+    rounds = 2 if quick else 5
+    progress(f"QUIC: dtlskit.quic vs aioquic, {rounds} alternating rounds")
+    try:
+        document["quic"] = quic_bench.measure(pki, settings.seconds, rounds)
+    except ImportError as exc:
+        document["skipped"]["quic"] = f"aioquic is not installed ({exc}): pip install dtlskit[quic]"
+    except (BenchmarkError, OSError, AssertionError, TimeoutError) as exc:
+        progress(f"QUIC: FAILED: {exc}")
+        document["errors"]["quic"] = str(exc)
 
 
 def _measure_newcomer(document: dict[str, Any], settings: Settings, pki: PKIFiles) -> None:

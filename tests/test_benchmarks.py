@@ -284,6 +284,18 @@ def test_quick_run_lists_the_issue_targets_and_a_summary(quick: Any) -> None:
 
 
 @pytest.mark.slow
+def test_quick_run_measured_quic_against_aioquic(quick: Any) -> None:
+    process, document, _ = quick
+    figures = document["quic"]
+    for key in ("streams_per_cpu_second", "connections_per_cpu_second"):
+        ours, theirs = figures["dtlskit"][key], figures["aioquic"][key]
+        assert ours > 0 and theirs > 0
+        rounds = zip(figures["rounds"]["dtlskit"], figures["rounds"]["aioquic"], strict=True)
+        ratios = sorted(mine[key] / other[key] for mine, other in rounds)
+        assert ratios[0] <= figures["ratio"][key] <= ratios[-1]  # the median of the rounds
+    assert "QUIC (seed 002 echo" in process.stdout
+
+
 def test_quick_run_plots_two_panels(quick: Any) -> None:
     _, _, picture = quick
     assert picture.read_bytes().startswith(b"\x89PNG")
