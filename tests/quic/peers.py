@@ -27,40 +27,72 @@ SETUP = (
 )
 
 
+def _runs_312(python: str) -> bool:
+    """True if ``python`` really starts and is >= 3.12 (a pyenv shim on PATH may only print
+    that the version is not selected)."""
+    try:
+        done = subprocess.run(
+            [python, "-c", "import sys; sys.exit(sys.version_info < (3, 12))"],
+            capture_output=True,
+            timeout=60,
+        )
+    except OSError:
+        return False
+    return done.returncode == 0
+
+
 def find_python312() -> str | None:
-    """A Python >= 3.12 on this machine: on PATH, or under pyenv's versions."""
-    for name in ("python3.14", "python3.13", "python3.12"):
-        found = shutil.which(name)
-        if found:
-            return found
+    """A working Python >= 3.12 on this machine: on PATH, or under pyenv's versions."""
+    candidates = [found for name in ("python3.14", "python3.13", "python3.12")
+                  if (found := shutil.which(name))]
     home = os.path.expanduser("~")
     for pattern in (f"{home}/.pyenv/versions/3.1[2-9]*/bin/python3.1[2-9]",
                     "/root/.pyenv/versions/3.1[2-9]*/bin/python3.1[2-9]"):
-        candidates = sorted(glob.glob(pattern))
-        if candidates:
-            return candidates[-1]
-    return None
+        candidates.extend(sorted(glob.glob(pattern), reverse=True))
+    return next((python for python in candidates if _runs_312(python)), None)
+
+
+def _usable(python: str) -> bool:
+    check = subprocess.run([python, "-c", "import aiopquic"], capture_output=True, timeout=60)
+    return check.returncode == 0
+
+
+def _make_peer_venv(python312: str) -> str:
+    """Make the picoquic peer's venv (what .ci/run does), so that the README's one test command
+    runs the interop tests on a fresh machine too. Fails, naming the step, if it cannot."""
+    python = str(PEER_VENV / "bin" / "python")
+    for argv in (
+        [python312, "-m", "venv", str(PEER_VENV)],
+        [python, "-m", "pip", "install", "-q", "aiopquic>=0.6,<0.7"],
+    ):
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+        if done.returncode != 0:
+            pytest.fail(
+                f"could not make the picoquic peer's venv ({' '.join(argv)}): "
+                f"{done.stderr.strip()[-500:]}; by hand: {SETUP}"
+            )
+    return python
 
 
 def picoquic_python() -> str:
     """The Python that runs the picoquic peer; skips (saying why) only where no Python >= 3.12
-    exists; fails, saying how to make it, where one exists but the peer's venv is missing."""
+    exists; where one exists but the peer's venv does not, makes the venv (once)."""
     configured = os.environ.get("DTLSKIT_QUIC_PEER_PYTHON")
     candidates = [configured] if configured else []
     candidates.append(str(PEER_VENV / "bin" / "python"))
     for python in candidates:
-        if python and os.path.exists(python):
-            check = subprocess.run(
-                [python, "-c", "import aiopquic"], capture_output=True, timeout=60
-            )
-            if check.returncode == 0:
-                return python
-    if find_python312() is None:
+        if python and os.path.exists(python) and _usable(python):
+            return python
+    python312 = find_python312()
+    if python312 is None:
         pytest.skip(
             "picoquic interop needs aiopquic, which needs Python >= 3.12: "
             "no python3.12+ on PATH or under ~/.pyenv/versions"
         )
-    pytest.fail(f"Python >= 3.12 exists but the picoquic peer's venv is missing: {SETUP}")
+    python = _make_peer_venv(python312)
+    if not _usable(python):
+        pytest.fail(f"the picoquic peer's venv cannot import aiopquic: {SETUP}")
+    return python
 
 
 def free_udp_port() -> int:
