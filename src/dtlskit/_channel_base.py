@@ -255,8 +255,7 @@ class ChannelBase(SocketOptions):
     @property
     def alpn_protocol(self) -> str | None:
         """The application protocol negotiated with ALPN, if any."""
-        proto = self._engine.ssl_object.get_alpn_proto_negotiated()
-        return proto.decode("ascii", "replace") if proto else None
+        return self._engine.alpn_protocol
 
     @property
     def peer_certificate(self) -> Any:

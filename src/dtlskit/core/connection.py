@@ -62,11 +62,13 @@ from ..exceptions import (
 from . import _bindings, _errors
 from . import events as ev
 from .flights import Flights
+from .hibernation import ALERT_NAMES, Hibernated, hibernate
 from .inbox import ByteBudget, Inbox
 from .records import (
     BadPacket,
     pack_datagrams,
     split_records_trusted,
+    split_records_untrusted,
 )
 from .session import NegotiatedSession, Session
 
@@ -150,6 +152,10 @@ class DTLSConnection(NegotiatedSession):
         "_handle",
         "_handshake_deadline",
         "_handshake_started",
+        "_hib",
+        "_hibernate_after",
+        "_hibernate_deadline",
+        "_hibernate_mark",
         "_idle_deadline",
         "_idle_timeout",
         "_limits",
@@ -157,6 +163,7 @@ class DTLSConnection(NegotiatedSession):
         "_outgoing",
         "_queued_bytes",
         "_queued_messages",
+        "_read_high",
         "_server",
         "_ssl",
         "_stats",
@@ -231,6 +238,13 @@ class DTLSConnection(NegotiatedSession):
         # Idle expiry.
         self._idle_timeout = config.idle_timeout
         self._idle_deadline: float | None = None
+        # Hibernation (see dtlskit.core.hibernation): the state kept once OpenSSL is released,
+        # when to release it, and the highest epoch||seq OpenSSL authenticated from the peer.
+        self._hib: Hibernated | None = None
+        self._hibernate_after = self._limits.hibernate_after
+        self._hibernate_deadline: float | None = None
+        self._hibernate_mark = 0
+        self._read_high = b""
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -321,13 +335,19 @@ class DTLSConnection(NegotiatedSession):
         """
         handle = self._handle
         if handle is None:
-            return False
+            if self._hib is None:
+                return False
+            self._receive_hibernated(data, now)  # not for the accelerator: Python's AEAD path
+            return True
         stats = self._stats
         stats.datagrams_received += 1
         stats.bytes_received += len(data)
         result = _accel.open_record(handle, data)
         if type(result) is bytes:
             stats.messages_received += 1
+            sequence = data[3:11]
+            if sequence > self._read_high:
+                self._read_high = sequence
             if self._idle_timeout is not None:
                 self._idle_deadline = now + self._idle_timeout
             if self._final_pending:
@@ -367,6 +387,9 @@ class DTLSConnection(NegotiatedSession):
         if self.state in (State.CLOSED, State.TERMINATED, State.INITIAL):
             self._drop("after_close" if self.state is not State.INITIAL else "before_start")
             return
+        if self._hib is not None:
+            self._receive_hibernated(data, now)
+            return
         self._count_received(data)
         if not data:
             self._drop("empty_datagram")
@@ -379,7 +402,10 @@ class DTLSConnection(NegotiatedSession):
             self._advance_handshake(now)
             state = self._state_now()
             if state is State.ESTABLISHED:
+                self._note_read_high(data)
                 self._read_application_data(now)
+                if self._hibernate_after == 0:
+                    self._hibernate(now)
             elif (
                 repeat
                 and state is State.HANDSHAKING
@@ -397,6 +423,8 @@ class DTLSConnection(NegotiatedSession):
         produced_before = len(self._outgoing)
         received_before = self._stats.messages_received
         self._read_application_data(now, single_record=_is_single_record(data))
+        if self._stats.messages_received != received_before:
+            self._note_read_high(data)
         if not _well_framed(data):
             # Whatever OpenSSL made of it, part of the datagram was not a DTLS 1.x record.
             self._report_drop("malformed_record")
@@ -431,6 +459,11 @@ class DTLSConnection(NegotiatedSession):
         limit = self.cleartext_mtu
         if len(data) > limit:
             raise MessageTooLarge(len(data), limit)
+        if self._hib is not None:
+            self._outgoing.append(self._seal_hibernated(data))
+            self._stats.messages_sent += 1
+            self._notify()
+            return
         try:
             self._ssl.write(data)
         except SSL.Error as exc:
@@ -453,6 +486,16 @@ class DTLSConnection(NegotiatedSession):
         """
         handle = self._handle
         if handle is None:
+            if self._hib is not None and self.state is State.ESTABLISHED:
+                data = _check_message(message)
+                if len(data) > self._cleartext_limit:
+                    raise MessageTooLarge(len(data), self._cleartext_limit)
+                record = self._seal_hibernated(data)
+                stats = self._stats
+                stats.messages_sent += 1
+                stats.datagrams_sent += 1
+                stats.bytes_sent += len(record)
+                return record
             self.send(_check_message(message))
             return None
         data = message if type(message) is bytes else _check_message(message)
@@ -494,9 +537,7 @@ class DTLSConnection(NegotiatedSession):
         if self.state in (State.CLOSED, State.TERMINATED):
             return
         if self.state is State.ESTABLISHED:
-            with contextlib.suppress(SSL.Error):
-                self._ssl.shutdown()
-            self._collect_output()
+            self._shutdown()
         self._finish(State.CLOSED)
         self.error = ConnectionClosedLocally("the connection was closed locally")
         self._events.append(ev.SessionClosed(by_peer=False))
@@ -543,6 +584,7 @@ class DTLSConnection(NegotiatedSession):
                 self._handshake_deadline,
                 self._idle_deadline,
                 flights.final_deadline,
+                self._hibernate_deadline,
             )
             if d is not None
         ]
@@ -565,11 +607,18 @@ class DTLSConnection(NegotiatedSession):
             # The peer had the whole window to repeat its last flight: forget our answer.
             self._flights.peer_finished()
             self._final_pending = False
+        hibernate_at = self._hibernate_deadline
+        if hibernate_at is not None and now >= hibernate_at and self.state is State.ESTABLISHED:
+            stats = self._stats
+            mark = stats.messages_received + stats.messages_sent
+            if mark != self._hibernate_mark:  # not idle since armed: look again a period on
+                self._hibernate_mark = mark
+                self._hibernate_deadline = now + (self._hibernate_after or 0.0)
+            else:
+                self._hibernate(now)
         if self._idle_deadline is not None and now >= self._idle_deadline:
             timeout = self._idle_timeout or 0.0
-            with contextlib.suppress(SSL.Error):
-                self._ssl.shutdown()
-            self._collect_output()
+            self._shutdown()
             self._terminate(
                 ConnectionLost(f"no message from {self._peer_text} for {timeout:g} s (idle)"),
             )
@@ -616,6 +665,9 @@ class DTLSConnection(NegotiatedSession):
         # A record carries at most 2**14 bytes of plaintext (RFC 6347 §4.1, RFC 5246 §6.2.1);
         # OpenSSL's figure ignores that above an MTU of ~16.5 kB, and a larger write then
         # fails inside OpenSSL and terminates the session instead of raising MessageTooLarge.
+        hib = self._hib
+        if hib is not None:
+            return min(self._mtu - hib.cleartext_mtu_overhead, _MAX_PLAINTEXT)
         if self.state is State.ESTABLISHED:
             try:
                 return min(int(self._ssl.get_cleartext_mtu()), _MAX_PLAINTEXT)
@@ -628,29 +680,39 @@ class DTLSConnection(NegotiatedSession):
         """Negotiated protocol version, once established."""
         if self.state is State.INITIAL:
             return None
+        if self._hib is not None:
+            return self._hib.version
         version = self._ssl.get_protocol_version_name()
         return str(version) if version and version != "Unknown" else None
 
     @property
     def cipher(self) -> str | None:
         """Negotiated cipher suite name, once established."""
+        if self._hib is not None:
+            return self._hib.cipher
         name = self._ssl.get_cipher_name()
         return str(name) if name else None
 
     @property
     def session_reused(self) -> bool:
         """Whether the handshake resumed an earlier session."""
+        if self._hib is not None:
+            return self._hib.reused
         return _bindings.session_reused(self._ssl)
 
     @property
     def peer_certificate(self) -> Any:
         """The peer's certificate as a ``cryptography.x509.Certificate``, or None."""
+        if self._hib is not None:
+            return self._hib.peer_chain[0] if self._hib.peer_chain else None
         cert = self._ssl.get_peer_certificate(as_cryptography=True)
         return cert
 
     @property
     def peer_certificate_chain(self) -> list[Any]:
         """The chain the peer sent, leaf first, as ``cryptography`` certificates."""
+        if self._hib is not None:
+            return list(self._hib.peer_chain)
         chain = list(self._ssl.get_peer_cert_chain(as_cryptography=True) or [])
         # OpenSSL leaves the leaf out of a server's view of the client's chain: put it back.
         leaf = self.peer_certificate
@@ -660,8 +722,20 @@ class DTLSConnection(NegotiatedSession):
 
     @property
     def ssl_object(self) -> SSL.Connection:
-        """The underlying pyOpenSSL connection (for advanced use; do not drive its I/O)."""
+        """The underlying pyOpenSSL connection (for advanced use; do not drive its I/O).
+        Raises :class:`UsageError` once the session hibernated (:attr:`hibernated`): OpenSSL's
+        object was released."""
+        if self._hib is not None:
+            raise UsageError(
+                "this session hibernated (Limits.hibernate_after): its OpenSSL object was released"
+            )
         return self._ssl
+
+    @property
+    def hibernated(self) -> bool:
+        """Whether the session's OpenSSL object was released and its records are protected by
+        :mod:`dtlskit.core.record_protection` (``Limits.hibernate_after``)."""
+        return self._hib is not None
 
     # -- handshake ------------------------------------------------------------------------------
 
@@ -756,6 +830,8 @@ class DTLSConnection(NegotiatedSession):
         self._final_pending = bool(self._flights.final)
         if not self._config.allow_renegotiation:
             self._handle = _accel.make_handle(self._ssl)
+            if self._hibernate_after:
+                self._hibernate_deadline = now + self._hibernate_after
         if self._handshake_started is not None:
             self._stats.handshake_seconds = now - self._handshake_started
         if self._idle_timeout is not None:
@@ -767,6 +843,189 @@ class DTLSConnection(NegotiatedSession):
                 session_reused=self.session_reused,
             )
         )
+
+    # -- hibernation ----------------------------------------------------------------------------
+
+    def hibernate(self, now: float) -> bool:
+        """Release OpenSSL's object now (as ``Limits.hibernate_after`` does on its own). Returns
+        whether the session is hibernated; False (nothing changed) when it cannot be: not
+        established, renegotiation allowed, or a suite :mod:`dtlskit.core.record_protection`
+        does not implement."""
+        if self._hib is None:
+            self._hibernate(now)
+        return self._hib is not None
+
+    def _hibernate(self, now: float) -> None:
+        self._hibernate_deadline = None
+        if self.state is not State.ESTABLISHED or self._handle is None or self._hib is not None:
+            return
+        self._collect_output()  # what OpenSSL already wrote goes out first
+        high = int.from_bytes(self._read_high[2:], "big") if self._read_high else -1
+        result = hibernate(
+            self._ssl, server=self._server, read_high=high, keep_session=not self._server
+        )
+        if isinstance(result, str):
+            self._drop("hibernation_refused")
+            return
+        self._hib = result
+        self._handle = None
+        self._ssl = None  # type: ignore[assignment]  # released: every reader checks _hib first
+
+    def _note_read_high(self, data: bytes) -> None:
+        """Remember the highest epoch-1 sequence number among the records of a datagram
+        OpenSSL authenticated (the replay window starts above it after hibernation)."""
+        offset, end = 0, len(data)
+        while end - offset >= 13:
+            if data[offset + 3 : offset + 5] == b"\x00\x01":
+                sequence = data[offset + 3 : offset + 11]
+                if sequence > self._read_high:
+                    self._read_high = sequence
+            offset += 13 + int.from_bytes(data[offset + 11 : offset + 13], "big")
+
+    def _seal_hibernated(self, data: bytes, content_type: int = _APPLICATION_DATA) -> bytes:
+        hib = self._hib
+        assert hib is not None
+        record = hib.protection.seal(content_type, data)
+        if record is None:
+            error = ConnectionLost(
+                f"the session with {self._peer_text} used up its record sequence numbers"
+            )
+            self._terminate(error)
+            self._notify()
+            raise error
+        return record
+
+    def _send_alert(self, level: int, description: int) -> None:
+        hib = self._hib
+        if hib is not None:
+            record = hib.protection.seal(21, bytes((level, description)))
+            if record is not None:
+                self._outgoing.append(record)
+
+    def _shutdown(self) -> None:
+        """Queue our close_notify, best effort."""
+        if self._hib is not None:
+            self._send_alert(1, 0)
+            return
+        with contextlib.suppress(SSL.Error):
+            self._ssl.shutdown()
+        self._collect_output()
+
+    def _receive_hibernated(self, data: bytes, now: float) -> None:
+        """A datagram for a hibernated session: records authenticated by our AEAD path, each
+        bad one dropped and counted (RFC 6347 §4.1.2.7), never fatal."""
+        stats = self._stats
+        stats.datagrams_received += 1
+        stats.bytes_received += len(data)
+        if self.state is not State.ESTABLISHED:
+            self._drop("after_close")
+            return
+        hib = self._hib
+        assert hib is not None
+        protection = hib.protection
+        if data[:1] == b"\x17" and len(data) == 13 + int.from_bytes(data[11:13], "big"):
+            result = protection.open(data)  # the common case: one application-data record
+            if type(result) is tuple and result[0] == _APPLICATION_DATA:
+                self._hibernated_data(result[1], now)
+            elif type(result) is str:
+                self._report_drop(result)
+            else:  # pragma: no cover - the type byte is authenticated: 23 in, 23 out
+                self._report_drop("bad_record")
+            return
+        produced_before = len(self._outgoing)
+        events_before = len(self._events)
+        try:
+            records = split_records_untrusted(data)
+        except BadPacket:
+            self._report_drop("malformed_record")
+            return
+        flights = self._flights
+        repeat = flights.final_repeat(data)
+        for record in records:
+            if self.state is not State.ESTABLISHED:
+                break
+            if record.epoch != protection.epoch:
+                if not repeat:  # epoch 0 records of the peer's repeated flight are expected
+                    self._report_drop("wrong_epoch")
+                continue
+            opened = protection.open(record.raw)
+            if isinstance(opened, str):
+                self._report_drop(opened)
+                continue
+            content_type, plaintext = opened
+            if content_type == _APPLICATION_DATA:
+                self._hibernated_data(plaintext, now)
+            elif content_type == 21:
+                self._hibernated_alert(plaintext)
+            elif content_type == 22:
+                self._hibernated_handshake(plaintext, repeat)
+            else:  # ChangeCipherSpec inside epoch 1: the peer is broken
+                self._hibernated_fatal(10, "an encrypted ChangeCipherSpec")
+        if repeat and self.state is State.ESTABLISHED and flights.resend_final(now):
+            stats.final_flight_resends += 1
+            self._queue(flights.final)
+        if len(self._outgoing) != produced_before or len(self._events) != events_before:
+            self._notify()
+
+    def _hibernated_data(self, plaintext: bytes, now: float) -> None:
+        if not plaintext:
+            return  # an empty application-data record carries nothing (OpenSSL skips it too)
+        self._stats.messages_received += 1
+        if self._idle_timeout is not None:
+            self._idle_deadline = now + self._idle_timeout
+        if self._final_pending:
+            self._final_pending = False
+            self._flights.peer_finished()
+        self._deliver(plaintext)
+
+    def _hibernated_alert(self, plaintext: bytes) -> None:
+        if len(plaintext) != 2:
+            self._hibernated_fatal(50, "a malformed alert")
+            return
+        level, description = plaintext
+        if description == 0:
+            self._peer_closed()
+            self._notify()
+            return
+        name = ALERT_NAMES.get(description, f"alert {description}")
+        if level == 2:
+            error = (
+                ConnectionLost(
+                    f"{self._peer_text} refused to renegotiate (alert: no renegotiation); "
+                    "OpenSSL ends a session whose renegotiation the peer refuses",
+                    alert=name,
+                )
+                if description == 100
+                else ConnectionLost(f"{self._peer_text} sent fatal alert: {name}", alert=name)
+            )
+            self._terminate(error)
+            self._notify()
+            return
+        self._report_drop("warning_alert")  # a warning other than close_notify: ignored
+
+    def _hibernated_handshake(self, plaintext: bytes, repeat: bool) -> None:
+        kind = plaintext[0] if plaintext else -1
+        if kind == 20 and repeat:
+            return  # the Finished of the peer's repeated final flight: answered by the caller
+        if kind == (1 if self._server else 0):
+            # A renegotiating ClientHello (server) or a HelloRequest (client): refused as
+            # OpenSSL refuses it, with a no_renegotiation warning.
+            self._notes.renegotiation_refused = True
+            self._send_alert(1, 100)
+            self._report_drop("renegotiation_refused")
+            return
+        self._report_drop("unexpected_handshake")
+
+    def _hibernated_fatal(self, description: int, what: str) -> None:
+        self._send_alert(2, description)
+        name = ALERT_NAMES[description]
+        self._terminate(
+            ConnectionLost(
+                f"session with {self._peer_text} failed: it sent {what} (sent alert: {name})",
+                alert=name,
+            )
+        )
+        self._notify()
 
     # -- established ----------------------------------------------------------------------------
 
@@ -826,9 +1085,7 @@ class DTLSConnection(NegotiatedSession):
         self._notify()  # a server demultiplexer must collect it
 
     def _peer_closed(self) -> None:
-        with contextlib.suppress(SSL.Error):
-            self._ssl.shutdown()  # answer with our close_notify, best effort
-        self._collect_output()
+        self._shutdown()  # answer with our close_notify, best effort
         self._finish(State.CLOSED)
         self.error = ConnectionClosedByPeer(
             f"{self._peer_text} closed the connection (close_notify)", alert="close notify"
@@ -908,6 +1165,7 @@ class DTLSConnection(NegotiatedSession):
     def _finish(self, state: State) -> None:
         self.state = state
         self._handle = None
+        self._hibernate_deadline = None
         self._flights.clear()
         self._handshake_deadline = None
         self._idle_deadline = None

@@ -38,6 +38,7 @@ from ..exceptions import (
     InvalidArgument,
 )
 from . import _bindings
+from .hibernation import Hibernated
 
 __all__ = ["NegotiatedSession", "Session"]
 
@@ -128,6 +129,7 @@ class NegotiatedSession:
     __slots__ = ("_notes", "_policy", "_server_name")
 
     _ssl: SSL.Connection
+    _hib: Hibernated | None
     _notes: _bindings.HandshakeNotes
     _server: bool
     _server_name: str | None
@@ -184,6 +186,9 @@ class NegotiatedSession:
         """The session, for resuming later (clients), once the handshake has completed."""
         if self.state.value not in ("established", "closed"):
             return None
+        if self._hib is not None:
+            der = self._hib.session_der
+            return None if der is None else Session(der, self._server_name, self._policy)
         ssl_session = _bindings.get_session(self._ssl)
         if ssl_session is None:
             return None
@@ -193,18 +198,24 @@ class NegotiatedSession:
     def peer_verified_chain(self) -> list[Any]:
         """The peer's chain as OpenSSL verified it, leaf to trusted root (``cryptography``
         certificates); empty when the peer sent none or it was not verified."""
+        if self._hib is not None:
+            return list(self._hib.peer_verified_chain)
         chain = self._ssl.get_verified_chain(as_cryptography=True)
         return list(chain or [])
 
     @property
     def alpn_protocol(self) -> str | None:
         """The application protocol agreed with ALPN (RFC 7301), or None."""
+        if self._hib is not None:
+            return self._hib.alpn
         selected = self._ssl.get_alpn_proto_negotiated()
         return selected.decode("utf-8", "replace") if selected else None
 
     @property
     def srtp_profile(self) -> str | None:
         """The SRTP protection profile agreed (RFC 5764), e.g. ``"SRTP_AES128_CM_SHA1_80"``."""
+        if self._hib is not None:
+            return self._hib.srtp
         profile = self._ssl.get_selected_srtp_profile()
         return profile.decode("ascii", "replace") if profile else None
 
@@ -225,6 +236,8 @@ class NegotiatedSession:
             if self._notes.server_name is not None:
                 return self._notes.server_name
             # no SNI callback installed (no sni_certificates/sni_callback): ask OpenSSL
+            if self._hib is not None:
+                return self._hib.server_name
             name = self._ssl.get_servername()
             return name.decode("utf-8", "replace") if name else None
         return self._server_name
@@ -247,6 +260,8 @@ class NegotiatedSession:
             if self.error is not None:
                 raise self.error
             raise ConnectionLost("keying material can be exported only after the handshake")
+        if self._hib is not None:
+            return self._hib.export(label, length, context)
         try:
             return bytes(self._ssl.export_keying_material(label, length, context))
         except SSL.Error as exc:
