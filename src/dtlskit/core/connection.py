@@ -62,7 +62,7 @@ from ..exceptions import (
 from . import _bindings, _errors
 from . import events as ev
 from .flights import Flights
-from .hibernation import ALERT_NAMES, Hibernated, hibernate
+from .hibernation import ALERT_NAMES, Hibernated, hibernate, release
 from .inbox import ByteBudget, Inbox
 from .records import (
     BadPacket,
@@ -867,6 +867,7 @@ class DTLSConnection(NegotiatedSession):
         if isinstance(result, str):
             self._drop("hibernation_refused")
             return
+        release(self._ssl)
         self._hib = result
         self._handle = None
         self._ssl = None  # type: ignore[assignment]  # released: every reader checks _hib first

@@ -34,7 +34,7 @@ from . import _bindings
 from .record_protection import RecordProtection, export_keying_material, suite_for
 from .records import split_records_trusted
 
-__all__ = ["ALERT_NAMES", "Hibernated", "hibernate"]
+__all__ = ["ALERT_NAMES", "Hibernated", "hibernate", "release"]
 
 _PROBE = b"\x00"
 
@@ -125,6 +125,14 @@ class Hibernated:
             length,
             context,
         )
+
+
+def release(ssl: SSL.Connection) -> None:
+    """Prepare ``ssl`` to be freed after :func:`hibernate` succeeded. Freeing an SSL object that
+    has not shut down makes OpenSSL drop its session from the server's cache
+    (``ssl_clear_bad_session``): marking it shut down keeps the session ID resumable as it would
+    have been (tickets do not depend on this). Nothing is sent."""
+    ssl.set_shutdown(SSL.SENT_SHUTDOWN | SSL.RECEIVED_SHUTDOWN)
 
 
 def hibernate(
