@@ -253,6 +253,12 @@ class ChannelBase(SocketOptions):
         return self._engine.cipher
 
     @property
+    def hibernated(self) -> bool:
+        """Whether the session's OpenSSL object was released (``Limits.hibernate_after``): its
+        records are then protected by :mod:`dtlskit.core.record_protection`."""
+        return self._engine.hibernated
+
+    @property
     def alpn_protocol(self) -> str | None:
         """The application protocol negotiated with ALPN, if any."""
         return self._engine.alpn_protocol
