@@ -933,6 +933,9 @@ class DTLSConnection(NegotiatedSession):
             else:  # pragma: no cover - the type byte is authenticated: 23 in, 23 out
                 self._report_drop("bad_record")
             return
+        if not data:
+            self._drop("empty_datagram")
+            return
         produced_before = len(self._outgoing)
         events_before = len(self._events)
         try:
