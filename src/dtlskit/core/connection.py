@@ -82,6 +82,9 @@ _ESTABLISHED_EPOCH = 1  # renegotiation (a later epoch) keeps the general path
 _MAX_PLAINTEXT = 2**14  # largest plaintext of one record
 # How far OpenSSL's wall-clock timer may lag ours before we stop waiting for it.
 _CLOCK_SKEW = 0.05
+# Seconds without a message after which a hibernated session drops its AEAD objects (at least;
+# hibernate_after when longer). An AES-GCM object holds ~2.5 KiB of tables; the keys are 32 B.
+_REST_AFTER = 10.0
 
 
 def fallback_mtu_for(address: Address | None) -> int:
@@ -335,9 +338,34 @@ class DTLSConnection(NegotiatedSession):
         """
         handle = self._handle
         if handle is None:
-            if self._hib is None:
+            hib = self._hib
+            if hib is None:
                 return False
-            self._receive_hibernated(data, now)  # not for the accelerator: Python's AEAD path
+            # Hibernated: Python's AEAD path (not the accelerator's).
+            if self.state is not State.ESTABLISHED:
+                self._receive_hibernated(data, now)
+                return True
+            plaintext = hib.protection.open_as(data, _APPLICATION_DATA)
+            stats = self._stats
+            stats.datagrams_received += 1
+            stats.bytes_received += len(data)
+            if type(plaintext) is not bytes:
+                self._report_drop(str(plaintext))
+                return True
+            if self._hibernate_deadline is None:
+                self._wake(now)
+            if plaintext:  # (an empty record carries nothing: OpenSSL skips it too)
+                stats.messages_received += 1
+                if self._idle_timeout is not None:
+                    self._idle_deadline = now + self._idle_timeout
+                if self._final_pending:
+                    self._final_pending = False
+                    self._flights.peer_finished()
+                callback = self.on_message
+                if callback is not None:
+                    callback(plaintext)
+                else:
+                    self._deliver(plaintext)
             return True
         stats = self._stats
         stats.datagrams_received += 1
@@ -486,11 +514,17 @@ class DTLSConnection(NegotiatedSession):
         """
         handle = self._handle
         if handle is None:
-            if self._hib is not None and self.state is State.ESTABLISHED:
-                data = _check_message(message)
-                if len(data) > self._cleartext_limit:
-                    raise MessageTooLarge(len(data), self._cleartext_limit)
-                record = self._seal_hibernated(data)
+            hib = self._hib
+            if hib is not None and self.state is State.ESTABLISHED:
+                data = message if type(message) is bytes else _check_message(message)
+                size = len(data)
+                if not size:
+                    _check_message(data)
+                if size > self._cleartext_limit:
+                    raise MessageTooLarge(size, self._cleartext_limit)
+                record = hib.protection.seal(_APPLICATION_DATA, data)
+                if record is None:
+                    record = self._seal_hibernated(data)  # raises: sequence numbers used up
                 stats = self._stats
                 stats.messages_sent += 1
                 stats.datagrams_sent += 1
@@ -611,11 +645,17 @@ class DTLSConnection(NegotiatedSession):
         if hibernate_at is not None and now >= hibernate_at and self.state is State.ESTABLISHED:
             stats = self._stats
             mark = stats.messages_received + stats.messages_sent
+            hib = self._hib
             if mark != self._hibernate_mark:  # not idle since armed: look again a period on
                 self._hibernate_mark = mark
-                self._hibernate_deadline = now + (self._hibernate_after or 0.0)
-            else:
+                self._hibernate_deadline = now + (
+                    self._hibernate_after or 0.0 if hib is None else self._rest_after()
+                )
+            elif hib is None:
                 self._hibernate(now)
+            else:  # hibernated and idle: keep only keys until the next record (see _wake)
+                hib.protection.rest()
+                self._hibernate_deadline = None
         if self._idle_deadline is not None and now >= self._idle_deadline:
             timeout = self._idle_timeout or 0.0
             self._shutdown()
@@ -871,6 +911,7 @@ class DTLSConnection(NegotiatedSession):
         self._hib = result
         self._handle = None
         self._ssl = None  # type: ignore[assignment]  # released: every reader checks _hib first
+        self._wake(now)
 
     def _note_read_high(self, data: bytes) -> None:
         """Remember the highest epoch-1 sequence number among the records of a datagram
@@ -924,15 +965,6 @@ class DTLSConnection(NegotiatedSession):
         hib = self._hib
         assert hib is not None
         protection = hib.protection
-        if data[:1] == b"\x17" and len(data) == 13 + int.from_bytes(data[11:13], "big"):
-            result = protection.open(data)  # the common case: one application-data record
-            if type(result) is tuple and result[0] == _APPLICATION_DATA:
-                self._hibernated_data(result[1], now)
-            elif type(result) is str:
-                self._report_drop(result)
-            else:  # pragma: no cover - the type byte is authenticated: 23 in, 23 out
-                self._report_drop("bad_record")
-            return
         if not data:
             self._drop("empty_datagram")
             return
@@ -956,6 +988,8 @@ class DTLSConnection(NegotiatedSession):
             if isinstance(opened, str):
                 self._report_drop(opened)
                 continue
+            if self._hibernate_deadline is None:
+                self._wake(now)
             content_type, plaintext = opened
             if content_type == _APPLICATION_DATA:
                 self._hibernated_data(plaintext, now)
@@ -970,6 +1004,18 @@ class DTLSConnection(NegotiatedSession):
             self._queue(flights.final)
         if len(self._outgoing) != produced_before or len(self._events) != events_before:
             self._notify()
+
+    def _wake(self, now: float) -> None:
+        """A rested session (AEAD objects dropped) authenticated a record: watch it again."""
+        hib = self._hib
+        if hib is not None and self.state is State.ESTABLISHED:
+            self._hibernate_deadline = now + self._rest_after()
+            stats = self._stats
+            self._hibernate_mark = stats.messages_received + stats.messages_sent
+            self._notify()  # a server must re-arm its timer for this session
+
+    def _rest_after(self) -> float:
+        return max(self._hibernate_after or 0.0, _REST_AFTER)
 
     def _hibernated_data(self, plaintext: bytes, now: float) -> None:
         if not plaintext:

@@ -64,6 +64,7 @@ plaintext, or a drop reason.
 
 from __future__ import annotations
 
+import struct
 from typing import NamedTuple
 
 from cryptography.exceptions import InvalidTag
@@ -212,6 +213,20 @@ def _aead(suite: Suite, key: bytes) -> AESGCM | AESCCM | ChaCha20Poly1305:
     return ChaCha20Poly1305(key)
 
 
+# type(1) version(2) epoch||sequence(8) length(2): the record header (RFC 6347 §4.1).
+_HEADER = struct.Struct(">BHQH")
+# epoch||sequence(8) type(1) version(2) length(2): the additional data (RFC 5246 §6.2.3.3).
+_AAD = struct.Struct(">QBHH")
+_EXPLICIT = struct.Struct(">Q")
+# The header followed by the explicit nonce (GCM, CCM); the nonce: salt(4) || explicit(8).
+_HEADER_EXPLICIT = struct.Struct(">BHQHQ")
+_NONCE = struct.Struct(">4sQ")
+_VERSION = 0xFEFD
+_SEQUENCE_MASK = (1 << 48) - 1
+_WINDOW_MASK = (1 << WINDOW) - 1
+_U64 = (1 << 64) - 1
+
+
 class RecordProtection:
     """The record keys and counters of one established DTLS 1.2 session (epoch 1).
 
@@ -219,23 +234,30 @@ class RecordProtection:
     ``write_sequence`` / ``write_explicit``: the sequence number and (GCM/CCM) explicit nonce
     of the next record we write. ``read_high``: the highest sequence number already
     authenticated from the peer (-1: none), everything up to it counting as seen.
+
+    The AEAD objects are built from the keys on first use and dropped again by :meth:`rest`
+    (an AES-GCM object holds ~2.5 KiB of precomputed tables; the keys are 16-32 bytes).
     """
 
     __slots__ = (
         "_explicit",
         "_fixed_read",
+        "_fixed_read_int",
         "_fixed_write",
+        "_fixed_write_int",
+        "_high",
+        "_max_length",
         "_min_length",
+        "_overhead",
         "_read",
-        "_read_epoch",
-        "_tag",
+        "_read_key",
+        "_suite",
         "_write",
-        "_write_epoch",
+        "_write_es",
+        "_write_key",
         "epoch",
-        "read_high",
         "read_window",
         "write_explicit",
-        "write_sequence",
     )
 
     def __init__(
@@ -254,58 +276,101 @@ class RecordProtection:
         client_key, server_key, client_iv, server_iv = derive_keys(
             suite, master_secret, client_random, server_random
         )
-        write_key, read_key = (server_key, client_key) if server else (client_key, server_key)
+        self._suite = suite
+        self._write_key, self._read_key = (
+            (server_key, client_key) if server else (client_key, server_key)
+        )
         self._fixed_write, self._fixed_read = (
             (server_iv, client_iv) if server else (client_iv, server_iv)
         )
-        self._write = _aead(suite, write_key)
-        self._read = _aead(suite, read_key)
+        self._fixed_write_int = int.from_bytes(self._fixed_write, "big")
+        self._fixed_read_int = int.from_bytes(self._fixed_read, "big")
+        self._write: AESGCM | AESCCM | ChaCha20Poly1305 | None = None
+        self._read: AESGCM | AESCCM | ChaCha20Poly1305 | None = None
         self._explicit = suite.explicit_nonce_length
-        self._tag = suite.tag_length
-        # Shortest valid record body: explicit nonce + tag (+ at least 0 plaintext bytes).
-        self._min_length = self._explicit + self._tag
+        # Shortest and longest valid record body: explicit nonce + tag (+ 0 .. 2**14 bytes).
+        self._min_length = self._explicit + suite.tag_length
+        self._max_length = _MAX_PLAINTEXT + self._min_length
+        self._overhead = HEADER_LENGTH + self._min_length
+        if not 0 <= epoch <= 0xFFFF:
+            raise ValueError("epoch out of range")
         self.epoch = epoch
-        self._write_epoch = epoch.to_bytes(2, "big")
-        self._read_epoch = self._write_epoch
         if not 0 <= write_sequence <= _MAX_SEQUENCE:
             raise ValueError("write_sequence out of range")
-        self.write_sequence = write_sequence
-        self.write_explicit = (
-            (epoch << 48 | write_sequence) if write_explicit is None else write_explicit
-        )
-        self.read_high = read_high
-        # Bit i set: sequence number read_high - i was seen. Everything up to read_high counts
-        # as seen at the start (what OpenSSL accepted before us may not be accepted again).
-        self.read_window = (1 << WINDOW) - 1 if read_high >= 0 else 0
+        self._write_es = epoch << 48 | write_sequence  # epoch || sequence of the next record
+        self.write_explicit = self._write_es if write_explicit is None else write_explicit & _U64
+        # The right edge of the replay window as epoch || sequence (epoch << 48) - 1 for none;
+        # bit i of read_window set: sequence number (right edge - i) was seen. Everything up to
+        # read_high counts as seen at the start (what OpenSSL accepted may not be accepted
+        # again, and what it never received is too old to tell from a replay).
+        self._high = epoch << 48 | read_high if read_high >= 0 else (epoch << 48) - 1
+        self.read_window = _WINDOW_MASK if read_high >= 0 else 0
+
+    @property
+    def write_sequence(self) -> int:
+        """The sequence number of the next record we write."""
+        return self._write_es & _SEQUENCE_MASK
+
+    @write_sequence.setter
+    def write_sequence(self, value: int) -> None:
+        self._write_es = self.epoch << 48 | value
+
+    @property
+    def read_high(self) -> int:
+        """The highest sequence number authenticated so far (-1: none)."""
+        return self._high - (self.epoch << 48) if self._high >> 48 == self.epoch else -1
+
+    @property
+    def awake(self) -> bool:
+        """Whether AEAD objects are built (see :meth:`rest`)."""
+        return self._write is not None or self._read is not None
+
+    def rest(self) -> None:
+        """Drop the AEAD objects (rebuilt from the keys at the next record): for idle
+        sessions, which then hold only keys, IVs and counters."""
+        self._write = None
+        self._read = None
 
     # -- writing --------------------------------------------------------------------------------
 
     def seal_at(self, content_type: int, plaintext: bytes, sequence: int, explicit: int) -> bytes:
         """The record for ``plaintext`` at ``sequence`` with explicit nonce ``explicit`` (GCM,
-        CCM): no state changes. For the hibernation self-check; :meth:`seal` for sending."""
-        seq = self._write_epoch + sequence.to_bytes(6, "big")
-        size = len(plaintext)
-        head = bytes((content_type, 0xFE, 0xFD))
-        aad = seq + head + size.to_bytes(2, "big")
+        CCM): no counter changes. For the hibernation self-check; :meth:`seal` for sending."""
+        es = self.epoch << 48 | sequence
+        aead = self._write
+        if aead is None:
+            aead = self._write = _aead(self._suite, self._write_key)
+        aad = _AAD.pack(es, content_type, _VERSION, len(plaintext))
         if self._explicit:
-            nonce_tail = (explicit & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "big")
-            body = nonce_tail + self._write.encrypt(self._fixed_write + nonce_tail, plaintext, aad)
+            tail = _EXPLICIT.pack(explicit & _U64)
+            body = tail + aead.encrypt(self._fixed_write + tail, plaintext, aad)
         else:
-            mask = int.from_bytes(seq, "big")
-            nonce = (int.from_bytes(self._fixed_write, "big") ^ mask).to_bytes(12, "big")
-            body = self._write.encrypt(nonce, plaintext, aad)
-        return head + seq + len(body).to_bytes(2, "big") + body
+            nonce = (self._fixed_write_int ^ es).to_bytes(12, "big")
+            body = aead.encrypt(nonce, plaintext, aad)
+        return _HEADER.pack(content_type, _VERSION, es, len(body)) + body
 
     def seal(self, content_type: int, plaintext: bytes) -> bytes | None:
         """One record carrying ``plaintext`` (at most 2**14 bytes, checked by the caller), or
         None when the sequence numbers are exhausted."""
-        sequence = self.write_sequence
-        if sequence > _MAX_SEQUENCE:
-            return None
-        record = self.seal_at(content_type, plaintext, sequence, self.write_explicit)
-        self.write_sequence = sequence + 1
-        self.write_explicit += 1
-        return record
+        es = self._write_es
+        if es < 0:
+            return None  # the last sequence number was used
+        aead = self._write
+        if aead is None:
+            aead = self._write = _aead(self._suite, self._write_key)
+        size = len(plaintext)
+        aad = _AAD.pack(es, content_type, _VERSION, size)
+        # After the last sequence number the epoch part would change: park on -1 instead.
+        self._write_es = es + 1 if es & _SEQUENCE_MASK != _SEQUENCE_MASK else -1
+        if self._explicit:
+            explicit = self.write_explicit
+            self.write_explicit = (explicit + 1) & _U64
+            return _HEADER_EXPLICIT.pack(
+                content_type, _VERSION, es, size + self._min_length, explicit
+            ) + aead.encrypt(_NONCE.pack(self._fixed_write, explicit), plaintext, aad)
+        return _HEADER.pack(content_type, _VERSION, es, size + self._min_length) + aead.encrypt(
+            (self._fixed_write_int ^ es).to_bytes(12, "big"), plaintext, aad
+        )
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -314,47 +379,52 @@ class RecordProtection:
         must match ``len(record)``). Returns ``(content_type, plaintext)``, or the drop reason:
         ``"malformed_record"`` (framing, version, length), ``"wrong_epoch"``, ``"bad_record"``
         (replayed, too old, or failed authentication). Never raises."""
-        size = len(record)
-        if size < HEADER_LENGTH or record[1:3] != DTLS_1_2:
+        if len(record) < HEADER_LENGTH:
             return DROP_MALFORMED
         content_type = record[0]
-        length = (record[11] << 8) | record[12]
+        if content_type not in _VALID_TYPES:
+            return DROP_MALFORMED
+        result = self.open_as(record, content_type)
+        return result if type(result) is str else (content_type, result)  # type: ignore[return-value]
+
+    def open_as(self, record: bytes, content_type: int) -> bytes | str:
+        """:meth:`open` for a record whose first byte the caller read as ``content_type`` and
+        whose length is at least a header's: the plaintext, or the drop reason."""
+        _, version, es, length = _HEADER.unpack_from(record, 0)
+        length -= self._min_length  # the plaintext's length, if the framing is right
         if (
-            content_type not in _VALID_TYPES
-            or length != size - HEADER_LENGTH
-            or length < self._min_length
-            or length > _MAX_PLAINTEXT + self._min_length
+            version != _VERSION
+            or len(record) != self._overhead + length
+            or length < 0
+            or length > _MAX_PLAINTEXT
         ):
             return DROP_MALFORMED
-        if record[3:5] != self._read_epoch:
+        if es >> 48 != self.epoch:
             return DROP_WRONG_EPOCH
-        sequence = int.from_bytes(record[5:11], "big")
-        high = self.read_high
-        if sequence <= high:
-            offset = high - sequence
+        high = self._high
+        if es <= high:
+            offset = high - es
             if offset >= WINDOW or (self.read_window >> offset) & 1:
                 return DROP_BAD_RECORD
-        plain_length = length - self._min_length
-        aad = record[3:11] + record[0:3] + plain_length.to_bytes(2, "big")
+        aead = self._read
+        if aead is None:
+            aead = self._read = _aead(self._suite, self._read_key)
+        aad = _AAD.pack(es, content_type, _VERSION, length)
         try:
             if self._explicit:
-                explicit = record[HEADER_LENGTH : HEADER_LENGTH + self._explicit]
-                plaintext = self._read.decrypt(
-                    self._fixed_read + explicit, record[HEADER_LENGTH + self._explicit :], aad
-                )
+                plaintext = aead.decrypt(self._fixed_read + record[13:21], record[21:], aad)
             else:
-                nonce = (
-                    int.from_bytes(self._fixed_read, "big") ^ int.from_bytes(record[3:11], "big")
-                ).to_bytes(12, "big")
-                plaintext = self._read.decrypt(nonce, record[HEADER_LENGTH:], aad)
+                nonce = (self._fixed_read_int ^ es).to_bytes(12, "big")
+                plaintext = aead.decrypt(nonce, record[13:], aad)
         except InvalidTag:
             return DROP_BAD_RECORD
         # Authenticated: slide or mark the window (RFC 6347 §4.1.2.6).
-        if sequence > high:
-            shift = sequence - high
-            window = self.read_window << shift if shift < WINDOW else 0
-            self.read_window = (window | 1) & ((1 << WINDOW) - 1)
-            self.read_high = sequence
+        if es > high:
+            shift = es - high
+            self.read_window = (
+                (self.read_window << shift | 1) & _WINDOW_MASK if shift < WINDOW else 1
+            )
+            self._high = es
         else:
-            self.read_window |= 1 << (high - sequence)
-        return content_type, plaintext
+            self.read_window |= 1 << (high - es)
+        return plaintext
