@@ -1,7 +1,7 @@
 """Build the optional C accelerator ``dtlskit._native``; everything else is in pyproject.toml.
 
 Where no C compiler (or no Python headers) is available the build warns and goes on without
-it: dtlskit then uses its pure-Python implementation of the same primitives (dtlskit._accel).
+it: dtlskit then uses its pure-Python implementation of the same primitives (dtlskit._frontend.accel).
 Set ``DTLSKIT_BUILD_NATIVE=0`` to skip the extension on purpose. The extension links no OpenSSL:
 it calls the one inside ``cryptography`` through function pointers taken at import time.
 """

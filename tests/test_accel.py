@@ -1,4 +1,5 @@
-"""The established-record primitives of :mod:`dtlskit._accel`, whichever implementation is active.
+"""The established-record primitives of :mod:`dtlskit._frontend.accel`, whichever implementation
+is active.
 
 CI runs the suite with the native accelerator and with ``DTLSKIT_NATIVE=0``: the same tests pin
 both to one contract.
@@ -16,7 +17,7 @@ import pytest
 from OpenSSL import SSL
 
 import dtlskit
-from dtlskit import _accel
+from dtlskit._frontend import accel as _accel
 from dtlskit.testing import MemoryPair
 
 

@@ -29,8 +29,9 @@ from typing import Any, TypeVar
 import pytest
 
 import dtlskit
-from dtlskit import _sockets, sync, udp
 from dtlskit import asyncio as aio
+from dtlskit import sync, udp
+from dtlskit._frontend import sockets as _sockets
 from dtlskit.certs import PKIFiles
 from tests.peers import free_udp_port
 
@@ -155,7 +156,7 @@ def test_sigterm_while_workers_start_exits_0(flavour: str, tmp_path: Path, pki: 
 RUN_WORKERS_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys
-    from dtlskit import _sockets
+    from dtlskit._frontend import workers
 
     def worker(mode):
         def run_one(index):
@@ -168,7 +169,7 @@ RUN_WORKERS_SCRIPT = textwrap.dedent(
             signal.pause()  # pragma: no cover - the signal ends it first
         return run_one
 
-    results = {mode: _sockets.run_workers(2, worker(mode)) for mode in sys.argv[1:]}
+    results = {mode: workers.run_workers(2, worker(mode)) for mode in sys.argv[1:]}
     print(" ".join(f"{mode}={code}" for mode, code in results.items()))
     """
 )
@@ -345,7 +346,7 @@ def test_sync_other_icmp_error_after_the_handshake_is_connection_lost(
 
 
 def test_socket_errors_map_by_engine_state(client_config: dtlskit.DTLSConfiguration) -> None:
-    from dtlskit._channel_base import client_socket_error
+    from dtlskit._frontend.channel_base import client_socket_error
     from dtlskit.core.connection import DTLSConnection, State
 
     peer = ("127.0.0.1", 9)
@@ -702,8 +703,9 @@ def test_sync_server_exports_run_server() -> None:
 
 
 def test_every_shared_socket_helper_is_used() -> None:
-    source = Path(_sockets.__file__).parent
-    users = "".join(path.read_text() for path in source.rglob("*.py") if path.name != "_sockets.py")
+    source = Path(_sockets.__file__).parent.parent
+    own = Path(_sockets.__file__)
+    users = "".join(path.read_text() for path in source.rglob("*.py") if path != own)
     helpers = [name for name in _sockets.__all__ if callable(getattr(_sockets, name))]
     unused = [name for name in helpers if not re.search(rf"\b{name}\b", users)]
     assert unused == []

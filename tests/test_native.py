@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 import dtlskit
-from dtlskit import _accel
+from dtlskit._frontend import accel as _accel
 from dtlskit.testing import MemoryPair
 
 _SPEC = importlib.util.find_spec("dtlskit._native")

@@ -48,6 +48,38 @@ def test_the_forbidden_import_check_can_fail(tmp_path):
     ]
 
 
+def runtime_imports_of(path: pathlib.Path, target: str) -> list[str]:
+    """``file:line`` of every import of ``target`` (a relative module name such as ``config``
+    one level up) that runs: at module level outside ``if TYPE_CHECKING:``, or inside a
+    function (a lazy import)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    skipped: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            skipped.update(id(child) for child in ast.walk(node))
+    return [
+        f"{path.name}:{node.lineno}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+        and id(node) not in skipped
+        and (node.module or "").split(".")[0] == target
+        and node.level >= 2
+    ]
+
+
+def test_core_refers_to_the_configuration_for_types_only(tmp_path):
+    # config.py builds on core.context; the core must not import config back (no cycle, no
+    # lazy imports working around one).
+    paths = sorted((SRC / "core").rglob("*.py"))
+    assert [hit for path in paths for hit in runtime_imports_of(path, "config")] == []
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..config import A\n"
+        "def f():\n    from ..config import B\n"
+    )
+    assert runtime_imports_of(bad, "config") == ["bad.py:5"]
+
+
 def test_public_names_exist():
     for name in dtlskit.__all__:
         assert hasattr(dtlskit, name), name

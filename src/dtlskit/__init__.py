@@ -7,8 +7,8 @@ records move through the optional C extension (``"native"``) or pure Python (``"
 ``DTLSKIT_NATIVE=0`` in the environment turns the extension off.
 """
 
-from ._accel import ACCELERATOR
-from ._channel_base import SessionProtocol
+from ._frontend.accel import ACCELERATOR
+from ._frontend.channel_base import SessionProtocol
 from .asyncio import connect, listen, run_server, serve
 from .config import DEFAULT_CIPHERS, DTLSConfiguration, Limits
 from .core.session import Session

@@ -1,4 +1,4 @@
-/* dtlskit._native: the optional C implementation of dtlskit._accel's four primitives.
+/* dtlskit._native: the optional C implementation of dtlskit._frontend.accel's four primitives.
  *
  * Theory of operation
  * -------------------
@@ -123,11 +123,11 @@ static Scratch *get_scratch(int need_slots) {
 
 /* ---- helpers --------------------------------------------------------------------------- */
 
-static PyObject *fallback_module; /* dtlskit._accel, imported on first use */
+static PyObject *fallback_module; /* dtlskit._frontend.accel, imported on first use */
 
 static PyObject *call_fallback(const char *name, PyObject *a, PyObject *b) {
     if (fallback_module == NULL) {
-        fallback_module = PyImport_ImportModule("dtlskit._accel");
+        fallback_module = PyImport_ImportModule("dtlskit._frontend.accel");
         if (fallback_module == NULL) {
             return NULL;
         }
@@ -255,7 +255,7 @@ static PyMemberDef handle_members[] = {
 static PyTypeObject HandleType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "dtlskit._native.Handle",
-    .tp_doc = "One established session's SSL and memory BIO pointers (see dtlskit._accel).",
+    .tp_doc = "One established session's SSL and memory BIO pointers (see dtlskit._frontend.accel).",
     .tp_basicsize = sizeof(Handle),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_traverse = (traverseproc)handle_traverse,
@@ -927,7 +927,7 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT,
     .m_name = "dtlskit._native",
-    .m_doc = "The C implementation of dtlskit._accel's primitives (see that module).",
+    .m_doc = "The C implementation of dtlskit._frontend.accel's primitives (see that module).",
     .m_size = -1,
     .m_methods = methods,
 };

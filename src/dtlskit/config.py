@@ -6,13 +6,16 @@
 handshake timers, server limits and the cookie secret. It is frozen; derive variants with
 :meth:`DTLSConfiguration.replace` or the ``ssl.SSLContext``-style names (``load_cert_chain``,
 ``load_verify_locations``, ``load_default_certs``, ``set_alpn_protocols``), which all return a
-new configuration. Each endpoint builds its own fresh OpenSSL context from it.
+new configuration. It is data: the OpenSSL context is made from it by the factory in
+:mod:`dtlskit.core.context` (:meth:`DTLSConfiguration.context` and
+:meth:`DTLSConfiguration.build_context` call it).
 
 Security features beyond certificates: PSK (RFC 4279), a certificate per SNI name or for clients
 that send none, ALPN (RFC 7301), DTLS-SRTP (RFC 5764), session tickets (RFC 5077), refusal of
-renegotiation, and an NSS key log for debugging. A server's SNI certificates each get their own
-context, built up front with every other setting of this configuration, because OpenSSL reads the
-trust store, ALPN and key-log callbacks from whichever context a connection ends up on.
+renegotiation, and an NSS key log for debugging.
+
+Dependencies run one way: this module uses :mod:`dtlskit.core.context`; the core refers to
+this module for types only.
 """
 
 from __future__ import annotations
@@ -27,10 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import UnsupportedAlgorithm
-from OpenSSL import SSL, crypto
+from OpenSSL import SSL
 
-from ._secrets import open_private_append, security_warning
+from .core import context as _context
 from .exceptions import ConfigurationError
 
 __all__ = [
@@ -383,11 +385,11 @@ class DTLSConfiguration:
                     raise ConfigurationError(
                         f"sni_certificates: {name!r} is not a host name or *.wildcard name"
                     )
-                _check_certificate_spec(f"sni_certificates[{name!r}]", spec)
+                _context.check_certificate_spec(f"sni_certificates[{name!r}]", spec)
         if self.sni_callback is not None and not callable(self.sni_callback):
             raise ConfigurationError("sni_callback must be callable")
         if self.ip_certificate is not None:
-            _check_certificate_spec("ip_certificate", self.ip_certificate)
+            _context.check_certificate_spec("ip_certificate", self.ip_certificate)
         for name in ("alpn_protocols", "srtp_profiles"):
             value = getattr(self, name)
             if isinstance(value, str | bytes) or not all(
@@ -622,7 +624,11 @@ class DTLSConfiguration:
         """The verify mode in force for this role."""
         if self.verify_mode is not None:
             return self.verify_mode
-        if not server and self.psk is not None and _psk_only(self.effective_ciphers(False)):
+        if (
+            not server
+            and self.psk is not None
+            and _context.offers_only_psk(self.effective_ciphers(False))
+        ):
             return ssl.CERT_NONE  # only PSK suites are offered: no certificate will come
         return ssl.CERT_NONE if server else ssl.CERT_REQUIRED
 
@@ -682,254 +688,13 @@ class DTLSConfiguration:
 
     def context(self, server: bool) -> SSL.Context:
         """The OpenSSL context for this role, built on first use and then shared by every
-        connection made from this configuration (as one ``ssl.SSLContext`` serves many sockets).
-        Files are read once; to pick up a changed certificate, make a new configuration
-        (:meth:`replace`). Raises :class:`ConfigurationError`."""
-        cache: dict[bool, SSL.Context] = self.__dict__.setdefault("_context_cache", {})
-        ctx = cache.get(server)
-        if ctx is None:
-            ctx = cache[server] = self.build_context(server)
-        return ctx
+        connection made from this configuration; see :func:`dtlskit.core.context.context`."""
+        return _context.context(self, server)
 
     def build_context(self, server: bool) -> SSL.Context:
-        """A fresh OpenSSL DTLS context for this role. Raises :class:`ConfigurationError`.
-
-        A server's context also holds the contexts of its SNI certificates (switched to by its
-        server-name callback), its session cache and its session-ticket keys: share one context
-        (``ServerEngine(config, context=ctx)``, built before worker processes fork) to let every
-        worker resume every session.
-        """
-        if server and self.certfile is None and self.psk_lookup is None:
-            raise ConfigurationError(
-                "a DTLS server needs a certificate: give certfile and keyfile "
-                "(or psk_lookup for a PSK-only server)"
-            )
-        ctx = self._base_context(server)
-        self._load_identity(ctx)
-        if server:
-            self._install_sni(ctx)
-        elif self.effective_verify_mode(False) == ssl.CERT_NONE and not (
-            self.psk is not None and _psk_only(self.effective_ciphers(False))
-        ):
-            security_warning(
-                "this client does not verify the server's certificate (verify_mode=CERT_NONE): "
-                "anyone on the path can pose as the server and read the traffic"
-            )
-        return ctx
-
-    def _base_context(self, server: bool) -> SSL.Context:
-        """Everything but our certificate (SNI contexts are made with this too)."""
-        ctx = SSL.Context(SSL.DTLS_METHOD)
-        ctx.set_min_proto_version(_DTLS1_2_VERSION)
-        options = SSL.OP_NO_QUERY_MTU | SSL.OP_NO_COMPRESSION
-        if not self.allow_renegotiation:
-            options |= SSL.OP_NO_RENEGOTIATION
-        elif server:
-            from .core._bindings import OP_ALLOW_CLIENT_RENEGOTIATION
-
-            options |= OP_ALLOW_CLIENT_RENEGOTIATION
-        if server and not self.session_tickets:
-            options |= SSL.OP_NO_TICKET
-        ctx.set_options(options)
-        # Free the read/write buffers of idle connections: measured ~25% less memory per
-        # established session on a server holding hundreds of them.
-        ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
-        ciphers = self.effective_ciphers(server)
-        try:
-            ctx.set_cipher_list(ciphers.encode())
-        except SSL.Error as exc:
-            raise ConfigurationError(f"no usable cipher in {ciphers!r}") from exc
-        if _wants_ccm8(ciphers) and "@SECLEVEL=0" not in ciphers.upper():
-            raise ConfigurationError(
-                f"ciphers {ciphers!r} asks for CCM-8 suites, which OpenSSL 4 enables only at "
-                "security level 0 (their 64-bit tags): append ':@SECLEVEL=0' to ciphers"
-            )
-        mode = self.effective_verify_mode(server)
-        if mode != ssl.CERT_NONE:
-            self._load_trust(ctx, server)
-        self._install_features(ctx, server)
-        if server:
-            # Session ID context: required for resumption when client certificates are used.
-            ctx.set_session_id(b"dtlskit")
-            # We answer ClientHellos with our own stateless cookies before OpenSSL sees them;
-            # these callbacks only satisfy DTLSv1_listen for a ClientHello we already verified.
-            ctx.set_cookie_generate_callback(lambda conn: b"dtlskit")
-            ctx.set_cookie_verify_callback(lambda conn, cookie: True)
-        return ctx
-
-    def _load_identity(self, ctx: SSL.Context) -> None:
-        if self.certfile is None:
-            return
-        _use_identity(ctx, self.certfile, self.keyfile, self.password)
-
-    def _install_features(self, ctx: SSL.Context, server: bool) -> None:
-        from .core import _bindings  # the core imports this module: import it lazily
-
-        if server and self.psk_lookup is not None:
-            lookup = self.psk_lookup
-            find = lookup.get if isinstance(lookup, Mapping) else lookup
-            hint = self.psk_identity_hint.encode() if self.psk_identity_hint else None
-            _bindings.set_psk_server(ctx, find, hint)
-        elif not server and self.psk is not None:
-            identity, key = self.psk
-            _bindings.set_psk_client(
-                ctx, identity.encode() if isinstance(identity, str) else identity, key
-            )
-        if self.alpn_protocols:
-            if server:
-                _bindings.set_alpn_select(ctx, self.alpn_protocols)
-            else:
-                ctx.set_alpn_protos([p.encode() for p in self.alpn_protocols])
-        if self.srtp_profiles:
-            try:
-                ctx.set_tlsext_use_srtp(":".join(self.srtp_profiles).encode())
-            except SSL.Error as exc:
-                raise ConfigurationError(
-                    f"srtp_profiles: OpenSSL does not know {list(self.srtp_profiles)!r} "
-                    "(known: SRTP_AES128_CM_SHA1_80, SRTP_AES128_CM_SHA1_32, "
-                    "SRTP_AEAD_AES_128_GCM, SRTP_AEAD_AES_256_GCM, ...)"
-                ) from exc
-        if self.keylog_file is not None:
-            ctx.set_keylog_callback(_KeyLogWriter(os.fspath(self.keylog_file)))
-        _bindings.watch_handshake(ctx, server)
-
-    def _install_sni(self, ctx: SSL.Context) -> None:
-        if not self.sni_certificates and self.sni_callback is None and self.ip_certificate is None:
-            return
-        from .core import _bindings
-
-        exact: dict[str, SSL.Context] = {}
-        wildcard: dict[str, SSL.Context] = {}
-        for name, spec in (self.sni_certificates or {}).items():
-            key = name.lower().rstrip(".")
-            table = wildcard if key.startswith("*.") else exact
-            table[key.removeprefix("*.")] = self._identity_context(
-                spec, f"sni_certificates[{name!r}]"
-            )
-        by_ip = (
-            self._identity_context(self.ip_certificate, "ip_certificate")
-            if self.ip_certificate is not None
-            else None
-        )
-        built: dict[tuple[str, str], SSL.Context] = {}
-
-        def choose(connection: SSL.Connection, name: str | None) -> None:
-            target = by_ip
-            if name is not None:
-                key = name.lower().rstrip(".")
-                target = exact.get(key) or wildcard.get(key.partition(".")[2])
-            if target is None and self.sni_callback is not None:
-                target = self._callback_context(name, built)
-            if target is not None:
-                connection.set_context(target)
-
-        _bindings.set_servername_callback(ctx, choose)
-
-    def _callback_context(
-        self, name: str | None, built: dict[tuple[str, str], SSL.Context]
-    ) -> SSL.Context | None:
-        what = f"sni_callback({name!r})"
-        callback = self.sni_callback
-        if callback is None:  # pragma: no cover - only called when set
-            return None
-        try:
-            spec = callback(name)
-        except Exception as exc:
-            raise ConfigurationError(f"{what} raised {type(exc).__name__}: {exc}") from exc
-        if spec is None:
-            return None
-        _check_certificate_spec(f"the value of {what}", spec)
-        key = (os.fspath(spec[0]), os.fspath(spec[1]))
-        if key not in built:
-            if len(built) >= _MAX_CALLBACK_CONTEXTS:
-                built.clear()
-            built[key] = self._identity_context(spec, what)
-        return built[key]
-
-    def _identity_context(self, spec: CertificateSpec, what: str) -> SSL.Context:
-        ctx = self._base_context(server=True)
-        password = spec[2] if len(spec) == 3 else None
-        try:
-            _use_identity(ctx, spec[0], spec[1], password)
-        except ConfigurationError as exc:
-            raise ConfigurationError(f"{what}: {exc}") from exc
-        return ctx
-
-    def _load_trust(self, ctx: SSL.Context, server: bool) -> None:
-        loaded = False
-        if self.cafile is not None or self.capath is not None:
-            cafile = os.fspath(self.cafile) if self.cafile is not None else None
-            capath = os.fspath(self.capath) if self.capath is not None else None
-            if cafile is not None:
-                _check_readable(cafile, "CA file")
-            if capath is not None and not os.path.isdir(capath):
-                raise ConfigurationError(f"capath {capath} is not a directory")
-            try:
-                ctx.load_verify_locations(cafile, capath)
-            except SSL.Error as exc:
-                raise ConfigurationError(
-                    f"cannot load CA certificates from {cafile or capath}: {_reason(exc)}"
-                ) from exc
-            loaded = True
-        if self.cadata is not None:
-            store = ctx.get_cert_store()
-            if store is None:  # pragma: no cover - OpenSSL always has one
-                raise ConfigurationError("OpenSSL context has no certificate store")
-            for cert in _parse_cadata(self.cadata):
-                try:
-                    store.add_cert(cert)
-                except crypto.Error as exc:  # pragma: no cover - OpenSSL 3 accepts duplicates
-                    raise ConfigurationError(
-                        f"cadata: OpenSSL refused a certificate: {exc}"
-                    ) from exc
-            loaded = True
-        if self.default_certs or (not loaded and not server):
-            ctx.set_default_verify_paths()
-
-
-def _use_identity(
-    ctx: SSL.Context,
-    certfile_path: str | os.PathLike[str],
-    keyfile_path: str | os.PathLike[str] | None,
-    password: Password | None,
-) -> None:
-    """Load a certificate chain and its private key into ``ctx``; every failure is a
-    :class:`ConfigurationError` naming the file(s) and the cause."""
-    certfile = os.fspath(certfile_path)
-    keyfile = os.fspath(keyfile_path) if keyfile_path is not None else certfile
-    _check_readable(certfile, "certificate file")
-    try:
-        ctx.use_certificate_chain_file(certfile)
-    except SSL.Error as exc:
-        raise ConfigurationError(
-            f"cannot load certificate chain from {certfile}: {_reason(exc)} "
-            "(expected PEM 'BEGIN CERTIFICATE' blocks, our certificate first)"
-        ) from exc
-    key = _load_private_key(keyfile, password)
-    try:
-        ctx.use_privatekey(key)
-        ctx.check_privatekey()
-    except TypeError as exc:  # pyOpenSSL takes only key types that can sign
-        raise ConfigurationError(
-            f"private key {keyfile} is a {type(key).__name__.lstrip('_')}, which cannot "
-            "sign a handshake (use an RSA, EC, Ed25519 or Ed448 key)"
-        ) from exc
-    except SSL.Error as exc:
-        raise ConfigurationError(
-            f"certificate {certfile} and private key {keyfile} do not belong together: the "
-            f"key is not the one the certificate was issued for ({_reason(exc)})"
-        ) from exc
-
-
-def _check_readable(path: str, what: str) -> None:
-    """Fail with the OS's words (not OpenSSL's "system lib") when ``path`` cannot be read."""
-    if os.path.isdir(path):
-        raise ConfigurationError(f"cannot read {what} {path}: it is a directory")
-    try:
-        with open(path, "rb"):
-            pass
-    except OSError as exc:
-        raise ConfigurationError(f"cannot read {what} {path}: {exc.strerror}") from exc
+        """A fresh OpenSSL DTLS context for this role; see
+        :func:`dtlskit.core.context.build_context`. Raises :class:`ConfigurationError`."""
+        return _context.build_context(self, server)
 
 
 def _check_psk(psk: object) -> None:
@@ -945,60 +710,6 @@ def _check_psk(psk: object) -> None:
         raise ConfigurationError(f"psk key must be bytes, 1 to {_PSK_MAX_KEY} bytes long")
 
 
-def _wants_ccm8(ciphers: str) -> bool:
-    tokens = ciphers.upper().replace(",", ":").replace(" ", ":").split(":")
-    return any("CCM8" in t or "CCM_8" in t for t in tokens if t and t[0] not in "!-")
-
-
-def _psk_only(ciphers: str) -> bool:
-    """Whether a cipher list names only PSK suites that involve no certificate (not RSA-PSK)."""
-    tokens = [
-        t
-        for t in ciphers.replace(",", ":").replace(" ", ":").split(":")
-        if t and t[0] not in "@!-+"
-    ]
-    return bool(tokens) and all("PSK" in t and "RSA" not in t for t in tokens)
-
-
-def _check_certificate_spec(what: str, spec: object) -> None:
-    if not isinstance(spec, tuple) or len(spec) not in (2, 3):
-        raise ConfigurationError(
-            f"{what} must be a (certfile, keyfile) or (certfile, keyfile, password) tuple, "
-            f"not {spec!r}"
-        )
-    if not all(isinstance(item, str | os.PathLike) for item in spec[:2]):
-        raise ConfigurationError(f"{what}: certfile and keyfile must be paths")
-    password = spec[2] if len(spec) == 3 else None
-    if password is not None and not (isinstance(password, str | bytes) or callable(password)):
-        raise ConfigurationError(f"{what}: password must be a str, bytes or a callable")
-
-
-class _KeyLogWriter:
-    """Appends NSS key log lines to a file (a pyOpenSSL key-log callback).
-
-    The file is opened for each line (it may be rotated meanwhile) with the checks of
-    :func:`dtlskit._secrets.open_private_append`: created 0600, never through a symbolic link,
-    refused when others may read it."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        os.close(open_private_append(path, "keylog_file"))
-        security_warning(
-            f"session secrets are being written to the key log {path}: anyone who reads it "
-            "can decrypt the traffic (keylog_file / SSLKEYLOGFILE are for debugging only)"
-        )
-
-    def __call__(self, connection: SSL.Connection, line: bytes) -> None:
-        try:  # runs inside an OpenSSL callback: nothing may escape
-            fd = open_private_append(self.path, "keylog_file")
-            try:
-                os.write(fd, line + b"\n")
-            finally:
-                os.close(fd)
-        except (OSError, ConfigurationError) as exc:
-            security_warning(f"key log lines are being dropped: {exc}")
-
-
 def _positive_seconds(value: object) -> bool:
     """A positive, finite int or float (NaN would make a deadline that never comes)."""
     return (
@@ -1007,72 +718,3 @@ def _positive_seconds(value: object) -> bool:
         and math.isfinite(value)
         and value > 0
     )
-
-
-def _load_private_key(keyfile: str, password: Password | None) -> Any:
-    """Load a PEM private key with cryptography (pyOpenSSL's passphrase callback is deprecated)."""
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-    try:
-        with open(keyfile, "rb") as handle:
-            data = handle.read()
-    except OSError as exc:
-        raise ConfigurationError(f"cannot read private key file {keyfile}: {exc.strerror}") from exc
-    secret: bytes | None = None
-    if password is not None:
-        if callable(password):
-            try:
-                value = password()
-            except Exception as exc:
-                raise ConfigurationError(
-                    f"the password callable for private key {keyfile} raised "
-                    f"{type(exc).__name__}: {exc}"
-                ) from exc
-        else:
-            value = password
-        if not isinstance(value, str | bytes):
-            raise ConfigurationError(
-                f"the password for private key {keyfile} must be str or bytes, "
-                f"not {type(value).__name__}"
-            )
-        secret = value.encode() if isinstance(value, str) else bytes(value)
-    try:
-        return load_pem_private_key(data, secret)
-    except TypeError as exc:
-        if secret is None:
-            raise ConfigurationError(
-                f"private key {keyfile} is encrypted: give its password"
-            ) from exc
-        raise ConfigurationError(
-            f"private key {keyfile} is not encrypted, but a password was given"
-        ) from exc
-    except (ValueError, UnsupportedAlgorithm) as exc:
-        hint = "wrong password, or " if secret is not None else ""
-        raise ConfigurationError(
-            f"cannot load private key from {keyfile}: {hint}not a PEM private key"
-        ) from exc
-
-
-def _parse_cadata(cadata: str | bytes) -> Sequence[crypto.X509]:
-    from cryptography import x509
-
-    try:
-        if isinstance(cadata, str):
-            certs = x509.load_pem_x509_certificates(cadata.encode())
-        elif cadata.lstrip().startswith(b"-----BEGIN"):
-            certs = x509.load_pem_x509_certificates(cadata)
-        else:
-            certs = [x509.load_der_x509_certificate(cadata)]
-    except ValueError as exc:
-        raise ConfigurationError(
-            f"cadata holds no valid certificate (expected PEM text or DER bytes): {exc}"
-        ) from exc
-    return [crypto.X509.from_cryptography(cert) for cert in certs]
-
-
-def _reason(exc: SSL.Error) -> str:
-    """The last OpenSSL reason string of an error, for messages."""
-    try:
-        return str(exc.args[0][-1][2])
-    except (IndexError, TypeError):
-        return str(exc) or type(exc).__name__

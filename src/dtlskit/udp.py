@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ._sockets import (
+from ._frontend.sockets import (
     Address,
     bind_udp_sockets,
     format_address,
@@ -52,7 +52,7 @@ class UDPEchoServer:
     """Sends every datagram back to its sender, unchanged. One socket per resolved address.
 
     ``host`` None or ``""`` binds every interface (IPv4 and, where available, IPv6), by the rule
-    every dtlskit server follows (:func:`dtlskit._sockets.bind_udp_sockets`). Use it
+    every dtlskit server follows (:func:`dtlskit._frontend.sockets.bind_udp_sockets`). Use it
     as a context manager, run :meth:`serve_forever` and stop it with :meth:`shutdown` (from
     another thread or a signal handler); ``on_datagram(address, size)`` is called for each
     datagram received, e.g. to log it.

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 import dtlskit
-from dtlskit import _sockets, sync
+from dtlskit import sync
+from dtlskit._frontend import sockets as _sockets
 from dtlskit.certs import PKIFiles
 from dtlskit.sync import Channel
 from tests.peers import free_udp_port

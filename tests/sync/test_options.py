@@ -11,7 +11,7 @@ import pytest
 
 import dtlskit
 from dtlskit import sync
-from dtlskit._sockets import MAX_BUFFER_SIZE, MIN_BUFFER_SIZE
+from dtlskit._frontend.sockets import MAX_BUFFER_SIZE, MIN_BUFFER_SIZE
 from dtlskit.sync import Channel
 
 WAIT = 10.0

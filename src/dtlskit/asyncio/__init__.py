@@ -6,7 +6,7 @@ optionally with ``SO_REUSEPORT`` worker processes. The blocking mirror image is
 :mod:`dtlskit.sync`, with the same module and method names.
 """
 
-from .._channel_base import SessionProtocol
+from .._frontend.channel_base import SessionProtocol
 from .channel import Channel
 from .client import connect
 from .server import Listener, Server, install_signal_handlers, listen, run_server, serve

@@ -26,8 +26,8 @@ import contextlib
 import warnings
 from typing import Any, cast
 
-from .._channel_base import ChannelBase, ends_iteration, fresh_error
-from .._sockets import Address
+from .._frontend.channel_base import ChannelBase, ends_iteration, fresh_error
+from .._frontend.sockets import Address
 from ..core.connection import DTLSConnection
 from ..core.inbox import Inbox
 from ..exceptions import BufferTooSmall, ConcurrencyError, ConnectionClosedLocally, DTLSError

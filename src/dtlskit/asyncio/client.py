@@ -4,8 +4,8 @@ The client's UDP socket is ``connect()``-ed to the server and driven by a
 :class:`ClientDriver` (``loop.add_reader`` and batched reads, like the server's driver). The
 kernel reports an ICMP error (port unreachable as ``ECONNREFUSED``, host unreachable, ...) on
 the next read or send of that socket, and
-:func:`dtlskit._channel_base.client_socket_error` decides, as in the blocking flavour: during
-the handshake it fails at once (port unreachable is
+:func:`dtlskit._frontend.channel_base.client_socket_error` decides, as in the blocking flavour:
+during the handshake it fails at once (port unreachable is
 :class:`~dtlskit.exceptions.ConnectionRefused`) instead of waiting for the handshake deadline;
 after it the session ends with :class:`~dtlskit.exceptions.ConnectionLost` naming the cause.
 """
@@ -20,9 +20,9 @@ import weakref
 from collections.abc import Generator
 from typing import Any
 
-from .. import _accel
-from .._channel_base import client_socket_error, fresh_error, terminal_error
-from .._sockets import (
+from .._frontend import accel as _accel
+from .._frontend.channel_base import client_socket_error, fresh_error, terminal_error
+from .._frontend.sockets import (
     Address,
     AddrInfo,
     check_port,
@@ -56,13 +56,13 @@ class ClientDriver(SocketDriver):
     """The driver of a client's connected socket: one engine, one channel.
 
     The mirror image of the blocking client's I/O thread: each wake-up reads a batch
-    (:func:`dtlskit._accel.recv_batch`, up to :data:`BATCH` datagrams) into the engine; an
+    (:func:`dtlskit._frontend.accel.recv_batch`, up to :data:`BATCH` datagrams) into the engine; an
     established session's records take the engine's fast path straight to the channel's inbox,
     and a batch that only took it skips the transmit/drain/re-arm step
     (:meth:`~dtlskit.core.connection.DTLSConnection.has_work`). Sends and the bounded backlog
     are the server driver's (:class:`~dtlskit.asyncio.driver.SocketDriver`). A socket error
     (an ICMP error on the connected socket included) goes to
-    :func:`~dtlskit._channel_base.client_socket_error`, as in the blocking flavour.
+    :func:`~dtlskit._frontend.channel_base.client_socket_error`, as in the blocking flavour.
     """
 
     def __init__(

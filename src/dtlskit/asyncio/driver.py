@@ -10,18 +10,18 @@ is the engine's.
 Each wake-up is the same steps:
 
 1. **Read a batch.** ``loop.add_reader`` on the socket (not a ``DatagramProtocol``, which costs
-   one callback per datagram): :func:`dtlskit._accel.recv_batch` drains up to
+   one callback per datagram): :func:`dtlskit._frontend.accel.recv_batch` drains up to
    :data:`BATCH` datagrams, each fed to the engine. An established session's
    application-data record takes the engine's fast path straight to its channel (or callback
    handler) and leaves nothing to do.
 2. **Only if the engine has work** (a handshake moved, a session ended, output is queued):
-   transmit with :func:`dtlskit._accel.send_batch`, drain events, and re-arm the one
+   transmit with :func:`dtlskit._frontend.accel.send_batch`, drain events, and re-arm the one
    ``call_at`` timer if the deadline moved earlier.
 
 Replies a callback-style handler sends while a batch is being read (``send_nowait`` from
 ``message_received``) are collected and leave together at the end of the batch, in one
-:func:`dtlskit._accel.send_batch` (``sendmmsg`` with the accelerator): one system call for the
-wake-up instead of one per reply. Anything else the driver sends first sends what was
+:func:`dtlskit._frontend.accel.send_batch` (``sendmmsg`` with the accelerator): one system call
+for the wake-up instead of one per reply. Anything else the driver sends first sends what was
 collected, so a peer's datagrams keep their order. A socket error on a collected reply is
 counted (``"send_failed"``) instead of raised, since its sender has returned. Other sends go
 straight to ``sock.sendto``. When the kernel's send buffer is full (``EAGAIN``) the
@@ -40,9 +40,9 @@ import socket
 import weakref
 from typing import TYPE_CHECKING
 
-from .. import _accel
-from .._channel_base import end_protocol, feed_batch, log_peer_event, send_error
-from .._sockets import Address, format_address, kernel_drops, size_receive_buffer
+from .._frontend import accel as _accel
+from .._frontend.channel_base import end_protocol, feed_batch, log_peer_event, send_error
+from .._frontend.sockets import Address, format_address, kernel_drops, size_receive_buffer
 from ..core import events as ev
 from ..core.connection import DTLSConnection
 from ..core.server import ServerEngine, ServerStatistics

@@ -31,25 +31,24 @@ from typing import Any, Generic, TypeVar
 
 from OpenSSL import SSL
 
-from .._channel_base import (
+from .._frontend.channel_base import (
     SessionProtocol,
     aggregate_server_statistics,
     check_server_config,
     is_protocol_factory,
     start_protocol,
 )
-from .._sockets import (
+from .._frontend.sockets import (
     Address,
     SocketOptions,
     bind_udp_sockets,
     check_port,
     format_address,
     probe_bind,
-    run_workers,
     sort_addresses,
-    stop_signals_held,
     translate_os_error,
 )
+from .._frontend.workers import run_workers, stop_signals_held
 from ..config import DTLSConfiguration
 from ..core.connection import DTLSConnection
 from ..core.cookies import CookieJar

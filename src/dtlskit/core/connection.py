@@ -35,17 +35,15 @@ and re-arm a timer for :meth:`get_timer`, calling :meth:`handle_timer` when it e
 from __future__ import annotations
 
 import contextlib
-import enum
 import ipaddress
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from OpenSSL import SSL
 
-from .. import _accel
-from ..config import DTLSConfiguration
+from .._frontend import accel as _accel
 from ..exceptions import (
     CertificateVerificationError,
     ConfigurationError,
@@ -61,6 +59,7 @@ from ..exceptions import (
 )
 from . import _bindings, _errors
 from . import events as ev
+from .context import context as shared_context
 from .flights import Flights
 from .hibernation import ALERT_NAMES, Hibernated, hibernate, release
 from .inbox import ByteBudget, Inbox
@@ -71,6 +70,10 @@ from .records import (
     split_records_untrusted,
 )
 from .session import NegotiatedSession, Session
+from .state import State
+
+if TYPE_CHECKING:
+    from ..config import DTLSConfiguration
 
 __all__ = ["ConnectionStatistics", "DTLSConnection", "State", "fallback_mtu_for"]
 
@@ -96,16 +99,6 @@ def fallback_mtu_for(address: Address | None) -> int:
         except ValueError:
             pass
     return 548
-
-
-class State(enum.Enum):
-    """Where an association is in its life."""
-
-    INITIAL = "initial"
-    HANDSHAKING = "handshaking"
-    ESTABLISHED = "established"
-    CLOSED = "closed"
-    TERMINATED = "terminated"
 
 
 @dataclass
@@ -195,7 +188,7 @@ class DTLSConnection(NegotiatedSession):
         self._config = config
         self._server = server
         self.peer_address = peer_address
-        ctx = context if context is not None else config.context(server)
+        ctx = context if context is not None else shared_context(config, server)
         self._ssl = SSL.Connection(ctx, None)
         self._mtu = config.mtu
         self._fallback_mtu = min(fallback_mtu_for(peer_address), self._mtu)

@@ -76,14 +76,14 @@ import ipaddress
 import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from OpenSSL import SSL
 
-from ..config import DTLSConfiguration
 from ..exceptions import ConnectionLost, DTLSError, HandshakeTimeout
 from . import events as ev
 from .connection import Address, DTLSConnection, State, format_address
+from .context import build_context
 from .cookies import CookieJar
 from .inbox import ByteBudget
 from .records import (
@@ -96,6 +96,9 @@ from .records import (
     later_epoch_bytes_untrusted,
     parse_client_hello_untrusted,
 )
+
+if TYPE_CHECKING:
+    from ..config import DTLSConfiguration
 
 __all__ = ["ServerEngine", "ServerEvent", "ServerStatistics", "cookie_jar_for"]
 
@@ -187,7 +190,7 @@ class ServerEngine:
     ) -> None:
         self._config = config
         self._limits = config.limits
-        self._context = context if context is not None else config.build_context(server=True)
+        self._context = context if context is not None else build_context(config, server=True)
         self.cookies = cookie_jar if cookie_jar is not None else cookie_jar_for(config)
         self._connections: dict[Address, DTLSConnection] = {}
         self._per_ip: collections.Counter[Any] = collections.Counter()

@@ -39,6 +39,7 @@ from ..exceptions import (
 )
 from . import _bindings
 from .hibernation import Hibernated
+from .state import State
 
 __all__ = ["NegotiatedSession", "Session"]
 
@@ -134,7 +135,7 @@ class NegotiatedSession:
     _server: bool
     _server_name: str | None
     error: DTLSError | None
-    state: Any  # connection.State; compared by value to avoid an import cycle
+    state: State
 
     @property
     def _peer_text(self) -> str:
@@ -184,7 +185,7 @@ class NegotiatedSession:
     @property
     def session(self) -> Session | None:
         """The session, for resuming later (clients), once the handshake has completed."""
-        if self.state.value not in ("established", "closed"):
+        if self.state not in (State.ESTABLISHED, State.CLOSED):
             return None
         if self._hib is not None:
             der = self._hib.session_der
@@ -256,7 +257,7 @@ class NegotiatedSession:
             raise InvalidArgument(f"length must be from 1 to 65535 bytes, not {length!r}")
         if context is not None and not isinstance(context, bytes):
             raise InvalidArgument("context must be bytes or None")
-        if self.state.value != "established":
+        if self.state is not State.ESTABLISHED:
             if self.error is not None:
                 raise self.error
             raise ConnectionLost("keying material can be exported only after the handshake")

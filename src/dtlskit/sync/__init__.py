@@ -21,7 +21,7 @@ Each socket has one I/O thread that alone feeds its engine; user threads hand it
 lock per socket. See the docstring of :mod:`dtlskit.sync.channel`.
 """
 
-from .._channel_base import SessionProtocol
+from .._frontend.channel_base import SessionProtocol
 from .channel import BufferTooSmall, Channel
 from .client import connect
 from .server import Listener, Server, install_signal_handlers, listen, run_server, serve

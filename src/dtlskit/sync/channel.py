@@ -39,9 +39,9 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-from .. import _accel
-from .._channel_base import ChannelBase, ends_iteration, fresh_error
-from .._sockets import format_address
+from .._frontend import accel as _accel
+from .._frontend.channel_base import ChannelBase, ends_iteration, fresh_error
+from .._frontend.sockets import format_address
 from ..core.connection import ConnectionStatistics, DTLSConnection
 from ..core.inbox import Inbox
 from ..core.session import Session
@@ -251,8 +251,8 @@ class IOThread:
 
     def send_collected_locked(self, items: list[tuple[bytes, Address | None]]) -> None:
         """Send the datagrams collected during a batch in as few system calls as
-        :func:`dtlskit._accel.send_batch` can; each one that fails is counted and dropped, as
-        :meth:`transmit_locked` does on the I/O thread."""
+        :func:`dtlskit._frontend.accel.send_batch` can; each one that fails is counted and
+        dropped, as :meth:`transmit_locked` does on the I/O thread."""
         while items and not self.closed:
             sent, error = _accel.send_batch(self.sock, items)
             if error is None:
@@ -395,10 +395,10 @@ class Channel(ChannelBase):
     Get one from :func:`dtlskit.sync.connect`, as a :func:`~dtlskit.sync.serve` handler's
     argument, or from :meth:`Listener.accept`. Received messages wait in a per-channel queue
     bounded by ``config.limits.max_queued_messages`` (newer ones are dropped and counted as
-    ``"queue_full"``, see :mod:`dtlskit._channel_base`). A client channel owns its socket and
-    I/O thread; a server-side channel shares the listening socket, so socket options set on it
-    apply to every peer of that socket.
-    The life cycle is :mod:`dtlskit._channel_base`'s, shared with the asyncio flavour.
+    ``"queue_full"``, see :mod:`dtlskit._frontend.channel_base`). A client channel owns its
+    socket and I/O thread; a server-side channel shares the listening socket, so socket options
+    set on it apply to every peer of that socket.
+    The life cycle is :mod:`dtlskit._frontend.channel_base`'s, shared with the asyncio flavour.
     """
 
     def __init__(

@@ -4,7 +4,7 @@ handshake.
 The handshake runs on the channel's I/O thread; the calling thread waits for it on an event,
 bounded by ``timeout`` (which also bounds name resolution: a host name is resolved on a
 short-lived thread). The UDP socket is ``connect()``-ed, so an ICMP error comes back on the next
-read or send; :func:`dtlskit._channel_base.client_socket_error` maps it as in the asyncio
+read or send; :func:`dtlskit._frontend.channel_base.client_socket_error` maps it as in the asyncio
 flavour: port unreachable fails the handshake at once with
 :class:`~dtlskit.exceptions.ConnectionRefused` instead of after the timeout, and ends an
 established session with :class:`~dtlskit.exceptions.ConnectionLost`.
@@ -20,8 +20,9 @@ import time
 import weakref
 from typing import Any
 
-from .. import _accel, _sockets
-from .._channel_base import client_socket_error, fresh_error
+from .._frontend import accel as _accel
+from .._frontend import sockets as _sockets
+from .._frontend.channel_base import client_socket_error, fresh_error
 from ..config import DTLSConfiguration
 from ..core import events as ev
 from ..core.connection import DTLSConnection, State
@@ -107,7 +108,7 @@ class _ClientIO(IOThread):
 
     def _socket_failed_locked(self, exc: OSError) -> DTLSError:
         """A socket error on the connected socket (ICMP errors included): see
-        :func:`~dtlskit._channel_base.client_socket_error`."""
+        :func:`~dtlskit._frontend.channel_base.client_socket_error`."""
         if exc.errno == errno.EMSGSIZE:
             self.count_drop_locked("send_failed")  # the session survives it
         return client_socket_error(self.engine, exc, self.peer)

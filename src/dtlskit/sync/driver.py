@@ -6,13 +6,13 @@ The mirror image of :mod:`dtlskit.asyncio.driver`: same class name, same role. A
 bytes and time between one UDP socket and its :class:`~dtlskit.core.ServerEngine`; every policy
 is the engine's. It is an :class:`~dtlskit.sync.channel.IOThread`: one thread per socket, one
 engine lock. Each wake-up reads a batch of up to :data:`BATCH` datagrams with
-:func:`dtlskit._accel.recv_batch` and feeds them to the engine; an established session's
+:func:`dtlskit._frontend.accel.recv_batch` and feeds them to the engine; an established session's
 application-data record takes the engine's fast path straight to its channel's inbox (or its
 :class:`~dtlskit.SessionProtocol`, called right here on this thread), and when nothing else
 happened (``engine.has_work()`` is False) the drain/transmit/re-arm steps are skipped. Channels
 send their records themselves, straight to the socket; replies a callback-style handler sends
 during a batch are collected and leave together after it, in one
-:func:`dtlskit._accel.send_batch` (``sendmmsg`` with the accelerator), in order.
+:func:`dtlskit._frontend.accel.send_batch` (``sendmmsg`` with the accelerator), in order.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from .. import _accel, _sockets
-from .._channel_base import (
+from .._frontend import accel as _accel
+from .._frontend import sockets as _sockets
+from .._frontend.channel_base import (
     aggregate_server_statistics,
     end_protocol,
     feed_batch,

@@ -16,10 +16,10 @@ each bind the same fixed port with ``SO_REUSEPORT`` and serve with the OpenSSL c
 cookie secret built once in the parent, so a cookie or session from one worker is valid in
 every other. SIGINT/SIGTERM sent to the parent are forwarded to every worker, which closes
 its sessions (close_notify) and exits 0; a signal that arrives while the workers start is
-held until they can take it (:func:`dtlskit._sockets.run_workers`).
+held until they can take it (:func:`dtlskit._frontend.workers.run_workers`).
 
-Every server binds by the one rule of :func:`dtlskit._sockets.bind_udp_sockets`: host None or
-``""`` is one socket per address family (IPv6 with ``IPV6_V6ONLY=1``), ``"::"`` alone is
+Every server binds by the one rule of :func:`dtlskit._frontend.sockets.bind_udp_sockets`: host
+None or ``""`` is one socket per address family (IPv6 with ``IPV6_V6ONLY=1``), ``"::"`` alone is
 dual-stack unless ``ipv6_only=True``.
 """
 
@@ -37,8 +37,9 @@ from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any
 
-from .. import _sockets
-from .._channel_base import (
+from .._frontend import sockets as _sockets
+from .._frontend import workers as _workers
+from .._frontend.channel_base import (
     SessionProtocol,
     aggregate_server_statistics,
     check_server_config,
@@ -322,7 +323,7 @@ class Server:
                 restore()
 
         try:
-            status = _sockets.run_workers(
+            status = _workers.run_workers(
                 self._workers, run_one, stop_requested=lambda: self._stop_requested
             )
         finally:
@@ -609,7 +610,7 @@ def run_server(
     the main thread."""
     # With workers, a signal from now on is held until the workers can take it (run_workers).
     with (
-        _sockets.stop_signals_held(isinstance(workers, int) and workers > 1),
+        _workers.stop_signals_held(isinstance(workers, int) and workers > 1),
         serve(handler, host, port, config=config, workers=workers, ipv6_only=ipv6_only) as server,
     ):
         restore = install_signal_handlers(server)

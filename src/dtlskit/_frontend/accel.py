@@ -62,7 +62,7 @@ from typing import Any
 
 from OpenSSL import SSL
 
-from .core._bindings import _ffi, _lib
+from ..core._bindings import _ffi, _lib
 
 __all__ = [
     "ACCELERATOR",
@@ -188,7 +188,7 @@ ACCELERATOR = "python"
 
 if _native_wanted():  # pragma: no branch
     try:
-        from . import _native  # type: ignore[attr-defined]
+        from .. import _native  # type: ignore[attr-defined]
     except ImportError:
         pass
     else:  # pragma: no cover - only where the extension was built

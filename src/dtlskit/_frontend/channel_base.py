@@ -33,14 +33,13 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ._sockets import Address, SocketOptions, format_address, translate_os_error
-from .config import DTLSConfiguration
-from .core import events as ev
-from .core.connection import ConnectionStatistics, DTLSConnection, State
-from .core.inbox import fresh_error
-from .core.server import ServerStatistics
-from .core.session import Session
-from .exceptions import (
+from ..config import DTLSConfiguration
+from ..core import events as ev
+from ..core.connection import ConnectionStatistics, DTLSConnection, State
+from ..core.inbox import fresh_error
+from ..core.server import ServerStatistics
+from ..core.session import Session
+from ..exceptions import (
     ConfigurationError,
     ConnectionClosedByPeer,
     ConnectionClosedLocally,
@@ -49,6 +48,7 @@ from .exceptions import (
     InvalidArgument,
     TransportError,
 )
+from .sockets import Address, SocketOptions, format_address, translate_os_error
 
 __all__ = [
     "ChannelBase",

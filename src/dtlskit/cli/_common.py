@@ -1,0 +1,205 @@
+"""What the ``dtlskit`` subcommands share: usage errors, the one-line error description,
+flag types and helpers, printing, and the logging flags."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from types import FrameType
+from typing import Any
+
+from OpenSSL import SSL
+
+from ..config import DTLSConfiguration
+from ..exceptions import (
+    CertificateVerificationError,
+    ConfigurationError,
+    ConnectionClosedByPeer,
+    ConnectionLost,
+    ConnectionRefused,
+    DTLSError,
+    DTLSTimeoutError,
+    HandshakeFailure,
+    HandshakeTimeout,
+    TransportError,
+    VerificationReason,
+)
+
+logger = logging.getLogger("dtlskit.cli")
+
+DEFAULT_PORT = 4433
+DEFAULT_TIMEOUT = 10.0
+WILDCARDS = (None, "", "::", "0.0.0.0")
+
+
+class UsageError(Exception):
+    """Flags that contradict each other; reported like an argparse error (exit status 2)."""
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line naming the cause of a failure, in words, for the command line."""
+    if isinstance(exc, CertificateVerificationError):
+        reason = exc.reason
+        hint = ""
+        if reason is VerificationReason.UNKNOWN_ISSUER:
+            hint = " (is --ca the CA that issued the server's certificate?)"
+        elif reason in (
+            VerificationReason.HOSTNAME_MISMATCH,
+            VerificationReason.IP_ADDRESS_MISMATCH,
+        ):
+            hint = " (use --server-name with a name the certificate carries)"
+        elif reason is VerificationReason.CERTIFICATE_REQUIRED:
+            hint = " (the server wants a client certificate: give --cert and --key)"
+        return f"certificate verification failed: {exc}{hint}"
+    if isinstance(exc, HandshakeTimeout | DTLSTimeoutError):
+        return f"timed out: {exc}"
+    if isinstance(exc, HandshakeFailure):
+        return f"handshake failed: {exc}"
+    if isinstance(exc, ConnectionRefused):
+        return f"connection refused: {exc.strerror or exc}"
+    if isinstance(exc, ConnectionClosedByPeer):
+        return f"the peer closed the session: {exc}"
+    if isinstance(exc, ConnectionLost):
+        return f"connection lost: {exc}"
+    if isinstance(exc, ConfigurationError):
+        return f"configuration error: {exc}"
+    if isinstance(exc, TransportError):
+        return f"network error: {exc.strerror or exc}"
+    if isinstance(exc, DTLSError):
+        return str(exc)
+    if isinstance(exc, SSL.Error):  # should not escape dtlskit; say what OpenSSL said anyway
+        items = exc.args[0] if exc.args and isinstance(exc.args[0], list) else []
+        reasons = [str(item[-1]) for item in items if isinstance(item, tuple) and item]
+        return f"OpenSSL: {', '.join(reasons) or exc}"
+    if isinstance(exc, OSError):
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror or exc}{where}"
+    if isinstance(exc, ValueError):
+        return str(exc)
+    return f"unexpected {type(exc).__name__}: {exc} (run with --debug for a traceback)"
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    more = 10 * (2 if args.debug else args.verbose)
+    level = max(logging.DEBUG, args.log_level - more)
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S",
+    )
+
+
+def out(text: str = "") -> None:
+    """Print a line to stdout at once (a parent process may be waiting for it)."""
+    print(text, flush=True)
+
+
+def with_keylog(config: DTLSConfiguration) -> DTLSConfiguration:
+    """Honour SSLKEYLOGFILE (NSS key log, readable by Wireshark): debugging only. The library
+    warns (logger ``dtlskit.security``, shown at the default verbosity) when it opens the file,
+    and refuses a symbolic link or a file others may read."""
+    path = os.environ.get("SSLKEYLOGFILE")
+    if not path:
+        return config
+    return config.replace(keylog_file=path)
+
+
+def subject(cert: Any) -> str:
+    """A certificate's subject, or a note that there was none."""
+    if cert is None:
+        return "(none)"
+    return str(cert.subject.rfc4514_string()) or "(empty subject)"
+
+
+def client_command(host: str | None, port: int, flags: str) -> str:
+    target = "localhost" if host in WILDCARDS else host
+    return f"dtlskit client {target} {port} {flags}".rstrip()
+
+
+@contextlib.contextmanager
+def on_signals(stop: Callable[[], None]) -> Iterator[None]:
+    """Call ``stop`` on SIGINT/SIGTERM while the block runs; restore the handlers after it."""
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        logger.info("received %s: stopping", signal.Signals(signum).name)
+        stop()
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def port_number(text: str) -> int:
+    """argparse type of a UDP port number: a usage error (exit status 2) outside 0..65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"port must be 0..65535, not {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0..65535, not {port}")
+    return port
+
+
+def reject_tls_flags(args: argparse.Namespace, names: Iterable[str]) -> None:
+    for name in names:
+        if getattr(args, name, None):
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"{flag} has no meaning with --transport udp")
+
+
+def add_transport_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--transport",
+        choices=("dtls", "udp"),
+        default="dtls",
+        help="dtls (default), or plain udp: the same echo without any security, for comparison",
+    )
+
+
+def psk_table(values: list[str] | None) -> dict[str, bytes]:
+    """``IDENTITY:HEXKEY`` flags as an identity -> key table."""
+    table: dict[str, bytes] = {}
+    for value in values or ():
+        identity, sep, hex_key = value.rpartition(":")
+        if not sep or not identity:
+            raise UsageError(f"--psk takes IDENTITY:HEXKEY, not {value!r}")
+        try:
+            key = bytes.fromhex(hex_key)
+        except ValueError:
+            raise UsageError(f"--psk key for {identity!r} is not hexadecimal") from None
+        if not key:
+            raise UsageError(f"--psk key for {identity!r} is empty")
+        table[identity] = key
+    return table
+
+
+def print_reply(reply: bytes) -> None:
+    sys.stdout.write(reply.decode("utf-8", "replace") + "\n")
+    sys.stdout.flush()
+
+
+def common_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("logging")
+    group.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log more; repeat for even more (-vv: debug logs of the library)",
+    )
+    group.add_argument(
+        "--debug",
+        action="store_true",
+        help="log everything and show a traceback instead of a one-line error",
+    )
+    return common
