@@ -63,6 +63,7 @@ from .context import context as shared_context
 from .flights import Flights
 from .hibernation import ALERT_NAMES, Hibernated, hibernate, release
 from .inbox import ByteBudget, Inbox
+from .record_protection import RecordProtection
 from .records import (
     BadPacket,
     pack_datagrams,
@@ -157,6 +158,7 @@ class DTLSConnection(NegotiatedSession):
         "_limits",
         "_mtu",
         "_outgoing",
+        "_protection",
         "_queued_bytes",
         "_queued_messages",
         "_read_high",
@@ -237,6 +239,8 @@ class DTLSConnection(NegotiatedSession):
         # Hibernation (see dtlskit.core.hibernation): the state kept once OpenSSL is released,
         # when to release it, and the highest epoch||seq OpenSSL authenticated from the peer.
         self._hib: Hibernated | None = None
+        # The hibernated record keys while established (None otherwise): the fast paths' test.
+        self._protection: RecordProtection | None = None
         self._hibernate_after = self._limits.hibernate_after
         self._hibernate_deadline: float | None = None
         self._hibernate_mark = 0
@@ -331,14 +335,14 @@ class DTLSConnection(NegotiatedSession):
         """
         handle = self._handle
         if handle is None:
-            hib = self._hib
-            if hib is None:
-                return False
-            # Hibernated: Python's AEAD path (not the accelerator's).
-            if self.state is not State.ESTABLISHED:
-                self._receive_hibernated(data, now)
+            protection = self._protection
+            if protection is None:
+                if self._hib is None:
+                    return False
+                self._receive_hibernated(data, now)  # hibernated and ended: counted there
                 return True
-            plaintext = hib.protection.open_as(data, _APPLICATION_DATA)
+            # Hibernated: Python's AEAD path (not the accelerator's).
+            plaintext = protection.open_as(data, _APPLICATION_DATA)
             stats = self._stats
             stats.datagrams_received += 1
             stats.bytes_received += len(data)
@@ -507,15 +511,15 @@ class DTLSConnection(NegotiatedSession):
         """
         handle = self._handle
         if handle is None:
-            hib = self._hib
-            if hib is not None and self.state is State.ESTABLISHED:
+            protection = self._protection
+            if protection is not None:  # hibernated and established
                 data = message if type(message) is bytes else _check_message(message)
                 size = len(data)
                 if not size:
                     _check_message(data)
                 if size > self._cleartext_limit:
                     raise MessageTooLarge(size, self._cleartext_limit)
-                record = hib.protection.seal(_APPLICATION_DATA, data)
+                record = protection.seal(_APPLICATION_DATA, data)
                 if record is None:
                     record = self._seal_hibernated(data)  # raises: sequence numbers used up
                 stats = self._stats
@@ -902,6 +906,7 @@ class DTLSConnection(NegotiatedSession):
             return
         release(self._ssl)
         self._hib = result
+        self._protection = result.protection
         self._handle = None
         self._ssl = None  # type: ignore[assignment]  # released: every reader checks _hib first
         self._wake(now)
@@ -1208,6 +1213,7 @@ class DTLSConnection(NegotiatedSession):
     def _finish(self, state: State) -> None:
         self.state = state
         self._handle = None
+        self._protection = None
         self._hibernate_deadline = None
         self._flights.clear()
         self._handshake_deadline = None

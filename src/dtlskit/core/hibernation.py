@@ -26,6 +26,7 @@ Kept, and why:
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from OpenSSL import SSL
@@ -198,8 +199,8 @@ def hibernate(
     state.client_random = client_random
     state.server_random = server_random
     state.prf_hash = suite.prf_hash
-    state.version = version
-    state.cipher = cipher or ""
+    state.version = sys.intern(version)  # one string shared by every session, not one each
+    state.cipher = sys.intern(cipher or "")
     state.reused = _bindings.session_reused(ssl)
     selected = ssl.get_alpn_proto_negotiated()
     state.alpn = selected.decode("utf-8", "replace") if selected else None
