@@ -342,3 +342,31 @@ def test_write_sequence_exhaustion_refuses_to_seal():
             server=False,
             write_sequence=2**48,
         )
+
+
+@pytest.mark.parametrize("name", sorted(SUITES))
+def test_open_never_raises_for_any_bytes(name):
+    # open() checks the framing itself; open_as() trusts the caller's check, and still only
+    # returns a reason when that check was skipped (a cut record, a length field that lies).
+    import random
+
+    rng = random.Random(name)
+    secrets = (bytes(48), bytes(range(32)), bytes(range(32, 64)))
+    reader = RecordProtection(SUITES[name], *secrets, server=True)
+    writer = RecordProtection(SUITES[name], *secrets, server=False)
+    record = writer.seal(23, b"hello")
+    assert record is not None
+    accepted = 0
+    for _ in range(2000):
+        data = bytearray(record[: rng.randrange(len(record) + 8)])
+        if len(data) > 13 and rng.random() < 0.5:
+            data[11:13] = rng.randrange(65536).to_bytes(2, "big")
+        if data and rng.random() < 0.3:
+            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        for result in (reader.open(bytes(data)), reader.open_as(bytes(data), 23)):
+            if type(result) is not str:
+                # (open_as takes the content type from its caller, not from byte 0)
+                assert bytes(data)[1:] == record[1:] and result in ((23, b"hello"), b"hello")
+                accepted += 1
+    assert accepted <= 1  # only the record itself, and only once
+    assert reader.open(record) in ((23, b"hello"), "bad_record")

@@ -396,7 +396,7 @@ class RecordProtection:
             else:
                 nonce = (self._fixed_read_int ^ (epoch << 48 | sequence)).to_bytes(12, "big")
                 plaintext = aead.decrypt(nonce, record[13:], aad)
-        except InvalidTag:
+        except (InvalidTag, ValueError):  # ValueError: a nonce cut short by a bad framing
             return DROP_BAD_RECORD
         # Authenticated: slide or mark the window (RFC 6347 §4.1.2.6).
         if sequence > edge:
