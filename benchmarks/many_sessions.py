@@ -25,9 +25,9 @@ the rest period, after which a hibernated session drops its AEAD objects, 10 s, 
 in which a server keeps its final flight for a peer that may repeat its own,
 ``handshake_timeout``, 30 s); KiB per session = (idle RSS - warm RSS) / new sessions.
 Then the echo round: every session sends one 64-byte message, paced evenly over
-``--echo-seconds``, and waits for its echo; a message not echoed within 5 s after the round is
-lost. The server's CPU time over the round (``/proc/PID/stat``) per echoed message is reported
-too: those messages wake sessions that idled past the rest period.
+``--echo-seconds``, and waits for its echo (after the round, until no echo came for 5 s); a
+message never echoed is lost. The server's CPU time over the round (``/proc/PID/stat``) per
+echoed message is reported too: those messages wake sessions that idled past the rest period.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ from .common import (
     progress,
     report_failure,
     rss_kib,
+    udp_drops,
 )
 
 __all__ = ["ManySettings", "main", "measure"]
@@ -70,7 +71,8 @@ KEY = bytes(range(16))
 _IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux's value; Python 3.11 does not name it
 _PER_SOCKET = 2000  # source addresses per client socket (each (address, port) is one session)
 _SETTLE = 1.0
-_GRACE = 5.0  # seconds after the echo round for the last replies
+_QUIET = 5.0  # after the echo round, wait for replies until none came for this long
+_GRACE = 120.0  # ... but no longer than this
 SERVER_CPU, LOAD_CPU = 0, 1
 
 
@@ -337,9 +339,14 @@ class _Load:
                     self._flush(index, time.monotonic())
                 sent += 1
             self._read(0.002)
-        sent_at = time.monotonic()
+        sent_at = last = time.monotonic()
+        count = self.replies
         while self.replies - replies_before < sent and time.monotonic() - sent_at < _GRACE:
             self._read(0.05)
+            if self.replies != count:
+                count, last = self.replies, time.monotonic()
+            elif time.monotonic() - last > _QUIET:
+                break
         replies = self.replies - replies_before
         return {
             "sessions": len(alive),
@@ -347,7 +354,9 @@ class _Load:
             "replies": replies,
             "lost": sent - replies,
             "seconds": sent_at - started,
+            "seconds_to_last_reply": last - started,
             "errors": self.errors,
+            "kernel_drops": udp_drops(("0.0.0.0", s.getsockname()[1]) for s in self.sockets),
         }
 
 
@@ -430,7 +439,8 @@ def measure(settings: ManySettings) -> dict[str, Any]:
         "echo": echo,
         "echo_server_cpu_us_per_message": (cpu_after - cpu_before) / max(1, echo["replies"]) * 1e6,
         "server_statistics_after_echo": {
-            k: stats_after[k] for k in ("sessions", "hibernated", "drops", "handshakes_completed")
+            k: stats_after.get(k)
+            for k in ("sessions", "hibernated", "drops", "handshakes_completed", "kernel_drops")
         },
     }
 

@@ -984,7 +984,10 @@ class DTLSConnection(NegotiatedSession):
                 continue
             opened = protection.open(record.raw)
             if isinstance(opened, str):
-                self._report_drop(opened)
+                if not (repeat and record.content_type == 22):
+                    self._report_drop(opened)
+                # (else: the Finished of the peer's repeated flight, sent again as it was:
+                # answered below, not counted, as OpenSSL takes such a copy quietly)
                 continue
             if self._hibernate_deadline is None:
                 self._wake(now)
