@@ -5,6 +5,11 @@ and after, and a clean close."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Callable
 
@@ -14,7 +19,7 @@ import dtlskit
 from dtlskit import sync
 from dtlskit.asyncio import Channel, connect, serve
 from tests.asyncio.test_processes import assert_clean, drain_output, script, stop_and_wait
-from tests.peers import serving
+from tests.peers import free_udp_port, serving
 
 WAIT = 10.0  # a bound on every wait, never a timing assertion
 
@@ -124,3 +129,64 @@ def test_asyncio_workers_with_hibernation(pki, client_config):
         assert len(asyncio.run(asyncio.wait_for(main(), 60))) == 2
         assert stop_and_wait(peer) == 0
         assert_clean(drain_output(peer))
+
+
+SYNC_WORKERS = textwrap.dedent(
+    """
+    import os, sys
+    from dtlskit import DTLSConfiguration, Limits, sync
+
+    def handler(channel):
+        for message in channel:
+            channel.send(f"{os.getpid()} {channel.hibernated}".encode())
+
+    cert, key, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    limits = Limits(hibernate_after=0)
+    config = DTLSConfiguration.server(cert, key, handshake_timeout=5.0, limits=limits)
+    server = sync.serve(handler, "127.0.0.1", port, config=config, workers=2)
+    print("supervisor ready", flush=True)
+    server.serve_forever()
+    print("supervisor done", flush=True)
+    """
+)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="workers need os.fork")
+def test_sync_workers_with_hibernation(tmp_path, pki, client_config):
+    script_file = tmp_path / "workers.py"
+    script_file.write_text(SYNC_WORKERS)
+    port = free_udp_port()
+    process = subprocess.Popen(
+        [sys.executable, str(script_file), str(pki.server_cert), str(pki.server_key), str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == b"supervisor ready"
+        pids: set[int] = set()
+        failures: list[BaseException] = []
+        config = client_config.replace(handshake_timeout=3.0)
+        for _ in range(200):  # bounded attempts; each uses a new source port
+            try:
+                with sync.connect("127.0.0.1", port, config=config) as channel:
+                    channel.send(b"who?")
+                    pid, hibernated = channel.recv(timeout=WAIT).split()
+                    assert hibernated == b"True"
+                    pids.add(int(pid))
+            except dtlskit.DTLSError as exc:  # workers still binding
+                failures.append(exc)
+                time.sleep(0.05)
+            if len(pids) == 2:
+                break
+        assert len(pids) == 2, f"served by {pids}; failures: {failures[-3:]}"
+        os.kill(process.pid, signal.SIGTERM)
+        assert process.wait(timeout=WAIT) == 0
+        assert "Traceback" not in process.stdout.read().decode()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=WAIT)
+        if process.stdout is not None:
+            process.stdout.close()
