@@ -550,3 +550,46 @@ def test_send_after_close_raises():
         pair.client.send(b"late")
     with pytest.raises(dtlskit.ConnectionClosedLocally):
         pair.client.seal(b"late")
+
+
+def test_records_openssl_buffered_during_the_handshake_are_never_accepted_twice():
+    # Resumed handshake: the client completes first and may send application data before its
+    # final flight reaches the server. Delivered out of order, OpenSSL buffers that record and
+    # hands it over at completion, with a sequence number the engine never saw: such a session
+    # keeps OpenSSL (else a replay window starting below that record would accept it again).
+    server_config, client_config = psk_configs(client_limits=Limits())
+    engine = ServerEngine(server_config)
+    first = MemoryPair(server_config, client_config, server=engine)
+    assert first.handshake()
+    session = first.client.session
+    again = MemoryPair(server_config, client_config, server=engine, client_address=("127.0.0.1", 6))
+    again.client = DTLSConnection(
+        client_config, server=False, peer_address=SERVER_ADDRESS, session=session
+    )
+    held: list[Datagram] = []
+
+    def hold_final_flight(datagram: Datagram) -> list[Datagram]:
+        if datagram.to_server and has_change_cipher_spec(datagram) and not held:
+            held.append(datagram)
+            return []
+        return [datagram]
+
+    again.network.filters.append(hold_final_flight)
+    again.start()
+    again.run(lambda: again.client.state is State.ESTABLISHED)
+    assert held and again.client.session_reused
+    again.client.send(b"early")
+    again.pump()
+    early = again.network.pop()
+    assert early is not None and early.data[0] == 23
+    again.server.receive_datagram(early.data, again.client_address, again.clock.now)  # buffered
+    again.server.receive_datagram(held[0].data, again.client_address, again.clock.now)
+    again.pump()
+    conn = again.server_connection
+    assert conn is not None and again.server_messages() == [b"early"]
+    assert not conn.hibernated and not conn.hibernate(again.clock.now)
+    assert conn.statistics().drops.get("hibernation_refused") == 2
+    again.server.receive_datagram(early.data, again.client_address, again.clock.now)  # replay
+    again.pump()
+    assert again.server_messages() == [b"early"]
+    echo_both_ways(again, b"still fine")

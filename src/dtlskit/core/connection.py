@@ -165,6 +165,7 @@ class DTLSConnection(NegotiatedSession):
         "_server",
         "_ssl",
         "_stats",
+        "_unknown_reads",
         "_verify_code",
         "_verify_reason",
         "budget",
@@ -245,6 +246,7 @@ class DTLSConnection(NegotiatedSession):
         self._hibernate_deadline: float | None = None
         self._hibernate_mark = 0
         self._read_high = b""
+        self._unknown_reads = False
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -428,7 +430,13 @@ class DTLSConnection(NegotiatedSession):
             state = self._state_now()
             if state is State.ESTABLISHED:
                 self._note_read_high(data)
+                received_before = self._stats.messages_received
                 self._read_application_data(now)
+                if self._stats.messages_received - received_before > _application_records(data):
+                    # OpenSSL also delivered records it had buffered during the handshake: their
+                    # sequence numbers were never seen here, so a replay window could not start
+                    # above them. This session keeps OpenSSL.
+                    self._unknown_reads = True
                 if self._hibernate_after == 0:
                     self._hibernate(now)
             elif (
@@ -898,8 +906,12 @@ class DTLSConnection(NegotiatedSession):
             return
         self._collect_output()  # what OpenSSL already wrote goes out first
         high = int.from_bytes(self._read_high[2:], "big") if self._read_high else -1
-        result = hibernate(
-            self._ssl, server=self._server, read_high=high, keep_session=not self._server
+        result = (
+            "records of unknown sequence numbers were read"
+            if self._unknown_reads
+            else hibernate(
+                self._ssl, server=self._server, read_high=high, keep_session=not self._server
+            )
         )
         if isinstance(result, str):
             self._drop("hibernation_refused")
@@ -1257,6 +1269,16 @@ def _well_framed(data: bytes) -> bool:
             return False
         offset += 13 + int.from_bytes(data[offset + 11 : offset + 13], "big")
     return offset == end
+
+
+def _application_records(data: bytes) -> int:
+    """How many records of a datagram are application data in epoch 1 (framing only)."""
+    count, offset, end = 0, 0, len(data)
+    while end - offset >= 13:
+        if data[offset] == _APPLICATION_DATA and data[offset + 3 : offset + 5] == b"\x00\x01":
+            count += 1
+        offset += 13 + int.from_bytes(data[offset + 11 : offset + 13], "big")
+    return count
 
 
 def _is_single_record(data: bytes) -> bool:
