@@ -445,7 +445,9 @@ def measure(settings: ManySettings) -> dict[str, Any]:
     }
 
 
-def echo_cost(rounds: int = 3, seconds: float = 4.0, size: int = 64) -> dict[str, Any]:
+def echo_cost(
+    rounds: int = 3, seconds: float = 4.0, size: int = 64, accelerator: str = "on"
+) -> dict[str, Any]:
     """Server CPU per echoed message on hibernated sessions against the same server keeping
     OpenSSL's objects, in alternating rounds of one run (the asyncio callback server of
     :mod:`.servers`, certificates, the C load generator: 4 sessions x 8 in flight)."""
@@ -471,6 +473,7 @@ def echo_cost(rounds: int = 3, seconds: float = 4.0, size: int = 64) -> dict[str
                         keyfile=str(pki.server_key),
                         socket_buffer=1 << 20,
                         hibernate_after=after,
+                        accelerator=accelerator,
                     )
                     child, port, _ = start_server(spec)
                     try:
@@ -502,6 +505,7 @@ def echo_cost(rounds: int = 3, seconds: float = 4.0, size: int = 64) -> dict[str
         "hibernated_us_per_message": costs["hibernated"],
         "median_ratio": median_hibernated / median_ssl,
         "load_generator": load.kind,
+        "accelerator": accelerator,
     }
 
 
@@ -534,11 +538,18 @@ def main(argv: list[str] | None = None) -> int:
         help="instead: server CPU per echoed message, hibernated vs SSL objects, in ROUNDS "
         "alternating rounds of one run",
     )
+    parser.add_argument(
+        "--accelerator",
+        choices=("on", "off"),
+        default="on",
+        help="with --echo-cost: the servers' accelerator switch (off: DTLSKIT_NATIVE=0)",
+    )
     args = parser.parse_args(argv)
     if args.echo_cost:
-        cost = echo_cost(args.echo_cost)
+        cost = echo_cost(args.echo_cost, accelerator=args.accelerator)
         print(
-            f"echo cost, {cost['size']} B: SSL objects {cost['ssl_us_per_message']} us/msg, "
+            f"echo cost, {cost['size']} B, accelerator {cost['accelerator']}: SSL objects "
+            f"{cost['ssl_us_per_message']} us/msg, "
             f"hibernated {cost['hibernated_us_per_message']} us/msg; median ratio "
             f"{cost['median_ratio']:.2f}"
         )
