@@ -37,6 +37,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import gc
 import json
 import os
 import selectors
@@ -71,6 +72,7 @@ KEY = bytes(range(16))
 _IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux's value; Python 3.11 does not name it
 _PER_SOCKET = 2000  # source addresses per client socket (each (address, port) is one session)
 _SETTLE = 1.0
+_BURST = 64  # echo messages sent back to back at most, then replies are read
 _QUIET = 5.0  # after the echo round, wait for replies until none came for this long
 _GRACE = 120.0  # ... but no longer than this
 SERVER_CPU, LOAD_CPU = 0, 1
@@ -146,8 +148,27 @@ async def _serve(conn: Connection, settings: ManySettings) -> None:
     loop = asyncio.get_running_loop()
     done = loop.create_future()
 
+    pauses: list[float] = [0.0, 0.0, 0]  # longest full collection, their total, their number
+    started: list[float] = [0.0]
+
+    def on_gc(phase: str, info: dict[str, Any]) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            pause = time.perf_counter() - started[0]
+            pauses[0] = max(pauses[0], pause)
+            pauses[1] += pause
+            pauses[2] += 1
+
+    gc.callbacks.append(on_gc)
+
     def statistics() -> dict[str, Any]:
         figures = dataclasses.asdict(server.statistics())
+        figures["gc_full_collections"] = pauses[2]
+        figures["gc_longest_pause_s"] = pauses[0]
+        figures["gc_pauses_s"] = pauses[1]
         engines = [endpoint.engine for endpoint in server._endpoints]
         sessions = [c for engine in engines for c in engine.connections.values()]
         figures["hibernated"] = sum(1 for c in sessions if c.hibernated)
@@ -330,6 +351,7 @@ class _Load:
         payload = b"m" * size
         while sent < len(alive):
             due = min(len(alive), int((time.monotonic() - started) / seconds * len(alive)) + 1)
+            due = min(due, sent + _BURST)  # a load that fell behind catches up gently
             while sent < due:
                 index = alive[sent]
                 record = self.engines[index].seal(payload)
@@ -440,7 +462,16 @@ def measure(settings: ManySettings) -> dict[str, Any]:
         "echo_server_cpu_us_per_message": (cpu_after - cpu_before) / max(1, echo["replies"]) * 1e6,
         "server_statistics_after_echo": {
             k: stats_after.get(k)
-            for k in ("sessions", "hibernated", "drops", "handshakes_completed", "kernel_drops")
+            for k in (
+                "sessions",
+                "hibernated",
+                "drops",
+                "handshakes_completed",
+                "kernel_drops",
+                "gc_full_collections",
+                "gc_longest_pause_s",
+                "gc_pauses_s",
+            )
         },
     }
 

@@ -236,6 +236,8 @@ def test_quick_run_ratios_come_from_its_own_figures(quick: Any) -> None:
                 else (entry["ratio"] >= entry["target"])
             )
             assert entry["meets"] is good
+        if document["rows"][entry["row"]]["role"] == "hibernated":
+            continue  # issue 15's own ratios (test_quick_run_held_many_hibernated_sessions)
         seen.setdefault(entry["row"], set()).add(entry["measure"])
     dtlskit_rows = _dtlskit_rows(document)
     assert set(seen) == set(dtlskit_rows)
