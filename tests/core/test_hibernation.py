@@ -593,3 +593,22 @@ def test_records_openssl_buffered_during_the_handshake_are_never_accepted_twice(
     again.pump()
     assert again.server_messages() == [b"early"]
     echo_both_ways(again, b"still fine")
+
+
+def test_split_records_prefix_never_raises_and_keeps_the_framed_prefix():
+    import random
+
+    from dtlskit.core.records import split_records_prefix_untrusted
+
+    rng = random.Random(5)
+    record = bytes([23, 0xFE, 0xFD, 0, 1]) + bytes(6) + (5).to_bytes(2, "big") + b"hello"
+    for _ in range(3000):
+        data = record * rng.randrange(3) + bytes(rng.randbytes(rng.randrange(30)))
+        records, malformed = split_records_prefix_untrusted(data)
+        joined = b"".join(r.raw for r in records)
+        assert data.startswith(joined)
+        assert malformed == (joined != data)
+    assert split_records_prefix_untrusted(record + record) == (
+        split_records_untrusted(record + record),
+        False,
+    )

@@ -67,8 +67,8 @@ from .record_protection import RecordProtection
 from .records import (
     BadPacket,
     pack_datagrams,
+    split_records_prefix_untrusted,
     split_records_trusted,
-    split_records_untrusted,
 )
 from .session import NegotiatedSession, Session
 from .state import State
@@ -429,13 +429,13 @@ class DTLSConnection(NegotiatedSession):
             self._advance_handshake(now)
             state = self._state_now()
             if state is State.ESTABLISHED:
-                self._note_read_high(data)
                 received_before = self._stats.messages_received
                 self._read_application_data(now)
-                if self._stats.messages_received - received_before > _application_records(data):
-                    # OpenSSL also delivered records it had buffered during the handshake: their
-                    # sequence numbers were never seen here, so a replay window could not start
-                    # above them. This session keeps OpenSSL.
+                if self._stats.messages_received != received_before:
+                    # Messages read at completion came from this datagram or from records
+                    # OpenSSL buffered during the handshake: which records (and which sequence
+                    # numbers) is unknowable, so no replay window could be sure to start above
+                    # them. Such a session (rare: early data in a resumed handshake) keeps OpenSSL.
                     self._unknown_reads = True
                 if self._hibernate_after == 0:
                     self._hibernate(now)
@@ -452,12 +452,15 @@ class DTLSConnection(NegotiatedSession):
             return
         # Established: OpenSSL keeps seeing everything (a lost final flight is recovered this way).
         repeat = flights.final_repeat(data)
-        self._bio_write(data)
         produced_before = len(self._outgoing)
         received_before = self._stats.messages_received
-        self._read_application_data(now, single_record=_is_single_record(data))
-        if self._stats.messages_received != received_before:
-            self._note_read_high(data)
+        if _is_single_record(data):
+            self._bio_write(data)
+            self._read_application_data(now, single_record=True)
+            if self._stats.messages_received != received_before:
+                self._note_read(data)  # the one record delivered a message: authenticated
+        else:
+            self._read_records_one_by_one(data, now)
         if not _well_framed(data):
             # Whatever OpenSSL made of it, part of the datagram was not a DTLS 1.x record.
             self._report_drop("malformed_record")
@@ -923,16 +926,28 @@ class DTLSConnection(NegotiatedSession):
         self._ssl = None  # type: ignore[assignment]  # released: every reader checks _hib first
         self._wake(now)
 
-    def _note_read_high(self, data: bytes) -> None:
-        """Remember the highest epoch-1 sequence number among the records of a datagram
-        OpenSSL authenticated (the replay window starts above it after hibernation)."""
+    def _note_read(self, record: bytes) -> None:
+        """Remember the sequence number of a record OpenSSL authenticated (it delivered a
+        message): after hibernation the replay window starts above the highest one."""
+        if record[3:5] == b"\x00\x01":
+            sequence = record[3:11]
+            if sequence > self._read_high:
+                self._read_high = sequence
+
+    def _read_records_one_by_one(self, data: bytes, now: float) -> None:
+        """A datagram of several records, given to OpenSSL one record at a time, so that each
+        message read is known to come from the record just written (and its sequence number
+        is noted: a record glued on by someone else never is). A framing error ends it."""
         offset, end = 0, len(data)
-        while end - offset >= 13:
-            if data[offset + 3 : offset + 5] == b"\x00\x01":
-                sequence = data[offset + 3 : offset + 11]
-                if sequence > self._read_high:
-                    self._read_high = sequence
-            offset += 13 + int.from_bytes(data[offset + 11 : offset + 13], "big")
+        while offset < end and self.state is State.ESTABLISHED:
+            size = 13 + int.from_bytes(data[offset + 11 : offset + 13], "big")
+            record = data[offset : offset + size]
+            before = self._stats.messages_received
+            self._bio_write(record)
+            self._read_application_data(now, single_record=True)
+            if self._stats.messages_received != before and len(record) == size:
+                self._note_read(record)
+            offset += size
 
     def _seal_hibernated(self, data: bytes, content_type: int = _APPLICATION_DATA) -> bytes:
         hib = self._hib
@@ -980,11 +995,11 @@ class DTLSConnection(NegotiatedSession):
             return
         produced_before = len(self._outgoing)
         events_before = len(self._events)
-        try:
-            records = split_records_untrusted(data)
-        except BadPacket:
+        # The records before a framing error are read, the rest counted once (as OpenSSL reads
+        # a datagram up to its first bad record).
+        records, malformed = split_records_prefix_untrusted(data)
+        if malformed:
             self._report_drop("malformed_record")
-            return
         flights = self._flights
         repeat = flights.final_repeat(data)
         for record in records:
@@ -1269,16 +1284,6 @@ def _well_framed(data: bytes) -> bool:
             return False
         offset += 13 + int.from_bytes(data[offset + 11 : offset + 13], "big")
     return offset == end
-
-
-def _application_records(data: bytes) -> int:
-    """How many records of a datagram are application data in epoch 1 (framing only)."""
-    count, offset, end = 0, 0, len(data)
-    while end - offset >= 13:
-        if data[offset] == _APPLICATION_DATA and data[offset + 3 : offset + 5] == b"\x00\x01":
-            count += 1
-        offset += 13 + int.from_bytes(data[offset + 11 : offset + 13], "big")
-    return count
 
 
 def _is_single_record(data: bytes) -> bool:

@@ -387,6 +387,7 @@ class RecordProtection:
             if offset >= WINDOW or (self.read_window >> offset) & 1:
                 return DROP_BAD_RECORD
         aead = self._read
+        rested = aead is None
         if aead is None:
             aead = self._read = _aead(self._suite, self._read_key)
         aad = _AAD.pack(epoch, high, low, content_type, _VERSION, length)
@@ -397,6 +398,8 @@ class RecordProtection:
                 nonce = (self._fixed_read_int ^ (epoch << 48 | sequence)).to_bytes(12, "big")
                 plaintext = aead.decrypt(nonce, record[13:], aad)
         except (InvalidTag, ValueError):  # ValueError: a nonce cut short by a bad framing
+            if rested:
+                self._read = None  # a forged record does not undo rest()
             return DROP_BAD_RECORD
         # Authenticated: slide or mark the window (RFC 6347 §4.1.2.6).
         if sequence > edge:

@@ -48,6 +48,7 @@ __all__ = [
     "pack_datagrams",
     "parse_client_hello_untrusted",
     "record_fingerprints_untrusted",
+    "split_records_prefix_untrusted",
     "split_records_trusted",
     "split_records_untrusted",
 ]
@@ -124,6 +125,32 @@ def _split(data: bytes) -> list[Record]:
         )
         offset = end
     return records
+
+
+def split_records_prefix_untrusted(data: bytes) -> tuple[list[Record], bool]:
+    """The well-framed records at the start of a datagram from the network, and whether the
+    rest of it (from the first framing error on, as far as OpenSSL would read it) was not
+    well framed. Never raises."""
+    records: list[Record] = []
+    offset = 0
+    while offset < len(data):
+        end = (
+            offset
+            + HEADER_LENGTH
+            + (
+                int.from_bytes(data[offset + 11 : offset + 13], "big")
+                if len(data) - offset >= HEADER_LENGTH
+                else 0
+            )
+        )
+        if len(data) - offset < HEADER_LENGTH or end > len(data):
+            return records, True
+        try:
+            records.extend(_split(data[offset:end]))
+        except BadPacket:
+            return records, True
+        offset = end
+    return records, False
 
 
 def split_records_untrusted(data: bytes) -> list[Record]:

@@ -44,6 +44,13 @@ from .state import State
 __all__ = ["NegotiatedSession", "Session"]
 
 _MAGIC = b"dtlskit-session\x02"
+_RESERVED_LABELS = (
+    b"client finished",
+    b"server finished",
+    b"master secret",
+    b"extended master secret",
+    b"key expansion",
+)
 
 
 class Session:
@@ -257,6 +264,12 @@ class NegotiatedSession:
             raise InvalidArgument(f"length must be from 1 to 65535 bytes, not {length!r}")
         if context is not None and not isinstance(context, bytes):
             raise InvalidArgument("context must be bytes or None")
+        if context is not None and len(context) >= 1 << 16:
+            raise InvalidArgument("context must be shorter than 65536 bytes (RFC 5705 §4)")
+        if label.startswith(_RESERVED_LABELS):
+            # RFC 5705 §4: no collision with the handshake's own PRF labels (OpenSSL refuses
+            # these too; checked here so that both paths, and hibernated sessions, agree).
+            raise InvalidArgument(f"OpenSSL refused to export keying material for {label!r}")
         if self.state is not State.ESTABLISHED:
             if self.error is not None:
                 raise self.error
