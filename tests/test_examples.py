@@ -20,6 +20,10 @@ EXPECTED = {
     "nonblocking.py": "done: 3 messages echoed in",
     "session_resumption.py": "done: the second connection resumed the saved session",
     "edgeros_style.py": "done: 2 clients accepted, 4 messages echoed",
+    # issue 13 (IoT)
+    "coap_server.py": "done: two coaps requests answered, the client known by its certificate",
+    "sntp_clock.py": "done: certificates checked against the SNTP time",
+    "iot_gateway.py": "done: the gateway found the sensor by mDNS and read it over coaps",
 }
 
 #: More lines some examples must print, checked in order of appearance.
@@ -38,6 +42,19 @@ ALSO_EXPECTED = {
         "dtlskit client (run 2): ['session reused: yes']",
     ],
     "edgeros_style.py": ["server: new client", "closed the session"],
+    # issue 13 (IoT)
+    "coap_server.py": ["client: GET /.well-known/core: 2.05 Content </sensors/temperature>"],
+    "iot_gateway.py": [
+        "advertised as sensor-1",
+        "gateway: found sensor-1 at 127.0.0.1:",
+        "sensor: GET /sensors/temperature from CN=dtlskit client",
+        "gateway: CN=localhost (the advertised certificate) says",
+    ],
+    "sntp_clock.py": [
+        "sntp: plain SNTP is unauthenticated",
+        "device clock unset (1970): refused (certificate is not yet valid)",
+        "verify_time from SNTP: connected, echoed b'hello'",
+    ],
 }
 
 

@@ -43,4 +43,5 @@ def test_readme_examples_run(pki: PKIFiles, tmp_path, capsys):
         "b'hello'",
         "b'hello'",
         "kernel drops: 0 dtlskit drops: {}",
+        "b'21.5'",  # the CoAP over DTLS example (issue 13)
     ]

@@ -32,7 +32,9 @@ from typing import Any
 
 from OpenSSL import SSL
 
+from .core import _verify_time
 from .core import context as _context
+from .core._verify_time import VerifyTime
 from .exceptions import ConfigurationError
 
 __all__ = [
@@ -310,6 +312,13 @@ class DTLSConfiguration:
     For debugging only: whoever reads it can decrypt the traffic. The environment is not read;
     pass ``keylog_file=os.environ.get("SSLKEYLOGFILE")`` to honour it."""
 
+    verify_time: VerifyTime | None = None
+    """Check the peer's certificate dates against this time instead of the system clock: an
+    aware ``datetime``, a POSIX timestamp, or a callable returning one, called at the start of
+    each handshake (a device clock set by SNTP or a gateway). For devices whose clock is unset
+    or wrong. An expired or not-yet-valid certificate's error names the time used and the
+    certificate's validity window."""
+
     def __post_init__(self) -> None:
         if not isinstance(self.mtu, int) or not MIN_MTU <= self.mtu <= MAX_MTU:
             raise ConfigurationError(
@@ -405,6 +414,7 @@ class DTLSConfiguration:
                 raise ConfigurationError(f"{name} must be True or False")
         if self.keylog_file is not None and not isinstance(self.keylog_file, str | os.PathLike):
             raise ConfigurationError("keylog_file must be a path or None")
+        _verify_time.check(self.verify_time)
 
     # -- construction -------------------------------------------------------------------------
 
@@ -439,6 +449,7 @@ class DTLSConfiguration:
         session_tickets: bool = True,
         allow_renegotiation: bool = False,
         keylog_file: StrPath | None = None,
+        verify_time: VerifyTime | None = None,
     ) -> DTLSConfiguration:
         """Configuration for a server presenting ``certfile``/``keyfile``.
 
@@ -466,7 +477,8 @@ class DTLSConfiguration:
           ``sni_callback=None``: ``(sni_name: str | None) -> (certfile, keyfile[, password])
           | None``; ``ip_certificate=None``: for clients that send no SNI;
         * ``alpn_protocols=()``, ``srtp_profiles=()``; ``session_tickets=True``;
-          ``allow_renegotiation=False``; ``keylog_file=None``.
+          ``allow_renegotiation=False``; ``keylog_file=None``;
+        * ``verify_time=None``: certificate dates are checked against the system clock.
         """
         return cls(
             certfile=certfile,
@@ -496,6 +508,7 @@ class DTLSConfiguration:
             session_tickets=session_tickets,
             allow_renegotiation=allow_renegotiation,
             keylog_file=keylog_file,
+            verify_time=verify_time,
         )
 
     @classmethod
@@ -526,6 +539,7 @@ class DTLSConfiguration:
         session_tickets: bool = True,
         allow_renegotiation: bool = False,
         keylog_file: StrPath | None = None,
+        verify_time: VerifyTime | None = None,
     ) -> DTLSConfiguration:
         """Configuration for a client trusting ``cafile`` and expecting ``server_hostname``.
 
@@ -546,7 +560,8 @@ class DTLSConfiguration:
           its message queue bounds);
         * ``psk=None``: ``(identity, key)``;
         * ``alpn_protocols=()``, ``srtp_profiles=()``; ``session_tickets=True``;
-          ``allow_renegotiation=False``; ``keylog_file=None``.
+          ``allow_renegotiation=False``; ``keylog_file=None``;
+        * ``verify_time=None``: certificate dates are checked against the system clock.
         """
         return cls(
             cafile=cafile,
@@ -573,6 +588,7 @@ class DTLSConfiguration:
             session_tickets=session_tickets,
             allow_renegotiation=allow_renegotiation,
             keylog_file=keylog_file,
+            verify_time=verify_time,
         )
 
     # -- ssl.SSLContext-style names: each returns a NEW configuration ----------------------------
@@ -660,9 +676,10 @@ class DTLSConfiguration:
     def verification_policy(self, server_name: str | None) -> bytes:
         """A digest of what a client connection to ``server_name`` accepts as the server's
         identity: verify mode, host name checking, every trust source (CA file contents, CA
-        directory, inline CAs, the system store) and the PSK identity. A session is offered
-        for resumption only to a connection with the same policy: resuming skips certificate
-        checks, so a session one configuration accepted must not reach a stricter one."""
+        directory, inline CAs, the system store), the PSK identity and ``verify_time``. A
+        session is offered for resumption only to a connection with the same policy: resuming
+        skips certificate checks, so a session one configuration accepted must not reach a
+        stricter one."""
         digest = self.__dict__.get("_trust_digest")
         if digest is None:
             trust = hashlib.sha256()
@@ -673,6 +690,7 @@ class DTLSConfiguration:
                 repr(os.fspath(self.cafile) if self.cafile is not None else None),
                 repr(os.fspath(self.capath) if self.capath is not None else None),
                 repr(self.default_certs),
+                repr(self.verify_time),  # the clock certificate dates were checked against
             ):
                 trust.update(part.encode() + b"\0")
             if self.cafile is not None:

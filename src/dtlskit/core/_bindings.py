@@ -112,6 +112,13 @@ def set_expected_peer_name(ssl_connection: Any, name: str) -> None:
         raise ConfigurationError(f"OpenSSL refused {name!r} as the expected peer name")
 
 
+def set_verify_time(ssl_connection: Any, timestamp: int) -> None:
+    """Make OpenSSL check certificate dates on this connection against ``timestamp`` (POSIX
+    seconds) instead of the system clock (``X509_VERIFY_PARAM_set_time``)."""
+    lib = _require("SSL_get0_param", "X509_VERIFY_PARAM_set_time")
+    lib.X509_VERIFY_PARAM_set_time(lib.SSL_get0_param(ssl_connection._ssl), timestamp)
+
+
 def verify_error_string(code: int) -> str:
     """OpenSSL's words for a certificate verification result code."""
     if has("X509_verify_cert_error_string"):

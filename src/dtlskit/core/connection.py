@@ -51,13 +51,14 @@ from ..exceptions import (
     ConnectionClosedLocally,
     ConnectionLost,
     DTLSError,
+    HandshakeFailure,
     HandshakeTimeout,
     InvalidMessage,
     MessageTooLarge,
     UsageError,
     VerificationReason,
 )
-from . import _bindings, _errors
+from . import _bindings, _errors, _verify_time
 from . import events as ev
 from .context import context as shared_context
 from .flights import Flights
@@ -141,6 +142,7 @@ class DTLSConnection(NegotiatedSession):
 
     __slots__ = (
         "_cleartext_limit",
+        "_clock_failure",
         "_config",
         "_events",
         "_fallback_mtu",
@@ -168,6 +170,7 @@ class DTLSConnection(NegotiatedSession):
         "_unknown_reads",
         "_verify_code",
         "_verify_reason",
+        "_verify_timestamp",
         "budget",
         "error",
         "inbox",
@@ -198,6 +201,8 @@ class DTLSConnection(NegotiatedSession):
         self._ssl.set_ciphertext_mtu(self._mtu)
         self._verify_reason: str | None = None
         self._verify_code: int | None = None
+        self._verify_timestamp: int | None = None
+        self._clock_failure: ConfigurationError | None = None
         self._setup_verification(server_hostname)
         name = server_hostname or config.server_hostname
         self._setup_negotiation(
@@ -259,6 +264,15 @@ class DTLSConnection(NegotiatedSession):
             if self._server and mode == ssl.CERT_REQUIRED:
                 flags |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
             self._ssl.set_verify(flags, self._verify_callback)
+            if self._config.verify_time is not None:  # a device clock (docs/iot.md)
+                try:
+                    self._verify_timestamp = _verify_time.resolve(self._config.verify_time)
+                except ConfigurationError as exc:
+                    if not self._server:
+                        raise
+                    self._clock_failure = exc  # start_server() fails this handshake alone
+                else:
+                    _bindings.set_verify_time(self._ssl, self._verify_timestamp)
         if self._server:
             return
         name = server_hostname or self._config.server_hostname
@@ -289,6 +303,9 @@ class DTLSConnection(NegotiatedSession):
             self._verify_reason = (
                 f"{_bindings.verify_error_string(errno)} (depth {depth}, subject {subject})"
             )
+            if errno in _verify_time.EXPIRED_CODES | _verify_time.NOT_YET_VALID_CODES:
+                dates = _verify_time.describe_dates(cert, self._verify_timestamp)
+                self._verify_reason += f": {dates}"
             self._verify_code = errno
         return bool(ok)
 
@@ -313,6 +330,10 @@ class DTLSConnection(NegotiatedSession):
         self._begin_handshake(now)
         self._count_received(client_hello)
         self._flights.heard(client_hello)
+        if self._clock_failure is not None:
+            failure = f"handshake with {self._peer_text} refused: {self._clock_failure}"
+            self._terminate(HandshakeFailure(failure))
+            return False
         try:
             self._ssl.bio_write(client_hello)
             self._ssl.DTLSv1_listen()
