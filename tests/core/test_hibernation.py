@@ -604,11 +604,13 @@ def test_split_records_prefix_never_raises_and_keeps_the_framed_prefix():
     record = bytes([23, 0xFE, 0xFD, 0, 1]) + bytes(6) + (5).to_bytes(2, "big") + b"hello"
     for _ in range(3000):
         data = record * rng.randrange(3) + bytes(rng.randbytes(rng.randrange(30)))
-        records, malformed = split_records_prefix_untrusted(data)
+        records, rest = split_records_prefix_untrusted(data)
         joined = b"".join(r.raw for r in records)
         assert data.startswith(joined)
-        assert malformed == (joined != data)
+        assert (rest == "malformed_record") == (joined != data)
     assert split_records_prefix_untrusted(record + record) == (
         split_records_untrusted(record + record),
-        False,
+        None,
     )
+    records, rest = split_records_prefix_untrusted(record * 5, limit=3)
+    assert len(records) == 3 and rest == "too_many_records"

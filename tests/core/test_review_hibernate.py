@@ -177,3 +177,64 @@ def test_valid_record_before_trailing_garbage_is_delivered_either_way(hibernated
     assert pair.server_messages() == [b"payload"]
     assert server.statistics().drops == {"malformed_record": 1}
     assert server.state is State.ESTABLISHED
+
+
+# -- M2: datagrams of thousands of tiny records: per-record Python work (CPU) --------------------
+
+
+def tiny_records(count: int, first_sequence: int = 10) -> bytes:
+    """``count`` epoch-1 application-data records of 0 bytes (13 bytes each): any off-path
+    sender who knows the 4-tuple can send 5,000 of them in one 65 kB datagram."""
+    return b"".join(
+        bytes([23, 0xFE, 0xFD, 0, 1]) + (first_sequence + i).to_bytes(6, "big") + b"\x00\x00"
+        for i in range(count)
+    )
+
+
+def test_a_datagram_of_many_tiny_records_is_not_fed_to_openssl_record_by_record(monkeypatch):
+    """f4ca0b8 feeds a several-record datagram to OpenSSL one record at a time (bio_write +
+    SSL_read per record) for every established session, hibernating or not: 5,000 calls for
+    one datagram. CPU per 65 kB datagram (probe9.py, process_time, DTLSKIT_NATIVE=0): 9.5 ms at
+    2f272bf, 50 ms at f9e1bc2, i.e. ~1.3 MB/s of spoofed datagrams keeps a core busy.
+    Count-based (no timing): at most a few dozen OpenSSL feeds per datagram."""
+    from dtlskit.core.connection import DTLSConnection
+
+    pair = make_pair(server_limits=Limits(), client_limits=Limits())
+    assert pair.handshake()
+    server = pair.server_connection
+    assert server is not None
+    calls = []
+    original = DTLSConnection._bio_write
+
+    def counting(self, data):
+        calls.append(len(data))
+        return original(self, data)
+
+    monkeypatch.setattr(DTLSConnection, "_bio_write", counting)
+    pair.server.receive_datagram(tiny_records(5000), pair.client_address, pair.clock.now)
+    assert server.state is State.ESTABLISHED
+    assert len(calls) <= 64, f"{len(calls)} OpenSSL feeds for one datagram"
+
+
+def test_a_datagram_of_many_tiny_records_costs_a_hibernated_session_a_bounded_work(monkeypatch):
+    """The hibernated path splits every record into a Record object and opens each one
+    (37 ms CPU per 65 kB datagram of 0-byte records, probe9.py). A genuine peer never packs
+    thousands of records in a datagram: past a few dozen bad ones the rest can be counted as
+    one drop. Count-based: at most 64 records looked at one by one."""
+    from dtlskit.core.record_protection import RecordProtection
+
+    pair = make_pair(client_limits=Limits())
+    assert pair.handshake()
+    server = pair.server_connection
+    assert server is not None and server.hibernated
+    opened = []
+    original = RecordProtection.open
+
+    def counting(self, record):
+        opened.append(len(record))
+        return original(self, record)
+
+    monkeypatch.setattr(RecordProtection, "open", counting)
+    pair.server.receive_datagram(tiny_records(5000), pair.client_address, pair.clock.now)
+    assert server.state is State.ESTABLISHED
+    assert len(opened) <= 64, f"{len(opened)} records opened one by one for one datagram"

@@ -90,6 +90,9 @@ _CLOCK_SKEW = 0.05
 # Seconds without a message after which a hibernated session drops its AEAD objects (at least;
 # hibernate_after when longer). An AES-GCM object holds ~2.5 KiB of tables; the keys are 32 B.
 _REST_AFTER = 10.0
+# Records of one datagram read one at a time (OpenSSL path: so each message is attributed to
+# its record; hibernated path: opened); beyond, see receive_datagram and _receive_hibernated.
+_RECORDS_ONE_BY_ONE = 32
 
 
 def fallback_mtu_for(address: Address | None) -> int:
@@ -480,8 +483,16 @@ class DTLSConnection(NegotiatedSession):
             self._read_application_data(now, single_record=True)
             if self._stats.messages_received != received_before:
                 self._note_read(data)  # the one record delivered a message: authenticated
-        else:
+        elif _record_count(data, _RECORDS_ONE_BY_ONE + 1) <= _RECORDS_ONE_BY_ONE:
             self._read_records_one_by_one(data, now)
+        else:
+            # Too many records to feed one at a time (no genuine peer packs so many): OpenSSL
+            # reads them together, as before, and a message among them cannot be attributed
+            # to its record, so this session then keeps OpenSSL.
+            self._bio_write(data)
+            self._read_application_data(now)
+            if self._stats.messages_received != received_before:
+                self._unknown_reads = True
         if not _well_framed(data):
             # Whatever OpenSSL made of it, part of the datagram was not a DTLS 1.x record.
             self._report_drop("malformed_record")
@@ -1017,10 +1028,11 @@ class DTLSConnection(NegotiatedSession):
         produced_before = len(self._outgoing)
         events_before = len(self._events)
         # The records before a framing error are read, the rest counted once (as OpenSSL reads
-        # a datagram up to its first bad record).
-        records, malformed = split_records_prefix_untrusted(data)
-        if malformed:
-            self._report_drop("malformed_record")
+        # a datagram up to its first bad record); so is what follows the first few dozen
+        # records (no genuine peer packs more: the work per datagram stays bounded).
+        records, rest = split_records_prefix_untrusted(data, _RECORDS_ONE_BY_ONE)
+        if rest is not None:
+            self._report_drop(rest)
         flights = self._flights
         repeat = flights.final_repeat(data)
         for record in records:
@@ -1305,6 +1317,17 @@ def _well_framed(data: bytes) -> bool:
             return False
         offset += 13 + int.from_bytes(data[offset + 11 : offset + 13], "big")
     return offset == end
+
+
+def _record_count(data: bytes, limit: int) -> int:
+    """How many records a datagram's framing shows, counting at most ``limit``."""
+    count, offset, end = 0, 0, len(data)
+    while offset < end and count < limit:
+        count += 1
+        if end - offset < 13:
+            break
+        offset += 13 + int.from_bytes(data[offset + 11 : offset + 13], "big")
+    return count
 
 
 def _is_single_record(data: bytes) -> bool:

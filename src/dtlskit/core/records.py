@@ -127,30 +127,29 @@ def _split(data: bytes) -> list[Record]:
     return records
 
 
-def split_records_prefix_untrusted(data: bytes) -> tuple[list[Record], bool]:
-    """The well-framed records at the start of a datagram from the network, and whether the
-    rest of it (from the first framing error on, as far as OpenSSL would read it) was not
-    well framed. Never raises."""
+def split_records_prefix_untrusted(
+    data: bytes, limit: int = 1 << 16
+) -> tuple[list[Record], str | None]:
+    """The well-framed records at the start of a datagram from the network (at most
+    ``limit``), and what is wrong with the rest: None (nothing is left), ``"malformed_record"``
+    (a framing error: the rest is not read, as OpenSSL stops reading a datagram there) or
+    ``"too_many_records"`` (more than ``limit`` records: the rest is not read). Never raises."""
     records: list[Record] = []
-    offset = 0
-    while offset < len(data):
-        end = (
-            offset
-            + HEADER_LENGTH
-            + (
-                int.from_bytes(data[offset + 11 : offset + 13], "big")
-                if len(data) - offset >= HEADER_LENGTH
-                else 0
-            )
-        )
-        if len(data) - offset < HEADER_LENGTH or end > len(data):
-            return records, True
+    offset, size = 0, len(data)
+    while offset < size:
+        if len(records) >= limit:
+            return records, "too_many_records"
+        if size - offset < HEADER_LENGTH:
+            return records, "malformed_record"
+        end = offset + HEADER_LENGTH + int.from_bytes(data[offset + 11 : offset + 13], "big")
+        if end > size:
+            return records, "malformed_record"
         try:
             records.extend(_split(data[offset:end]))
         except BadPacket:
-            return records, True
+            return records, "malformed_record"
         offset = end
-    return records, False
+    return records, None
 
 
 def split_records_untrusted(data: bytes) -> list[Record]:

@@ -267,8 +267,9 @@ class NegotiatedSession:
         if context is not None and len(context) >= 1 << 16:
             raise InvalidArgument("context must be shorter than 65536 bytes (RFC 5705 §4)")
         if label.startswith(_RESERVED_LABELS):
-            # RFC 5705 §4: no collision with the handshake's own PRF labels (OpenSSL refuses
-            # these too; checked here so that both paths, and hibernated sessions, agree).
+            # RFC 5705 §4: no collision with the TLS 1.2 handshake's own PRF labels (OpenSSL
+            # refuses these too; checked here so that both paths, and hibernated sessions,
+            # agree; a TLS 1.3 session, which would allow them, is refused them as well).
             raise InvalidArgument(f"OpenSSL refused to export keying material for {label!r}")
         if self.state is not State.ESTABLISHED:
             if self.error is not None:
