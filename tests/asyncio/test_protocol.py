@@ -128,3 +128,54 @@ def test_client_reads_a_burst_in_batches_in_order(server_config, client_config):
 
     run(main())
     assert read_flushes == []
+
+
+def test_handler_task_endings_are_logged_and_close_the_channel(
+    server_config, client_config, caplog
+):
+    """The iterator style's task runs the handler's own coroutine: a handler that raises is
+    logged with its traceback and its peer gets close_notify; one that ends with a
+    ConnectionClosed is a DEBUG line; an object with an async ``__call__`` is a handler too;
+    every other peer is still served."""
+
+    class CallableHandler:
+        async def __call__(self, channel) -> None:  # type: ignore[no-untyped-def]
+            async for message in channel:
+                if message == b"boom":
+                    raise RuntimeError("a bug in a callable handler")
+                await channel.send(message)
+                if message == b"last":
+                    await channel.recv()  # raises ConnectionClosedByPeer once the peer closes
+
+    async def handler(channel) -> None:  # type: ignore[no-untyped-def]
+        async for message in channel:
+            if message == b"boom":
+                raise RuntimeError("a bug in the handler")
+            await channel.send(message)
+            if message == b"last":
+                await channel.recv()  # raises ConnectionClosedByPeer once the peer closes
+
+    async def main(chosen) -> None:  # type: ignore[no-untyped-def]
+        async with serve(chosen, "127.0.0.1", 0, config=server_config) as server:
+            port = server.addresses[0][1]
+            first = await connect("127.0.0.1", port, config=client_config)
+            second = await connect("127.0.0.1", port, config=client_config)
+            await first.send(b"boom")
+            with pytest.raises(dtlskit.ConnectionClosedByPeer):
+                await asyncio.wait_for(first.recv(), WAIT)
+            await second.send(b"last")
+            assert await asyncio.wait_for(second.recv(), WAIT) == b"last"
+            second.close()
+            await eventually(lambda: not server._tasks)
+            first.close()
+
+    for chosen, text in ((handler, "a bug in the handler"), (CallableHandler(), "callable")):
+        caplog.clear()
+        with caplog.at_level("DEBUG", logger="dtlskit.server"):
+            run(main(chosen))
+        failed = [r for r in caplog.records if r.getMessage().startswith("handler failed for")]
+        assert len(failed) == 1 and failed[0].levelname == "ERROR"
+        assert failed[0].exc_info is not None and text in str(failed[0].exc_info[1])
+        ended = [r for r in caplog.records if "ended in its handler" in r.getMessage()]
+        assert len(ended) == 1 and ended[0].levelname == "DEBUG"
+        assert "closed the connection" in ended[0].getMessage()

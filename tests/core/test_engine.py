@@ -331,6 +331,28 @@ def test_close_notify_from_client(server_config, client_config):
         p.client.send(b"late")
 
 
+def test_stray_alert_records_on_the_fast_path(server_config, client_config):
+    """One alert record takes the established fast path: a warning alert OpenSSL discards
+    (here a plaintext epoch-0 one) is not a drop, as on the general path; one whose header is
+    not DTLS is ``malformed_record``; the session goes on; a close_notify still ends it."""
+    p = pair(server_config, client_config)
+    assert p.handshake()
+    plaintext_warning = b"\x15\xfe\xfd\x00\x00" + b"\x00" * 5 + b"\x63\x00\x02\x01\x5a"
+    not_dtls = b"\x15\x03\x03\x00\x01" + b"\x00" * 6 + b"\x00\x02\x01\x00"
+    p.server.receive_datagram(plaintext_warning, CLIENT_ADDRESS, p.clock.now)
+    p.server.receive_datagram(not_dtls, CLIENT_ADDRESS, p.clock.now)
+    p.pump()
+    assert p.server.statistics().drops == {"malformed_record": 1}
+    assert p.server_connection is not None
+    assert p.server_connection.state is State.ESTABLISHED
+    p.client.send(b"still up")
+    p.pump()
+    assert p.run(lambda: p.server_messages() == [b"still up"])
+    p.client.close()
+    p.pump()
+    assert p.run(lambda: p.client.state is State.CLOSED and p.server.statistics().sessions == 0)
+
+
 def test_close_notify_from_server(server_config, client_config):
     p = pair(server_config, client_config)
     assert p.handshake()

@@ -38,6 +38,9 @@ __all__ = ["Channel"]
 class Endpoint(asyncio.DatagramProtocol):
     """One socket's protocol. Subclasses say what to transmit, what to drain, when to wake."""
 
+    _collected: list[tuple[bytes, Address | None]] | None = None
+    """While a server driver reads a batch: the replies sent meanwhile (see its driver)."""
+
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._transport: asyncio.DatagramTransport | None = None
@@ -234,8 +237,23 @@ class Channel(ChannelBase):
         ``message_received`` on a server, the datagram leaves with the other replies of the
         same read batch, in order, in one system call; a socket error on it is then counted
         (``"send_failed"``) rather than raised."""
-        self._check_open()
-        self._transmit_message(data)
+        if self._inbox.error is not None:
+            raise fresh_error(self._inbox.error)
+        endpoint = self._endpoint
+        record = self._engine.seal(data)
+        if record is not None:
+            # A reply from message_received on a server: collected, to leave with the batch
+            # (what send_record does, without its calls; what a closed socket collected is
+            # dropped with the batch).
+            collected = endpoint._collected
+            if collected is not None:
+                collected.append((record, self._send_address))
+                return
+            failure = endpoint.send_record(record, self._send_address)
+        else:
+            failure = endpoint.flush()
+        if failure is not None:
+            raise fresh_error(failure)
 
     def _transmit_message(self, data: bytes | bytearray | memoryview) -> None:
         endpoint = self._endpoint
@@ -300,12 +318,29 @@ class Channel(ChannelBase):
         return self
 
     async def __anext__(self) -> bytes:
-        try:
-            return await self.recv()
-        except DTLSError as exc:
-            if ends_iteration(exc):
-                raise StopAsyncIteration from None
-            raise
+        # recv(), inlined: one coroutine frame less per session waiting in ``async for``
+        # (about 230 bytes each).
+        if self._waiter is not None:
+            raise ConcurrencyError(
+                f"another task is already waiting in recv() on the channel to {self._peer_text}; "
+                "read from one task and hand messages to the others"
+            )
+        inbox = self._inbox
+        while True:
+            try:
+                message = inbox.take()
+            except DTLSError as exc:
+                if ends_iteration(exc):
+                    raise StopAsyncIteration from None
+                raise
+            if message is not None:
+                return message
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiter = inbox.waiter = waiter
+            try:
+                await waiter
+            finally:
+                self._waiter = inbox.waiter = None
 
     # -- life cycle -----------------------------------------------------------------------------
 

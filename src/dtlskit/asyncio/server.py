@@ -95,7 +95,11 @@ class Server:
         self._handler = handler
         self._config = config
         self._endpoints: list[ServerDriver] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[asyncio.Task[None], Channel] = {}
+        """Handler tasks and their channels (to name the peer of a stuck one)."""
+        # Bound methods made once: each access makes a new 64-byte object, kept per session.
+        self._task_done_callback = self._task_done
+        self._defer = loop.call_soon
         self._accept_queue: collections.deque[Channel] = collections.deque()
         self._accept_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._drops: collections.Counter[str] = collections.Counter()
@@ -175,15 +179,22 @@ class Server:
 
     def _on_channel(self, channel: Channel) -> None:
         if is_protocol_factory(self._handler):
-            start_protocol(self._handler, channel, self._loop.call_soon)  # type: ignore[arg-type]
+            start_protocol(self._handler, channel, self._defer)  # type: ignore[arg-type]
             return
-        if self._handler is not None:
-            task = self._loop.create_task(
-                self._run_handler(self._handler, channel),  # type: ignore[arg-type]
-                name=f"dtlskit handler {format_address(channel.getpeername())}",
+        handler = self._handler
+        if handler is not None:
+            # The task runs the handler's own coroutine (calling an ``async def`` runs none of
+            # it), and _task_done closes the channel and logs how it ended: no wrapping
+            # coroutine per session. Any other callable goes through _run_handler. One shared
+            # task name: a name per peer cost ~250 bytes per session.
+            coro = (
+                handler(channel)
+                if asyncio.iscoroutinefunction(handler)
+                else self._run_handler(handler, channel)  # type: ignore[arg-type]
             )
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task = self._loop.create_task(coro, name="dtlskit handler")
+            self._tasks[task] = channel
+            task.add_done_callback(self._task_done_callback)
             return
         if len(self._accept_queue) >= self._config.limits.accept_backlog:
             self._count_drop("accept_backlog_full")
@@ -198,17 +209,30 @@ class Server:
         self._accept_queue.append(channel)
         self._wake_acceptor()
 
-    async def _run_handler(self, handler: Handler, channel: Channel) -> None:
-        peer = format_address(channel.getpeername())
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        """A handler task ended: say how (a ConnectionClosed at DEBUG, any other exception
+        with its traceback), then close its channel and give back what it held."""
+        channel = self._tasks.pop(task, None)
+        if channel is None:  # pragma: no cover - every handler task is registered
+            return
         try:
-            await handler(channel)
-        except ConnectionClosed as exc:
-            logger.debug("session with %s ended in its handler: %s", peer, exc)
-        except Exception:
-            logger.exception("handler failed for %s; closing that session", peer)
+            error = None if task.cancelled() else task.exception()
+            if isinstance(error, ConnectionClosed):  # the peer's name is made only to log
+                logger.debug("session with %s ended in its handler: %s", channel._peer_text, error)
+            elif isinstance(error, Exception):
+                logger.error(
+                    "handler failed for %s; closing that session",
+                    channel._peer_text,
+                    exc_info=error,
+                )
         finally:
             channel.close()
             channel._release()
+
+    async def _run_handler(self, handler: Handler, channel: Channel) -> None:
+        """A handler that is not an ``async def`` function (an object with an async
+        ``__call__``, a function returning an awaitable): called and awaited in its task."""
+        await handler(channel)
 
     def _wake_acceptor(self) -> None:
         while self._accept_waiters:
@@ -315,7 +339,8 @@ class Server:
         logger.info("server closed")
 
     async def _finish(self) -> None:
-        tasks = set(self._tasks)
+        channels = dict(self._tasks)
+        tasks = set(channels)
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=self.close_timeout)
             for task in pending:
@@ -323,7 +348,9 @@ class Server:
             if pending:
                 _, stuck = await asyncio.wait(pending, timeout=self.close_timeout)
                 for task in stuck:
-                    logger.warning("handler task %s ignored cancellation", task.get_name())
+                    logger.warning(
+                        "handler task of %s ignored cancellation", channels[task]._peer_text
+                    )
         for endpoint in self._endpoints:
             await endpoint.wait_lost()
 

@@ -42,6 +42,8 @@ __all__ = [
     "get_session",
     "has",
     "notes_of",
+    "read_output",
+    "read_plaintext",
     "session_from_der",
     "session_reused",
     "session_to_der",
@@ -54,6 +56,7 @@ __all__ = [
     "verify_error_string",
     "watch_established",
     "watch_handshake",
+    "write_input",
 ]
 
 
@@ -130,7 +133,7 @@ def verify_error_string(code: int) -> str:
 # -- per-connection notes ---------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)
 class HandshakeNotes:
     """What the callbacks learnt about one connection, for engine properties and error messages.
 
@@ -512,6 +515,68 @@ def do_handshake(connection: SSL.Connection) -> bool:
         return False
     connection._raise_ssl_error(ssl, result)  # raises the error pyOpenSSL would
     return True  # SSL_ERROR_NONE: what pyOpenSSL's do_handshake treats as done
+
+
+_alloc: Any = _ffi.new_allocator(should_clear_after_alloc=False) if _ffi is not None else None
+_DIRECT_BIO = _lib is not None and all(
+    hasattr(_lib, name) for name in ("BIO_get_mem_data", "BIO_read", "BIO_write")
+)
+
+
+def read_output(connection: SSL.Connection) -> bytes:
+    """Everything OpenSSL wrote to the connection's outgoing memory BIO (b"" for nothing), in
+    one ``BIO_read`` through the binding: the few calls of pyOpenSSL's ``bio_read`` (and its
+    WantReadError for an empty BIO) cost more than the read, several times per handshake."""
+    if not _DIRECT_BIO:  # pragma: no cover - cryptography has bound these for years
+        chunks = []
+        while True:
+            try:
+                chunks.append(connection.bio_read(65536))
+            except SSL.WantReadError:
+                return b"".join(chunks)
+    bio = connection._from_ssl
+    pending = int(_lib.BIO_get_mem_data(bio, _ffi.NULL))
+    if pending <= 0:
+        return b""
+    buf = _alloc("char[]", pending)
+    read = _lib.BIO_read(bio, buf, pending)
+    return _ffi.buffer(buf, read)[:] if read > 0 else b""
+
+
+_PLAINTEXT_MAX = 16384 + 2048
+_WANT_READ = int(getattr(_lib, "SSL_ERROR_WANT_READ", 2))
+
+
+def read_plaintext(connection: SSL.Connection) -> bytes | int:
+    """One ``SSL_read`` through the binding: the plaintext of the next record, or OpenSSL's
+    ``SSL_get_error`` code (:data:`dtlskit._frontend.accel.WANT_READ` when it holds nothing
+    more; anything else, the caller raises at once with ``accel.raise_error``, on this
+    thread). pyOpenSSL's ``read`` raises WantReadError for the common "nothing more", which
+    costs more than the read."""
+    if not _DIRECT_BIO:  # pragma: no cover - see read_output
+        try:
+            return bytes(connection.read(_PLAINTEXT_MAX))
+        except SSL.WantReadError:
+            return _WANT_READ
+    ssl = connection._ssl
+    _lib.ERR_clear_error()
+    buf = _alloc("char[]", _PLAINTEXT_MAX)
+    result = _lib.SSL_read(ssl, buf, _PLAINTEXT_MAX)
+    if result > 0:
+        return _ffi.buffer(buf, result)[:]  # type: ignore[no-any-return]
+    return int(_lib.SSL_get_error(ssl, result))
+
+
+def write_input(connection: SSL.Connection, data: bytes) -> bool:
+    """Give OpenSSL one datagram (its incoming memory BIO), through the binding; False if the
+    BIO refused it (an empty datagram)."""
+    if not _DIRECT_BIO:  # pragma: no cover - see read_output
+        try:
+            connection.bio_write(data)
+        except SSL.Error:
+            return False
+        return True
+    return bool(_lib.BIO_write(connection._into_ssl, data, len(data)) > 0)
 
 
 def memory_bio_pending(ssl_connection: Any, outgoing: bool = True) -> int | None:

@@ -35,6 +35,7 @@ and re-arm a timer for :meth:`get_timer`, calling :meth:`handle_timer` when it e
 from __future__ import annotations
 
 import contextlib
+import copy
 import ipaddress
 import ssl
 from collections.abc import Callable
@@ -81,8 +82,15 @@ __all__ = ["ConnectionStatistics", "DTLSConnection", "State", "fallback_mtu_for"
 
 Address = tuple[Any, ...]
 
-_MAX_READ = 65536
 _APPLICATION_DATA = 23
+_ALERT = 21
+_FAST_TYPES = frozenset({b"\x17", b"\x15"})  # one application-data or alert record
+# The drop counters of a session that dropped nothing: shared, never written (``_drop`` gives a
+# session a dict of its own first): 64 bytes less per session.
+_NO_DROPS: dict[str, int] = {}
+# The output and event queues of a session that has none (almost always, once established):
+# shared, never appended to (``_emit`` and ``_event`` give a session a list of its own).
+_NONE_YET: list[Any] = []
 _ESTABLISHED_EPOCH = 1  # renegotiation (a later epoch) keeps the general path
 _MAX_PLAINTEXT = 2**14  # largest plaintext of one record
 # How far OpenSSL's wall-clock timer may lag ours before we stop waiting for it.
@@ -106,7 +114,7 @@ def fallback_mtu_for(address: Address | None) -> int:
     return 548
 
 
-@dataclass
+@dataclass(slots=True)
 class ConnectionStatistics:
     """Counters of one association. A snapshot is returned by ``statistics()``."""
 
@@ -131,7 +139,9 @@ class ConnectionStatistics:
 
     def copy(self) -> ConnectionStatistics:
         """An independent snapshot."""
-        return ConnectionStatistics(**{**self.__dict__, "drops": dict(self.drops)})
+        copied = copy.copy(self)
+        copied.drops = dict(self.drops)
+        return copied
 
 
 class DTLSConnection(NegotiatedSession):
@@ -216,7 +226,9 @@ class DTLSConnection(NegotiatedSession):
         )
 
         self.state: State = State.INITIAL
-        self._events: list[ev.Event] = []  # a few at a time: a list is 56 bytes, a deque 624
+        # A few at a time, and mostly none: the shared empty list until the first (a list is
+        # 56 bytes, a deque 624); see _event and _emit.
+        self._events: list[ev.Event] = _NONE_YET
         self._queued_messages = 0
         self._queued_bytes = 0
         self._limits = config.limits
@@ -232,8 +244,8 @@ class DTLSConnection(NegotiatedSession):
         self._handle: Any = None  # the accelerator's handle, once established
         self._cleartext_limit = 0
         self._final_pending = False
-        self._outgoing: list[bytes] = []
-        self._stats = ConnectionStatistics()
+        self._outgoing: list[bytes] = _NONE_YET
+        self._stats = ConnectionStatistics(drops=_NO_DROPS)  # a dict of its own at the first drop
         self.error: DTLSError | None = None
         self.listener: Callable[[DTLSConnection], None] | None = None
         """Called (without arguments but the engine) whenever output or events are produced
@@ -349,15 +361,18 @@ class DTLSConnection(NegotiatedSession):
         return self._state_now() is not State.TERMINATED
 
     def receive_record(self, data: bytes, now: float) -> bool:
-        """The fast path for one datagram that is exactly one application-data record of this
-        established session (the caller checked the framing: first byte 23, length field +
-        13 == ``len(data)``). Returns False, having done nothing, when the fast path does not
-        apply (not established yet, renegotiation allowed): call :meth:`receive_datagram`.
+        """The fast path for one datagram that is exactly one application-data or alert
+        record of this established session (the caller checked the framing: first byte 23 or
+        21, length field + 13 == ``len(data)``). Returns False, having done nothing, when the
+        fast path does not apply (not established yet, renegotiation allowed): call
+        :meth:`receive_datagram`.
 
         A message goes straight to :attr:`on_message` or :attr:`inbox` (no event, no timer
-        change but the idle deadline, a plain float). A record OpenSSL discards is counted
-        (``"wrong_epoch"`` or ``"bad_record"``). Only when the session ends (close_notify, a
-        fatal error) is there output or an event: then the :attr:`listener` is told.
+        change but the idle deadline, a plain float). An application-data record OpenSSL
+        discards is counted (``"wrong_epoch"`` or ``"bad_record"``); an alert it takes quietly
+        (a warning) is not, as on the general path, unless its framing is not DTLS
+        (``"malformed_record"``). Only when the session ends (close_notify, a fatal error) is
+        there output or an event: then the :attr:`listener` is told.
         """
         handle = self._handle
         if handle is None:
@@ -411,6 +426,10 @@ class DTLSConnection(NegotiatedSession):
 
     def _record_failed(self, code: int, data: bytes) -> None:
         if code == _accel.WANT_READ:
+            if data[0] == _ALERT:  # a warning alert, or one OpenSSL discarded
+                if not _well_framed(data):
+                    self._report_drop("malformed_record")
+                return
             epoch = int.from_bytes(data[3:5], "big")
             self._report_drop("wrong_epoch" if epoch != _ESTABLISHED_EPOCH else "bad_record")
             return
@@ -430,7 +449,7 @@ class DTLSConnection(NegotiatedSession):
         """Feed one datagram from the peer. Then drain events and send datagrams."""
         if (
             self._handle is not None
-            and data[:1] == b"\x17"
+            and data[:1] in _FAST_TYPES
             and len(data) == 13 + int.from_bytes(data[11:13], "big")
         ):
             self.receive_record(data, now)
@@ -514,7 +533,7 @@ class DTLSConnection(NegotiatedSession):
         if repeat and self.state is State.ESTABLISHED and flights.resend_final(now):
             self._stats.final_flight_resends += 1
             if len(self._outgoing) == produced_before:  # OpenSSL did not re-send it itself
-                self._queue(flights.final)
+                self._emit(flights.final)
 
     def send(self, message: bytes) -> None:
         """Encrypt one message into one record. Then call :meth:`datagrams_to_send`.
@@ -614,7 +633,7 @@ class DTLSConnection(NegotiatedSession):
             self._shutdown()
         self._finish(State.CLOSED)
         self.error = ConnectionClosedLocally("the connection was closed locally")
-        self._events.append(ev.SessionClosed(by_peer=False))
+        self._event(ev.SessionClosed(by_peer=False))
         self._notify()
 
     def abort(self, error: DTLSError) -> None:
@@ -632,7 +651,10 @@ class DTLSConnection(NegotiatedSession):
 
     def datagrams_to_send(self, now: float | None = None) -> list[bytes]:
         """Datagrams to transmit to the peer, in order; each at most :attr:`mtu` bytes."""
-        out, self._outgoing = self._outgoing, []
+        out = self._outgoing
+        if out is _NONE_YET:
+            return []
+        self._outgoing = _NONE_YET
         for datagram in out:
             self._stats.datagrams_sent += 1
             self._stats.bytes_sent += len(datagram)
@@ -640,9 +662,12 @@ class DTLSConnection(NegotiatedSession):
 
     def next_event(self) -> ev.Event | None:
         """The oldest event not yet returned, or None."""
-        if not self._events:
+        events = self._events
+        if not events:
             return None
-        event = self._events.pop(0)
+        event = events.pop(0)
+        if not events:
+            self._events = _NONE_YET
         if isinstance(event, ev.MessageReceived):
             self._queued_messages -= 1
             self._queued_bytes -= len(event.data)
@@ -844,9 +869,11 @@ class DTLSConnection(NegotiatedSession):
             return
         records = self._drain_openssl()
         if complete:
-            # If we sent the last flight, nothing acknowledges it but silence: keep it.
-            self._flights.completed(records, now, window=self._config.handshake_timeout)
-            self._queue(records)
+            # If we sent the last flight, nothing acknowledges it but silence: keep it (as the
+            # datagrams it goes out in: one object, not one per record).
+            final = pack_datagrams(records, self._mtu) if records else _NONE_YET
+            self._flights.completed(final, now, window=self._config.handshake_timeout)
+            self._emit(final)
             self._handshake_completed(now)
         elif records:
             if not self._flights.sent(records, now):
@@ -916,7 +943,7 @@ class DTLSConnection(NegotiatedSession):
             self._stats.handshake_seconds = now - self._handshake_started
         if self._idle_timeout is not None:
             self._idle_deadline = now + self._idle_timeout
-        self._events.append(
+        self._event(
             ev.HandshakeCompleted(
                 version=self.version or "DTLS",
                 cipher=self.cipher or "",
@@ -1145,20 +1172,23 @@ class DTLSConnection(NegotiatedSession):
         record, so one successful read is all there is (saves a read that would only raise)."""
         got_data = False
         while self.state is State.ESTABLISHED:
-            try:
-                data = self._ssl.read(_MAX_READ)
-            except SSL.WantReadError:
-                break
-            except SSL.ZeroReturnError:
-                self._peer_closed()
-                break
-            except SSL.Error as exc:
-                self._collect_output()
-                self._terminate(_errors.session_error(exc, peer=self._peer_text))
-                return
+            data = _bindings.read_plaintext(self._ssl)
+            if type(data) is not bytes:
+                code = int(data)
+                if code == _accel.WANT_READ:
+                    break
+                try:
+                    _accel.raise_error(self._ssl, code)
+                except SSL.ZeroReturnError:
+                    self._peer_closed()
+                    break
+                except SSL.Error as exc:
+                    self._collect_output()
+                    self._terminate(_errors.session_error(exc, peer=self._peer_text))
+                    return
             got_data = True
             self._stats.messages_received += 1
-            self._deliver(bytes(data))
+            self._deliver(data)  # type: ignore[arg-type]
             if single_record:
                 break
         if got_data:
@@ -1192,7 +1222,7 @@ class DTLSConnection(NegotiatedSession):
             return
         self._queued_messages += 1
         self._queued_bytes += size
-        self._events.append(ev.MessageReceived(data))
+        self._event(ev.MessageReceived(data))
         self._notify()  # a server demultiplexer must collect it
 
     def _peer_closed(self) -> None:
@@ -1201,7 +1231,7 @@ class DTLSConnection(NegotiatedSession):
         self.error = ConnectionClosedByPeer(
             f"{self._peer_text} closed the connection (close_notify)", alert="close notify"
         )
-        self._events.append(ev.SessionClosed(by_peer=True, alert="close notify"))
+        self._event(ev.SessionClosed(by_peer=True, alert="close notify"))
 
     def _stored_flight_fits(self) -> bool:
         """Whether the flight's records, cut by OpenSSL before any MTU back-off, still fit."""
@@ -1213,28 +1243,15 @@ class DTLSConnection(NegotiatedSession):
         return self.state
 
     def _bio_write(self, data: bytes) -> None:
-        try:
-            self._ssl.bio_write(data)
-        except SSL.Error:  # pragma: no cover - empty datagrams are dropped before this
-            self._drop("bio_write_failed")
+        if not _bindings.write_input(self._ssl, data):  # pragma: no cover - empty ones are
+            self._drop("bio_write_failed")  # dropped before this
 
     def _drain_openssl(self) -> list[bytes]:
-        pending = _bindings.memory_bio_pending(self._ssl)
-        if pending == 0:
-            return []
-        chunks = []
-        while True:
-            try:
-                chunk = self._ssl.bio_read(pending or _MAX_READ)
-            except SSL.WantReadError:
-                break
-            chunks.append(chunk)
-            if pending is not None or len(chunk) < _MAX_READ:
-                break  # a memory BIO returns everything it holds up to the size asked
-        if not chunks:
+        data = _bindings.read_output(self._ssl)
+        if not data:
             return []
         try:
-            return split_records_trusted(b"".join(chunks))
+            return split_records_trusted(data)
         except BadPacket:  # pragma: no cover - OpenSSL's output is always framed
             self._drop("unframed_output")
             return []
@@ -1245,7 +1262,7 @@ class DTLSConnection(NegotiatedSession):
             self._queue(records)
 
     def _queue(self, records: list[bytes]) -> None:
-        self._outgoing.extend(pack_datagrams(records, self._mtu))
+        self._emit(pack_datagrams(records, self._mtu))
 
     def _set_mtu(self, mtu: int) -> None:
         self._mtu = mtu
@@ -1256,11 +1273,16 @@ class DTLSConnection(NegotiatedSession):
         self._stats.bytes_received += len(data)
 
     def _drop(self, reason: str) -> None:
-        self._stats.drops[reason] = self._stats.drops.get(reason, 0) + 1
+        drops = self._stats.drops
+        if drops is _NO_DROPS:
+            drops = self._stats.drops = {}
+        drops[reason] = drops.get(reason, 0) + 1
 
     def _report_drop(self, reason: str) -> None:
         """Count a drop here and in the server's counters (when a server owns this engine)."""
         drops = self._stats.drops
+        if drops is _NO_DROPS:
+            drops = self._stats.drops = {}
         drops[reason] = drops.get(reason, 0) + 1
         server = self.server_drops
         if server is not None:
@@ -1288,7 +1310,22 @@ class DTLSConnection(NegotiatedSession):
         error = self._explain_failure(error)
         self._finish(State.TERMINATED)
         self.error = error
-        self._events.append(ev.ConnectionTerminated(error))
+        self._event(ev.ConnectionTerminated(error))
+
+    def _event(self, event: ev.Event) -> None:
+        if self._events is _NONE_YET:
+            self._events = [event]
+        else:
+            self._events.append(event)
+
+    def _emit(self, datagrams: list[bytes]) -> None:
+        """Queue datagrams for :meth:`datagrams_to_send`."""
+        if not datagrams:
+            return
+        if self._outgoing is _NONE_YET:
+            self._outgoing = list(datagrams)
+        else:
+            self._outgoing.extend(datagrams)
 
     def _notify(self) -> None:
         if self.listener is not None:

@@ -60,6 +60,7 @@ def _fingerprints(data: bytes) -> set[bytes]:
 
 _NOTHING: frozenset[bytes] = frozenset()  # shared: an empty set costs 216 bytes per session
 _NO_NAME: FlightName = frozenset()  # the same, for a flight's name
+_NO_RECORDS: list[bytes] = []  # the same, for no flight (never appended to)
 
 
 class Flights:
@@ -91,8 +92,8 @@ class Flights:
         """The current retransmission timeout (RTO)."""
         self.deadline: float | None = None
         """When to retransmit the current flight, or None when no flight awaits an answer."""
-        self.records: list[bytes] = []
-        """The records of the current flight, as last sent."""
+        self.records: list[bytes] = _NO_RECORDS
+        """The records of the current flight, as last sent (replaced, never appended to)."""
         self.consecutive_timeouts = 0
         self.deferred_for_skew = False
         """Set while waiting a moment for OpenSSL's slightly later wall-clock timer."""
@@ -101,9 +102,10 @@ class Flights:
         self._sent_at: float | None = None
         self._last_heard: AbstractSet[bytes] = _NOTHING
         self._answered: AbstractSet[bytes] = _NOTHING
-        self._final_answers: AbstractSet[bytes] = _NOTHING
+        self._final_answers: tuple[int, ...] = ()
         self.final: list[bytes] = []
-        """Our final flight, kept until the peer shows it arrived (or the window closes)."""
+        """Our final flight (its datagrams, packed as sent), kept until the peer shows it
+        arrived (or the window closes)."""
         self._final_until = 0.0
         self._final_resent_at: float | None = None
 
@@ -165,13 +167,21 @@ class Flights:
     # -- after the handshake --------------------------------------------------------------------
 
     def completed(self, final: list[bytes], now: float, window: float) -> None:
-        """The handshake is done; ``final`` is our last flight if we sent it (else empty)."""
+        """The handshake is done; ``final`` is our last flight if we sent it (else empty), as
+        the datagrams it went out in. What only the handshake compared with (the name of our
+        last flight, what the peer's last datagram held unless our final flight answers it)
+        is forgotten now: an established session keeps no more than it needs."""
         self.deadline = None
-        self.records = []
+        self.records = _NO_RECORDS
         self.final = final
         self._final_until = now + window
-        self._final_answers = self._last_heard if final else _NOTHING
+        # Kept for the window as the hashes of the peer's last records (a tuple of ints: about
+        # 250 bytes less than the records' fingerprints). A collision costs at most one early
+        # re-send of our final flight, rate-limited as any other.
+        self._final_answers = tuple(map(hash, self._last_heard)) if final else ()
         self._answered = _NOTHING
+        self._last_heard = _NOTHING
+        self._name = _NO_NAME
 
     @property
     def final_deadline(self) -> float | None:
@@ -181,9 +191,10 @@ class Flights:
 
     def final_repeat(self, data: bytes) -> bool:
         """Whether ``data`` repeats the peer's last flight while we still keep ours."""
-        if not self.final or not self._final_answers:
+        answers = self._final_answers
+        if not self.final or not answers:
             return False
-        return bool(self._final_answers & _fingerprints(data))
+        return any(hash(fingerprint) in answers for fingerprint in _fingerprints(data))
 
     def resend_final(self, now: float) -> bool:
         """True if our final flight may be re-sent now (window open, rate respected)."""
@@ -199,18 +210,18 @@ class Flights:
         """Authenticated data arrived: the peer has our final flight; forget it (and what
         the handshake left: nothing will be compared with it again)."""
         self.final = []
-        self._final_answers = _NOTHING
+        self._final_answers = ()
         self._last_heard = _NOTHING
         self._name = _NO_NAME
 
     def clear(self) -> None:
         """The session ended: drop every flight and timer."""
         self.deadline = None
-        self.records = []
+        self.records = _NO_RECORDS
         self.final = []
         self._last_heard = _NOTHING
         self._answered = _NOTHING
-        self._final_answers = _NOTHING
+        self._final_answers = ()
 
     def _allowed(self, now: float, last_sent: float | None) -> bool:
         """At most one re-send per initial retransmission timeout: a peer that really lost our

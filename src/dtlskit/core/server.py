@@ -73,7 +73,6 @@ from __future__ import annotations
 import collections
 import heapq
 import ipaddress
-import itertools
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -133,6 +132,10 @@ _SECOND_FLIGHT_MESSAGES = 3
 # per association when unbounded); beyond this budget they are dropped
 # (``half_open_next_epoch_budget``).
 _HALF_OPEN_NEXT_EPOCH_BYTES = 24 * 1024
+
+# First bytes of a datagram that may take the established fast path: one application-data or
+# one alert record (OpenSSL judges it either way; see DTLSConnection.receive_record).
+_FAST_TYPES = frozenset({b"\x17", b"\x15"})
 
 _FIRST_FLIGHT_STATES = frozenset(
     {b"before SSL initialization", b"SSLv3/TLS write server done", b"SSLv3/TLS write finished"}
@@ -199,7 +202,7 @@ class ServerEngine:
         self._half_open_per_source: collections.Counter[Any] = collections.Counter()
         # Half-open associations not yet seen past our first flight, oldest first (pruned lazily).
         self._first_flight: dict[int, tuple[float, Address, DTLSConnection]] = {}
-        self._hello_history: dict[Address, list[tuple[float, bytes]]] = {}
+        self._hello_history: dict[Address, tuple[tuple[float, bytes], ...]] = {}
         # Half-open associations: id → message_seq of the ClientHello that created them, and
         # id → bytes of later-epoch records fed to them (see _HALF_OPEN_NEXT_EPOCH_BYTES).
         self._hello_sequence: dict[int, int] = {}
@@ -212,7 +215,6 @@ class ServerEngine:
         # address now maps elsewhere is stale; one that fires early finds nothing due).
         self._timers: list[tuple[float, int, Address, int]] = []
         self._armed: dict[int, float] = {}
-        self._counter = itertools.count()
         self._first_flight_timeout = (
             self._limits.first_flight_timeout
             if self._limits.first_flight_timeout is not None
@@ -220,6 +222,7 @@ class ServerEngine:
         )
         self._rate_due = -math.inf  # global HelloVerifyRequest budget (GCRA), if one is set
         self._stats = ServerStatistics()
+        self._listener = self._on_engine_activity  # made once (each access makes a new one)
         self.budget = ByteBudget(config.limits.max_buffered_bytes)
         """Bytes the inboxes of every session of this socket may hold together."""
         self._idle_timeout = (
@@ -241,12 +244,13 @@ class ServerEngine:
         conn = self._connections.get(address)
         if (
             conn is not None
-            and data[:1] == b"\x17"
+            and data[:1] in _FAST_TYPES
             and len(data) == 13 + int.from_bytes(data[11:13], "big")
             and conn.receive_record(data, now)
         ):
-            # The fast path: one application-data record of an established session. Nothing
-            # to flush: the session tells its listener if it produced output or ended.
+            # The fast path: one application-data (or alert: a close_notify) record of an
+            # established session. Nothing to flush: the session tells its listener if it
+            # produced output or ended.
             return
         if conn is not None and not _may_be_client_hello(data):
             self._feed(address, conn, data, now)
@@ -483,7 +487,7 @@ class ServerEngine:
                     f"the server's half-open pool was full and {why}"
                 ),
             )
-        history = self._hello_history.get(address, []) if replacing is not None else []
+        history = self._hello_history.get(address, ()) if replacing is not None else ()
         if replacing is not None:
             self._stats.sessions_replaced += 1
             self._end(
@@ -492,13 +496,12 @@ class ServerEngine:
                 ConnectionLost(f"replaced by a new handshake from {format_address(address)}"),
             )
         horizon = now - 2 * self.cookies.tick_seconds  # older randoms carry no valid cookie
-        history = [entry for entry in history if entry[0] > horizon][-(_HELLO_HISTORY - 1) :]
-        history.append((now, hello.random))
-        self._hello_history[address] = history
+        kept = [entry for entry in history if entry[0] > horizon][-(_HELLO_HISTORY - 1) :]
+        self._hello_history[address] = (*kept, (now, hello.random))  # a tuple: no spare room
         conn = DTLSConnection(
             self._session_config, server=True, peer_address=address, context=self._context
         )
-        conn.listener = self._on_engine_activity  # one bound method, no closure per session
+        conn.listener = self._listener  # one bound method for every session
         conn.budget = self.budget
         conn.server_drops = self._stats.drops
         self._connections[address] = conn
@@ -631,10 +634,13 @@ class ServerEngine:
         deadline = conn.get_timer()
         if deadline is None or self._connections.get(address) is not conn:
             return
-        armed = self._armed.get(id(conn))
+        ident = id(conn)  # one int object for the map key and the heap entry (32 bytes each)
+        armed = self._armed.get(ident)
         if armed is None or deadline < armed:
-            self._armed[id(conn)] = deadline
-            heapq.heappush(self._timers, (deadline, next(self._counter), address, id(conn)))
+            self._armed[ident] = deadline
+            # The id also breaks ties (no counter: one int less per session); entries with the
+            # same deadline and id are one association's, and then compare their addresses.
+            heapq.heappush(self._timers, (deadline, ident, address, ident))
 
     def _live_entry(self, deadline: float, address: Address, ident: int) -> DTLSConnection | None:
         """The association a heap entry stands for, or None if the entry is stale."""
@@ -660,6 +666,7 @@ class ServerEngine:
             self._stats.handshakes_completed += 1
 
     def _end_half_open(self, conn: DTLSConnection) -> None:
+        self._first_flight.pop(id(conn), None)  # ~130 bytes a session would keep until expiry
         source = self._handshaking.pop(id(conn))
         self._hello_sequence.pop(id(conn), None)
         self._next_epoch_bytes.pop(id(conn), None)

@@ -222,7 +222,8 @@ class IOThread:
         collected = self._collected
         if collected is not None:
             if not raise_errors:
-                collected.extend((data, address) for data in datagrams)
+                for data in datagrams:
+                    collected.append((data, address))
                 return
             if collected:  # a blocking send on the I/O thread: what was collected goes first
                 self._collected = []
@@ -571,10 +572,14 @@ class Channel(ChannelBase):
             except DTLSError:
                 io.pump_locked()
                 raise
-            if record is not None:
-                io.transmit_locked([record], self._send_address)
-            else:
+            if record is None:
                 io.pump_locked()
+                return
+            collected = io._collected
+            if collected is not None:  # a reply during a read batch: it leaves with the batch
+                collected.append((record, self._send_address))
+            else:
+                io.transmit_locked([record], self._send_address)
 
     # -- closing ------------------------------------------------------------------------------
 
