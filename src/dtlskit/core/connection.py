@@ -377,10 +377,11 @@ class DTLSConnection(NegotiatedSession):
         handle = self._handle
         if handle is None:
             protection = self._protection
-            if protection is None:
+            if protection is None or data[:1] != b"\x17":
                 if self._hib is None:
                     return False
-                self._receive_hibernated(data, now)  # hibernated and ended: counted there
+                # Hibernated and ended (counted there), or an alert: the general hibernated path.
+                self._receive_hibernated(data, now)
                 return True
             # Hibernated: Python's AEAD path (not the accelerator's).
             plaintext = protection.open_as(data, _APPLICATION_DATA)
@@ -547,7 +548,7 @@ class DTLSConnection(NegotiatedSession):
         if len(data) > limit:
             raise MessageTooLarge(len(data), limit)
         if self._hib is not None:
-            self._outgoing.append(self._seal_hibernated(data))
+            self._emit([self._seal_hibernated(data)])
             self._stats.messages_sent += 1
             self._notify()
             return
@@ -1026,7 +1027,7 @@ class DTLSConnection(NegotiatedSession):
         if hib is not None:
             record = hib.protection.seal(21, bytes((level, description)))
             if record is not None:
-                self._outgoing.append(record)
+                self._emit([record])
 
     def _shutdown(self) -> None:
         """Queue our close_notify, best effort."""
@@ -1089,7 +1090,7 @@ class DTLSConnection(NegotiatedSession):
                 self._hibernated_fatal(10, "an encrypted ChangeCipherSpec")
         if repeat and self.state is State.ESTABLISHED and flights.resend_final(now):
             stats.final_flight_resends += 1
-            self._queue(flights.final)
+            self._emit(flights.final)  # (kept as the datagrams it went out in)
         if len(self._outgoing) != produced_before or len(self._events) != events_before:
             self._notify()
 
