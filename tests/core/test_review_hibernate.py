@@ -238,3 +238,24 @@ def test_a_datagram_of_many_tiny_records_costs_a_hibernated_session_a_bounded_wo
     pair.server.receive_datagram(tiny_records(5000), pair.client_address, pair.clock.now)
     assert server.state is State.ESTABLISHED
     assert len(opened) <= 64, f"{len(opened)} records opened one by one for one datagram"
+
+
+# -- L3 (low / hardening): secrets kept after the session ended ----------------------------------
+
+
+def test_an_ended_hibernated_session_drops_its_record_keys_and_master_secret():
+    """After close (or termination) a hibernated engine still holds the master secret, both
+    randoms and the record keys (Hibernated + RecordProtection) for as long as the application
+    holds the channel, though nothing can use them any more (export_keying_material refuses
+    after the end). A client's session DER stays (Session resumption after the end is a
+    feature). Python cannot wipe bytes, but it can drop the references at _finish()."""
+    pair = make_pair()
+    assert pair.handshake()
+    pair.client.close()
+    pair.pump()
+    deliver_all(pair)
+    hib = pair.client._hib
+    assert hib is not None
+    assert not hib.master_secret
+    assert getattr(hib, "protection", None) is None
+    assert pair.client.session is not None  # still resumable

@@ -720,7 +720,8 @@ class DTLSConnection(NegotiatedSession):
             elif hib is None:
                 self._hibernate(now)
             else:  # hibernated and idle: keep only keys until the next record (see _wake)
-                hib.protection.rest()
+                if hib.protection is not None:
+                    hib.protection.rest()
                 self._hibernate_deadline = None
         if self._idle_deadline is not None and now >= self._idle_deadline:
             timeout = self._idle_timeout or 0.0
@@ -1012,7 +1013,8 @@ class DTLSConnection(NegotiatedSession):
     def _seal_hibernated(self, data: bytes, content_type: int = _APPLICATION_DATA) -> bytes:
         hib = self._hib
         assert hib is not None
-        record = hib.protection.seal(content_type, data)
+        protection = hib.protection
+        record = None if protection is None else protection.seal(content_type, data)
         if record is None:
             error = ConnectionLost(
                 f"the session with {self._peer_text} used up its record sequence numbers"
@@ -1025,7 +1027,10 @@ class DTLSConnection(NegotiatedSession):
     def _send_alert(self, level: int, description: int) -> None:
         hib = self._hib
         if hib is not None:
-            record = hib.protection.seal(21, bytes((level, description)))
+            protection = hib.protection
+            record = (
+                None if protection is None else protection.seal(21, bytes((level, description)))
+            )
             if record is not None:
                 self._emit([record])
 
@@ -1050,6 +1055,7 @@ class DTLSConnection(NegotiatedSession):
         hib = self._hib
         assert hib is not None
         protection = hib.protection
+        assert protection is not None  # established (checked above): secrets not yet forgotten
         if not data:
             self._drop("empty_datagram")
             return
@@ -1300,6 +1306,8 @@ class DTLSConnection(NegotiatedSession):
         self.state = state
         self._handle = None
         self._protection = None
+        if self._hib is not None:
+            self._hib.forget_secrets()
         self._hibernate_deadline = None
         self._flights.clear()
         self._handshake_deadline = None

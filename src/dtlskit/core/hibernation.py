@@ -99,7 +99,7 @@ class Hibernated:
     )
 
     def __init__(self) -> None:
-        self.protection: RecordProtection
+        self.protection: RecordProtection | None = None
         self.master_secret = b""
         self.client_random = b""
         self.server_random = b""
@@ -114,6 +114,13 @@ class Hibernated:
         self.peer_verified_chain: tuple[Any, ...] = ()
         self.session_der: bytes | None = None
         self.cleartext_mtu_overhead = 0
+
+    def forget_secrets(self) -> None:
+        """The session ended: drop the master secret, the randoms and the record keys (Python
+        cannot wipe ``bytes``; dropping the references is what it can do). A client's session
+        DER stays: resuming it later is a feature."""
+        self.master_secret = self.client_random = self.server_random = b""
+        self.protection = None
 
     def export(self, label: bytes, length: int, context: bytes | None) -> bytes:
         """RFC 5705 keying material, as OpenSSL would have exported it."""
