@@ -38,7 +38,13 @@ from . import _bindings
 if TYPE_CHECKING:
     from ..config import CertificateSpec, DTLSConfiguration, Password
 
-__all__ = ["build_context", "check_certificate_spec", "context", "offers_only_psk"]
+__all__ = [
+    "build_context",
+    "check_certificate_spec",
+    "check_not_retired",
+    "context",
+    "offers_only_psk",
+]
 
 _DTLS1_2_VERSION = 0xFEFD  # pyOpenSSL names only the TLS versions
 _MAX_CALLBACK_CONTEXTS = 256  # contexts built for sni_callback results, kept at once
@@ -50,6 +56,7 @@ def context(config: DTLSConfiguration, server: bool) -> SSL.Context:
     Files are read once; to pick up a changed certificate, make a new configuration
     (:meth:`~dtlskit.config.DTLSConfiguration.replace`). Raises
     :class:`~dtlskit.exceptions.ConfigurationError`."""
+    check_not_retired(config)
     cache: dict[bool, SSL.Context] = config.__dict__.setdefault("_context_cache", {})
     ctx = cache.get(server)
     if ctx is None:
@@ -65,6 +72,7 @@ def build_context(config: DTLSConfiguration, server: bool) -> SSL.Context:
     (``ServerEngine(config, context=ctx)``, built before worker processes fork) to let every
     worker resume every session.
     """
+    check_not_retired(config)
     if server and config.certfile is None and config.psk_lookup is None:
         raise ConfigurationError(
             "a DTLS server needs a certificate: give certfile and keyfile "
@@ -82,6 +90,20 @@ def build_context(config: DTLSConfiguration, server: bool) -> SSL.Context:
             "anyone on the path can pose as the server and read the traffic"
         )
     return ctx
+
+
+def check_not_retired(config: DTLSConfiguration) -> None:
+    """:class:`ConfigurationError` for a configuration one of the ``ssl.SSLContext``-style
+    methods was called on: it returned the configuration meant to be used, and code ported from
+    ``ssl`` that ignored the result would otherwise run with the old settings."""
+    method = config.__dict__.get("_retired_by")
+    if method is not None:
+        raise ConfigurationError(
+            f"this configuration was retired by {method}(), which returns a NEW configuration "
+            f"(DTLSConfiguration is frozen, unlike ssl.SSLContext): use what it returned, "
+            f"config = config.{method}(...); to derive variants without retiring, use "
+            "config.replace(...)"
+        )
 
 
 def offers_only_psk(ciphers: str) -> bool:
