@@ -273,10 +273,15 @@ class ChannelBase(SocketOptions):
         return self._engine.cipher
 
     @property
+    def hibernated(self) -> bool:
+        """Whether the session's OpenSSL object was released (``Limits.hibernate_after``): its
+        records are then protected by :mod:`dtlskit.core.record_protection`."""
+        return self._engine.hibernated
+
+    @property
     def alpn_protocol(self) -> str | None:
         """The application protocol negotiated with ALPN, if any."""
-        proto = self._engine.ssl_object.get_alpn_proto_negotiated()
-        return proto.decode("ascii", "replace") if proto else None
+        return self._engine.alpn_protocol
 
     @property
     def peer_certificate(self) -> Any:
