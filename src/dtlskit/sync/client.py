@@ -20,7 +20,6 @@ import time
 import weakref
 from typing import Any
 
-from .._frontend import accel as _accel
 from .._frontend import sockets as _sockets
 from .._frontend.channel_base import client_socket_error, fresh_error
 from ..config import DTLSConfiguration
@@ -48,6 +47,8 @@ BATCH = 64
 class _ClientIO(IOThread):
     """The I/O thread of one client channel: a connected socket and one ``DTLSConnection``."""
 
+    batch_size = BATCH
+
     def __init__(self, sock: socket.socket, engine: DTLSConnection, peer: Address) -> None:
         super().__init__(sock, name=f"dtlskit-client-{_sockets.format_address(peer)}")
         self.engine: DTLSConnection = engine
@@ -67,8 +68,9 @@ class _ClientIO(IOThread):
         if self.engine.state is State.INITIAL:
             self.engine.connect(now)
 
-    def _receive_locked(self, now: float) -> None:
-        batch, error = _accel.recv_batch(self.sock, BATCH)
+    def _feed_locked(
+        self, batch: list[tuple[bytes, Address]], error: OSError | None, now: float
+    ) -> None:
         receive = self.engine.receive_datagram
         for data, _ in batch:
             receive(data, now)
