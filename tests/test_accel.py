@@ -497,9 +497,7 @@ def test_a_waiting_batch_returns_the_datagram_that_ends_the_wait() -> None:
         batch, error = out["result"]  # type: ignore[misc]
         assert error is None
         # the wait ended on the datagram, which was read in the same call
-        assert [(data, tuple(address)) for data, address in batch] == [
-            (b"first", tx.getsockname())
-        ]
+        assert [(data, tuple(address)) for data, address in batch] == [(b"first", tx.getsockname())]
 
 
 def test_a_wake_up_ends_the_wait_empty_and_is_consumed() -> None:
@@ -557,4 +555,3 @@ def test_a_wait_ends_with_the_error_the_socket_reports() -> None:
         batch, error = _accel.recv_batch(sock, 8, 10.0, -1)
         assert batch == []
         assert isinstance(error, ConnectionRefusedError)
-
