@@ -3,7 +3,8 @@ same run.
 
     dtlskit bench [--quick] [--seconds S] [--sessions N] [--flavour asyncio|sync|both]
                   [--accelerator on|off|both] [--load auto|c|python] [--skip-uvloop]
-                  [--skip-trio] [--skip-mbedtls] [--skip-newcomer] [--socket-buffer BYTES]
+                  [--skip-trio] [--skip-mbedtls] [--skip-newcomer] [--skip-tls]
+                  [--socket-buffer BYTES]
                   [--json FILE] [--plot FILE.png]
     python benchmarks/run.py ...          (from a checkout)
 
@@ -23,7 +24,9 @@ Rows, in order (one progress line each on stderr):
 4. dtlskit: asyncio, uvloop, blocking; each with the accelerator on and off (when there is one)
    and each handler style of :data:`.servers.STYLES` (messages and handshakes; memory per
    session at ``--sessions`` sessions for asyncio and blocking);
-5. the newcomer's program (:mod:`.newcomer`): 100 clients x 100 fire-and-forget messages.
+5. the newcomer's program (:mod:`.newcomer`): 100 clients x 100 fire-and-forget messages;
+6. TLS over TCP (:mod:`.tls`): ``dtlskit.tls`` against asyncio's own TLS streams, echo and
+   handshakes, with the ratios (a table of its own after the DTLS one).
 
 The table goes to stdout, the figures to ``--json`` (default ``bench-results.json``), and with
 ``--plot`` a chart of the ratios in two panels (lower is better, higher is better). Exit status
@@ -53,6 +56,7 @@ from OpenSSL import SSL
 from dtlskit.certs import PKIFiles, create_pki
 
 from . import newcomer, report
+from . import tls as tls_bench
 from .cload import Load, open_load
 from .common import BenchmarkError, progress, rss_kib
 from .servers import (
@@ -208,6 +212,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-trio", action="store_true", help="do not measure trio")
     parser.add_argument("--skip-mbedtls", action="store_true", help="do not measure python-mbedtls")
     parser.add_argument(
+        "--skip-tls",
+        action="store_true",
+        help="do not measure TLS over TCP (dtlskit.tls against asyncio's own TLS streams)",
+    )
+    parser.add_argument(
         "--skip-newcomer", action="store_true", help="do not run the newcomer's program"
     )
     parser.add_argument(
@@ -295,16 +304,20 @@ def main(argv: list[str] | None = None) -> int:
             load.close()
         if not args.skip_newcomer:
             _measure_newcomer(document, settings, pki)
+        if not args.skip_tls:  # TLS over TCP (issue 10): benchmarks/tls.py
+            document["tls"] = tls_bench.measure(settings.seconds, pki, 1 if args.quick else 3)
     document["meta"]["total_seconds"] = time.monotonic() - started
     document["meta"]["load_average_at_end"] = list(os.getloadavg())
     report.add_ratios(document)
     print(report.table(document), flush=True)
+    if "tls" in document:
+        print(tls_bench.table(document["tls"]), flush=True)
     report.write_json(document, args.json)
     progress(f"figures written to {args.json}")
     if args.plot:
         report.plot(document, args.plot)
         progress(f"ratios drawn in {args.plot}")
-    return 1 if document["errors"] else 0
+    return 1 if document["errors"] or document.get("tls", {}).get("errors") else 0
 
 
 def _new_document(settings: Settings, quick: bool) -> dict[str, Any]:

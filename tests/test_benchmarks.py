@@ -152,12 +152,15 @@ def test_quick_run_measured_every_row(quick: Any) -> None:
                 abs_tol=1e-3,
             )
             assert 0 < echo["rtt_p50_ms"] <= echo["rtt_p99_ms"], key
-            assert echo["lost"] >= 0 and echo["sent"] >= echo["replies"], key
+            assert isinstance(echo["lost"], int) and echo["lost"] <= echo["sent"], key
+            assert echo["sent"] >= echo["replies"], key
             assert echo["in_flight"] == document["meta"]["in_flight"] == 32
         if figures["role"] in ("floor", "peer", "dtlskit"):
             handshakes = figures["handshakes"]
             assert handshakes["completed"] > 0 and handshakes["per_s"] > 0, key
-            assert handshakes["failed"] >= 0 and handshakes["server_cpu_ms_per_op"] > 0, key
+            assert isinstance(handshakes["failed"], int), key
+            assert handshakes["failed"] < handshakes["completed"], key
+            assert handshakes["server_cpu_ms_per_op"] > 0, key
         if figures["role"] == "dtlskit":
             assert figures["accelerator"] == (
                 ACCELERATOR if figures["accelerator_switch"] == "on" else "python"
@@ -209,7 +212,7 @@ def test_quick_run_ran_the_newcomers_program(quick: Any) -> None:
     assert newcomer["missing"] == newcomer["sent"] - newcomer["delivered"]
     counted = newcomer["counted_in_statistics"] + newcomer["unsent_after_client_error"]
     assert newcomer["uncounted"] == max(0, newcomer["missing"] - counted)
-    assert newcomer["kernel_socket_drops"] >= 0
+    assert isinstance(newcomer["kernel_socket_drops"], int)
     assert newcomer["statistics_has_kernel_drops"] == (
         newcomer["statistics_kernel_drops"] is not None
     )
@@ -546,7 +549,7 @@ def test_c_load_generator_counts_replies_and_round_trips() -> None:
     assert 0 < result["replies"] <= result["sent"] == count[0]
     assert result["lost"] == 0 and result["late"] == 0 and result["errors"] == 0
     assert 0 < result["rtt_p50_ms"] <= result["rtt_p99_ms"]
-    assert result["server_cpu_s"] >= 0 and result["load_cpu_s"] >= 0
+    assert isinstance(result["server_cpu_s"], float) and isinstance(result["load_cpu_s"], float)
 
 
 def test_without_a_compiler_the_python_load_generator_stands_in(

@@ -13,8 +13,8 @@ from cryptography import x509
 import dtlskit
 from dtlskit import sync
 from dtlskit.certs import PKIFiles
+from tests.helpers import WAIT
 
-WAIT = 10.0  # bound on every wait; never a timing assertion
 KEY = bytes(range(32))
 LABEL = b"EXTRACTOR-dtls_srtp"
 SRTP = "SRTP_AEAD_AES_128_GCM"

@@ -20,6 +20,7 @@ EXPECTED = {
     "nonblocking.py": "done: 3 messages echoed in",
     "session_resumption.py": "done: the second connection resumed the saved session",
     "edgeros_style.py": "done: 2 clients accepted, 4 messages echoed",
+    "edgeros_multitask.py": "done: 6 clients handshaken in 2 worker processes, 18 echoes checked",
     # issue 13 (IoT)
     "coap_server.py": "done: two coaps requests answered, the client known by its certificate",
     "sntp_clock.py": "done: certificates checked against the SNTP time",
@@ -42,6 +43,7 @@ ALSO_EXPECTED = {
         "dtlskit client (run 2): ['session reused: yes']",
     ],
     "edgeros_style.py": ["server: new client", "closed the session"],
+    "edgeros_multitask.py": ["to worker-0", "to worker-1", "served by worker-1"],
     # issue 13 (IoT)
     "coap_server.py": ["client: GET /.well-known/core: 2.05 Content </sensors/temperature>"],
     "iot_gateway.py": [

@@ -4,7 +4,6 @@ event no longer shares its name with the exception."""
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import re
 from pathlib import Path
@@ -21,7 +20,6 @@ from dtlskit.core.cookies import CookieJar
 from dtlskit.testing import MemoryPair
 
 ROOT = Path(__file__).resolve().parent.parent
-WAIT = 10.0  # bound on every wait; never a timing assertion
 
 
 def _exception_classes() -> list[type[BaseException]]:
@@ -107,20 +105,6 @@ def test_keying_material_arguments_and_engine_misuse(
     server = DTLSConnection(server_config, server=True, peer_address=("127.0.0.1", 1))
     with pytest.raises(dtlskit.UsageError):
         server.connect(0.0)
-
-
-def test_accept_on_a_handler_server_is_a_usage_error(
-    server_config: dtlskit.DTLSConfiguration,
-) -> None:
-    async def handler(channel: dtlskit.asyncio.Channel) -> None:  # pragma: no cover
-        pass
-
-    async def main() -> None:
-        async with dtlskit.serve(handler, "127.0.0.1", 0, config=server_config) as server:
-            with pytest.raises(dtlskit.UsageError, match="listen"):
-                await server.accept(timeout=WAIT)
-
-    asyncio.run(asyncio.wait_for(main(), WAIT * 3))
 
 
 def test_negative_timeouts_are_invalid_arguments(

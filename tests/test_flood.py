@@ -44,6 +44,7 @@ import dtlskit
 from dtlskit.asyncio import connect
 from dtlskit.certs import PKIFiles
 from dtlskit.core import DTLSConnection
+from tests.helpers import WAIT
 from tests.peers import Peer, running
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,7 +57,6 @@ WINDOW = 128  # unanswered ClientHellos at once: well inside the server's 208 Ki
 ANSWER_TIMEOUT = 1.0  # a ClientHello unanswered this long counts as unanswered
 FLOOD_DEADLINE = 90.0  # the flooder stops by then whatever happens
 RSS_LIMIT_KIB = 5 * 1024
-WAIT = 10.0
 FIRST_FLOOD_ADDRESS = 0x7F010000  # 127.1.0.0; legitimate clients use 127.0.0.1
 
 CLIENT_HELLO_RANDOM = 13 + 12 + 2  # record header, handshake header, client_version

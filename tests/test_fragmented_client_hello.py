@@ -20,11 +20,10 @@ import dtlskit
 from dtlskit import sync
 from dtlskit.asyncio import Channel, connect, serve
 from dtlskit.certs import PKIFiles, create_pki
+from tests.helpers import WAIT
 from tests.peers import gnutls_cli, needs_gnutls, needs_openssl, openssl_s_client, running
 
 pytestmark = pytest.mark.interop
-
-WAIT = 10.0
 
 
 @pytest.fixture(scope="module")

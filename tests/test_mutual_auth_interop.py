@@ -32,6 +32,7 @@ from dtlskit import sync
 from dtlskit.asyncio import Channel, connect, serve
 from dtlskit.certs import PKIFiles
 from dtlskit.core.server import ServerStatistics
+from tests.helpers import WAIT
 from tests.peers import (
     Peer,
     gnutls_cli,
@@ -45,8 +46,6 @@ from tests.peers import (
 )
 
 pytestmark = pytest.mark.interop
-
-WAIT = 10.0
 
 
 def subject(cert_path: Path) -> str:

@@ -121,3 +121,27 @@ def test_bad_server_hostname_is_a_configuration_error():
         DTLSConnection(config, server=False)
     with pytest.raises(dtlskit.ConfigurationError):
         DTLSConnection(dtlskit.DTLSConfiguration.client(server_hostname="a\0b"), server=False)
+
+
+def test_the_benchmark_harness_stays_out_of_the_import_path():
+    # A fresh interpreter: importing the library, its front ends and the CLI loads nothing of
+    # the harness; only running `dtlskit bench` does.
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, dtlskit, dtlskit.sync, dtlskit.asyncio, dtlskit.cli; "
+        "print(sorted(m for m in sys.modules if m.startswith('dtlskit.benchmarks')))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.strip()
+    assert loaded == "[]"
+    help_text = subprocess.run(
+        [sys.executable, "-m", "dtlskit", "bench", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert help_text.returncode == 0, help_text.stderr
+    assert "--quick" in help_text.stdout

@@ -24,9 +24,9 @@ from dtlskit import sync
 from dtlskit.asyncio import Channel, connect, serve
 from dtlskit.certs import PKIFiles
 from dtlskit.core.session import Session
+from tests.helpers import WAIT
 from tests.peers import serving
 
-WAIT = 10.0
 SERVER_SCRIPT = Path(__file__).resolve().parent / "asyncio" / "server_process.py"
 
 KEEPERS = ("object", "bytes", "file")

@@ -53,7 +53,8 @@ BAD = {
 def _mypy(tmp_path: Path, source: str) -> subprocess.CompletedProcess[str]:
     user = tmp_path / "user.py"
     user.write_text(source)
-    env = dict(os.environ, MYPYPATH=str(PACKAGE_PARENT))
+    # No MYPYPATH: mypy must find the installed package itself (README's editable install).
+    env = {k: v for k, v in os.environ.items() if k != "MYPYPATH"}
     return subprocess.run(
         [
             sys.executable,
@@ -108,3 +109,38 @@ def test_ssl_style_names_return_new_frozen_configurations(pki: PKIFiles) -> None
     assert pair.handshake()
     assert pair.client.alpn_protocol == "coap"
     assert dtlskit.DTLSConfiguration.server(verify_mode=ssl.CERT_NONE).verify_mode is ssl.CERT_NONE
+
+
+def test_ignoring_what_an_ssl_style_method_returned_is_never_a_silent_no_op(
+    pki: PKIFiles,
+) -> None:
+    # Ported from ssl.SSLContext: the call is made for its effect, the result dropped.
+    from dtlskit import sync
+
+    config = dtlskit.DTLSConfiguration.server()
+    loaded = config.load_cert_chain(pki.server_cert, pki.server_key)
+    with pytest.raises(dtlskit.ConfigurationError, match=r"retired by load_cert_chain\(\)") as info:
+        sync.serve(lambda channel: None, "127.0.0.1", 0, config=config)
+    assert "config = config.load_cert_chain(...)" in str(info.value)
+    with sync.serve(lambda channel: None, "127.0.0.1", 0, config=loaded) as server:
+        assert server.is_serving()  # the returned configuration is the one to use
+
+    client = dtlskit.DTLSConfiguration.client(server_hostname="localhost")
+    for retire in (
+        lambda c: c.load_verify_locations(cafile=pki.ca_cert),
+        lambda c: c.load_default_certs(),
+        lambda c: c.set_alpn_protocols(["coap"]),
+    ):
+        fresh = client.replace()
+        derived = retire(fresh)
+        with pytest.raises(dtlskit.ConfigurationError, match="retired by"):
+            fresh.context(server=False)
+        derived.build_context(server=False)  # fine
+    server = dtlskit.DTLSConfiguration.server(pki.server_cert, pki.server_key)
+    server.add_sni_certificate("a.example", pki.server_cert, pki.server_key)
+    with pytest.raises(dtlskit.ConfigurationError, match=r"add_sni_certificate\(\)"):
+        server.build_context(server=True)
+    # replace() retires nothing: the way to derive variants
+    base = dtlskit.DTLSConfiguration.server(pki.server_cert, pki.server_key)
+    base.replace(mtu=1400)
+    base.build_context(server=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 
 import pytest
@@ -109,6 +109,19 @@ def round_trip(
 FLAVOURS = ["asyncio", "sync"]
 
 
+class BrokenZone(tzinfo):
+    """A time zone whose offset cannot be had (a missing tz database, say)."""
+
+    def utcoffset(self, dt: datetime | None) -> timedelta:
+        raise RuntimeError("no tz database")
+
+    def dst(self, dt: datetime | None) -> timedelta:
+        raise RuntimeError("no tz database")
+
+    def tzname(self, dt: datetime | None) -> str:
+        return "broken"
+
+
 # -- clients --------------------------------------------------------------------------------------
 
 
@@ -205,13 +218,81 @@ def test_server_with_a_failing_clock_refuses_that_handshake_and_keeps_serving(
     assert len(calls) >= 2
 
 
+JUNK_TIMES = {"1e30 s": (1e30, "year 9999"), "broken zone": (None, "no tz database")}
+
+
+@pytest.mark.parametrize("junk", list(JUNK_TIMES))
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_server_clock_answering_junk_refuses_that_handshake_and_keeps_serving(
+    flavour: str, junk: str, pki: PKIFiles, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A clock callable answering a time no certificate check can use (1e30 s: OpenSSL's
+    time_t overflows; a datetime whose time zone raises) fails that one handshake like a
+    clock that raises; it used to escape raw (OverflowError, RuntimeError) and, in the
+    blocking flavour, end the server's I/O thread."""
+    calls = []
+    value, words = JUNK_TIMES[junk]
+    if value is None:
+        value = datetime(2020, 1, 1, tzinfo=BrokenZone())
+
+    def clock() -> object:
+        calls.append(1)
+        return value if len(calls) == 1 else datetime.now(UTC).timestamp()
+
+    server = mutual_server(pki, verify_time=clock)
+    client = client_config(pki, certfile=pki.client_cert, keyfile=pki.client_key)
+    caplog.set_level(logging.WARNING, logger="dtlskit.server")
+    assert round_trip(flavour, server, client) == b"tick"
+    refused = [r.getMessage() for r in caplog.records if words in r.getMessage()]
+    assert len(refused) == 1, refused
+    assert len(calls) >= 2
+
+
+def test_client_clock_answering_out_of_range_is_a_configuration_error(pki: PKIFiles) -> None:
+    config = client_config(pki, verify_time=lambda: 1e30)
+    with pytest.raises(dtlskit.ConfigurationError, match="year 9999"):
+        sync.connect("127.0.0.1", 9, config=config)
+    with pytest.raises(dtlskit.ConfigurationError, match="year 9999"):
+        asyncio.run(asyncio.wait_for(dtlskit.connect("127.0.0.1", 9, config=config), 30))
+
+
+def test_describe_dates_never_fails_on_far_times(pki: PKIFiles) -> None:
+    from dtlskit.core import _verify_time
+
+    certificate = x509_of(pki.ca_cert)
+    words = _verify_time.describe_dates(certificate, _verify_time.MAX_TIMESTAMP)
+    assert "9999-12-31 23:59:59 UTC (verify_time)" in words and "valid from" in words
+
+
 # -- configuration --------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     "value",
-    [datetime(2020, 6, 1), True, -1, float("nan"), "2020-06-01"],
-    ids=["naive datetime", "bool", "negative", "nan", "string"],
+    [
+        datetime(2020, 6, 1),
+        True,
+        -1,
+        float("nan"),
+        "2020-06-01",
+        1e30,
+        2**70,
+        253_402_300_800,
+        datetime(1969, 12, 31, tzinfo=UTC),
+        datetime(2020, 1, 1, tzinfo=BrokenZone()),
+    ],
+    ids=[
+        "naive datetime",
+        "bool",
+        "negative",
+        "nan",
+        "string",
+        "huge float",
+        "huge int",
+        "after 9999",
+        "before 1970",
+        "broken zone",
+    ],
 )
 def test_bad_verify_time_is_a_configuration_error(value: object) -> None:
     with pytest.raises(dtlskit.ConfigurationError, match="verify_time"):

@@ -9,7 +9,7 @@ records move through the optional C extension (``"native"``) or pure Python (``"
 
 from ._frontend.accel import ACCELERATOR
 from ._frontend.channel_base import SessionProtocol
-from .asyncio import connect, listen, run_server, serve
+from .asyncio import connect, from_handoff, listen, listen_handoff, run_server, serve
 from .config import DEFAULT_CIPHERS, DTLSConfiguration, Limits
 from .core.session import Session
 from .exceptions import (
@@ -66,7 +66,9 @@ __all__ = [
     "VerificationReason",
     "__version__",
     "connect",
+    "from_handoff",
     "listen",
+    "listen_handoff",
     "run_server",
     "serve",
 ]

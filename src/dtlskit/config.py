@@ -146,6 +146,17 @@ class Limits:
     accept_backlog: int = 128
     """Completed handshakes waiting for ``accept()`` before new ones are refused."""
 
+    address_key: str = "address"
+    """What the per-address limits (``max_sessions_per_address``,
+    ``max_half_open_per_address``, ``max_half_open_per_ipv6_prefix``) count by: ``"address"``
+    (the source IP, all ports together; an IPv6 /64 for half-open handshakes) or
+    ``"address_and_port"``. Use ``"address_and_port"`` behind a UDP proxy that does not keep
+    client addresses (nginx ``stream`` without ``proxy_bind ... transparent``, a balancer that
+    source-NATs): every client then arrives from the proxy's address, one port per client, and
+    per-address limits would cap the whole proxy as one client. Limit per client address on
+    the proxy itself then (nginx ``limit_conn``). Never use it on a server clients reach
+    directly: a single host could then hold ``max_half_open`` handshakes."""
+
     def __post_init__(self) -> None:
         for name in (
             "max_sessions",
@@ -176,6 +187,11 @@ class Limits:
             )
         if self.idle_timeout is not None and not _positive_seconds(self.idle_timeout):
             raise ConfigurationError("Limits.idle_timeout must be a positive number or None")
+        if self.address_key not in ("address", "address_and_port"):
+            raise ConfigurationError(
+                f"Limits.address_key must be 'address' or 'address_and_port', not "
+                f"{self.address_key!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -233,6 +249,13 @@ class DTLSConfiguration:
     idle_timeout: float | None = None
     """Seconds without a message from the peer before the session is dropped. ``None``: clients
     never time out; servers use ``limits.idle_timeout``."""
+
+    new_port_after_lost_flights: int | None = 2
+    """Clients: when this many flights in a row (the first flight and its retransmissions)
+    got no answer at all, the handshake starts again from a new source port (within the same
+    ``handshake_timeout``), so that a load balancer choosing a node per address and port picks
+    again, and a dead node costs a few seconds instead of the whole deadline. ``None`` keeps
+    one port; so does a ``local_addr`` with a fixed port."""
 
     cookie_secret: bytes | None = None
     """Servers: HMAC secret for stateless cookies (>= 16 bytes). Share it between workers or
@@ -322,6 +345,11 @@ class DTLSConfiguration:
             )
         if self.idle_timeout is not None and not _positive_seconds(self.idle_timeout):
             raise ConfigurationError("idle_timeout must be a positive, finite number or None")
+        lost = self.new_port_after_lost_flights
+        if lost is not None and (not isinstance(lost, int) or isinstance(lost, bool) or lost < 1):
+            raise ConfigurationError(
+                f"new_port_after_lost_flights must be a positive integer or None, not {lost!r}"
+            )
         if self.recv_buffer_size is not None and (
             not isinstance(self.recv_buffer_size, int)
             or isinstance(self.recv_buffer_size, bool)
@@ -524,6 +552,7 @@ class DTLSConfiguration:
         session_tickets: bool = True,
         allow_renegotiation: bool = False,
         keylog_file: StrPath | None = None,
+        new_port_after_lost_flights: int | None = 2,
         verify_time: VerifyTime | None = None,
     ) -> DTLSConfiguration:
         """Configuration for a client trusting ``cafile`` and expecting ``server_hostname``.
@@ -546,9 +575,11 @@ class DTLSConfiguration:
         * ``psk=None``: ``(identity, key)``;
         * ``alpn_protocols=()``, ``srtp_profiles=()``; ``session_tickets=True``;
           ``allow_renegotiation=False``; ``keylog_file=None``;
+        * ``new_port_after_lost_flights=2``: fail over to a new source port (``None``: never);
         * ``verify_time=None``: certificate dates are checked against the system clock.
         """
         return cls(
+            new_port_after_lost_flights=new_port_after_lost_flights,
             cafile=cafile,
             server_hostname=server_hostname,
             capath=capath,
@@ -577,6 +608,17 @@ class DTLSConfiguration:
         )
 
     # -- ssl.SSLContext-style names: each returns a NEW configuration ----------------------------
+    #
+    # Code ported from ssl.SSLContext calls these for their effect and ignores the result. So
+    # that this is never a silent no-op, each call retires the configuration it was called on:
+    # building an endpoint from a retired configuration raises ConfigurationError naming the
+    # call and the fix (`config = config.load_cert_chain(...)`). Deriving further variants from
+    # it stays allowed; replace() retires nothing.
+
+    def _derive(self, method: str, **changes: Any) -> DTLSConfiguration:
+        derived = self.replace(**changes)
+        self.__dict__["_retired_by"] = method
+        return derived
 
     def load_cert_chain(
         self, certfile: StrPath, keyfile: StrPath | None = None, password: Password | None = None
@@ -584,9 +626,12 @@ class DTLSConfiguration:
         """A copy presenting ``certfile``/``keyfile`` (``ssl.SSLContext.load_cert_chain``).
 
         The configuration is frozen, so unlike ``SSLContext`` this changes nothing in place:
-        use the returned configuration (``config = config.load_cert_chain(...)``).
+        use the returned configuration (``config = config.load_cert_chain(...)``). This one is
+        retired: an endpoint built from it raises :class:`ConfigurationError`.
         """
-        return self.replace(certfile=certfile, keyfile=keyfile, password=password)
+        return self._derive(
+            "load_cert_chain", certfile=certfile, keyfile=keyfile, password=password
+        )
 
     def load_verify_locations(
         self,
@@ -595,7 +640,8 @@ class DTLSConfiguration:
         cadata: str | bytes | None = None,
     ) -> DTLSConfiguration:
         """A copy that trusts these CAs (``ssl.SSLContext.load_verify_locations``); each
-        given one replaces the field of the same name. Returns a new configuration (frozen)."""
+        given one replaces the field of the same name. Returns a new configuration (frozen) and
+        retires this one (see :meth:`load_cert_chain`)."""
         if cafile is None and capath is None and cadata is None:
             raise ConfigurationError("load_verify_locations needs cafile, capath or cadata")
         changes: dict[str, Any] = {}
@@ -605,20 +651,23 @@ class DTLSConfiguration:
             changes["capath"] = capath
         if cadata is not None:
             changes["cadata"] = cadata
-        return self.replace(**changes)
+        return self._derive("load_verify_locations", **changes)
 
     def load_default_certs(self) -> DTLSConfiguration:
         """A copy that also trusts the system's CA store (``default_certs=True``;
-        ``ssl.SSLContext.load_default_certs``). Returns a new configuration (frozen)."""
-        return self.replace(default_certs=True)
+        ``ssl.SSLContext.load_default_certs``). Returns a new configuration (frozen) and
+        retires this one (see :meth:`load_cert_chain`)."""
+        return self._derive("load_default_certs", default_certs=True)
 
     def set_alpn_protocols(self, protocols: Sequence[str]) -> DTLSConfiguration:
         """A copy offering (client) or accepting (server) these ALPN protocols
-        (``ssl.SSLContext.set_alpn_protocols``). Returns a new configuration (frozen)."""
-        return self.replace(alpn_protocols=protocols)
+        (``ssl.SSLContext.set_alpn_protocols``). Returns a new configuration (frozen) and
+        retires this one (see :meth:`load_cert_chain`)."""
+        return self._derive("set_alpn_protocols", alpn_protocols=protocols)
 
     def replace(self, **changes: Any) -> DTLSConfiguration:
-        """A copy with some fields changed (validated again)."""
+        """A copy with some fields changed (validated again). Retires nothing: the usual way
+        to derive several variants from one configuration."""
         return dataclasses.replace(self, **changes)
 
     def effective_verify_mode(self, server: bool) -> ssl.VerifyMode:
@@ -651,10 +700,11 @@ class DTLSConfiguration:
         password: Password | None = None,
     ) -> DTLSConfiguration:
         """A copy that also serves ``certfile`` to clients asking for ``name`` (EdgerOS
-        ``addcert``). The configuration is frozen: use the returned one."""
+        ``addcert``). The configuration is frozen: use the returned one; this one is retired
+        (see :meth:`load_cert_chain`)."""
         certificates = dict(self.sni_certificates or {})
         certificates[name] = (certfile, keyfile, password)
-        return self.replace(sni_certificates=certificates)
+        return self._derive("add_sni_certificate", sni_certificates=certificates)
 
     # -- OpenSSL context ----------------------------------------------------------------------
 
@@ -689,15 +739,16 @@ class DTLSConfiguration:
             digest = self.__dict__.setdefault("_trust_digest", trust.digest())
         return hashlib.sha256(digest + (server_name or "").encode()).digest()
 
-    def context(self, server: bool) -> SSL.Context:
+    def context(self, server: bool, *, tls: bool = False) -> SSL.Context:
         """The OpenSSL context for this role, built on first use and then shared by every
-        connection made from this configuration; see :func:`dtlskit.core.context.context`."""
-        return _context.context(self, server)
+        connection made from this configuration; see :func:`dtlskit.core.context.context`.
+        ``tls=True``: the TLS-over-TCP context."""
+        return _context.context(self, server, tls=tls)
 
-    def build_context(self, server: bool) -> SSL.Context:
-        """A fresh OpenSSL DTLS context for this role; see
+    def build_context(self, server: bool, *, tls: bool = False) -> SSL.Context:
+        """A fresh OpenSSL DTLS context for this role (``tls=True``: TLS 1.2/1.3 for TCP); see
         :func:`dtlskit.core.context.build_context`. Raises :class:`ConfigurationError`."""
-        return _context.build_context(self, server)
+        return _context.build_context(self, server, tls=tls)
 
 
 def _check_psk(psk: object) -> None:

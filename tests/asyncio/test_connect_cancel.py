@@ -31,9 +31,9 @@ import pytest
 import dtlskit
 from dtlskit.asyncio import connect, serve
 from dtlskit.certs import PKIFiles
+from tests.helpers import WAIT
 
 T = TypeVar("T")
-WAIT = 10.0  # handshake timeout: the task would end with HandshakeTimeout if the cancel is lost
 
 
 class CancellingLoop(asyncio.SelectorEventLoop):

@@ -10,6 +10,7 @@ import pytest
 import dtlskit
 from dtlskit.asyncio import Channel, connect, serve
 from dtlskit.certs import PKIFiles
+from tests.helpers import WAIT
 from tests.peers import (
     Peer,
     gnutls_cli,
@@ -23,8 +24,6 @@ from tests.peers import (
 )
 
 pytestmark = pytest.mark.interop
-
-WAIT = 10.0
 
 
 async def wait_line(peer: Peer, text: str) -> str:

@@ -16,10 +16,10 @@ import pytest
 import dtlskit
 from dtlskit.asyncio import connect
 from dtlskit.certs import PKIFiles
+from tests.helpers import WAIT
 from tests.peers import Peer, running, serving
 
 SCRIPT = Path(__file__).with_name("server_process.py")
-WAIT = 10.0
 
 
 def script(pki: PKIFiles, *args: str) -> list[str]:

@@ -14,9 +14,8 @@ import dtlskit
 from dtlskit.asyncio import Channel, connect, serve
 from dtlskit.certs import PKIFiles
 from dtlskit.core import DTLSConnection
+from tests.helpers import WAIT
 from tests.peers import Peer, running
-
-WAIT = 10.0
 
 
 async def echo(channel: Channel) -> None:

@@ -10,9 +10,8 @@ from collections.abc import Callable
 
 from dtlskit.asyncio import Channel, connect, listen, serve
 from dtlskit.core.inbox import MESSAGE_OVERHEAD
+from tests.helpers import WAIT
 from tests.sync.test_route import CLIENTS, LIMITS, MESSAGES, SIZE
-
-WAIT = 10.0  # a safety net for every await: never a timing assertion
 
 
 async def eventually(condition: Callable[[], bool], bound: float = WAIT) -> None:

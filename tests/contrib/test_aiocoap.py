@@ -236,11 +236,14 @@ def test_junk_inside_the_session_is_dropped_and_counted(pki: PKIFiles) -> None:
         try:
             async with dtlskit.connect("127.0.0.1", port, config=cert_client(pki)) as channel:
                 await channel.send(b"\xff")  # a 1-byte message: not CoAP (RFC 7252 §3)
+                # CON GET with a Uri-Path option that is not UTF-8 (aiocoap raises
+                # UnicodeDecodeError, not UnparsableMessage, for it)
+                await channel.send(bytes([0x42, 0x01, 0x00, 0xC2]) + b"ab" + b"\xb1\xe6")
                 await channel.send(request)
                 reply = aiocoap.Message.decode(await channel.recv())
         finally:
             await server.shutdown()
-        assert transport.drops == {"unparsable_coap_message": 1}
+        assert transport.drops == {"unparsable_coap_message": 2}
         assert reply.mid == 0x1234 and reply.token == b"t1"
         assert reply.payload.startswith(b"cert CN=dtlskit client")
 
@@ -370,5 +373,58 @@ def test_a_message_too_large_for_the_session_is_dropped_not_the_session(pki: PKI
             await server.shutdown()
         assert response.payload == b"still here" and after.remote is response.remote
         assert transport.drops == {"message_too_large": 1}
+
+    run(main())
+
+
+def test_ended_sessions_are_not_pinned_by_aiocoap_remotes(pki: PKIFiles) -> None:
+    """aiocoap keeps a remote for deduplication (EXCHANGE_LIFETIME, 247 s) after its session
+    ended; the remote must not keep the session's channel (and OpenSSL connection) alive with
+    it, or a peer opening and ending sessions pins one per session, past max_sessions."""
+    import asyncio
+    import gc
+    import weakref
+
+    import aiocoap.resource as resource
+
+    seen: list[tuple[object, weakref.ref[object]]] = []
+
+    class Remember(resource.Resource):  # type: ignore[misc]
+        async def render_get(self, request: aiocoap.Message) -> aiocoap.Message:
+            seen.append((request.remote, weakref.ref(request.remote.channel)))
+            return aiocoap.Message(payload=b"noted")
+
+    async def main() -> None:
+        root = site()
+        root.add_resource(["note"], Remember())
+        server = await coaps.create_server_context(root, "127.0.0.1", 0, config=server_config(pki))
+        transport = coaps.coaps_transport(server)
+        port = transport.server.addresses[0][1]
+        request = bytes([0x42, 0x01, 0x12, 0x34]) + b"t1" + bytes([0xB4]) + b"note"
+        client = await coaps.create_client_context(cert_client(pki))
+        try:
+            async with dtlskit.connect("127.0.0.1", port, config=cert_client(pki)) as channel:
+                await channel.send(request)
+                assert aiocoap.Message.decode(await channel.recv()).payload == b"noted"
+            ((remote, server_channel),) = seen
+            for _ in range(3000):  # until the server saw the close_notify (bounded)
+                if remote.ended:  # type: ignore[attr-defined]
+                    break
+                await asyncio.sleep(0.01)
+            assert remote.ended  # type: ignore[attr-defined]
+            # The client side: a session the server ended lets its channel go as well.
+            first = await get(client, f"coaps://127.0.0.1:{port}/note")
+            client_channel = weakref.ref(first.remote.channel)
+            seen[1][0].channel.close()  # type: ignore[attr-defined]  # the server ends it
+            await asyncio.wait_for(asyncio.shield(first.remote._task), 30)
+            gc.collect()
+            assert first.remote.ended and first.remote.channel is None
+            assert client_channel() is None
+            assert remote.channel is None  # type: ignore[attr-defined]
+            assert server_channel() is None, gc.get_referrers(server_channel())
+            assert remote.hostinfo_local  # type: ignore[attr-defined]  # still answers
+        finally:
+            await client.shutdown()
+            await server.shutdown()
 
     run(main())

@@ -88,3 +88,18 @@ def test_found_fingerprint_parsing() -> None:
     assert mdns.Found(**base, properties={"fp": "SHA256:ABCD"}).fingerprint == "abcd"  # type: ignore[arg-type]
     assert mdns.Found(**base, properties={"fp": "sha1:abcd"}).fingerprint is None  # type: ignore[arg-type]
     assert mdns.Found(**base).fingerprint is None  # type: ignore[arg-type]
+
+
+def test_names_that_never_resolve_do_not_stretch_the_timeout() -> None:
+    """Anyone on the link can announce names with nothing behind them; each resolution is cut
+    to the time the caller has left (it used to take 3 s each, after the timeout too)."""
+    flood = Path(__file__).with_name("mdns_flood_scenario.py")
+    argv = namespace_argv(sys.executable, "-W", "error", str(flood))
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report["found"] == [0, 0]
+    for flavour in ("sync", "asyncio"):
+        timeouts = report["timeouts"][flavour]
+        assert timeouts, f"{flavour}: no announced name was seen"  # the flood reached it
+        assert all(0 < t <= 1000 for t in timeouts), (flavour, timeouts)

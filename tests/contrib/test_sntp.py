@@ -103,7 +103,7 @@ def answer(
 ) -> bytes:
     """A server's reply to ``request`` (RFC 5905 §7.3), with one field made wrong on demand."""
     now = time.time() if transmit is None else transmit
-    stamp = struct.pack("!II", int(now) + 2_208_988_800, 0)
+    stamp = struct.pack("!II", (int(now) + 2_208_988_800) % 2**32, 0)  # NTP eras wrap
     packet = struct.pack("!BBbb8x4s8s", first, stratum, 6, -20, ref, stamp)
     packet += (request[40:48] if originate is None else originate) + stamp + stamp
     return packet[:length]
@@ -146,8 +146,9 @@ def ask_fake(replies: list[dict[str, object]]) -> sntp.Clock:
         ({"first": 0xE4}, "not synchronised"),
         ({"first": 0x23}, "mode 3"),
         ({"length": 40}, "40 bytes"),
+        ({"transmit": -86400.0}, "before 1970"),
     ],
-    ids=["another request", "kiss-o'-death", "unsynchronised", "client mode", "short"],
+    ids=["another request", "kiss-o'-death", "unsynchronised", "client mode", "short", "1969"],
 )
 def test_unusable_answers_are_refused(reply: dict[str, object], words: str) -> None:
     with pytest.raises(sntp.SNTPTimeout, match=re.escape(words)):
@@ -158,3 +159,11 @@ def test_a_forged_answer_does_not_hide_the_real_one() -> None:
     real_time = datetime(2030, 1, 1, tzinfo=timezone.utc).timestamp()
     clock = ask_fake([{"originate": b"\2" * 8, "transmit": 0.0}, {"transmit": real_time}])
     assert clock.server_time.year == 2030 and clock.stratum == 2
+
+
+@pytest.mark.parametrize("year", [2026, 2036, 2037, 2100])
+def test_times_past_the_ntp_era_rollover_are_read_as_such(year: int) -> None:
+    """The 32-bit seconds field wraps on 2036-02-07 (RFC 4330 §3): 2037 is not 1901."""
+    when = datetime(year, 6, 1, tzinfo=timezone.utc).timestamp()
+    clock = ask_fake([{"transmit": when}])
+    assert clock.server_time.year == year

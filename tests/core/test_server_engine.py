@@ -330,3 +330,27 @@ def test_ended_associations_are_freed_while_the_server_runs(server_config, clien
     alive = [o for o in gc.get_objects() if isinstance(o, DTLSConnection)]
     held = [conn.peer_address for conn in alive if conn.is_server and conn.peer_address in ours]
     assert held == [("127.0.0.1", 1)]
+
+
+@pytest.mark.parametrize(
+    ("address_key", "expected"),
+    [("address", [True, False, False, False]), ("address_and_port", [True, True, True, True])],
+)
+def test_limits_behind_a_proxy_count_per_address_and_port(
+    server_config, client_config, address_key, expected
+):
+    """Behind a UDP proxy every client arrives from the proxy's address, one port each."""
+    limits = dtlskit.Limits(
+        max_sessions_per_address=1, max_half_open_per_address=1, address_key=address_key
+    )
+    config = server_config.replace(limits=limits)
+    server = ServerEngine(config)
+    results = []
+    for index in range(4):
+        p = MemoryPair(
+            config, client_config, server=server, client_address=("10.0.0.1", 4000 + index)
+        )
+        results.append(p.handshake())
+    assert results == expected
+    with pytest.raises(dtlskit.ConfigurationError, match="address_key"):
+        dtlskit.Limits(address_key="port")

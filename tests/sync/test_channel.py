@@ -4,7 +4,6 @@ model, recv/recv_into/pending, channel properties, close semantics and concurren
 from __future__ import annotations
 
 import gc
-import socket
 import threading
 import time
 import warnings
@@ -16,22 +15,12 @@ from cryptography import x509
 import dtlskit
 from dtlskit import sync
 from dtlskit.sync import BufferTooSmall, Channel
-
-WAIT = 10.0  # bound on every wait; never a timing assertion
+from tests.helpers import WAIT, has_ipv6
 
 
 def echo(channel: Channel) -> None:
     for message in channel:
         channel.send(message)
-
-
-def has_ipv6() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
-            sock.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
 HOSTS = [

@@ -13,23 +13,13 @@ from dtlskit import sync
 from dtlskit._frontend import sockets as _sockets
 from dtlskit.certs import PKIFiles
 from dtlskit.sync import Channel
+from tests.helpers import WAIT, has_ipv6
 from tests.peers import free_udp_port
-
-WAIT = 10.0  # bound on every wait; never a timing assertion
 
 
 def echo(channel: Channel) -> None:
     for message in channel:
         channel.send(message)
-
-
-def has_ipv6() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
-            sock.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import dtlskit
 from dtlskit import sync
 from dtlskit.certs import PKIFiles
 from dtlskit.sync import Channel
+from tests.helpers import WAIT
 from tests.peers import (
     gnutls_cli,
     gnutls_serv,
@@ -24,8 +25,6 @@ from tests.peers import (
 )
 
 pytestmark = pytest.mark.interop
-
-WAIT = 10.0
 
 
 class RecordingEcho:

@@ -4,7 +4,6 @@ setIPv6Only / bindToDevice / get/set buffer sizes / error`` family), on real soc
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 
 import pytest
@@ -13,20 +12,7 @@ import dtlskit
 from dtlskit import sync
 from dtlskit._frontend.sockets import MAX_BUFFER_SIZE, MIN_BUFFER_SIZE
 from dtlskit.sync import Channel
-
-WAIT = 10.0
-
-
-def has_ipv6() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
-            sock.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-needs_ipv6 = pytest.mark.skipif(not has_ipv6(), reason="no IPv6 loopback on this host")
+from tests.helpers import WAIT, needs_ipv6
 
 
 def echo(channel: Channel) -> None:
@@ -137,7 +123,7 @@ def test_options_after_close_raise_clearly(server_config, client_config) -> None
 
 @needs_ipv6
 def test_listen_on_ipv6_wildcard_is_dual_stack(server_config, client_config) -> None:
-    # Host None would bind one socket per family (tests/test_frontend_review.py).
+    # Host None would bind one socket per family (tests/test_binding_and_resolution.py).
     with sync.listen("::", 0, config=server_config) as lst:
         assert lst.getsockname()[0] == "::"
         assert lst.get_ipv6_only() is False

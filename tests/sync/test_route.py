@@ -13,8 +13,7 @@ import dtlskit
 from dtlskit import sync
 from dtlskit.core.inbox import MESSAGE_OVERHEAD
 from dtlskit.sync import Channel
-
-WAIT = 10.0  # bound on every wait; never a timing assertion
+from tests.helpers import WAIT
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> None:

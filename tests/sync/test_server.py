@@ -18,8 +18,7 @@ import dtlskit
 from dtlskit import sync
 from dtlskit.core import DTLSConnection
 from dtlskit.sync import Channel
-
-WAIT = 10.0  # bound on every wait; never a timing assertion
+from tests.helpers import WAIT, has_ipv6
 
 
 def echo(channel: Channel) -> None:
@@ -33,15 +32,6 @@ def wait_until(predicate: Callable[[], bool], timeout: float = WAIT) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached within the bound")
         time.sleep(0.01)
-
-
-def has_ipv6() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
-            sock.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
 def echo_once(port: int, config: dtlskit.DTLSConfiguration, message: bytes) -> bytes:

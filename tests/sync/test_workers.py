@@ -16,9 +16,8 @@ import pytest
 import dtlskit
 from dtlskit import sync
 from dtlskit.certs import PKIFiles
+from tests.helpers import WAIT
 from tests.peers import free_udp_port
-
-WAIT = 10.0
 
 SCRIPT = textwrap.dedent(
     """

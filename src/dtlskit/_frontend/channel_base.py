@@ -126,6 +126,26 @@ def client_socket_error(engine: DTLSConnection, exc: OSError, peer: Address) -> 
     return error
 
 
+class FailOver(Exception):
+    """Internal: a client's handshake got no answer at all; start again from a new port."""
+
+
+def should_fail_over(engine: DTLSConnection, lost_flights: int | None, now: float) -> bool:
+    """Whether a client handshaking with ``engine``, whose retransmission timer is due at
+    ``now``, should start again from a new source port instead of retransmitting: ``lost_flights``
+    flights in a row (its first flight and its retransmissions) went unanswered, and nothing at
+    all came back (``DTLSConfiguration.new_port_after_lost_flights``)."""
+    if lost_flights is None or engine.state is not State.HANDSHAKING:
+        return False
+    timer = engine.get_timer()
+    if timer is None or now < timer:
+        return False
+    stats = engine.statistics()
+    # Bytes, not datagrams: a proxy may answer an upstream's ICMP error with an empty datagram
+    # (nginx stream does), which tells nothing about a live node.
+    return stats.bytes_received == 0 and stats.retransmissions >= lost_flights - 1
+
+
 def check_server_config(config: object) -> DTLSConfiguration:
     """``config`` if it is a server's configuration; :class:`ConfigurationError` otherwise."""
     if not isinstance(config, DTLSConfiguration):

@@ -7,18 +7,24 @@ optionally with ``SO_REUSEPORT`` worker processes. The blocking mirror image is
 """
 
 from .._frontend.channel_base import SessionProtocol
+from ..exceptions import BufferTooSmall
 from .channel import Channel
 from .client import connect
+from .handoff import HandoffListener, from_handoff, listen_handoff
 from .server import Listener, Server, install_signal_handlers, listen, run_server, serve
 
 __all__ = [
+    "BufferTooSmall",
     "Channel",
+    "HandoffListener",
     "Listener",
     "Server",
     "SessionProtocol",
     "connect",
+    "from_handoff",
     "install_signal_handlers",
     "listen",
+    "listen_handoff",
     "run_server",
     "serve",
 ]

@@ -30,7 +30,13 @@ from .._frontend.channel_base import ChannelBase, ends_iteration, fresh_error
 from .._frontend.sockets import Address
 from ..core.connection import DTLSConnection
 from ..core.inbox import Inbox
-from ..exceptions import BufferTooSmall, ConcurrencyError, ConnectionClosedLocally, DTLSError
+from ..exceptions import (
+    BufferTooSmall,
+    ConcurrencyError,
+    ConnectionClosedLocally,
+    DTLSError,
+    UsageError,
+)
 
 __all__ = ["Channel"]
 
@@ -363,7 +369,10 @@ class Channel(ChannelBase):
         self._endpoint.channel_closed(self)
 
     async def wait_closed(self) -> None:
-        """After :meth:`close`: wait until the socket (a client's own) is released."""
+        """After :meth:`close`: wait until the socket (a client's own) is released. Before
+        :meth:`close` it raises :class:`~dtlskit.exceptions.UsageError`."""
+        if not self._close_called:
+            raise UsageError("wait_closed() waits for close(): call close() first")
         await self._endpoint.wait_channel_closed(self)
 
     async def __aenter__(self) -> Channel:

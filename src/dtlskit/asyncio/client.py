@@ -21,7 +21,13 @@ from collections.abc import Generator
 from typing import Any
 
 from .._frontend import accel as _accel
-from .._frontend.channel_base import client_socket_error, fresh_error, terminal_error
+from .._frontend.channel_base import (
+    FailOver,
+    client_socket_error,
+    fresh_error,
+    should_fail_over,
+    terminal_error,
+)
 from .._frontend.sockets import (
     Address,
     AddrInfo,
@@ -73,6 +79,7 @@ class ClientDriver(SocketDriver):
         peer: Address,
         deadline: float,
         limit: float,
+        new_port_after: int | None = None,
     ) -> None:
         super().__init__(loop, sock)
         self._engine = engine
@@ -81,6 +88,8 @@ class ClientDriver(SocketDriver):
         self._handshake_deadline = deadline
         self._limit = limit
         self._established = False
+        self._new_port_after = new_port_after
+        self._failed_over = False
         self.handshake: asyncio.Future[None] = loop.create_future()
 
     def attach(self, channel: Channel) -> None:
@@ -145,6 +154,8 @@ class ClientDriver(SocketDriver):
                 channel._handle_event(event)
 
     def _deadline(self) -> float | None:
+        if self._failed_over:
+            return None
         deadline = self._engine.get_timer()
         if not self.handshake.done() and (deadline is None or self._handshake_deadline < deadline):
             deadline = self._handshake_deadline
@@ -159,7 +170,13 @@ class ClientDriver(SocketDriver):
                 )
             )
             return
-        self._engine.handle_timer(now)
+        fail_over = not self.handshake.done() and should_fail_over(
+            self._engine, self._new_port_after, now
+        )
+        self._engine.handle_timer(now)  # the flight goes out once more on this port
+        if fail_over:
+            self._failed_over = True  # no answer at all: _open starts again from a new port
+            self.handshake.set_exception(FailOver())
 
     def channel_closed(self, channel: Channel) -> None:
         self._close_socket()
@@ -265,6 +282,9 @@ async def _open(
     failure: DTLSError = TransportError(
         errno.EADDRNOTAVAIL, f"{host!r} resolved to no usable address"
     )
+    new_port_after = config.new_port_after_lost_flights
+    if local_addr is not None and local_addr[1] != 0:
+        new_port_after = None  # a fixed source port cannot change
     for family, peer in addresses:
         try:
             sock = make_udp_socket(family, bind=local_addr, connect=peer)
@@ -274,7 +294,18 @@ async def _open(
             failure = exc
             continue
         try:
-            return await _attempt(loop, sock, peer, engine_config, name, deadline, limit, session)
+            while True:
+                try:
+                    return await _attempt(
+                        loop, sock, peer, engine_config, name, deadline, limit, session,
+                        new_port_after,
+                    )
+                except FailOver:
+                    # No answer at all: again from a new source port (a balancer may pick a
+                    # live node for it), within the same deadline.
+                    logger.debug("no answer from %s: new source port", format_address(peer))
+                    sock = make_udp_socket(family, bind=local_addr, connect=peer)
+                    size_receive_buffer(sock, config.recv_buffer_size)
         except (ConnectionRefused, TransportError) as exc:
             logger.debug("%s refused or failed: %s", format_address(peer), exc)
             failure = exc
@@ -292,13 +323,15 @@ async def _attempt(
     deadline: float,
     limit: float,
     session: Session | None,
+    new_port_after: int | None = None,
 ) -> Channel:
-    """One handshake over ``sock`` (connected to ``peer``); the socket is closed on failure."""
+    """One handshake over ``sock`` (connected to ``peer``); the socket is closed on failure.
+    Raises :class:`FailOver` when the handshake should start again from a new port."""
     try:
         engine = DTLSConnection(
             engine_config, server=False, peer_address=peer, server_hostname=name, session=session
         )
-        driver = ClientDriver(loop, engine, sock, peer, deadline, limit)
+        driver = ClientDriver(loop, engine, sock, peer, deadline, limit, new_port_after)
         driver.start()
     except BaseException as exc:
         sock.close()

@@ -26,7 +26,7 @@ import logging
 import signal
 import socket
 import warnings
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from typing import Any, Generic, TypeVar
 
 from OpenSSL import SSL
@@ -59,7 +59,6 @@ from ..exceptions import (
     ConnectionClosedLocally,
     DTLSTimeoutError,
     TransportError,
-    UsageError,
 )
 from .channel import Channel
 from .driver import ServerDriver
@@ -244,39 +243,6 @@ class Server:
     def _count_drop(self, reason: str) -> None:
         self._drops[reason] += 1
 
-    async def accept(self, timeout: float | None = None) -> Channel:
-        """The next peer whose handshake completed (servers started with :func:`listen`).
-
-        Raises :class:`~dtlskit.exceptions.DTLSTimeoutError` after ``timeout`` seconds, and
-        :class:`~dtlskit.exceptions.ConnectionClosedLocally` once the server is closed.
-        """
-        if self._handler is not None:
-            raise UsageError(
-                "this server runs a handler for every peer; use dtlskit.asyncio.listen() to "
-                "accept channels yourself"
-            )
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        while True:
-            if self._accept_queue:
-                return self._accept_queue.popleft()
-            if self._closing:
-                raise ConnectionClosedLocally("the listener is closed")
-            remaining = None if deadline is None else deadline - loop.time()
-            if remaining is not None and remaining <= 0:
-                raise DTLSTimeoutError(f"no peer completed a handshake within {timeout:g} s")
-            waiter: asyncio.Future[None] = loop.create_future()
-            self._accept_waiters.append(waiter)
-            try:
-                await asyncio.wait_for(waiter, remaining)
-            except asyncio.TimeoutError:
-                raise DTLSTimeoutError(
-                    f"no peer completed a handshake within {timeout:g} s"
-                ) from None
-            finally:
-                if waiter in self._accept_waiters:
-                    self._accept_waiters.remove(waiter)
-
     # -- information ----------------------------------------------------------------------------
 
     @property
@@ -338,6 +304,9 @@ class Server:
             self._finisher = self._loop.create_task(self._finish(), name="dtlskit server close")
         logger.info("server closed")
 
+    shutdown = close
+    """The same as :meth:`close` (the blocking flavour's name too)."""
+
     async def _finish(self) -> None:
         channels = dict(self._tasks)
         tasks = set(channels)
@@ -390,6 +359,43 @@ class Listener(Server, SocketOptions):
 
     def _bound_socket(self) -> socket.socket | None:
         return self._endpoints[0].sock if self._endpoints else None
+
+    async def accept(self, timeout: float | None = None) -> Channel:
+        """The next peer whose handshake completed.
+
+        Raises :class:`~dtlskit.exceptions.DTLSTimeoutError` after ``timeout`` seconds, and
+        :class:`~dtlskit.exceptions.ConnectionClosedLocally` once the server is closed.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            if self._accept_queue:
+                return self._accept_queue.popleft()
+            if self._closing:
+                raise ConnectionClosedLocally("the listener is closed")
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                raise DTLSTimeoutError(f"no peer completed a handshake within {timeout:g} s")
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._accept_waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, remaining)
+            except asyncio.TimeoutError:
+                raise DTLSTimeoutError(
+                    f"no peer completed a handshake within {timeout:g} s"
+                ) from None
+            finally:
+                if waiter in self._accept_waiters:
+                    self._accept_waiters.remove(waiter)
+
+    def pending(self) -> int:
+        """Completed handshakes waiting for :meth:`accept`."""
+        return len(self._accept_queue)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closing
 
 
 class _Starter(Generic[S]):
@@ -479,15 +485,31 @@ def listen(
     )
 
 
-def install_signal_handlers(server: Server) -> None:
-    """Make SIGINT and SIGTERM close ``server`` (close_notify to every peer), so that
-    ``serve_forever()`` returns. Call it from the running event loop."""
+def install_signal_handlers(
+    server: Server, signals: Iterable[int] = (signal.SIGINT, signal.SIGTERM)
+) -> Callable[[], None]:
+    """Make SIGINT and SIGTERM (or ``signals``) close ``server`` (close_notify to every peer),
+    so that ``serve_forever()`` returns. Call it from the running event loop. Returns a
+    function that removes the handlers again (as the blocking flavour's does)."""
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    installed: list[int] = []
+    previous: dict[int, Any] = {}
+    for signum in signals:
         try:
             loop.add_signal_handler(signum, _on_signal, server, signum)
+            installed.append(signum)
         except NotImplementedError:  # pragma: no cover - event loops without signal support
-            signal.signal(signum, lambda s, f: loop.call_soon_threadsafe(_on_signal, server, s))
+            previous[signum] = signal.signal(
+                signum, lambda s, f: loop.call_soon_threadsafe(_on_signal, server, s)
+            )
+
+    def restore() -> None:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+        for signum, old in previous.items():  # pragma: no cover - see above
+            signal.signal(signum, old if old is not None else signal.SIG_DFL)
+
+    return restore
 
 
 def _on_signal(server: Server, signum: int) -> None:

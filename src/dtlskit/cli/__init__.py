@@ -47,13 +47,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
-        print(f"dtlskit: error: {describe_error(exc)}", file=sys.stderr)
+        print(f"dtlskit: error: {describe_error(exc, args)}", file=sys.stderr)
         return 1
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
-    more = 10 * (2 if args.debug else args.verbose)
-    level = max(logging.DEBUG, args.log_level - more)
+    """Default: warnings (the server: its INFO lines too). ``-v``: INFO, plus the handshake
+    trace (``dtlskit.handshake``: flights, retransmissions, alerts, session resumption).
+    ``-vv`` and ``--debug``: everything, including each datagram (``dtlskit.datagrams``)."""
+    verbosity = 2 if args.debug else args.verbose
+    level = args.log_level
+    if verbosity == 1:
+        level = min(level, logging.INFO)
+    elif verbosity >= 2:
+        level = logging.DEBUG
+    if verbosity >= 1:
+        logging.getLogger("dtlskit.handshake").setLevel(logging.DEBUG)
     logging.basicConfig(
         level=level,
         stream=sys.stderr,

@@ -41,25 +41,19 @@ class UsageError(Exception):
     """Flags that contradict each other; reported like an argparse error (exit status 2)."""
 
 
-def describe_error(exc: BaseException) -> str:
-    """One line naming the cause of a failure, in words, for the command line."""
+def describe_error(exc: BaseException, args: argparse.Namespace | None = None) -> str:
+    """One line naming the cause of a failure, in words, for the command line. With the
+    command's ``args`` it also names the side (our certificate rejected by the server, or the
+    server's rejected by us), the file involved and the flag to change."""
     if isinstance(exc, CertificateVerificationError):
-        reason = exc.reason
-        hint = ""
-        if reason is VerificationReason.UNKNOWN_ISSUER:
-            hint = " (is --ca the CA that issued the server's certificate?)"
-        elif reason in (
-            VerificationReason.HOSTNAME_MISMATCH,
-            VerificationReason.IP_ADDRESS_MISMATCH,
-        ):
-            hint = " (use --server-name with a name the certificate carries)"
-        elif reason is VerificationReason.CERTIFICATE_REQUIRED:
-            hint = " (the server wants a client certificate: give --cert and --key)"
-        return f"certificate verification failed: {exc}{hint}"
+        return _describe_verification(exc, args)
     if isinstance(exc, HandshakeTimeout | DTLSTimeoutError):
-        return f"timed out: {exc}"
+        hint = ""
+        if _flag(args, "psk") and "different keys" in str(exc):
+            hint = " (compare the HEXKEY part of --psk with the server's key for that identity)"
+        return f"timed out: {exc}{hint}"
     if isinstance(exc, HandshakeFailure):
-        return f"handshake failed: {exc}"
+        return f"handshake failed: {exc}{_mismatch_hint(exc, args)}"
     if isinstance(exc, ConnectionRefused):
         return f"connection refused: {exc.strerror or exc}"
     if isinstance(exc, ConnectionClosedByPeer):
@@ -82,6 +76,74 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, ValueError):
         return str(exc)
     return f"unexpected {type(exc).__name__}: {exc} (run with --debug for a traceback)"
+
+
+def _flag(args: argparse.Namespace | None, name: str) -> Any:
+    return getattr(args, name, None) if args is not None else None
+
+
+def _describe_verification(
+    exc: CertificateVerificationError, args: argparse.Namespace | None
+) -> str:
+    reason = exc.reason
+    if reason is VerificationReason.REJECTED_BY_PEER:
+        cert = _flag(args, "cert")
+        ours = f"our certificate {cert}" if cert else "our certificate"
+        return (
+            f"the server rejected {ours}: {exc} (is it issued by a CA the server trusts, its "
+            "--ca, and still valid?)"
+        )
+    if reason is VerificationReason.CERTIFICATE_REQUIRED:
+        return (
+            f"the server requires a client certificate: {exc} (give --cert and --key, issued "
+            "by a CA the server trusts)"
+        )
+    ca = _flag(args, "ca")
+    hint = ""
+    if reason is VerificationReason.UNKNOWN_ISSUER:
+        hint = (
+            f" (is --ca {ca} the CA that issued the server's certificate?)"
+            if ca
+            else " (no --ca given, so the system's CAs were used: give --ca with the CA that "
+            "issued the server's certificate)"
+        )
+    elif reason in (VerificationReason.HOSTNAME_MISMATCH, VerificationReason.IP_ADDRESS_MISMATCH):
+        hint = " (use --server-name with a name the certificate carries)"
+    elif reason in (VerificationReason.EXPIRED, VerificationReason.NOT_YET_VALID):
+        hint = " (the server's certificate, or one of its chain, is outside its validity dates)"
+    return f"certificate verification failed: we rejected the server's certificate: {exc}{hint}"
+
+
+def _mismatch_hint(exc: HandshakeFailure, args: argparse.Namespace | None) -> str:
+    """What to change when the two sides' settings do not match (PSK, cipher suites, ALPN)."""
+    alert = exc.alert or ""
+    text = str(exc)
+    psk = _flag(args, "psk")
+    if alert == "unknown psk identity":
+        return " (the server knows no such identity: check the IDENTITY part of --psk)"
+    if alert in ("decrypt error", "bad record mac") and psk:
+        return " (the HEXKEY part of --psk differs from the server's key for that identity)"
+    if alert == "no application protocol":
+        offered = _flag(args, "alpn")
+        return (
+            f" (the server accepts none of --alpn {' '.join(offered)}: offer one it accepts)"
+            if offered
+            else " (the server requires ALPN: offer a protocol it accepts with --alpn)"
+        )
+    if "no cipher suite in common" in text or alert in (
+        "handshake failure",
+        "insufficient security",
+    ):
+        if psk:
+            return (
+                " (no cipher suite in common: the server may not accept PSK clients; "
+                "PSK clients offer only PSK suites)"
+            )
+        return (
+            " (no cipher suite in common? a PSK-only server needs --psk IDENTITY:HEXKEY; "
+            "a certificate server needs no --psk)"
+        )
+    return ""
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
@@ -159,9 +221,11 @@ def reject_tls_flags(args: argparse.Namespace, names: Iterable[str]) -> None:
 def add_transport_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--transport",
-        choices=("dtls", "udp"),
+        choices=("dtls", "udp", "tls", "tcp"),
         default="dtls",
-        help="dtls (default), or plain udp: the same echo without any security, for comparison",
+        help="dtls (default), or plain udp: the same echo without any security, for comparison; "
+        "tls: TLS 1.2/1.3 over TCP with the same flags (the client is interactive like "
+        "openssl s_client), or plain tcp",
     )
 
 
@@ -195,7 +259,9 @@ def common_options() -> argparse.ArgumentParser:
         "--verbose",
         action="count",
         default=0,
-        help="log more; repeat for even more (-vv: debug logs of the library)",
+        help="-v: log the handshake (each flight sent and received, retransmissions, alerts, "
+        "whether a session was resumed and why not) and the connection; -vv: also every "
+        "datagram and the library's debug logs",
     )
     group.add_argument(
         "--debug",

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import ssl
+from datetime import datetime, timezone
 from typing import Any
 
 from .. import asyncio as dtlskit_asyncio
@@ -34,12 +35,16 @@ from ._common import (
 
 
 def _cmd_server(args: argparse.Namespace) -> int:
+    if args.transport in ("tls", "tcp"):  # TLS over TCP (issue 10): cli/tls.py
+        from .tls import run_server
+
+        return run_server(args)
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
     if args.workers > 1 and args.port == 0:
         raise UsageError("--workers needs a fixed --port (with port 0 each worker gets its own)")
     if args.transport == "udp":
-        reject_tls_flags(args, ("cert", "key", "key_password", "ca", "mtu", "psk"))
+        reject_tls_flags(args, ("cert", "key", "key_password", "ca", "mtu", "psk", "alpn"))
         if args.require_client_cert:
             raise UsageError("--require-client-cert needs --transport dtls")
         if args.workers != 1:
@@ -101,9 +106,37 @@ def _server_config(args: argparse.Namespace) -> tuple[DTLSConfiguration, str]:
         settings["recv_buffer_size"] = args.recv_buffer_size
     if psk:
         settings["psk_lookup"] = psk
+    if args.alpn:
+        settings["alpn_protocols"] = args.alpn
     config = with_keylog(DTLSConfiguration.server(cert, key, args.key_password, **settings))
     config.build_context(server=True)  # fail now, in one line, if a file cannot be loaded
+    if cert is not None:
+        _warn_if_outside_validity(cert)
     return config, hint
+
+
+def _warn_if_outside_validity(path: str) -> None:
+    """Warn when the server's own certificate is expired or not yet valid: every client that
+    verifies it will refuse the handshake (``certificate expired`` / ``not yet valid``)."""
+    try:
+        cert = certs.load_certificates(path)[0]
+    except (DTLSError, OSError, ValueError, IndexError):  # loaded above; cannot happen
+        return
+    now = datetime.now(timezone.utc)
+    if cert.not_valid_after_utc < now:
+        logger.warning(
+            "the server certificate %s expired on %s: clients that verify it will refuse the "
+            "handshake (certificate has expired)",
+            path,
+            cert.not_valid_after_utc.isoformat(timespec="seconds"),
+        )
+    elif cert.not_valid_before_utc > now:
+        logger.warning(
+            "the server certificate %s is not valid before %s: clients that verify it will "
+            "refuse the handshake until then (certificate is not yet valid)",
+            path,
+            cert.not_valid_before_utc.isoformat(timespec="seconds"),
+        )
 
 
 async def _serve_dtls(host: str | None, port: int, config: DTLSConfiguration, hint: str) -> None:
@@ -218,6 +251,13 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
         metavar="IDENTITY:HEXKEY",
         help="accept clients presenting this pre-shared key (RFC 4279; repeatable); "
         "without --cert the server is PSK-only",
+    )
+    server.add_argument(
+        "--alpn",
+        action="append",
+        metavar="PROTOCOL",
+        help="accept this ALPN protocol (RFC 7301; repeatable, in order of preference); a "
+        "client offering none of them is refused (alert no_application_protocol)",
     )
     server.add_argument(
         "--workers",

@@ -379,6 +379,16 @@ def find(
     return found[0]
 
 
+def _resolve_budget_ms(remaining: float) -> int | None:
+    """How long one resolution may take: ``_RESOLVE_MS``, but never past the caller's
+    deadline (``remaining`` seconds; None once it has passed). Anyone on the link can announce
+    names that never resolve; each would otherwise cost a whole ``_RESOLVE_MS`` after the
+    timeout the caller asked for, and ``_MAX_NAMES`` of them minutes."""
+    if remaining <= 0:
+        return None
+    return max(1, min(_RESOLVE_MS, int(remaining * 1000)))
+
+
 def _browse_sync(
     service_type: str, timeout: float, interfaces: Interfaces, wanted: str | None
 ) -> list[Found]:
@@ -389,10 +399,14 @@ def _browse_sync(
     results: dict[str, Found] = {}
     try:
         while True:
+            names.changed.clear()  # before looking: a name added meanwhile wakes the wait
             for full in list(names.names):
                 if full in results:
                     continue
-                info = zeroconf.get_service_info(service_type, full, timeout=_RESOLVE_MS)
+                budget = _resolve_budget_ms(deadline - time.monotonic())
+                if budget is None:
+                    break
+                info = zeroconf.get_service_info(service_type, full, timeout=budget)
                 if info is not None:
                     found = results[full] = _found(info, service_type)
                     if wanted is not None and wanted in ("", found.name):
@@ -400,7 +414,6 @@ def _browse_sync(
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            names.changed.clear()
             names.changed.wait(remaining)
     finally:
         browser.cancel()
@@ -451,18 +464,21 @@ async def _browse_async(
     results: dict[str, Found] = {}
     try:
         while True:
+            changed.clear()  # before looking: a name added meanwhile wakes the wait
             for full in list(names.names):
                 if full in results:
                     continue
+                budget = _resolve_budget_ms(deadline - loop.time())
+                if budget is None:
+                    break
                 info = AsyncServiceInfo(service_type, full)
-                if await info.async_request(zeroconf.zeroconf, _RESOLVE_MS):
+                if await info.async_request(zeroconf.zeroconf, budget):
                     found = results[full] = _found(info, service_type)
                     if wanted is not None and wanted in ("", found.name):
                         return [found]
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
-            changed.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(changed.wait(), remaining)
     finally:
@@ -503,7 +519,9 @@ async def async_connect(
 ) -> dtlskit.asyncio.Channel:
     """Connect to a found service (its first address) with :func:`dtlskit.connect`: the
     certificate is verified as ``config`` says (``server_hostname`` defaults to the SRV host
-    name), then, with ``check_fingerprint``, compared with the advertised fingerprint."""
+    name), then, with ``check_fingerprint``, compared with the advertised fingerprint (if one
+    was advertised). Both come from the unauthenticated advertisement: where devices share a
+    CA, set ``config.server_hostname`` to the name you expect (docs/iot.md)."""
     address, name = _target(found, config)
     channel = await dtlskit.connect(
         address, found.port, config=config, server_hostname=name, timeout=timeout

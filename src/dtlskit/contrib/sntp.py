@@ -81,7 +81,12 @@ def _request() -> tuple[bytes, bytes]:
 
 
 def _timestamp(raw: bytes) -> float:
+    """POSIX seconds of an NTP timestamp. RFC 4330 §3: seconds with the top bit set are of
+    1968-2036 (era 0), without it of 2036-2104 (era 1): the 32-bit field wraps on
+    2036-02-07, and a device running past that date must not read its time as 1900."""
     seconds, fraction = struct.unpack("!II", raw)
+    if not seconds & 0x8000_0000:
+        seconds += 2**32
     return float(seconds - _NTP_EPOCH_OFFSET + fraction / 2**32)
 
 
@@ -106,6 +111,8 @@ def _parse_untrusted(
     if transmit == bytes(8):
         raise SNTPError(f"{server[0]}:{server[1]} sent no transmit timestamp")
     t2, t3 = _timestamp(receive), _timestamp(transmit)
+    if t3 < 0:
+        raise SNTPError(f"{server[0]}:{server[1]} sent a time before 1970")
     # RFC 4330 §5, with our own send/receive times (the originate field holds our nonce).
     delay = max(0.0, (received_wall - sent_wall) - (t3 - t2))
     offset = ((t2 - sent_wall) + (t3 - received_wall)) / 2

@@ -594,3 +594,144 @@ def verify_result(connection: SSL.Connection) -> int:
     resumption it is the result stored in the session when it was first established."""
     lib = _require("SSL_get_verify_result")
     return int(lib.SSL_get_verify_result(connection._ssl))
+
+
+# -- stream reads and writes without an exception per call (TLS over TCP) -----------------------
+#
+# The TLS engine moves every byte through these: each is one or two direct OpenSSL calls, where
+# pyOpenSSL's equivalents add argument checks, buffer wrappers and, for a drained read, an
+# exception. Any outcome but the common ones is handed back to pyOpenSSL's own error raising,
+# so the exceptions the engine translates are pyOpenSSL's, as everywhere else.
+
+WANT_READ = -2
+"""What :func:`stream_read` returns when OpenSSL needs more bytes from the peer."""
+CLEAN_CLOSE = -1
+"""What :func:`stream_read` returns after the peer's close_notify."""
+
+_STREAM_CALLS = (
+    "SSL_read",
+    "SSL_write",
+    "SSL_get_error",
+    "SSL_get_session",
+    "BIO_write",
+    "BIO_read",
+    "BIO_get_mem_data",
+)
+STREAM_FAST = _lib is not None and all(hasattr(_lib, name) for name in _STREAM_CALLS)
+_no_zero: Any = _ffi.new_allocator(should_clear_after_alloc=False) if _ffi is not None else None
+_RECORD_PLAINTEXT = 16384  # one SSL_read returns at most one record's plaintext
+
+
+def stream_feed(connection: SSL.Connection, data: bytes) -> None:
+    """Append bytes received from the peer to the connection's incoming memory BIO."""
+    if not STREAM_FAST or _lib.BIO_write(connection._into_ssl, data, len(data)) != len(data):
+        connection.bio_write(data)  # pragma: no cover - a memory BIO takes everything
+
+
+def stream_drain(connection: SSL.Connection) -> bytes:
+    """Everything OpenSSL wrote for the peer (empty when nothing)."""
+    if not STREAM_FAST:  # pragma: no cover - cryptography has bound these for years
+        try:
+            return bytes(connection.bio_read(1 << 20))
+        except SSL.WantReadError:
+            return b""
+    bio = connection._from_ssl
+    size = int(_lib.BIO_get_mem_data(bio, _ffi.NULL))
+    if size <= 0:
+        return b""
+    buffer = _no_zero("char[]", size)
+    got = _lib.BIO_read(bio, buffer, size)
+    return bytes(_ffi.buffer(buffer, got)) if got > 0 else b""
+
+
+def stream_write(connection: SSL.Connection, data: bytes) -> None:
+    """Encrypt all of ``data`` (a memory BIO takes it in one call); raises what pyOpenSSL's
+    ``sendall`` raises."""
+    if not STREAM_FAST:  # pragma: no cover - cryptography has bound these for years
+        connection.sendall(data)
+        return
+    ssl = connection._ssl
+    result = _lib.SSL_write(ssl, data, len(data))
+    if result == len(data):
+        return
+    if result <= 0:
+        connection._raise_ssl_error(ssl, result)
+    connection.sendall(data[result:])  # pragma: no cover - partial writes are not enabled
+
+
+def stream_read(connection: SSL.Connection) -> bytes | int:
+    """One ``SSL_read``: decrypted bytes (at most one record's), or :data:`WANT_READ` (more
+    bytes from the peer are needed) or :data:`CLEAN_CLOSE` (the peer's close_notify). These
+    common outcomes cost no exception, unlike pyOpenSSL's ``recv``, which raises WantReadError
+    on every drained read. Any other outcome raises what pyOpenSSL's ``recv`` raises. Each
+    call has its own buffer (threads may read different connections at once: cffi releases
+    the GIL during the call)."""
+    if not STREAM_FAST:  # pragma: no cover - cryptography has bound these for years
+        try:
+            return bytes(connection.recv(_RECORD_PLAINTEXT))
+        except SSL.WantReadError:
+            return WANT_READ
+        except SSL.ZeroReturnError:
+            return CLEAN_CLOSE
+    ssl = connection._ssl
+    buffer = _no_zero("char[]", _RECORD_PLAINTEXT)
+    result = _lib.SSL_read(ssl, buffer, _RECORD_PLAINTEXT)
+    if result > 0:
+        return bytes(_ffi.buffer(buffer, result))
+    code = _lib.SSL_get_error(ssl, result)
+    if code == _lib.SSL_ERROR_WANT_READ:
+        return WANT_READ
+    if code == _lib.SSL_ERROR_ZERO_RETURN:
+        return CLEAN_CLOSE
+    connection._raise_ssl_error(ssl, result)  # raises the error pyOpenSSL would
+    return WANT_READ  # pragma: no cover - SSL_ERROR_NONE with a result <= 0 never happens
+
+
+def stream_read_all(connection: SSL.Connection) -> tuple[list[bytes], int, SSL.Error | None]:
+    """Every record OpenSSL can decrypt now: ``(chunks, status, error)``. ``status`` is
+    :data:`WANT_READ` (all taken) or :data:`CLEAN_CLOSE` (the peer's close_notify came after
+    the chunks); ``error`` is what pyOpenSSL raises for any other outcome, after the chunks
+    decrypted before it (then ``status`` is WANT_READ)."""
+    chunks: list[bytes] = []
+    if not STREAM_FAST:  # pragma: no cover - cryptography has bound these for years
+        while True:
+            try:
+                result = stream_read(connection)
+            except SSL.Error as exc:
+                return chunks, WANT_READ, exc
+            if type(result) is not bytes:
+                return chunks, int(result), None
+            chunks.append(result)
+    ssl = connection._ssl
+    buffer = _no_zero("char[]", _RECORD_PLAINTEXT)
+    read, size = _lib.SSL_read, _RECORD_PLAINTEXT
+    while True:
+        result = read(ssl, buffer, size)
+        if result > 0:
+            chunks.append(bytes(_ffi.buffer(buffer, result)))
+            continue
+        code = _lib.SSL_get_error(ssl, result)
+        if code == _lib.SSL_ERROR_WANT_READ:
+            return chunks, WANT_READ, None
+        if code == _lib.SSL_ERROR_ZERO_RETURN:
+            return chunks, CLEAN_CLOSE, None
+        try:
+            connection._raise_ssl_error(ssl, result)
+        except SSL.Error as exc:
+            return chunks, WANT_READ, exc
+        return chunks, WANT_READ, None  # pragma: no cover - SSL_ERROR_NONE, result <= 0
+
+
+def session_address(connection: SSL.Connection) -> int:
+    """The address of the connection's current ``SSL_SESSION`` (0 for none), without taking a
+    reference: compare it with one of a session the caller holds (whose address, held, cannot
+    be reused) to learn cheaply whether a ticket replaced it."""
+    if not STREAM_FAST:  # pragma: no cover - cryptography has bound these for years
+        return -1
+    session = _lib.SSL_get_session(connection._ssl)
+    return 0 if session == _ffi.NULL else int(_ffi.cast("uintptr_t", session))
+
+
+def session_address_of(session: Any) -> int:
+    """The address of an ``SSL_SESSION *`` from :func:`get_session`."""
+    return 0 if session is None else int(_ffi.cast("uintptr_t", session))

@@ -44,10 +44,10 @@ def verification_reason(code: int | None) -> VerificationReason:
     return _VERIFY_CODES.get(code or 0, VerificationReason.INVALID)
 
 
-_ALERT = re.compile(r"(?:sslv3|tlsv1|tls)\s+alert\s+(.+)$", re.IGNORECASE)
+_ALERT = re.compile(r"(?:sslv3|tlsv1\d*|tls)\s+alert\s+(.+)$", re.IGNORECASE)  # tlsv13 too
 
 # Alerts a peer sends when it rejects our certificate.
-_CERTIFICATE_ALERTS = frozenset(
+CERTIFICATE_ALERTS = _CERTIFICATE_ALERTS = frozenset(
     {
         "bad certificate",
         "unsupported certificate",

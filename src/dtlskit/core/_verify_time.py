@@ -25,6 +25,10 @@ at the start of each handshake (e.g. a clock an SNTP client keeps)."""
 NOT_YET_VALID_CODES = frozenset({9, 13})  # CERT_NOT_YET_VALID, ERROR_IN_CERT_NOT_BEFORE_FIELD
 EXPIRED_CODES = frozenset({10, 14})  # CERT_HAS_EXPIRED, ERROR_IN_CERT_NOT_AFTER_FIELD
 
+#: The latest time accepted: 9999-12-31 23:59:59 UTC, the end of what ``datetime`` (and so the
+#: error messages) can show; OpenSSL's ``time_t`` would overflow on values far beyond it.
+MAX_TIMESTAMP = 253_402_300_799
+
 
 def check(value: object) -> None:
     """Raise :class:`ConfigurationError` unless ``value`` can be a ``verify_time``."""
@@ -48,20 +52,33 @@ def resolve(value: VerifyTime) -> int:
 
 def _timestamp(value: object, what: str) -> int:
     if isinstance(value, datetime):
-        if value.tzinfo is None or value.utcoffset() is None:
+        try:  # its tzinfo is the caller's code: it may raise anything
+            offset = value.utcoffset() if value.tzinfo is not None else None
+            timestamp = math.floor(value.timestamp()) if offset is not None else None
+        except Exception as exc:
+            raise ConfigurationError(
+                f"{what}: its time zone failed ({type(exc).__name__}: {exc})"
+            ) from exc
+        if timestamp is None:
             raise ConfigurationError(
                 f"{what} must be an aware datetime (e.g. datetime(..., tzinfo=timezone.utc)); "
                 f"a naive one ({value.isoformat()}) does not say which time zone it is in"
             )
-        return math.floor(value.timestamp())
+        return _in_range(timestamp, value, what)
     if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        if value < 0:
-            raise ConfigurationError(f"{what} must not be before 1970, not {value!r}")
-        return math.floor(value)
+        return _in_range(math.floor(value), value, what)
     raise ConfigurationError(
         f"{what} must be an aware datetime, a POSIX timestamp or a callable returning one, "
         f"not {type(value).__name__}"
     )
+
+
+def _in_range(timestamp: int, value: object, what: str) -> int:
+    if timestamp < 0:
+        raise ConfigurationError(f"{what} must not be before 1970, not {value!r}")
+    if timestamp > MAX_TIMESTAMP:
+        raise ConfigurationError(f"{what} must not be after the year 9999, not {value!r}")
+    return timestamp
 
 
 def describe_dates(certificate: Any, verify_timestamp: int | None) -> str:

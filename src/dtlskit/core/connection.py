@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import ipaddress
+import logging
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -71,6 +72,7 @@ from .records import (
 )
 from .session import NegotiatedSession, Session
 from .state import State
+from .trace import alerts_in, datagram_log, describe_records, handshake_log
 
 if TYPE_CHECKING:
     from ..config import DTLSConfiguration
@@ -405,7 +407,13 @@ class DTLSConnection(NegotiatedSession):
             self._drop("empty_datagram")
             return
         flights = self._flights
+        if datagram_log.isEnabledFor(logging.DEBUG):
+            datagram_log.debug(
+                "%s: received %d bytes: %s", self._peer_text, len(data), describe_records(data)
+            )
         if self.state is State.HANDSHAKING:
+            if handshake_log.isEnabledFor(logging.DEBUG):
+                handshake_log.debug("%s: received %s", self._peer_text, describe_records(data))
             repeat = flights.heard(data)
             flight = flights.current_name()
             self._bio_write(data)
@@ -423,6 +431,11 @@ class DTLSConnection(NegotiatedSession):
                 # The peer repeated what our flight answers: ours was lost, send it again now.
                 self._queue(flights.records)
                 self._stats.early_resends += 1
+                handshake_log.debug(
+                    "%s: the peer repeated its flight, so ours was lost: re-sending %s",
+                    self._peer_text,
+                    describe_records(flights.records),
+                )
             return
         # Established: OpenSSL keeps seeing everything (a lost final flight is recovered this way).
         repeat = flights.final_repeat(data)
@@ -450,6 +463,10 @@ class DTLSConnection(NegotiatedSession):
             )
         if repeat and self.state is State.ESTABLISHED and flights.resend_final(now):
             self._stats.final_flight_resends += 1
+            handshake_log.debug(
+                "%s: the peer repeated its last flight: re-sending our final flight",
+                self._peer_text,
+            )
             if len(self._outgoing) == produced_before:  # OpenSSL did not re-send it itself
                 self._emit(flights.final)
 
@@ -557,6 +574,14 @@ class DTLSConnection(NegotiatedSession):
         for datagram in out:
             self._stats.datagrams_sent += 1
             self._stats.bytes_sent += len(datagram)
+        if out and datagram_log.isEnabledFor(logging.DEBUG):
+            for datagram in out:
+                datagram_log.debug(
+                    "%s: sending %d bytes: %s",
+                    self._peer_text,
+                    len(datagram),
+                    describe_records(datagram),
+                )
         return out
 
     def next_event(self) -> ev.Event | None:
@@ -715,7 +740,8 @@ class DTLSConnection(NegotiatedSession):
         except SSL.WantReadError:  # pragma: no cover - do_handshake returns False for it
             complete = False
         except SSL.Error as exc:
-            self._collect_output()  # the alert OpenSSL queued, if any
+            alert = self._drain_openssl()  # the alert OpenSSL queued, if any
+            self._queue(alert)
             self._terminate(
                 _errors.handshake_error(
                     exc,
@@ -726,6 +752,14 @@ class DTLSConnection(NegotiatedSession):
                     peer=self._peer_text,
                 )
             )
+            if handshake_log.isEnabledFor(logging.DEBUG):
+                sent = alerts_in(alert)
+                handshake_log.debug(
+                    "%s: handshake failed: %s%s",
+                    self._peer_text,
+                    self.error,
+                    f" (we sent the alert {', '.join(sent)})" if sent else "",
+                )
             return
         records = self._drain_openssl()
         if complete:
@@ -733,12 +767,19 @@ class DTLSConnection(NegotiatedSession):
             # datagrams it goes out in: one object, not one per record).
             final = pack_datagrams(records, self._mtu) if records else _NONE_YET
             self._flights.completed(final, now, window=self._config.handshake_timeout)
+            if records and handshake_log.isEnabledFor(logging.DEBUG):
+                handshake_log.debug(
+                    "%s: sent %s (final flight)", self._peer_text, describe_records(records)
+                )
             self._emit(final)
             self._handshake_completed(now)
         elif records:
             if not self._flights.sent(records, now):
                 # OpenSSL re-sent the flight on its own wall-clock timer while reading.
                 self._stats.retransmissions += 1
+                handshake_log.debug("%s: OpenSSL re-sent our flight", self._peer_text)
+            elif handshake_log.isEnabledFor(logging.DEBUG):
+                handshake_log.debug("%s: sent %s", self._peer_text, describe_records(records))
             self._queue(records)
 
     def _retransmit(self, now: float) -> None:
@@ -771,6 +812,14 @@ class DTLSConnection(NegotiatedSession):
         flights.retransmitted(now, rebuilt)
         self._queue(flights.records)
         self._stats.retransmissions += 1
+        if handshake_log.isEnabledFor(logging.DEBUG):
+            handshake_log.debug(
+                "%s: no answer in time: retransmission %d of %s (MTU %d)",
+                self._peer_text,
+                self._stats.retransmissions,
+                describe_records(flights.records),
+                self._mtu,
+            )
 
     def _handshake_completed(self, now: float) -> None:
         if (
@@ -801,6 +850,14 @@ class DTLSConnection(NegotiatedSession):
             self._stats.handshake_seconds = now - self._handshake_started
         if self._idle_timeout is not None:
             self._idle_deadline = now + self._idle_timeout
+        if handshake_log.isEnabledFor(logging.DEBUG):
+            handshake_log.debug(
+                "%s: handshake complete (%s, %s)%s",
+                self._peer_text,
+                self.version,
+                self.cipher,
+                self._resumption_note(),
+            )
         self._event(
             ev.HandshakeCompleted(
                 version=self.version or "DTLS",
@@ -870,6 +927,7 @@ class DTLSConnection(NegotiatedSession):
         self._notify()  # a server demultiplexer must collect it
 
     def _peer_closed(self) -> None:
+        handshake_log.debug("%s: received close_notify", self._peer_text)
         with contextlib.suppress(SSL.Error):
             self._ssl.shutdown()  # answer with our close_notify, best effort
         self._collect_output()

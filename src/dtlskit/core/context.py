@@ -38,42 +38,53 @@ from . import _bindings
 if TYPE_CHECKING:
     from ..config import CertificateSpec, DTLSConfiguration, Password
 
-__all__ = ["build_context", "check_certificate_spec", "context", "offers_only_psk"]
+__all__ = [
+    "build_context",
+    "check_certificate_spec",
+    "check_not_retired",
+    "context",
+    "offers_only_psk",
+]
 
 _DTLS1_2_VERSION = 0xFEFD  # pyOpenSSL names only the TLS versions
 _MAX_CALLBACK_CONTEXTS = 256  # contexts built for sni_callback results, kept at once
 
 
-def context(config: DTLSConfiguration, server: bool) -> SSL.Context:
+def context(config: DTLSConfiguration, server: bool, *, tls: bool = False) -> SSL.Context:
     """The OpenSSL context for this role, built on first use and then shared by every
     connection made from this configuration (as one ``ssl.SSLContext`` serves many sockets).
     Files are read once; to pick up a changed certificate, make a new configuration
     (:meth:`~dtlskit.config.DTLSConfiguration.replace`). Raises
-    :class:`~dtlskit.exceptions.ConfigurationError`."""
-    cache: dict[bool, SSL.Context] = config.__dict__.setdefault("_context_cache", {})
-    ctx = cache.get(server)
+    :class:`~dtlskit.exceptions.ConfigurationError`. ``tls=True``: the TLS-over-TCP context
+    (:mod:`dtlskit.core.tls`), cached apart."""
+    check_not_retired(config)
+    cache: dict[tuple[bool, bool], SSL.Context] = config.__dict__.setdefault("_context_cache", {})
+    ctx = cache.get((server, tls))
     if ctx is None:
-        ctx = cache[server] = build_context(config, server)
+        ctx = cache[(server, tls)] = build_context(config, server, tls=tls)
     return ctx
 
 
-def build_context(config: DTLSConfiguration, server: bool) -> SSL.Context:
-    """A fresh OpenSSL DTLS context for this role. Raises :class:`ConfigurationError`.
+def build_context(config: DTLSConfiguration, server: bool, *, tls: bool = False) -> SSL.Context:
+    """A fresh OpenSSL DTLS context for this role (``tls=True``: a TLS 1.2/1.3 context for
+    TCP, the same settings; see :mod:`dtlskit.core.tls`). Raises :class:`ConfigurationError`.
 
     A server's context also holds the contexts of its SNI certificates (switched to by its
     server-name callback), its session cache and its session-ticket keys: share one context
     (``ServerEngine(config, context=ctx)``, built before worker processes fork) to let every
     worker resume every session.
     """
+    check_not_retired(config)
     if server and config.certfile is None and config.psk_lookup is None:
+        protocol = "TLS" if tls else "DTLS"
         raise ConfigurationError(
-            "a DTLS server needs a certificate: give certfile and keyfile "
+            f"a {protocol} server needs a certificate: give certfile and keyfile "
             "(or psk_lookup for a PSK-only server)"
         )
-    ctx = _base_context(config, server)
+    ctx = _base_context(config, server, tls)
     _load_identity(config, ctx)
     if server:
-        _install_sni(config, ctx)
+        _install_sni(config, ctx, tls)
     elif config.effective_verify_mode(False) == ssl.CERT_NONE and not (
         config.psk is not None and offers_only_psk(config.effective_ciphers(False))
     ):
@@ -82,6 +93,20 @@ def build_context(config: DTLSConfiguration, server: bool) -> SSL.Context:
             "anyone on the path can pose as the server and read the traffic"
         )
     return ctx
+
+
+def check_not_retired(config: DTLSConfiguration) -> None:
+    """:class:`ConfigurationError` for a configuration one of the ``ssl.SSLContext``-style
+    methods was called on: it returned the configuration meant to be used, and code ported from
+    ``ssl`` that ignored the result would otherwise run with the old settings."""
+    method = config.__dict__.get("_retired_by")
+    if method is not None:
+        raise ConfigurationError(
+            f"this configuration was retired by {method}(), which returns a NEW configuration "
+            f"(DTLSConfiguration is frozen, unlike ssl.SSLContext): use what it returned, "
+            f"config = config.{method}(...); to derive variants without retiring, use "
+            "config.replace(...)"
+        )
 
 
 def offers_only_psk(ciphers: str) -> bool:
@@ -94,10 +119,14 @@ def offers_only_psk(ciphers: str) -> bool:
     return bool(tokens) and all("PSK" in t and "RSA" not in t for t in tokens)
 
 
-def _base_context(config: DTLSConfiguration, server: bool) -> SSL.Context:
+def _base_context(config: DTLSConfiguration, server: bool, tls: bool = False) -> SSL.Context:
     """Everything but our certificate (SNI contexts are made with this too)."""
-    ctx = SSL.Context(SSL.DTLS_METHOD)
-    ctx.set_min_proto_version(_DTLS1_2_VERSION)
+    if tls:
+        ctx = SSL.Context(SSL.TLS_METHOD)
+        ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+    else:
+        ctx = SSL.Context(SSL.DTLS_METHOD)
+        ctx.set_min_proto_version(_DTLS1_2_VERSION)
     options = SSL.OP_NO_QUERY_MTU | SSL.OP_NO_COMPRESSION
     if not config.allow_renegotiation:
         options |= SSL.OP_NO_RENEGOTIATION
@@ -126,6 +155,7 @@ def _base_context(config: DTLSConfiguration, server: bool) -> SSL.Context:
     if server:
         # Session ID context: required for resumption when client certificates are used.
         ctx.set_session_id(b"dtlskit")
+    if server and not tls:
         # We answer ClientHellos with our own stateless cookies before OpenSSL sees them;
         # these callbacks only satisfy DTLSv1_listen for a ClientHello we already verified.
         ctx.set_cookie_generate_callback(lambda conn: b"dtlskit")
@@ -169,7 +199,7 @@ def _install_features(config: DTLSConfiguration, ctx: SSL.Context, server: bool)
     _bindings.watch_handshake(ctx, server)
 
 
-def _install_sni(config: DTLSConfiguration, ctx: SSL.Context) -> None:
+def _install_sni(config: DTLSConfiguration, ctx: SSL.Context, tls: bool = False) -> None:
     if (
         not config.sni_certificates
         and config.sni_callback is None
@@ -182,10 +212,10 @@ def _install_sni(config: DTLSConfiguration, ctx: SSL.Context) -> None:
         key = name.lower().rstrip(".")
         table = wildcard if key.startswith("*.") else exact
         table[key.removeprefix("*.")] = _identity_context(
-            config, spec, f"sni_certificates[{name!r}]"
+            config, spec, f"sni_certificates[{name!r}]", tls
         )
     by_ip = (
-        _identity_context(config, config.ip_certificate, "ip_certificate")
+        _identity_context(config, config.ip_certificate, "ip_certificate", tls)
         if config.ip_certificate is not None
         else None
     )
@@ -197,7 +227,7 @@ def _install_sni(config: DTLSConfiguration, ctx: SSL.Context) -> None:
             key = name.lower().rstrip(".")
             target = exact.get(key) or wildcard.get(key.partition(".")[2])
         if target is None and config.sni_callback is not None:
-            target = _callback_context(config, name, built)
+            target = _callback_context(config, name, built, tls)
         if target is not None:
             connection.set_context(target)
 
@@ -205,7 +235,10 @@ def _install_sni(config: DTLSConfiguration, ctx: SSL.Context) -> None:
 
 
 def _callback_context(
-    config: DTLSConfiguration, name: str | None, built: dict[tuple[str, str], SSL.Context]
+    config: DTLSConfiguration,
+    name: str | None,
+    built: dict[tuple[str, str], SSL.Context],
+    tls: bool = False,
 ) -> SSL.Context | None:
     what = f"sni_callback({name!r})"
     callback = config.sni_callback
@@ -222,12 +255,14 @@ def _callback_context(
     if key not in built:
         if len(built) >= _MAX_CALLBACK_CONTEXTS:
             built.clear()
-        built[key] = _identity_context(config, spec, what)
+        built[key] = _identity_context(config, spec, what, tls)
     return built[key]
 
 
-def _identity_context(config: DTLSConfiguration, spec: CertificateSpec, what: str) -> SSL.Context:
-    ctx = _base_context(config, server=True)
+def _identity_context(
+    config: DTLSConfiguration, spec: CertificateSpec, what: str, tls: bool = False
+) -> SSL.Context:
+    ctx = _base_context(config, server=True, tls=tls)
     password = spec[2] if len(spec) == 3 else None
     try:
         _use_identity(ctx, spec[0], spec[1], password)

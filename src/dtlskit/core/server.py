@@ -222,6 +222,7 @@ class ServerEngine:
         )
         self._rate_due = -math.inf  # global HelloVerifyRequest budget (GCRA), if one is set
         self._stats = ServerStatistics()
+        self._per_port = self._limits.address_key == "address_and_port"
         self._listener = self._on_engine_activity  # made once (each access makes a new one)
         self.budget = ByteBudget(config.limits.max_buffered_bytes)
         """Bytes the inboxes of every session of this socket may hold together."""
@@ -445,7 +446,7 @@ class ServerEngine:
         replacing: DTLSConnection | None,
     ) -> None:
         limits = self._limits
-        ip = address[0]
+        ip, source = self._limit_keys(address)
         sessions = len(self._connections) - (1 if replacing is not None else 0)
         if sessions >= limits.max_sessions:
             self._drop("max_sessions")
@@ -453,7 +454,6 @@ class ServerEngine:
         if replacing is None and self._per_ip[ip] >= limits.max_sessions_per_address:
             self._drop("max_sessions_per_address")
             return
-        source = _source_key(ip)
         replaces_half_open = replacing is not None and id(replacing) in self._handshaking
         same_source = replaces_half_open and self._handshaking.get(id(replacing)) == source
         per_source_limit = (
@@ -679,7 +679,7 @@ class ServerEngine:
             return
         del self._connections[address]
         self._armed.pop(id(conn), None)
-        ip = address[0]
+        ip = self._limit_keys(address)[0]
         self._per_ip[ip] -= 1
         if self._per_ip[ip] <= 0:
             del self._per_ip[ip]
@@ -694,6 +694,15 @@ class ServerEngine:
 
     def _drop(self, reason: str) -> None:
         self._stats.drops[reason] = self._stats.drops.get(reason, 0) + 1
+
+    def _limit_keys(self, address: Address) -> tuple[Any, tuple[int, Any]]:
+        """What the per-address limits count ``address`` against: the sessions key and the
+        half-open source key (``Limits.address_key``: per IP, or per IP and port behind a
+        proxy)."""
+        if self._per_port:
+            key = (address[0], address[1])
+            return key, (4, key)  # counted against max_half_open_per_address
+        return address[0], _source_key(address[0])
 
 
 def cookie_jar_for(config: DTLSConfiguration) -> CookieJar:

@@ -126,7 +126,7 @@ class Session:
 class NegotiatedSession:
     """Engine properties describing what the handshake negotiated (mixed into DTLSConnection)."""
 
-    __slots__ = ("_notes", "_policy", "_server_name")
+    __slots__ = ("_notes", "_policy", "_resume", "_server_name")
 
     _ssl: SSL.Connection
     _notes: _bindings.HandshakeNotes
@@ -149,6 +149,8 @@ class NegotiatedSession:
         """Constructor part: notes for the callbacks; offer ``session`` if it was made for this
         name under this verification ``policy``."""
         self._notes = _bindings.attach_notes(self._ssl)
+        # None: no session given; True: offered; a str: why it was not offered (for logs)
+        self._resume: bool | str | None = None
         self._server_name = server_hostname
         self._policy = policy
         if not self._server:
@@ -159,8 +161,33 @@ class NegotiatedSession:
             raise ConfigurationError("session= is for client engines; servers resume on their own")
         if not isinstance(session, Session):
             raise ConfigurationError(f"session must be a dtlskit Session, not {session!r}")
-        if session.server_name == server_hostname and session.policy == policy:
+        if session.server_name != server_hostname:
+            self._resume = (
+                f"the session was made for server name {session.server_name!r}, "
+                f"not {server_hostname!r}"
+            )
+        elif session.policy != policy:
+            self._resume = (
+                "the session was made under other verification settings (verify mode, host "
+                "name check, CA files or PSK identity differ), so it was not offered"
+            )
+        else:
             _bindings.set_session(self._ssl, session._ssl_session())
+            self._resume = True
+
+    def _resumption_note(self) -> str:
+        """For logs: whether a session given to a client was resumed, and if not why."""
+        if isinstance(self._resume, str):
+            return f"; session not resumed: {self._resume}"
+        if self._resume is None:
+            return ""
+        if _bindings.session_reused(self._ssl):
+            return "; session resumed"
+        return (
+            "; session not resumed: the server started a full handshake (it no longer holds "
+            "the session: restarted, another worker without shared tickets, cache expired, "
+            "or its settings changed)"
+        )
 
     def _explain_failure(self, error: DTLSError) -> DTLSError:
         """Add what only the negotiation knows to a terminal error (called on termination)."""

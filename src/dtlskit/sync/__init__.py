@@ -24,17 +24,21 @@ lock per socket. See the docstring of :mod:`dtlskit.sync.channel`.
 from .._frontend.channel_base import SessionProtocol
 from .channel import BufferTooSmall, Channel
 from .client import connect
+from .handoff import HandoffListener, from_handoff, listen_handoff
 from .server import Listener, Server, install_signal_handlers, listen, run_server, serve
 
 __all__ = [
     "BufferTooSmall",
     "Channel",
+    "HandoffListener",
     "Listener",
     "Server",
     "SessionProtocol",
     "connect",
+    "from_handoff",
     "install_signal_handlers",
     "listen",
+    "listen_handoff",
     "run_server",
     "serve",
 ]

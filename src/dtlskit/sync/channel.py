@@ -9,7 +9,7 @@ holds that lock. The thread waits in :func:`dtlskit._frontend.accel.recv_batch` 
 batched read that, when the socket has nothing, waits (one ``poll``, the GIL released) for a
 datagram, the engine's ``get_timer()`` deadline, or one end of a socketpair other threads write
 to wake it; a loaded server reads batch after batch without waiting at all. Every
-wake-up is the same three steps (docs/frontends-spec.md): feed the engine (datagrams read from
+wake-up is the same three steps (docs/dev/frontends-spec.md): feed the engine (datagrams read from
 the socket, or ``handle_timer(now)``), drain its events, transmit ``datagrams_to_send()`` and
 re-arm the timer. ``now`` is ``time.monotonic()``.
 
@@ -54,6 +54,7 @@ from ..exceptions import (
     DTLSError,
     DTLSTimeoutError,
     InvalidArgument,
+    UsageError,
 )
 
 __all__ = ["BufferTooSmall", "Channel", "IOThread"]
@@ -598,6 +599,14 @@ class Channel(ChannelBase):
             if self._owns_io:
                 self._io.stop()
             self._end(ConnectionClosedLocally("the connection was closed locally"))
+
+    def wait_closed(self, timeout: float | None = None) -> None:
+        """After :meth:`close`: wait until the socket (a client's own) is released. In this
+        flavour :meth:`close` already waits for that, so this returns at once; it is here so
+        that code written for either flavour reads the same. ``timeout`` is accepted for the
+        same reason. Before :meth:`close` it raises :class:`UsageError`."""
+        if not self._close_called:
+            raise UsageError("wait_closed() waits for close(): call close() first")
 
     def __enter__(self) -> Channel:
         return self

@@ -21,7 +21,7 @@ import weakref
 from typing import Any
 
 from .._frontend import sockets as _sockets
-from .._frontend.channel_base import client_socket_error, fresh_error
+from .._frontend.channel_base import FailOver, client_socket_error, fresh_error, should_fail_over
 from ..config import DTLSConfiguration
 from ..core import events as ev
 from ..core.connection import DTLSConnection, State
@@ -49,13 +49,23 @@ class _ClientIO(IOThread):
 
     batch_size = BATCH
 
-    def __init__(self, sock: socket.socket, engine: DTLSConnection, peer: Address) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        engine: DTLSConnection,
+        peer: Address,
+        new_port_after: int | None = None,
+    ) -> None:
         super().__init__(sock, name=f"dtlskit-client-{_sockets.format_address(peer)}")
         self.engine: DTLSConnection = engine
         self.peer = peer
         self.handshake_done = threading.Event()
         """Set when the handshake completed or the session ended before that."""
         self.established = False
+        self._new_port_after = new_port_after
+        self.failed_over = False
+        """Set (with :attr:`handshake_done`) when the handshake should start again from a new
+        source port (see :func:`dtlskit._channel_base.should_fail_over`)."""
         self._channel: weakref.ref[Channel] | None = None
 
     def attach(self, channel: Channel) -> None:
@@ -67,6 +77,18 @@ class _ClientIO(IOThread):
     def _start_locked(self, now: float) -> None:
         if self.engine.state is State.INITIAL:
             self.engine.connect(now)
+
+    def _get_timer_locked(self) -> float | None:
+        return None if self.failed_over else self.engine.get_timer()
+
+    def _handle_timer_locked(self, now: float) -> None:
+        fail_over = not self.established and should_fail_over(
+            self.engine, self._new_port_after, now
+        )
+        self.engine.handle_timer(now)  # the flight goes out once more on this port
+        if fail_over:
+            self.failed_over = True
+            self.handshake_done.set()
 
     def _feed_locked(
         self, batch: list[tuple[bytes, Address]], error: OSError | None, now: float
@@ -153,6 +175,9 @@ def connect(
     context = config.context(server=False)
     infos = _resolve(host, port, deadline, timeout)
     last_error: DTLSError | None = None
+    new_port_after = config.new_port_after_lost_flights
+    if local_addr is not None and local_addr[1] != 0:
+        new_port_after = None  # a fixed source port cannot change
     for family, address in infos:
         try:
             sock = _sockets.make_udp_socket(family, bind=local_addr, connect=address)
@@ -161,7 +186,17 @@ def connect(
             last_error = exc
             continue
         try:
-            return _handshake(sock, address, config, context, name, deadline, timeout, session)
+            while True:
+                try:
+                    return _handshake(
+                        sock, address, config, context, name, deadline, timeout, session,
+                        new_port_after,
+                    )
+                except FailOver:
+                    # No answer at all: again from a new source port (a balancer may pick a
+                    # live node for it), within the same deadline.
+                    sock = _sockets.make_udp_socket(family, bind=local_addr, connect=address)
+                    _sockets.size_receive_buffer(sock, config.recv_buffer_size)
         except (ConnectionRefused, TransportError) as exc:
             last_error = exc
             if time.monotonic() >= deadline:
@@ -210,6 +245,7 @@ def _handshake(
     deadline: float,
     timeout: float,
     session: Session | None,
+    new_port_after: int | None = None,
 ) -> Channel:
     try:
         engine = DTLSConnection(
@@ -220,7 +256,7 @@ def _handshake(
             server_hostname=server_hostname,
             session=session,
         )
-        io = _ClientIO(sock, engine, address)
+        io = _ClientIO(sock, engine, address, new_port_after)
     except BaseException:
         sock.close()
         raise
@@ -247,6 +283,8 @@ def _handshake(
         raise
     channel._abandon()
     io.stop()
+    if io.failed_over and time.monotonic() < deadline:
+        raise FailOver
     if error is None:  # pragma: no cover - an ended handshake always records why
         error = HandshakeFailure(f"handshake with {_sockets.format_address(address)} failed")
     raise fresh_error(error)

@@ -204,6 +204,9 @@ class Server:
         """Set by a signal handler at once (the close itself runs on a thread)."""
         self._done = threading.Event()
         self._closers: list[threading.Thread] = []
+        self.close_timeout = HANDLER_JOIN_TIMEOUT
+        """Seconds :meth:`close` gives handler threads to return (then it logs the stragglers
+        and goes on); the same attribute as the asyncio flavour's."""
         self._ios: list[ServerDriver] = []
         self._peers = _PeerThreads(handler)
         self._workers = workers
@@ -254,14 +257,21 @@ class Server:
         if self._workers > 1:
             self._run_workers()
             return
-        self._done.wait()
+        self.wait_closed()
+
+    def wait_closed(self, timeout: float | None = None) -> None:
+        """Block until :meth:`close` (called by another thread, a handler or a signal) has
+        finished: handlers done, sockets closed. :class:`DTLSTimeoutError` after ``timeout``
+        seconds (None: no limit)."""
+        if not self._done.wait(timeout):
+            raise DTLSTimeoutError(f"the server was not closed within {timeout:g} s")
         for thread in list(self._closers):
             if thread is not threading.current_thread():
-                thread.join(HANDLER_JOIN_TIMEOUT + 10.0)
+                thread.join(self.close_timeout + 10.0)
 
     def close(self) -> None:
         """Send close_notify to every peer, stop reading, close the sockets, and join the I/O
-        and handler threads (waiting at most :data:`HANDLER_JOIN_TIMEOUT` s for handlers).
+        and handler threads (waiting at most :attr:`close_timeout` s for handlers).
         Idempotent."""
         with self._lock:
             if self._closing:
@@ -270,17 +280,18 @@ class Server:
         try:
             for io in self._ios:
                 io.shutdown()
-            stragglers = self._peers.join(HANDLER_JOIN_TIMEOUT)
+            stragglers = self._peers.join(self.close_timeout)
             for thread in stragglers:
                 logger.warning(
                     "handler thread %s still running %g s after close()",
                     thread.name,
-                    HANDLER_JOIN_TIMEOUT,
+                    self.close_timeout,
                 )
         finally:
             self._done.set()
 
     shutdown = close
+    """The same as :meth:`close` (the name ``socketserver`` uses)."""
 
     def _close_soon(self, reason: str) -> None:
         """From a signal handler: close on a helper thread (a signal handler must not take
@@ -481,6 +492,9 @@ class Listener(_sockets.SocketOptions):
         cookie_jar: CookieJar | None = None,
     ) -> None:
         self._closed = True  # until construction succeeds (no ResourceWarning for a failure)
+        self._done = threading.Event()
+        self.close_timeout = HANDLER_JOIN_TIMEOUT
+        """Kept for symmetry with :class:`Server` (a listener runs no handlers to wait for)."""
         self._queue = _AcceptQueue(config.limits.accept_backlog)
         if cookie_jar is None:
             cookie_jar = cookie_jar_for(config)  # one secret: a cookie is valid on every socket
@@ -540,11 +554,30 @@ class Listener(_sockets.SocketOptions):
         finally:
             for channel in waiting:
                 channel._abandon()
+            self._done.set()
+
+    shutdown = close
+    """The same as :meth:`close`."""
 
     @property
     def closed(self) -> bool:
         """Whether :meth:`close` was called."""
         return self._closed
+
+    def is_serving(self) -> bool:
+        """Whether the listener is accepting peers (not closed)."""
+        return not self._closed
+
+    def serve_forever(self) -> None:
+        """Block until the listener is closed (by another thread or a signal); peers are
+        taken meanwhile with :meth:`accept` on other threads."""
+        self.wait_closed()
+
+    def wait_closed(self, timeout: float | None = None) -> None:
+        """Block until :meth:`close` has finished; :class:`DTLSTimeoutError` after
+        ``timeout`` seconds (None: no limit)."""
+        if not self._done.wait(timeout):
+            raise DTLSTimeoutError(f"the listener was not closed within {timeout:g} s")
 
     def __enter__(self) -> Listener:
         return self

@@ -183,8 +183,11 @@ def run_attack(
         next_legit = start + warm_up + legit * legit_every if legit < legit_count else math.inf
         if legit >= legit_count and not arena.clients:
             return
-        timers = [t for t in (arena.server.get_timer(), *(c.get_timer() for c in
-                  arena.clients.values())) if t is not None]
+        timers = [
+            t
+            for t in (arena.server.get_timer(), *(c.get_timer() for c in arena.clients.values()))
+            if t is not None
+        ]
         now = min(next_attack, next_legit, *timers)
         if now > end_by:
             return
@@ -210,16 +213,26 @@ def _attack_outcome(arena: Arena, need: float, extra: dict[str, Any]) -> Outcome
         f"half-open at end {stats.half_open}; drops "
         + ", ".join(f"{k} {v}" for k, v in sorted(stats.drops.items())),
         {
-            "legitimate_completed": done, "legitimate_started": started, "success_rate": share,
-            "p95_seconds": p95, "drops": stats.drops, "attacks": arena.attacks_sent,
-            "half_open_at_end": stats.half_open, **extra,
+            "legitimate_completed": done,
+            "legitimate_started": started,
+            "success_rate": share,
+            "p95_seconds": p95,
+            "drops": stats.drops,
+            "attacks": arena.attacks_sent,
+            "half_open_at_end": stats.half_open,
+            **extra,
         },
         "" if share >= need else f"fewer than {need:.0%} of legitimate clients connected",
     )
 
 
-def _half_open_attack(options: Options, fixture: Fixture, address: Callable[[int], Address],
-                      legit: Callable[[int], Address], label: str) -> Outcome:
+def _half_open_attack(
+    options: Options,
+    fixture: Fixture,
+    address: Callable[[int], Address],
+    legit: Callable[[int], Address],
+    label: str,
+) -> Outcome:
     # Full size: the default limits (1,000 half-open) against 160 cookie-completing attackers a
     # second (40/s per IPv4 address, under the HelloVerifyRequest rate limit; the issue saw four
     # addresses fill the pool in 12 s). Quick: a tenth of both.
@@ -227,21 +240,31 @@ def _half_open_attack(options: Options, fixture: Fixture, address: Callable[[int
     rate = 16.0 if options.quick else 160.0
     arena = Arena(fixture.server_config(limits=limits), fixture.client_config(), options.seed)
     run_attack(
-        arena, lambda a, n: a.half_open(address(n)), rate=rate, warm_up=15.0,
-        legit_every=1.0 if options.quick else 0.5, legit_for=10.0 if options.quick else 30.0,
-        legit_address=legit, seed=options.seed,
+        arena,
+        lambda a, n: a.half_open(address(n)),
+        rate=rate,
+        warm_up=15.0,
+        legit_every=1.0 if options.quick else 0.5,
+        legit_for=10.0 if options.quick else 30.0,
+        legit_address=legit,
+        seed=options.seed,
     )
     return _attack_outcome(
-        arena, 0.9,
+        arena,
+        0.9,
         {"attack": label, "rate_per_second": rate, "max_half_open": limits.max_half_open},
     )
 
 
-@scenario(16, "half-open attack from 4 IPv4 addresses (cookie completed, then silent)",
-          ">= 90% of legitimate handshakes complete (engine; and real sockets in full runs)")
+@scenario(
+    16,
+    "half-open attack from 4 IPv4 addresses (cookie completed, then silent)",
+    ">= 90% of legitimate handshakes complete (engine; and real sockets in full runs)",
+)
 def half_open_ipv4(options: Options, fixture: Fixture) -> Outcome:
     engine = _half_open_attack(
-        options, fixture,
+        options,
+        fixture,
         lambda n: (f"198.51.100.{1 + n % 4}", 1024 + n // 4),
         lambda n: (f"203.0.113.{1 + n % 250}", 5000 + n),
         "4 IPv4 addresses",
@@ -260,27 +283,39 @@ def half_open_ipv4(options: Options, fixture: Fixture) -> Outcome:
     )
 
 
-@scenario(17, "half-open attack from one IPv6 /64 (engine level)",
-          ">= 90% of legitimate handshakes complete")
+@scenario(
+    17,
+    "half-open attack from one IPv6 /64 (engine level)",
+    ">= 90% of legitimate handshakes complete",
+)
 def half_open_ipv6_64(options: Options, fixture: Fixture) -> Outcome:
     return _half_open_attack(
-        options, fixture,
+        options,
+        fixture,
         lambda n: (f"2001:db8:0:1::{n % 65535 + 1:x}", 1024 + n // 65535, 0, 0),
         lambda n: (f"2001:db8:{n + 2:x}::1", 5000 + n, 0, 0),
         "one IPv6 /64",
     )
 
 
-@scenario(18, "HelloVerifyRequest spoof flood from the victim's address (200/s)",
-          ">= 90% of the victim's handshakes complete")
+@scenario(
+    18,
+    "HelloVerifyRequest spoof flood from the victim's address (200/s)",
+    ">= 90% of the victim's handshakes complete",
+)
 def hello_verify_spoof(options: Options, fixture: Fixture) -> Outcome:
     victim = "192.0.2.7"
     rate = 200.0
     arena = Arena(fixture.server_config(), fixture.client_config(), options.seed)
     run_attack(
-        arena, lambda a, n: a.spoof((victim, 20000 + n % 40000)), rate=rate, warm_up=2.0,
-        legit_every=1.0, legit_for=10.0 if options.quick else 30.0,
-        legit_address=lambda n: (victim, 10000 + n), seed=options.seed,
+        arena,
+        lambda a, n: a.spoof((victim, 20000 + n % 40000)),
+        rate=rate,
+        warm_up=2.0,
+        legit_every=1.0,
+        legit_for=10.0 if options.quick else 30.0,
+        legit_address=lambda n: (victim, 10000 + n),
+        seed=options.seed,
     )
     return _attack_outcome(arena, 0.9, {"spoofed_per_second": rate})
 
@@ -335,10 +370,13 @@ def half_open_over_sockets(
             thread.join()
     done = [d for d in durations if d is not None]
     return {
-        "legitimate_started": legit_count, "legitimate_completed": len(done),
-        "p95_seconds": percentile(done, 0.95), **counters,
+        "legitimate_started": legit_count,
+        "legitimate_completed": len(done),
+        "p95_seconds": percentile(done, 0.95),
+        **counters,
         "attack_rate_achieved": counters["attempts"] / max(1, counters["seconds"]),
-        "half_open": stats["half_open"], "drops": stats["drops"],
+        "half_open": stats["half_open"],
+        "drops": stats["drops"],
     }
 
 
@@ -398,28 +436,48 @@ def flood_child(count: int, cert: str, key: str, cafile: str) -> dict[str, Any]:
     pair.clock.now = now
     legit = pair.handshake()
     return {
-        "clienthellos": count, "bytes_in": sent, "bytes_out": received,
-        "rss_before_kib": before, "rss_after_kib": after,
-        "associations_during_flood": stats.associations_created, "sessions": stats.sessions,
-        "legitimate_connected": legit, "drops": stats.drops,
+        "clienthellos": count,
+        "bytes_in": sent,
+        "bytes_out": received,
+        "rss_before_kib": before,
+        "rss_after_kib": after,
+        "associations_during_flood": stats.associations_created,
+        "sessions": stats.sessions,
+        "legitimate_connected": legit,
+        "drops": stats.drops,
     }
 
 
-@scenario(8, "ClientHello flood from many 127.0.0.0/8 addresses (engine, own process)",
-          "no session; RSS growth < 5 MiB; legitimate clients connect")
+@scenario(
+    8,
+    "ClientHello flood from many 127.0.0.0/8 addresses (engine, own process)",
+    "no session; RSS growth < 5 MiB; legitimate clients connect",
+)
 def client_hello_flood(options: Options, fixture: Fixture) -> Outcome:
     count = 20_000 if options.quick else 100_000
     pki = fixture.pki
     output = subprocess.run(
-        [sys.executable, "-m", "dtlskit.testing._attack_scenarios", "flood", str(count),
-         str(pki.server_cert), str(pki.server_key), str(pki.ca_cert)],
-        capture_output=True, text=True, timeout=600, check=True,
+        [
+            sys.executable,
+            "-m",
+            "dtlskit.testing._attack_scenarios",
+            "flood",
+            str(count),
+            str(pki.server_cert),
+            str(pki.server_key),
+            str(pki.ca_cert),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
     ).stdout
     result = json.loads(output.strip().splitlines()[-1])
     growth = result["rss_after_kib"] - result["rss_before_kib"]
     ratio = result["bytes_out"] / result["bytes_in"]
     ok = (
-        result["associations_during_flood"] == 0 and growth < 5 * 1024
+        result["associations_during_flood"] == 0
+        and growth < 5 * 1024
         and result["legitimate_connected"]
     )
     return Outcome(

@@ -81,7 +81,8 @@ def _holders_of_ended_engines() -> dict[str, int]:
 
     gc.collect()
     ended = [
-        o for o in gc.get_objects()
+        o
+        for o in gc.get_objects()
         if isinstance(o, DTLSConnection) and o.state in (State.CLOSED, State.TERMINATED)
     ]
     holders: dict[str, int] = {"ended_engines": len(ended)}

@@ -51,7 +51,9 @@ async def handshakes_through_proxy(
     async with serve(_echo, "127.0.0.1", 0, config=server_config) as server:
         port = server.addresses[0][1]
         proxy = ImpairmentProxy(
-            ("127.0.0.1", port), seed=seed, source_host=lambda n: loopback(5, n + 1),
+            ("127.0.0.1", port),
+            seed=seed,
+            source_host=lambda n: loopback(5, n + 1),
             **impairments,
         )
         with proxy:
@@ -73,8 +75,11 @@ async def handshakes_through_proxy(
         return list(durations), dict(proxy.counters), failures
 
 
-@scenario(3, "100 handshakes at 30% symmetric random loss, 60 s timer cap",
-          ">= 99/100 in memory and on real sockets")
+@scenario(
+    3,
+    "100 handshakes at 30% symmetric random loss, 60 s timer cap",
+    ">= 99/100 in memory and on real sockets",
+)
 def thirty_percent_loss(options: Options, fixture: Fixture) -> Outcome:
     done, count, p95 = thirty_percent_in_memory(options, fixture)
     # Real time: with RFC 6347's timers a tail handshake takes minutes. The quick run scales
@@ -89,8 +94,11 @@ def thirty_percent_loss(options: Options, fixture: Fixture) -> Outcome:
     }
     durations, counters, failures = asyncio.run(
         handshakes_through_proxy(
-            fixture.server_config(**timers), fixture.client_config(**timers), real_count,
-            seed=options.seed, drop=0.3,
+            fixture.server_config(**timers),
+            fixture.client_config(**timers),
+            real_count,
+            seed=options.seed,
+            drop=0.3,
         )
     )
     real = [d for d in durations if d is not None]
@@ -107,9 +115,14 @@ def thirty_percent_loss(options: Options, fixture: Fixture) -> Outcome:
         f"memory {done}/{count}, p95 {p95:.0f} s simulated; sockets {len(real)}/{real_count}, "
         f"p95 {real_p95:.1f} s{scaled}",
         {
-            "memory_completed": done, "memory_handshakes": count, "memory_p95_seconds": p95,
-            "socket_completed": len(real), "socket_handshakes": real_count,
-            "socket_p95_seconds": real_p95, "timer_scale": scale, "proxy": counters,
+            "memory_completed": done,
+            "memory_handshakes": count,
+            "memory_p95_seconds": p95,
+            "socket_completed": len(real),
+            "socket_handshakes": real_count,
+            "socket_p95_seconds": real_p95,
+            "timer_scale": scale,
+            "proxy": counters,
             "socket_failures": failures,
         },
         "; ".join(f"{n}x {k}" for k, n in failures.items()),
@@ -124,15 +137,24 @@ class ServerProcess:
 
     def __init__(self, fixture: Fixture, limits: dict[str, Any] | None = None) -> None:
         command = [
-            sys.executable, "-m", "dtlskit.testing._server_child",
-            "--cert", str(fixture.pki.server_cert), "--key", str(fixture.pki.server_key),
+            sys.executable,
+            "-m",
+            "dtlskit.testing._server_child",
+            "--cert",
+            str(fixture.pki.server_cert),
+            "--key",
+            str(fixture.pki.server_key),
         ]
         if limits:
             command += ["--limits", json.dumps(limits)]
         # Its log (one line per failed handshake under attack) goes to a file, not our stderr.
         self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in __exit__
         self.process = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
             bufsize=1,
         )
         try:
@@ -199,8 +221,11 @@ class ServerProcess:
 # -- 14 -----------------------------------------------------------------------------------------
 
 
-@scenario(14, "SIGINT/SIGTERM to a server with live sessions",
-          "close_notify to all; exit 0; no leaked fds")
+@scenario(
+    14,
+    "SIGINT/SIGTERM to a server with live sessions",
+    "close_notify to all; exit 0; no leaked fds",
+)
 def signals(options: Options, fixture: Fixture) -> Outcome:
     figures: dict[str, Any] = {}
     problems = []
@@ -228,8 +253,12 @@ def signals(options: Options, fixture: Fixture) -> Outcome:
             before, after = map(int, server.read_line("FDS", 10.0).split()[1:])
             tracebacks = server.log_text().count("Traceback")
         figures[name] = {
-            "exit": status, "close_notify_received": closed, "fds_before": before,
-            "fds_after": after, "sessions_at_exit": stats["sessions"], "tracebacks": tracebacks,
+            "exit": status,
+            "close_notify_received": closed,
+            "fds_before": before,
+            "fds_after": after,
+            "sessions_at_exit": stats["sessions"],
+            "tracebacks": tracebacks,
         }
         if status != 0 or closed != len(clients) or after > before or tracebacks:
             problems.append(f"{name}: {figures[name]}")
@@ -237,7 +266,8 @@ def signals(options: Options, fixture: Fixture) -> Outcome:
         not problems,
         "; ".join(
             f"{n}: exit {f['exit']}, close_notify {f['close_notify_received']}/5, "
-            f"fds {f['fds_before']}->{f['fds_after']}" for n, f in figures.items()
+            f"fds {f['fds_before']}->{f['fds_after']}"
+            for n, f in figures.items()
         ),
         figures,
         "; ".join(problems),
@@ -254,8 +284,12 @@ def soak_slope_limit(measured_minutes: float) -> float:
 
 
 async def soak_clients(
-    port: int, config: DTLSConfiguration, clients: int, seconds: float,
-    sample: Any, interval: float,
+    port: int,
+    config: DTLSConfiguration,
+    clients: int,
+    seconds: float,
+    sample: Any,
+    interval: float,
 ) -> dict[str, Any]:
     """``clients`` tasks, each on its own 127.6.x.y: connect, echo three messages, close, pause
     ``clients / 100`` s (so the offered load stays near 100 sessions/s whatever the number of
@@ -309,9 +343,7 @@ async def soak_clients(
 @scenario(15, "soak: clients reconnecting and echoing", "no error; RSS slope within noise")
 def soak(options: Options, fixture: Fixture) -> Outcome:
     seconds = options.soak_seconds or (30.0 if options.quick else 120.0)
-    clients = options.soak_clients or (
-        (20 if options.quick else 100) if seconds <= 120 else 1000
-    )
+    clients = options.soak_clients or ((20 if options.quick else 100) if seconds <= 120 else 1000)
     interval = max(1.0, seconds / 120)
     warm_up = seconds / 4
     samples: list[tuple[float, int]] = []
@@ -340,14 +372,18 @@ def soak(options: Options, fixture: Fixture) -> Outcome:
         f"RSS slope {slope:+.0f} KiB/min (bound {limit:.0f}), "
         f"growth after warm-up {growth:+d} KiB",
         {
-            **totals, "clients": clients, "seconds": seconds, "rss_slope_kib_per_min": slope,
-            "slope_bound_kib_per_min": limit, "rss_samples": samples,
-            "rss_growth_kib": growth, "server_drops": stats.get("drops", {}),
+            **totals,
+            "clients": clients,
+            "seconds": seconds,
+            "rss_slope_kib_per_min": slope,
+            "slope_bound_kib_per_min": limit,
+            "rss_samples": samples,
+            "rss_growth_kib": growth,
+            "server_drops": stats.get("drops", {}),
             "server_sessions_at_end": sessions_at_end,
         },
         "" if ok else f"errors {totals['error_kinds']}, slope {slope:.0f} vs {limit:.0f}",
     )
-
 
 
 # -- 20 -----------------------------------------------------------------------------------------
@@ -395,14 +431,18 @@ async def pin_one_session(
     return len(message), sent, held, drops
 
 
-@scenario(20, "memory a peer can pin: 16 KiB messages to a handler that does not read",
-          "bytes held per session <= 1 MiB; the excess dropped and counted")
+@scenario(
+    20,
+    "memory a peer can pin: 16 KiB messages to a handler that does not read",
+    "bytes held per session <= 1 MiB; the excess dropped and counted",
+)
 def pinned_memory(options: Options, fixture: Fixture) -> Outcome:
     server_config = fixture.server_config()
     limits = server_config.limits
     size, sent, held, drops = asyncio.run(
-        pin_one_session(server_config, fixture.client_config(mtu=65507),
-                        2 * limits.max_queued_messages)
+        pin_one_session(
+            server_config, fixture.client_config(mtu=65507), 2 * limits.max_queued_messages
+        )
     )
     held_bytes = held * size
     per_address = held_bytes * limits.max_sessions_per_address
@@ -415,8 +455,14 @@ def pinned_memory(options: Options, fixture: Fixture) -> Outcome:
         f"sent); x {limits.max_sessions_per_address} sessions per address = "
         f"{per_address / mib:,.0f} MiB; x {limits.max_sessions} sessions = {total / mib:,.0f} MiB"
         " (unless a global budget stops it)",
-        {"message_bytes": size, "sent": sent, "held_messages": held,
-         "held_bytes_per_session": held_bytes, "per_address_bytes": per_address,
-         "total_bytes_by_session_limits": total, "drops": drops},
+        {
+            "message_bytes": size,
+            "sent": sent,
+            "held_messages": held,
+            "held_bytes_per_session": held_bytes,
+            "per_address_bytes": per_address,
+            "total_bytes_by_session_limits": total,
+            "drops": drops,
+        },
         "" if ok else "receive queues are bounded in messages, not bytes (issue 8 defect 1)",
     )

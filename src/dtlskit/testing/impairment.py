@@ -65,8 +65,12 @@ class ImpairmentProxy:
         """``source_host(n)`` gives the local IP the n-th client's upstream socket binds to
         (default ``host``): spread clients over 127.0.0.0/8 so a server's per-address limits
         see many sources, as they would on a real network."""
-        for name, p in (("drop", drop), ("duplicate", duplicate), ("reorder", reorder),
-                        ("corrupt", corrupt)):
+        for name, p in (
+            ("drop", drop),
+            ("duplicate", duplicate),
+            ("reorder", reorder),
+            ("corrupt", corrupt),
+        ):
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], not {p!r}")
         self.upstream = upstream

@@ -63,13 +63,22 @@ def run(
             try:
                 outcome = spec.run(options, fixture)
                 passed, figure, figures, notes = (
-                    outcome.passed, outcome.figure, outcome.figures, outcome.notes
+                    outcome.passed,
+                    outcome.figure,
+                    outcome.figures,
+                    outcome.notes,
                 )
             except Exception as exc:  # a scenario that breaks is a failed scenario, named
                 passed, figure, figures = False, "error", {}
                 notes = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
             result = Result(
-                number, spec.title, spec.criterion, passed, figure, figures, notes,
+                number,
+                spec.title,
+                spec.criterion,
+                passed,
+                figure,
+                figures,
+                notes,
                 time.monotonic() - started,
             )
             results.append(result)
@@ -130,16 +139,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{number:>3}  {spec.title}  [pass: {spec.criterion}]")
         return 0
     options = Options(
-        quick=args.quick, seed=args.seed, soak_seconds=args.soak_seconds,
-        soak_clients=args.soak_clients, fuzz_cases=args.fuzz_cases, verbose=args.verbose,
+        quick=args.quick,
+        seed=args.seed,
+        soak_seconds=args.soak_seconds,
+        soak_clients=args.soak_clients,
+        fuzz_cases=args.fuzz_cases,
+        verbose=args.verbose,
     )
     try:
         results = run(args.only, options, report=True)
     except ValueError as exc:
         parser.error(str(exc))
     failed = [r.number for r in results if not r.passed]
-    print(f"\n{len(results) - len(failed)}/{len(results)} scenarios passed"
-          + (f"; failed: {', '.join(map(str, failed))}" if failed else ""))
+    print(
+        f"\n{len(results) - len(failed)}/{len(results)} scenarios passed"
+        + (f"; failed: {', '.join(map(str, failed))}" if failed else "")
+    )
     if args.markdown:
         print("\n" + format_table(results))
     if args.json:

@@ -20,6 +20,11 @@ in one DTLS record, so this module only replaces the bottom layer:
   message manager. A failed handshake or a lost session is handed to the message manager as
   the error of every request on that remote: aiocoap raises ``aiocoap.error.NetworkError``
   with the dtlskit exception as its ``__cause__``.
+* **Ended sessions are let go.** aiocoap remembers a remote for its deduplication
+  (``EXCHANGE_LIFETIME``, 247 s) long after the session ended, so a remote drops its channel
+  (and with it the OpenSSL connection) as soon as the session is over: otherwise any peer
+  opening and ending sessions would pin one per session for four minutes, past the server's
+  ``limits.max_sessions``.
 * **Who the peer is**: a remote's ``authenticated_claims`` hold a
   :class:`~dtlskit.contrib.aiocoap.CertificateClaim` (a certificate OpenSSL verified) and/or a
   :class:`~dtlskit.contrib.aiocoap.PSKClaim` (the PSK identity of the session).
@@ -81,6 +86,7 @@ class _Remote(interfaces.EndpointAddress):  # type: ignore[misc]
         self._transport = transport
         self._hostinfo = hostinfo
         self._channel: Any = None
+        self._local: tuple[Any, ...] | None = None
         self._claims: tuple[Any, ...] = ()
         self.ended = False
 
@@ -92,9 +98,9 @@ class _Remote(interfaces.EndpointAddress):  # type: ignore[misc]
 
     @property
     def hostinfo_local(self) -> str:
-        if self._channel is None:
+        if self._local is None:
             raise error.AnonymousHost(f"the session to {self._hostinfo} is not established yet")
-        host, port = self._channel.getsockname()[:2]
+        host, port = self._local
         return str(hostportjoin(host, None if port == COAPS_PORT else port))
 
     @property
@@ -117,12 +123,18 @@ class _Remote(interfaces.EndpointAddress):  # type: ignore[misc]
 
     @property
     def channel(self) -> Any:
-        """The dtlskit channel of this session (``None`` while a client still handshakes)."""
+        """The dtlskit channel of this session (``None`` while a client still handshakes, and
+        once the session has ended)."""
         return self._channel
 
     def _established(self, channel: Any) -> None:
         self._channel = channel
+        self._local = tuple(channel.getsockname()[:2])
         self._claims = claims_of(channel)
+
+    def _release(self) -> None:
+        """The session is over: let its channel go (aiocoap may keep this remote for minutes)."""
+        self._channel = None
 
     def send(self, data: bytes) -> None:
         channel = self._channel
@@ -189,15 +201,22 @@ class _ClientRemote(_Remote):
             failure = exc
         finally:
             channel.close()
+            self._channel = None
         self._transport._end(self, failure)
 
+    def _release(self) -> None:
+        if self._task.done():  # else the task lets the channel go when it ends (or _close)
+            self._channel = None
+
     async def _close(self) -> None:
+        channel = self._channel
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        if self._channel is not None:
-            self._channel.close()
-            await self._channel.wait_closed()
+        self._channel = None
+        if channel is not None:
+            channel.close()
+            await channel.wait_closed()
 
 
 class _ServerSession(dtlskit.SessionProtocol):
@@ -262,7 +281,8 @@ class CoapsTransport(interfaces.MessageInterface):  # type: ignore[misc]
             return
         try:
             message = Message.decode(data, remote)
-        except error.UnparsableMessage:
+        except Exception:  # untrusted bytes: UnparsableMessage, but also e.g.
+            # UnicodeDecodeError for a string option (Uri-Path) that is not UTF-8
             self._count("unparsable_coap_message")
             logger.debug("dropped an unparsable CoAP message from %s", remote.hostinfo)
             return
@@ -272,6 +292,7 @@ class CoapsTransport(interfaces.MessageInterface):  # type: ignore[misc]
         if remote.ended:
             return
         remote.ended = True
+        remote._release()
         if isinstance(remote, _ClientRemote):
             self._pool = [entry for entry in self._pool if entry[3] is not remote]
         if self._manager is not None:
