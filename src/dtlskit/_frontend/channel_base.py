@@ -498,7 +498,8 @@ def feed_batch(
     order, before anything else the driver sends.
     """
     receive = driver.engine.receive_datagram
-    driver._collected = []
+    if driver._collected is None:  # (a driver may hand in datagrams to lead the batch's)
+        driver._collected = []
     try:
         for data, address in batch:
             receive(data, address, now)
