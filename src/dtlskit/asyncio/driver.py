@@ -241,7 +241,7 @@ class ServerDriver(SocketDriver):
             if replies:  # handler tasks' replies not yet sent lead the batch's
                 self._replies = []
                 self._collected = replies
-            feed_batch(self, batch, self._loop.time(), self._send_items)
+            feed_batch(self, batch, self._loop.time(), self._send_items, self._count_drop)
         if error is not None:
             self._server._count_drop("receive_failed")
             logger.debug("receive error on %s: %s", format_address(self.address), error)

@@ -83,6 +83,10 @@ def _deadline(timeout: float | None) -> float | None:
     return time.monotonic() + timeout
 
 
+_MAX_FAILED_TURNS = 100
+"""Consecutive failed turns after which an I/O thread gives up (a bug that repeats every turn)."""
+
+
 class IOThread:
     """One socket, its engine, its lock, and the thread running its read-and-wait loop.
 
@@ -294,39 +298,29 @@ class IOThread:
     # -- the loop -------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        recv_batch = _accel.recv_batch
-        sock = self.sock
         wake = self._wake_r.fileno()
+        failures = 0
         try:
             with self.lock:
                 if not self.closed:
                     self._start_locked(time.monotonic())
                     self._step_locked(time.monotonic())
             while not self._stopping:
-                deadline = self._deadline
-                if self._requests:
-                    timeout: float | None = 0.0
-                elif deadline is None:
-                    timeout = None
-                else:
-                    timeout = deadline - time.monotonic()
-                # outside the lock: only this thread reads the socket, and stop() closes it
-                # only after this thread ended
-                batch, error = recv_batch(sock, self.batch_size, timeout, wake)
-                now = time.monotonic()
-                with self.lock:
-                    if self.closed:
+                try:
+                    if self._turn(wake):
                         break
-                    if batch or error is not None:
-                        self._feed_locked(batch, error, now)
-                        deadline = self._deadline
-                        if (
-                            not self._requests
-                            and not self._has_work_locked()
-                            and (deadline is None or now < deadline)
-                        ):
-                            continue  # only the fast path ran: nothing to drain or re-arm
-                    self._step_locked(now)
+                    failures = 0
+                except Exception:
+                    # A bug met while handling one peer's datagram or timer must not end every
+                    # other peer's session (the asyncio flavour's loop logs a failed callback and
+                    # goes on in the same way). The datagram was consumed, so the next turn does
+                    # not repeat it; a step that fails turn after turn ends the thread.
+                    failures += 1
+                    if failures >= _MAX_FAILED_TURNS:
+                        raise
+                    logger.exception("I/O thread %s: a step failed; serving on", self._thread.name)
+                    with self.lock:
+                        self.count_drop_locked("internal_error")
         except Exception as exc:  # pragma: no cover - a bug; never leave waiters hanging
             logger.exception("I/O thread %s failed", self._thread.name)
             self._final_error = DTLSError(f"internal error in the I/O thread: {exc!r}")
@@ -334,6 +328,34 @@ class IOThread:
             with self.lock:
                 self._run_requests_locked()
                 self._close_sockets_locked()
+
+    def _turn(self, wake: int) -> bool:
+        """One wait, read and step of the loop; True when the thread should end."""
+        deadline = self._deadline
+        if self._requests:
+            timeout: float | None = 0.0
+        elif deadline is None:
+            timeout = None
+        else:
+            timeout = deadline - time.monotonic()
+        # outside the lock: only this thread reads the socket, and stop() closes it only after
+        # this thread ended
+        batch, error = _accel.recv_batch(self.sock, self.batch_size, timeout, wake)
+        now = time.monotonic()
+        with self.lock:
+            if self.closed:
+                return True
+            if batch or error is not None:
+                self._feed_locked(batch, error, now)
+                deadline = self._deadline
+                if (
+                    not self._requests
+                    and not self._has_work_locked()
+                    and (deadline is None or now < deadline)
+                ):
+                    return False  # only the fast path ran: nothing to drain or re-arm
+            self._step_locked(now)
+        return False
 
     def _step_locked(self, now: float) -> None:
         self._run_requests_locked()

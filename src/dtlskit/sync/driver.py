@@ -73,7 +73,7 @@ class ServerDriver(IOThread):
         self, batch: list[tuple[bytes, Address]], error: OSError | None, now: float
     ) -> None:
         if batch:
-            feed_batch(self, batch, now, self.send_collected_locked)
+            feed_batch(self, batch, now, self.send_collected_locked, self.count_drop_locked)
         if error is not None:
             self.count_drop_locked("receive_failed")
 
