@@ -3,7 +3,7 @@ same run.
 
     dtlskit bench [--quick] [--seconds S] [--sessions N] [--flavour asyncio|sync|both]
                   [--accelerator on|off|both] [--load auto|c|python] [--skip-uvloop]
-                  [--skip-trio] [--skip-mbedtls] [--skip-newcomer] [--skip-tls]
+                  [--skip-trio] [--skip-mbedtls] [--skip-newcomer] [--skip-tls] [--skip-quic]
                   [--socket-buffer BYTES]
                   [--json FILE] [--plot FILE.png]
     python benchmarks/run.py ...          (from a checkout)
@@ -27,6 +27,12 @@ Rows, in order (one progress line each on stderr):
 5. the newcomer's program (:mod:`.newcomer`): 100 clients x 100 fire-and-forget messages;
 6. TLS over TCP (:mod:`.tls`): ``dtlskit.tls`` against asyncio's own TLS streams, echo and
    handshakes, with the ratios (a table of its own after the DTLS one).
+7. QUIC (:mod:`.quic`): echo streams/s and new connections/s per CPU-second through
+   ``dtlskit.quic`` against aioquic used directly, and their ratio (``--skip-quic``).
+8. hibernation (issue 15): the asyncio callback server with ``Limits(hibernate_after=0)``
+   (echo next to the same server keeping OpenSSL's objects), and "many sessions"
+   (:mod:`.many_sessions`): ``--many-sessions`` sessions (100,000; 2,000 with ``--quick``) held
+   by one asyncio server, KiB per idle session, and an echo round over all of them.
 
 The table goes to stdout, the figures to ``--json`` (default ``bench-results.json``), and with
 ``--plot`` a chart of the ratios in two panels (lower is better, higher is better). Exit status
@@ -55,7 +61,8 @@ from OpenSSL import SSL
 
 from dtlskit.certs import PKIFiles, create_pki
 
-from . import newcomer, report
+from . import many_sessions, newcomer, report
+from . import quic as quic_bench
 from . import tls as tls_bench
 from .cload import Load, open_load
 from .common import BenchmarkError, progress, rss_kib
@@ -102,6 +109,10 @@ class Settings:
     """SO_RCVBUF/SO_SNDBUF of every measured socket (None: the system default)."""
     newcomer_clients: int = 100
     newcomer_messages: int = 100
+    many_sessions: int = 100_000
+    """Sessions held for the "many sessions" row (0: skip it)."""
+    many_echo_seconds: float = 60.0
+    """Length of the many-sessions echo round."""
 
 
 @dataclass(frozen=True)
@@ -154,6 +165,14 @@ def plan(
                 )
                 spec = ServerSpec("dtlskit", loop, style=style, accelerator=switch)
                 rows.append(Row(key, "dtlskit", spec, memory=memory))
+    if "asyncio" in loops:
+        # Issue 15: the same server with every session hibernated, for the echo-cost ratio.
+        switch = accelerators[0]
+        spec = ServerSpec(
+            "dtlskit", "asyncio", style="callback", accelerator=switch, hibernate_after=0.0
+        )
+        key = f"dtlskit-asyncio-callback-accel-{switch}-hibernated"
+        rows.append(Row(key, "hibernated", spec, handshakes=False))
     return rows
 
 
@@ -217,7 +236,25 @@ def _parser() -> argparse.ArgumentParser:
         help="do not measure TLS over TCP (dtlskit.tls against asyncio's own TLS streams)",
     )
     parser.add_argument(
+        "--skip-quic",
+        action="store_true",
+        help="do not measure QUIC (dtlskit.quic against aioquic used directly)",
+    )
+    parser.add_argument(
         "--skip-newcomer", action="store_true", help="do not run the newcomer's program"
+    )
+    parser.add_argument(
+        "--many-sessions",
+        type=int,
+        metavar="N",
+        help="sessions one asyncio server holds for the 'many sessions' row (hibernated; "
+        "default 100000, 2000 with --quick; 0 skips the row)",
+    )
+    parser.add_argument(
+        "--many-echo-seconds",
+        type=float,
+        metavar="S",
+        help="length of the many-sessions echo round (default 60; 5 with --quick)",
     )
     parser.add_argument(
         "--json",
@@ -246,7 +283,15 @@ def main(argv: list[str] | None = None) -> int:
     sessions = args.sessions if args.sessions is not None else (1000 if args.quick else 10_000)
     if not seconds > 0 or sessions < 1 or args.socket_buffer < 0:
         parser.error("--seconds must be positive, --sessions at least 1, --socket-buffer >= 0")
+    many = args.many_sessions
+    if many is None:
+        many = 2000 if args.quick else 100_000
+    many_seconds = args.many_echo_seconds or (5.0 if args.quick else 60.0)
+    if many < 0 or not many_seconds > 0:
+        parser.error("--many-sessions must be >= 0 and --many-echo-seconds positive")
     settings = Settings(
+        many_sessions=many,
+        many_echo_seconds=many_seconds,
         seconds=seconds,
         sessions=sessions,
         warmup=0.2 if args.quick else 0.5,
@@ -306,12 +351,18 @@ def main(argv: list[str] | None = None) -> int:
             _measure_newcomer(document, settings, pki)
         if not args.skip_tls:  # TLS over TCP (issue 10): benchmarks/tls.py
             document["tls"] = tls_bench.measure(settings.seconds, pki, 1 if args.quick else 3)
+        if not args.skip_quic:
+            _measure_quic(document, settings, pki, args.quick)
+        if settings.many_sessions:
+            _measure_many_sessions(document, settings)
     document["meta"]["total_seconds"] = time.monotonic() - started
     document["meta"]["load_average_at_end"] = list(os.getloadavg())
     report.add_ratios(document)
     print(report.table(document), flush=True)
     if "tls" in document:
         print(tls_bench.table(document["tls"]), flush=True)
+    if document.get("quic"):
+        print(quic_bench.table(document["quic"]), flush=True)
     report.write_json(document, args.json)
     progress(f"figures written to {args.json}")
     if args.plot:
@@ -465,6 +516,36 @@ def _measure_memory(spec: ServerSpec, settings: Settings, load: Load) -> dict[st
         "after_kib": after,
         "kib_per_session": (after - before) / established,
     }
+
+
+def _measure_quic(
+    document: dict[str, Any], settings: Settings, pki: PKIFiles, quick: bool
+) -> None:
+    """The QUIC rows (:mod:`.quic`): dtlskit.quic against aioquic used directly."""
+    rounds = 2 if quick else 5
+    progress(f"QUIC: dtlskit.quic vs aioquic, {rounds} alternating rounds")
+    try:
+        document["quic"] = quic_bench.measure(pki, settings.seconds, rounds)
+    except ImportError as exc:
+        document["skipped"]["quic"] = f"aioquic is not installed ({exc}): pip install dtlskit[quic]"
+    except (BenchmarkError, OSError, AssertionError, TimeoutError) as exc:
+        progress(f"QUIC: FAILED: {exc}")
+        document["errors"]["quic"] = str(exc)
+
+
+def _measure_many_sessions(document: dict[str, Any], settings: Settings) -> None:
+    many = many_sessions.ManySettings(
+        sessions=settings.many_sessions,
+        warmup_sessions=min(500, max(50, settings.many_sessions // 10)),
+        echo_seconds=settings.many_echo_seconds,
+        idle_seconds=32.0 if settings.many_sessions >= 10_000 else 12.0,
+    )
+    progress(f"many sessions: {many.sessions} hibernated sessions on one asyncio server")
+    try:
+        document["many_sessions"] = many_sessions.measure(many)
+    except BenchmarkError as exc:
+        progress(f"many sessions: FAILED: {exc}")
+        document["errors"]["many_sessions"] = str(exc)
 
 
 def _measure_newcomer(document: dict[str, Any], settings: Settings, pki: PKIFiles) -> None:

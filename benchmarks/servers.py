@@ -95,11 +95,17 @@ class ServerSpec:
     """SO_RCVBUF and SO_SNDBUF of the listening socket, bytes; None keeps the system default."""
     max_sessions: int = 20_000
     """dtlskit's Limits.max_sessions (room for the memory figure's sessions)."""
+    hibernate_after: float | None = None
+    """dtlskit's Limits.hibernate_after (None: sessions keep OpenSSL's object)."""
 
     @property
     def label(self) -> str:
         if self.kind == "dtlskit":
-            return f"dtlskit {self.loop} {self.style} accelerator-{self.accelerator} server"
+            hibernated = "" if self.hibernate_after is None else " hibernated"
+            return (
+                f"dtlskit {self.loop} {self.style} accelerator-{self.accelerator}{hibernated} "
+                "server"
+            )
         return f"{self.kind} {self.loop} server"
 
     def environment(self) -> dict[str, str]:
@@ -206,7 +212,7 @@ def _send_quietly(conn: Connection, message: tuple[Any, ...]) -> None:
 def _dtlskit_config(spec: ServerSpec) -> Any:
     import dtlskit
 
-    limits = dtlskit.Limits(max_sessions=spec.max_sessions)
+    limits = dtlskit.Limits(max_sessions=spec.max_sessions, hibernate_after=spec.hibernate_after)
     return dtlskit.DTLSConfiguration.server(spec.certfile, spec.keyfile, limits=limits)
 
 

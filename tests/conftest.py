@@ -75,3 +75,20 @@ def client_config(pki: PKIFiles) -> dtlskit.DTLSConfiguration:
 
 def path(p: Path) -> str:
     return str(p)
+
+
+# -- QUIC (tests/quic, tests/sync/test_quic.py): the session PKI with seed 002's ALPN ---------
+
+
+@pytest.fixture
+def quic_server_config(pki: PKIFiles) -> dtlskit.DTLSConfiguration:
+    return dtlskit.DTLSConfiguration.server(
+        pki.server_cert, pki.server_key, alpn_protocols=("http/1.0", "hq-interop")
+    )
+
+
+@pytest.fixture
+def quic_client_config(pki: PKIFiles) -> dtlskit.DTLSConfiguration:
+    return dtlskit.DTLSConfiguration.client(
+        cafile=pki.ca_cert, server_hostname="localhost", alpn_protocols=["hq-interop"]
+    )

@@ -458,3 +458,100 @@ def test_each_datagram_keeps_its_own_sender_around_a_dropped_one() -> None:
             (b"from a again", first.getsockname()),
         ]
         assert isinstance(first.getsockname(), bytes)  # what recvfrom gives for these names
+
+
+def _receiver() -> tuple[socket.socket, socket.socket, socket.socket, socket.socket]:
+    """A non-blocking receiver, a sender, and a non-blocking wake-up socketpair."""
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    rx.setblocking(False)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx.bind(("127.0.0.1", 0))
+    wake_r, wake_w = socket.socketpair()
+    wake_r.setblocking(False)
+    return rx, tx, wake_r, wake_w
+
+
+def _in_thread(call: object) -> dict[str, object]:
+    """Run ``call`` on a thread; the returned dict gets its result (bounded join by caller)."""
+    out: dict[str, object] = {}
+
+    def run() -> None:
+        out["result"] = call()  # type: ignore[operator]
+
+    thread = threading.Thread(target=run, daemon=True)
+    out["thread"] = thread
+    thread.start()
+    return out
+
+
+def test_a_waiting_batch_returns_the_datagram_that_ends_the_wait() -> None:
+    rx, tx, wake_r, wake_w = _receiver()
+    with rx, tx, wake_r, wake_w:
+        out = _in_thread(lambda: _accel.recv_batch(rx, 8, None, wake_r.fileno()))
+        tx.sendto(b"first", rx.getsockname())
+        thread = out["thread"]
+        assert isinstance(thread, threading.Thread)
+        thread.join(10)
+        assert not thread.is_alive()
+        batch, error = out["result"]  # type: ignore[misc]
+        assert error is None
+        # the wait ended on the datagram, which was read in the same call
+        assert [(data, tuple(address)) for data, address in batch] == [(b"first", tx.getsockname())]
+
+
+def test_a_wake_up_ends_the_wait_empty_and_is_consumed() -> None:
+    rx, tx, wake_r, wake_w = _receiver()
+    with rx, tx, wake_r, wake_w:
+        out = _in_thread(lambda: _accel.recv_batch(rx, 8, None, wake_r.fileno()))
+        wake_w.send(b"\0" * 10000)  # many wake-ups pending: all of them consumed at once
+        thread = out["thread"]
+        assert isinstance(thread, threading.Thread)
+        thread.join(10)
+        assert not thread.is_alive()
+        assert out["result"] == ([], None)
+        with pytest.raises(BlockingIOError):
+            wake_r.recv(1)
+        # the datagram that comes next is read as usual
+        tx.sendto(b"after", rx.getsockname())
+        batch, error = _accel.recv_batch(rx, 8, None, wake_r.fileno())
+        assert error is None and [data for data, _ in batch] == [b"after"]
+
+
+def test_a_waiting_socket_is_read_without_consuming_a_pending_wake_up() -> None:
+    rx, tx, wake_r, wake_w = _receiver()
+    with rx, tx, wake_r, wake_w:
+        tx.sendto(b"queued", rx.getsockname())
+        wake_w.send(b"\0")
+        # Data waits: no poll, so the wake-up stays for the next call that would wait.
+        batch, error = _accel.recv_batch(rx, 8, None, wake_r.fileno())
+        assert error is None and [data for data, _ in batch] == [b"queued"]
+        assert _accel.recv_batch(rx, 8, None, wake_r.fileno()) == ([], None)
+        with pytest.raises(BlockingIOError):
+            wake_r.recv(1)
+
+
+@pytest.mark.parametrize("timeout", [0, 0.0, -1.0, 0.001, 0.05])
+def test_a_wait_with_a_timeout_and_nothing_to_read_returns_empty(timeout: float) -> None:
+    rx, tx, wake_r, wake_w = _receiver()
+    with rx, tx, wake_r, wake_w:
+        assert _accel.recv_batch(rx, 8, timeout, wake_r.fileno()) == ([], None)
+        assert _accel.recv_batch(rx, 8, timeout) == ([], None)
+        assert _accel.recv_batch(rx, 8, timeout, -1) == ([], None)
+
+
+def test_a_wait_ends_with_the_error_the_socket_reports() -> None:
+    # A connected socket whose peer port is closed: the ICMP error ends the wait and is
+    # returned as the batch's error, nothing read.
+    closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with sock:
+        sock.connect(("127.0.0.1", port))
+        sock.setblocking(False)
+        sock.send(b"anyone?")
+        batch, error = _accel.recv_batch(sock, 8, 10.0, -1)
+        assert batch == []
+        assert isinstance(error, ConnectionRefusedError)

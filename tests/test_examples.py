@@ -21,6 +21,9 @@ EXPECTED = {
     "session_resumption.py": "done: the second connection resumed the saved session",
     "edgeros_style.py": "done: 2 clients accepted, 4 messages echoed",
     "edgeros_multitask.py": "done: 6 clients handshaken in 2 worker processes, 18 echoes checked",
+    # QUIC, seed 002 (issue 11)
+    "quic_echo_server.py": "done: seed 002's echo served over QUIC",
+    "quic_echo_client.py": "done: one message echoed on one QUIC stream",
     # issue 13 (IoT)
     "coap_server.py": "done: two coaps requests answered, the client known by its certificate",
     "sntp_clock.py": "done: certificates checked against the SNTP time",
@@ -44,6 +47,13 @@ ALSO_EXPECTED = {
     ],
     "edgeros_style.py": ["server: new client", "closed the session"],
     "edgeros_multitask.py": ["to worker-0", "to worker-1", "served by worker-1"],
+    "quic_echo_server.py": [
+        "Accepted new connection (http/1.0)",
+        "echoed 21 bytes on stream 0",
+        "client said: connected (http/1.0); sending b'hello from the client'",
+        "echo: 'hello from the client'",
+    ],
+    "quic_echo_client.py": ["echo: 'hello, seed 002'", "echoed 15 bytes on stream 0"],
     # issue 13 (IoT)
     "coap_server.py": ["client: GET /.well-known/core: 2.05 Content </sensors/temperature>"],
     "iot_gateway.py": [

@@ -45,4 +45,5 @@ def test_readme_examples_run(pki: PKIFiles, tmp_path, capsys):
         "kernel drops: 0 dtlskit drops: {}",
         "b'21.5'",  # the CoAP over DTLS example (issue 13)
         "b'hello\\n'",  # TLS over TCP (issue 10)
+        "b'hello'",  # QUIC
     ]

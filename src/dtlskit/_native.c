@@ -13,7 +13,8 @@
  *
  * Threads. Every function runs with the GIL held: each call is a few microseconds of work on a
  * non-blocking socket or a memory BIO, shorter than what releasing and retaking the GIL costs
- * under contention. OpenSSL's error queue is per thread, so the error queue is cleared before
+ * under contention. The one exception is recv_batch's wait (a timeout other than 0, nothing
+ * waiting on the socket): its poll runs with the GIL released. OpenSSL's error queue is per thread, so the error queue is cleared before
  * each SSL call and the caller reads it (raise_error) on the same thread. Scratch buffers are
  * per thread, so a callback that lets another thread run in the middle of an SSL call cannot
  * clobber them. A handle must not be used by two threads at once (the caller's engine lock).
@@ -36,6 +37,8 @@
 #include <errno.h>
 #include <limits.h>
 #include <netinet/in.h>
+#include <math.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -43,6 +46,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <unistd.h>
 
 /* ---- OpenSSL through function pointers ------------------------------------------------- */
 
@@ -124,6 +128,22 @@ static Scratch *get_scratch(int need_slots) {
 /* ---- helpers --------------------------------------------------------------------------- */
 
 static PyObject *fallback_module; /* dtlskit._frontend.accel, imported on first use */
+
+static PyObject *call_fallback_args(const char *name, PyObject *const *args, Py_ssize_t nargs) {
+    if (fallback_module == NULL) {
+        fallback_module = PyImport_ImportModule("dtlskit._frontend.accel");
+        if (fallback_module == NULL) {
+            return NULL;
+        }
+    }
+    PyObject *fn = PyObject_GetAttrString(fallback_module, name);
+    if (fn == NULL) {
+        return NULL;
+    }
+    PyObject *result = PyObject_Vectorcall(fn, args, (size_t)nargs, NULL);
+    Py_DECREF(fn);
+    return result;
+}
 
 static PyObject *call_fallback(const char *name, PyObject *a, PyObject *b) {
     if (fallback_module == NULL) {
@@ -587,15 +607,62 @@ static int parse_address(int family, PyObject *address, struct sockaddr_storage 
 
 /* ---- batches --------------------------------------------------------------------------- */
 
+/* Read and discard what waits on the wake-up descriptor (non-blocking; bounded). */
+static void discard_wake(int wake) {
+    char sink[4096];
+    for (int i = 0; i < 64; i++) {
+        ssize_t n = read(wake, sink, sizeof sink);
+        if (n < (ssize_t)sizeof sink) {
+            return;
+        }
+    }
+}
+
+/* recv_batch's timeout in poll's milliseconds: 0 no wait, -1 no limit, else rounded up. */
+static int wait_milliseconds(PyObject *timeout, int *ms) {
+    if (timeout == Py_None) {
+        *ms = -1;
+        return 0;
+    }
+    double t = PyFloat_AsDouble(timeout);
+    if (t == -1.0 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (isnan(t)) {
+        PyErr_SetString(PyExc_ValueError, "recv_batch: timeout is NaN");
+        return -1;
+    }
+    if (t <= 0.0) {
+        *ms = 0;
+    } else if (t >= (double)INT_MAX / 1000.0) {
+        *ms = INT_MAX;
+    } else {
+        *ms = (int)ceil(t * 1000.0);
+    }
+    return 0;
+}
+
 static PyObject *recv_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "recv_batch(sock, max_count)");
+    if (nargs < 2 || nargs > 4) {
+        PyErr_SetString(PyExc_TypeError, "recv_batch(sock, max_count, timeout=0.0, wake=-1)");
         return NULL;
     }
     PyObject *sock = args[0];
     Py_ssize_t max_count = PyNumber_AsSsize_t(args[1], PyExc_OverflowError);
     if (max_count == -1 && PyErr_Occurred()) {
         return NULL;
+    }
+    int wait_ms = 0;
+    if (nargs >= 3 && wait_milliseconds(args[2], &wait_ms) < 0) {
+        return NULL;
+    }
+    int wake = -1;
+    if (nargs >= 4) {
+        long w = PyLong_AsLong(args[3]);
+        if (w == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+        wake = w < 0 || w > INT_MAX ? -1 : (int)w;
     }
     int nonblocking = socket_is_nonblocking(sock);
     if (nonblocking < 0) {
@@ -610,7 +677,7 @@ static PyObject *recv_batch(PyObject *module, PyObject *const *args, Py_ssize_t 
         return NULL;
     }
     if (!nonblocking || (family != AF_INET && family != AF_INET6 && family != AF_UNIX)) {
-        return call_fallback("_py_recv_batch", sock, args[1]);
+        return call_fallback_args("_py_recv_batch", args, nargs);
     }
     PyObject *received = PyList_New(0);
     if (received == NULL) {
@@ -622,7 +689,7 @@ static PyObject *recv_batch(PyObject *module, PyObject *const *args, Py_ssize_t 
         goto fail;
     }
     Py_ssize_t remaining = max_count;
-    int interrupted = 0, truncated = 0;
+    int interrupted = 0, truncated = 0, waited = wait_ms == 0;
     while (remaining > 0 && error == NULL) {
         unsigned int want = remaining < VLEN ? (unsigned int)remaining : VLEN;
         for (unsigned int i = 0; i < want; i++) {
@@ -639,7 +706,29 @@ static PyObject *recv_batch(PyObject *module, PyObject *const *args, Py_ssize_t 
         if (n < 0) {
             int err = errno;
             if (err == EAGAIN || err == EWOULDBLOCK) {
-                break;
+                if (waited || remaining < max_count) {
+                    break;
+                }
+                /* nothing waiting: wait for a datagram, the timeout or a wake-up, once */
+                waited = 1;
+                struct pollfd fds[2] = {{fd, POLLIN, 0}, {wake, POLLIN, 0}};
+                int polled;
+                Py_BEGIN_ALLOW_THREADS
+                polled = poll(fds, wake >= 0 ? 2 : 1, wait_ms);
+                Py_END_ALLOW_THREADS
+                if (polled < 0) {
+                    if (errno == EINTR && PyErr_CheckSignals() < 0) {
+                        goto fail;
+                    }
+                    continue; /* interrupted: one more read, as after a wake-up */
+                }
+                if (wake >= 0 && (fds[1].revents & POLLIN)) {
+                    discard_wake(wake);
+                }
+                if (fds[0].revents == 0) {
+                    break; /* timed out or woken */
+                }
+                continue;
             }
             if (err == EINTR && interrupted++ < EINTR_RETRIES) {
                 if (PyErr_CheckSignals() < 0) {
@@ -932,7 +1021,8 @@ static PyMethodDef methods[] = {
     {"seal_record", (PyCFunction)(void (*)(void))seal_record, METH_FASTCALL,
      "seal_record(handle, message) -> record bytes or an SSL_get_error code."},
     {"recv_batch", (PyCFunction)(void (*)(void))recv_batch, METH_FASTCALL,
-     "recv_batch(sock, max_count) -> (list of (datagram, address), OSError or None)."},
+     "recv_batch(sock, max_count, timeout=0.0, wake=-1) -> "
+     "(list of (datagram, address), OSError or None)."},
     {"send_batch", (PyCFunction)(void (*)(void))send_batch, METH_FASTCALL,
      "send_batch(sock, items) -> (number sent, OSError or None)."},
     {NULL, NULL, 0, NULL},

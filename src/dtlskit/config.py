@@ -146,6 +146,14 @@ class Limits:
     accept_backlog: int = 128
     """Completed handshakes waiting for ``accept()`` before new ones are refused."""
 
+    hibernate_after: float | None = None
+    """Release an established session's OpenSSL object and carry its records with
+    :mod:`dtlskit.core.record_protection` (a few KiB per session instead of ~75 KiB): None
+    (the default) never, ``0`` as soon as the handshake completes, else after that many seconds
+    without a message in either direction. Only for the suites that module implements and only
+    when renegotiation is refused; other sessions keep OpenSSL. Peers and users see the same
+    session (see docs/hibernation.md). Clients apply it too."""
+
     address_key: str = "address"
     """What the per-address limits (``max_sessions_per_address``,
     ``max_half_open_per_address``, ``max_half_open_per_ipv6_prefix``) count by: ``"address"``
@@ -187,6 +195,13 @@ class Limits:
             )
         if self.idle_timeout is not None and not _positive_seconds(self.idle_timeout):
             raise ConfigurationError("Limits.idle_timeout must be a positive number or None")
+        if self.hibernate_after is not None and not (
+            _positive_seconds(self.hibernate_after)
+            or (type(self.hibernate_after) in (int, float) and self.hibernate_after == 0)
+        ):
+            raise ConfigurationError(
+                "Limits.hibernate_after must be 0, a positive number of seconds, or None"
+            )
         if self.address_key not in ("address", "address_and_port"):
             raise ConfigurationError(
                 f"Limits.address_key must be 'address' or 'address_and_port', not "

@@ -159,12 +159,24 @@ class HandshakeFailure(HandshakeError):
 
 
 class ConnectionClosed(DTLSError):
-    """The session has ended; ``reason`` says how."""
+    """The session has ended; ``reason`` says how.
 
-    def __init__(self, message: str, *, alert: str | None = None) -> None:
+    QUIC (``dtlskit.quic``): ``error_code`` and ``reason_phrase`` are those of the
+    CONNECTION_CLOSE (or RESET_STREAM) that ended it, when one did; else None."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        alert: str | None = None,
+        error_code: int | None = None,
+        reason_phrase: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.reason = message
         self.alert = alert
+        self.error_code = error_code
+        self.reason_phrase = reason_phrase
 
 
 class ConnectionClosedByPeer(ConnectionClosed):

@@ -1,7 +1,8 @@
 """An asyncio DTLS echo server in a process of its own, for the tests that need a process:
 signals, ``SO_REUSEPORT`` workers, and a memory figure not blurred by the clients.
 
-The handler echoes every message, except ``b"pid?"``, answered with the worker's PID.
+The handler echoes every message, except ``b"pid?"``, answered with the worker's PID, and
+``b"hibernated?"``, answered with ``True`` or ``False`` (``--hibernate-after``).
 
 ``--mode signals`` (``serve`` + ``install_signal_handlers``): prints ``READY <pid> <port>`` once
 serving; stdin lines ``rss`` and ``stats`` are answered with ``RSS <kB>`` and ``STATS <json>``;
@@ -29,6 +30,8 @@ async def handler(channel: Channel) -> None:
     async for message in channel:
         if message == b"pid?":
             await channel.send(str(os.getpid()).encode())
+        elif message == b"hibernated?":
+            await channel.send(str(channel.hibernated).encode())
         else:
             await channel.send(message)
 
@@ -77,8 +80,12 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     # A global cap on HelloVerifyRequests (all sources together); none by default.
     parser.add_argument("--hello-verify-rate", type=float, default=None)
+    # Limits.hibernate_after: release established sessions' OpenSSL objects (None: never).
+    parser.add_argument("--hibernate-after", type=float, default=None)
     args = parser.parse_args()
-    limits = dtlskit.Limits(hello_verify_per_second=args.hello_verify_rate)
+    limits = dtlskit.Limits(
+        hello_verify_per_second=args.hello_verify_rate, hibernate_after=args.hibernate_after
+    )
     config = dtlskit.DTLSConfiguration.server(args.cert, args.key, limits=limits)
     logging.basicConfig(
         stream=sys.stdout, level=logging.INFO, format="%(process)d %(name)s %(message)s"

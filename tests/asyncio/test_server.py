@@ -71,3 +71,46 @@ def test_close_cancels_a_handler_that_outlives_close_timeout(server_config, clie
         assert outcome == ["cancelled"]
 
     run(main())
+
+
+def test_a_bug_met_for_one_datagram_is_counted_and_others_are_served(
+    server_config, client_config, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    """The asyncio twin of tests/sync/test_server.py's: an exception escaping the engine for one
+    datagram (injected into our own demultiplexer) is logged and counted per datagram, and the
+    rest of the read batch and every other peer are served."""
+    import logging
+    import socket
+
+    from dtlskit.core import ServerEngine
+
+    bad_ports: set[int] = set()
+    real_receive = ServerEngine.receive_datagram
+
+    def receive(self: ServerEngine, data: bytes, address: tuple, now: float) -> None:  # type: ignore[type-arg]
+        if address[1] in bad_ports:
+            raise RuntimeError("injected engine bug")
+        real_receive(self, data, address, now)
+
+    monkeypatch.setattr(ServerEngine, "receive_datagram", receive)
+    caplog.set_level(logging.ERROR, logger="dtlskit")
+
+    async def main() -> None:
+        async with aio.serve(aecho, "127.0.0.1", 0, config=server_config) as server:
+            port = server.sockets[0].getsockname()[1]
+            async with aio.connect("127.0.0.1", port, config=client_config) as channel:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as trigger:
+                    trigger.bind(("127.0.0.1", 0))
+                    bad_ports.add(trigger.getsockname()[1])
+                    for _ in range(3):
+                        trigger.sendto(b"\x16\xfe\xfd" + bytes(20), ("127.0.0.1", port))
+                    while server.statistics().drops.get("internal_error", 0) < 3:
+                        await asyncio.sleep(0.01)
+                    await channel.send(b"still served")
+                    assert await channel.recv() == b"still served"
+            async with aio.connect("127.0.0.1", port, config=client_config) as again:
+                await again.send(b"new peer")
+                assert await again.recv() == b"new peer"
+
+    run(asyncio.wait_for(main(), WAIT * 3))
+    assert any("internal error handling a datagram" in r.getMessage() for r in caplog.records)

@@ -175,6 +175,44 @@ def test_handler_that_raises_does_not_stop_the_server(
     assert any(r.exc_info and "handler exploded on purpose" in str(r.exc_info[1]) for r in records)
 
 
+def test_a_bug_met_for_one_datagram_does_not_end_the_io_thread(
+    server_config, client_config, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An exception escaping the engine while one datagram is handled (a bug, injected here into
+    our own demultiplexer) is logged and counted for each such datagram; the I/O thread serves
+    every other peer on. (The asyncio twin is in tests/asyncio/test_server.py.)"""
+    from dtlskit.core import ServerEngine
+
+    bad_ports: set[int] = set()
+    real_receive = ServerEngine.receive_datagram
+
+    def receive(self: ServerEngine, data: bytes, address: tuple, now: float) -> None:  # type: ignore[type-arg]
+        if address[1] in bad_ports:
+            raise RuntimeError("injected engine bug")
+        real_receive(self, data, address, now)
+
+    monkeypatch.setattr(ServerEngine, "receive_datagram", receive)
+    caplog.set_level(logging.ERROR, logger="dtlskit")
+    with sync.serve(echo, "127.0.0.1", 0, config=server_config) as server:
+        port = server.addresses[0][1]
+        with (
+            sync.connect("127.0.0.1", port, config=client_config, timeout=WAIT) as channel,
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as trigger,
+        ):
+            trigger.bind(("127.0.0.1", 0))
+            bad_ports.add(trigger.getsockname()[1])
+            received = server.statistics().datagrams_received
+            for _ in range(3):
+                trigger.sendto(b"\x16\xfe\xfd" + bytes(20), ("127.0.0.1", port))
+            wait_until(lambda: server.statistics().drops.get("internal_error", 0) >= 3)
+            channel.send(b"still served")
+            assert channel.recv(timeout=WAIT) == b"still served"
+            assert server.statistics().datagrams_received >= received + 1
+        assert echo_once(port, client_config, b"new peer") == b"new peer"
+        assert server.is_serving()
+    assert any("internal error handling a datagram" in r.getMessage() for r in caplog.records)
+
+
 def test_close_sends_close_notify_and_joins_handlers(server_config, client_config) -> None:
     finished = threading.Event()
 

@@ -39,10 +39,17 @@ The contract
     byte OpenSSL wrote (one record, plus anything OpenSSL had left in its write BIO), or an
     ``SSL_get_error`` code as above. OpenSSL cannot write an empty message: ``b""`` gives
     ``SSL_ERROR_SYSCALL``, so callers must not seal one.
-``recv_batch(sock, max_count) -> (list of (datagram, address), OSError | None)``
+``recv_batch(sock, max_count, timeout=0.0, wake=-1) -> (list of (datagram, address), error)``
     read up to ``max_count`` datagrams without blocking from a non-blocking ``socket.socket``
     (not the wrappers event loops hand out: they refuse ``recvfrom``/``sendto``); stops at
-    the first would-block. An error ends the batch and is returned beside what was read.
+    the first would-block. An error ends the batch and is returned (``OSError | None``)
+    beside what was read.
+    With ``timeout`` not 0 (seconds, or None for no limit) and nothing waiting, it first
+    waits, the GIL released, until a datagram arrives, ``timeout`` passes or the file
+    descriptor ``wake`` (if >= 0; e.g. one end of a socketpair) becomes readable, whose
+    bytes it then reads and discards; an empty batch then means "timed out or woken". A
+    negative timeout counts as 0. The wait is one ``poll`` on the two descriptors, made only
+    when the socket had nothing (a loaded server reads without it).
     Addresses are what ``sock.recvfrom`` returns. A datagram larger than 65,536 bytes (only
     possible off UDP, e.g. AF_UNIX) is dropped rather than delivered truncated: it counts
     toward ``max_count`` and the batch returns ``OSError(EMSGSIZE)`` unless another error
@@ -56,8 +63,11 @@ Every byte given to these functions is untrusted; none of them decides anything.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import math
 import os
+import select
 from typing import Any
 
 from OpenSSL import SSL
@@ -131,22 +141,61 @@ def _py_seal_record(handle: Any, message: bytes) -> bytes | int:
     return _ffi.buffer(buf, max(read, 0))[:]  # type: ignore[no-any-return]
 
 
-def _py_recv_batch(sock: Any, max_count: int) -> tuple[list[tuple[bytes, Any]], OSError | None]:
+def _py_recv_batch(
+    sock: Any, max_count: int, timeout: float | None = 0.0, wake: int = -1
+) -> tuple[list[tuple[bytes, Any]], OSError | None]:
     received: list[tuple[bytes, Any]] = []
     recvfrom = sock.recvfrom
     truncated = False
-    try:
-        for _ in range(max_count):
+    count = 0
+    waited = timeout is not None and timeout <= 0
+    while count < max_count:
+        try:
             datagram, address = recvfrom(_DATAGRAM_MAX + 1)
-            if len(datagram) > _DATAGRAM_MAX:  # cut short by the socket: drop it, say so
-                truncated = True
-                continue
-            received.append((datagram, address))
-    except (BlockingIOError, InterruptedError):
-        pass
-    except OSError as exc:
-        return received, exc
+        except (BlockingIOError, InterruptedError):
+            if waited or count:
+                break
+            waited = True
+            if not _wait_readable(sock, timeout, wake):
+                break
+            continue
+        except OSError as exc:
+            return received, exc
+        count += 1
+        if len(datagram) > _DATAGRAM_MAX:  # cut short by the socket: drop it, say so
+            truncated = True
+            continue
+        received.append((datagram, address))
     return received, OSError(errno.EMSGSIZE, _TRUNCATED) if truncated else None
+
+
+def _wait_readable(sock: Any, timeout: float | None, wake: int) -> bool:
+    """Wait for ``sock`` or ``wake`` to be readable (``wake``'s bytes read and discarded);
+    True if ``sock`` may have a datagram."""
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    if wake >= 0:
+        poller.register(wake, select.POLLIN)
+    # poll's milliseconds rounded up: a deadline is never woken for early
+    ms = None if timeout is None else min(max(0, math.ceil(timeout * 1000)), 2**31 - 1)
+    try:
+        ready = poller.poll(ms)
+    except InterruptedError:  # pragma: no cover - PEP 475 retries; a signal handler raised
+        return True
+    readable = False
+    for fd, _ in ready:
+        if fd == wake:
+            _discard(wake)
+        else:
+            readable = True
+    return readable
+
+
+def _discard(fd: int) -> None:
+    with contextlib.suppress(OSError):  # drained (BlockingIOError) or closed under us
+        for _ in range(64):
+            if len(os.read(fd, 4096)) < 4096:
+                return
 
 
 def _py_send_batch(sock: Any, items: list[tuple[bytes, Any]]) -> tuple[int, OSError | None]:

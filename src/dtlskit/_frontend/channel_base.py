@@ -273,10 +273,15 @@ class ChannelBase(SocketOptions):
         return self._engine.cipher
 
     @property
+    def hibernated(self) -> bool:
+        """Whether the session's OpenSSL object was released (``Limits.hibernate_after``): its
+        records are then protected by :mod:`dtlskit.core.record_protection`."""
+        return self._engine.hibernated
+
+    @property
     def alpn_protocol(self) -> str | None:
         """The application protocol negotiated with ALPN, if any."""
-        proto = self._engine.ssl_object.get_alpn_proto_negotiated()
-        return proto.decode("ascii", "replace") if proto else None
+        return self._engine.alpn_protocol
 
     @property
     def peer_certificate(self) -> Any:
@@ -484,6 +489,7 @@ def feed_batch(
     batch: list[tuple[bytes, Any]],
     now: float,
     send: Callable[[list[tuple[bytes, Any]]], object],
+    drop: Callable[[str], object],
 ) -> None:
     """Feed one read batch to a server driver's engine, the same in both flavours.
 
@@ -491,12 +497,24 @@ def feed_batch(
     (``driver._collected``, which its ``send_nowait`` path appends to) and handed to ``send``
     together at the end — also when a handler raises — so they leave in one ``send_batch``, in
     order, before anything else the driver sends.
+
+    An exception out of the engine for one datagram (a bug: the engine drops and counts bad
+    input itself) is logged and counted with ``drop("internal_error")``; the rest of the batch,
+    and every other peer, are still served.
     """
     receive = driver.engine.receive_datagram
-    driver._collected = []
+    if driver._collected is None:  # (a driver may hand in datagrams to lead the batch's)
+        driver._collected = []
     try:
         for data, address in batch:
-            receive(data, address, now)
+            try:
+                receive(data, address, now)
+            except Exception:
+                _server_logger.exception(
+                    "internal error handling a datagram from %s; dropped, serving on",
+                    format_address(address),
+                )
+                drop("internal_error")
     finally:
         collected, driver._collected = driver._collected, None
         if collected:

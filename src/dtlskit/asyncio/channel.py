@@ -140,6 +140,11 @@ class Endpoint(asyncio.DatagramProtocol):
         self._on_deadline(now)
         self.flush()
 
+    def send_reply(self, record: bytes, address: Address | None) -> DTLSError | None:
+        """Transmit a record a handler's :meth:`Channel.send` sealed (a server driver batches
+        these; see :meth:`dtlskit.asyncio.driver.ServerDriver.send_reply`)."""
+        return self.send_record(record, address)
+
     def send_record(self, record: bytes, address: Address | None) -> DTLSError | None:
         """Transmit one datagram the engine sealed; the failure it caused, if any."""
         self._send_failure = None
@@ -227,7 +232,10 @@ class Channel(ChannelBase):
 
     async def send(self, data: bytes | bytearray | memoryview) -> None:
         """Send one message (one datagram). Raises MessageTooLarge past ``cleartext_mtu``, or the
-        error that ended the session (ConnectionClosed family)."""
+        error that ended the session (ConnectionClosed family). On a server, the replies
+        handler tasks send in one turn of the loop leave together in one system call at its
+        next turn, in order; a socket error on one is counted (``"send_failed"``) rather than
+        raised."""
         self._check_open()
         endpoint = self._endpoint
         if not endpoint._writable.is_set():
@@ -255,7 +263,7 @@ class Channel(ChannelBase):
             if collected is not None:
                 collected.append((record, self._send_address))
                 return
-            failure = endpoint.send_record(record, self._send_address)
+            failure = endpoint.send_reply(record, self._send_address)
         else:
             failure = endpoint.flush()
         if failure is not None:
@@ -267,7 +275,7 @@ class Channel(ChannelBase):
         if record is None:
             failure = endpoint.flush()
         else:
-            failure = endpoint.send_record(record, self._send_address)
+            failure = endpoint.send_reply(record, self._send_address)
         if failure is not None:
             raise fresh_error(failure)
 

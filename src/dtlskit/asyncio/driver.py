@@ -225,6 +225,8 @@ class ServerDriver(SocketDriver):
         """Held weakly, as in the blocking flavour: a dropped channel warns and is closed."""
         self._shutting_down = False
         self.receive_buffer_bytes = size_receive_buffer(sock, server._config.recv_buffer_size)
+        self._replies: list[tuple[bytes, Address | None]] = []
+        """Replies handler tasks sent this turn of the loop, to go out together."""
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -235,7 +237,11 @@ class ServerDriver(SocketDriver):
         batch, error = _accel.recv_batch(self.sock, BATCH)
         engine = self.engine
         if batch:
-            feed_batch(self, batch, self._loop.time(), self._send_items)
+            replies = self._replies
+            if replies:  # handler tasks' replies not yet sent lead the batch's
+                self._replies = []
+                self._collected = replies
+            feed_batch(self, batch, self._loop.time(), self._send_items, self._count_drop)
         if error is not None:
             self._server._count_drop("receive_failed")
             logger.debug("receive error on %s: %s", format_address(self.address), error)
@@ -244,7 +250,36 @@ class ServerDriver(SocketDriver):
 
     # -- sending --------------------------------------------------------------------------------
 
+    def send_reply(self, record: bytes, address: Address | None) -> DTLSError | None:
+        """A record a handler task sent with ``await channel.send()``: collected with the
+        other replies sent in the same turn of the loop and sent together, in order, in one
+        :func:`dtlskit._frontend.accel.send_batch` (``sendmmsg``) at the loop's next turn (no
+        added wait: the loop does not sleep while a callback is ready). A reply sent while a
+        batch is read joins that batch's replies instead. A socket error is counted
+        (``"send_failed"``), as for every datagram the server sends in a batch."""
+        if self._closed:
+            return None
+        collected = self._collected
+        if collected is not None:  # during a read batch: leaves with the batch
+            collected.append((record, address))
+            return None
+        replies = self._replies
+        if not replies:
+            self._loop.call_soon(self._flush_replies)
+        replies.append((record, address))
+        return None
+
+    def _flush_replies(self) -> None:
+        replies = self._replies
+        if replies:  # (empty if a read batch or a transmit took them first)
+            self._replies = []
+            self._send_items(replies)
+
     def _transmit(self) -> None:
+        replies = self._replies
+        if replies:  # handler tasks' replies first: a peer's datagrams keep their order
+            self._replies = []
+            self._send_items(replies)
         collected = self._collected
         if collected:  # replies collected so far go first: a peer's datagrams keep their order
             self._collected = []

@@ -221,11 +221,13 @@ def reject_tls_flags(args: argparse.Namespace, names: Iterable[str]) -> None:
 def add_transport_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--transport",
-        choices=("dtls", "udp", "tls", "tcp"),
+        choices=("dtls", "udp", "tls", "tcp", "quic"),
         default="dtls",
-        help="dtls (default), or plain udp: the same echo without any security, for comparison; "
+        help="dtls (default); plain udp: the same echo without any security, for comparison; "
         "tls: TLS 1.2/1.3 over TCP with the same flags (the client is interactive like "
-        "openssl s_client), or plain tcp",
+        "openssl s_client), or plain tcp; "
+        "quic: one stream per message, echoed on the same stream (needs aioquic; --alpn "
+        "defaults to hq-interop and http/1.0 on a server, hq-interop on a client)",
     )
 
 

@@ -22,6 +22,7 @@ from ..exceptions import (
     DTLSError,
     DTLSTimeoutError,
 )
+from . import quic as quic_cli
 from ._common import (
     DEFAULT_TIMEOUT,
     UsageError,
@@ -50,6 +51,9 @@ def _cmd_client(args: argparse.Namespace) -> int:
         given = _client_messages(args.message, args.count, sys.stdin) if args.message else None
         return run_client(args, given or iter(()))
     messages = _client_messages(args.message, args.count, sys.stdin)
+    quic_cli.check_flags(args)
+    if args.transport == "quic":
+        return quic_cli.client(args, messages)
     if args.transport == "udp":
         reject_tls_flags(
             args,

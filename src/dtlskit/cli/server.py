@@ -18,6 +18,7 @@ from ..exceptions import (
     ConnectionClosedLocally,
     DTLSError,
 )
+from . import quic as quic_cli
 from ._common import (
     DEFAULT_PORT,
     UsageError,
@@ -43,6 +44,9 @@ def _cmd_server(args: argparse.Namespace) -> int:
         raise UsageError("--workers must be at least 1")
     if args.workers > 1 and args.port == 0:
         raise UsageError("--workers needs a fixed --port (with port 0 each worker gets its own)")
+    quic_cli.check_flags(args)
+    if args.transport == "quic":
+        return quic_cli.serve(args)
     if args.transport == "udp":
         reject_tls_flags(args, ("cert", "key", "key_password", "ca", "mtu", "psk", "alpn"))
         if args.require_client_cert:

@@ -64,10 +64,13 @@ from . import _bindings, _errors, _verify_time
 from . import events as ev
 from .context import context as shared_context
 from .flights import Flights
+from .hibernation import ALERT_NAMES, Hibernated, hibernate, release
 from .inbox import ByteBudget, Inbox
+from .record_protection import RecordProtection
 from .records import (
     BadPacket,
     pack_datagrams,
+    split_records_prefix_untrusted,
     split_records_trusted,
 )
 from .session import NegotiatedSession, Session
@@ -94,6 +97,12 @@ _ESTABLISHED_EPOCH = 1  # renegotiation (a later epoch) keeps the general path
 _MAX_PLAINTEXT = 2**14  # largest plaintext of one record
 # How far OpenSSL's wall-clock timer may lag ours before we stop waiting for it.
 _CLOCK_SKEW = 0.05
+# Seconds without a message after which a hibernated session drops its AEAD objects (at least;
+# hibernate_after when longer). An AES-GCM object holds ~2.5 KiB of tables; the keys are 32 B.
+_REST_AFTER = 10.0
+# Records of one datagram read one at a time (OpenSSL path: so each message is attributed to
+# its record; hibernated path: opened); beyond, see receive_datagram and _receive_hibernated.
+_RECORDS_ONE_BY_ONE = 32
 
 
 def fallback_mtu_for(address: Address | None) -> int:
@@ -157,16 +166,23 @@ class DTLSConnection(NegotiatedSession):
         "_handle",
         "_handshake_deadline",
         "_handshake_started",
+        "_hib",
+        "_hibernate_after",
+        "_hibernate_deadline",
+        "_hibernate_mark",
         "_idle_deadline",
         "_idle_timeout",
         "_limits",
         "_mtu",
         "_outgoing",
+        "_protection",
         "_queued_bytes",
         "_queued_messages",
+        "_read_high",
         "_server",
         "_ssl",
         "_stats",
+        "_unknown_reads",
         "_verify_code",
         "_verify_reason",
         "_verify_timestamp",
@@ -243,6 +259,16 @@ class DTLSConnection(NegotiatedSession):
         # Idle expiry.
         self._idle_timeout = config.idle_timeout
         self._idle_deadline: float | None = None
+        # Hibernation (see dtlskit.core.hibernation): the state kept once OpenSSL is released,
+        # when to release it, and the highest epoch||seq OpenSSL authenticated from the peer.
+        self._hib: Hibernated | None = None
+        # The hibernated record keys while established (None otherwise): the fast paths' test.
+        self._protection: RecordProtection | None = None
+        self._hibernate_after = self._limits.hibernate_after
+        self._hibernate_deadline: float | None = None
+        self._hibernate_mark = 0
+        self._read_high = b""
+        self._unknown_reads = False
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -352,13 +378,45 @@ class DTLSConnection(NegotiatedSession):
         """
         handle = self._handle
         if handle is None:
-            return False
+            protection = self._protection
+            if protection is None or data[:1] != b"\x17":
+                if self._hib is None:
+                    return False
+                # Hibernated and ended (counted there), or an alert: the general hibernated path.
+                self._receive_hibernated(data, now)
+                return True
+            # Hibernated: Python's AEAD path (not the accelerator's).
+            plaintext = protection.open_as(data, _APPLICATION_DATA)
+            stats = self._stats
+            stats.datagrams_received += 1
+            stats.bytes_received += len(data)
+            if type(plaintext) is not bytes:
+                self._report_drop(str(plaintext))
+                return True
+            if self._hibernate_deadline is None:
+                self._wake(now)
+            if plaintext:  # (an empty record carries nothing: OpenSSL skips it too)
+                stats.messages_received += 1
+                if self._idle_timeout is not None:
+                    self._idle_deadline = now + self._idle_timeout
+                if self._final_pending:
+                    self._final_pending = False
+                    self._flights.peer_finished()
+                callback = self.on_message
+                if callback is not None:
+                    callback(plaintext)
+                else:
+                    self._deliver(plaintext)
+            return True
         stats = self._stats
         stats.datagrams_received += 1
         stats.bytes_received += len(data)
         result = _accel.open_record(handle, data)
         if type(result) is bytes:
             stats.messages_received += 1
+            sequence = data[3:11]
+            if sequence > self._read_high:
+                self._read_high = sequence
             if self._idle_timeout is not None:
                 self._idle_deadline = now + self._idle_timeout
             if self._final_pending:
@@ -402,6 +460,9 @@ class DTLSConnection(NegotiatedSession):
         if self.state in (State.CLOSED, State.TERMINATED, State.INITIAL):
             self._drop("after_close" if self.state is not State.INITIAL else "before_start")
             return
+        if self._hib is not None:
+            self._receive_hibernated(data, now)
+            return
         self._count_received(data)
         if not data:
             self._drop("empty_datagram")
@@ -420,7 +481,16 @@ class DTLSConnection(NegotiatedSession):
             self._advance_handshake(now)
             state = self._state_now()
             if state is State.ESTABLISHED:
+                received_before = self._stats.messages_received
                 self._read_application_data(now)
+                if self._stats.messages_received != received_before:
+                    # Messages read at completion came from this datagram or from records
+                    # OpenSSL buffered during the handshake: which records (and which sequence
+                    # numbers) is unknowable, so no replay window could be sure to start above
+                    # them. Such a session (rare: early data in a resumed handshake) keeps OpenSSL.
+                    self._unknown_reads = True
+                if self._hibernate_after == 0:
+                    self._hibernate(now)
             elif (
                 repeat
                 and state is State.HANDSHAKING
@@ -439,10 +509,23 @@ class DTLSConnection(NegotiatedSession):
             return
         # Established: OpenSSL keeps seeing everything (a lost final flight is recovered this way).
         repeat = flights.final_repeat(data)
-        self._bio_write(data)
         produced_before = len(self._outgoing)
         received_before = self._stats.messages_received
-        self._read_application_data(now, single_record=_is_single_record(data))
+        if _is_single_record(data):
+            self._bio_write(data)
+            self._read_application_data(now, single_record=True)
+            if self._stats.messages_received != received_before:
+                self._note_read(data)  # the one record delivered a message: authenticated
+        elif _record_count(data, _RECORDS_ONE_BY_ONE + 1) <= _RECORDS_ONE_BY_ONE:
+            self._read_records_one_by_one(data, now)
+        else:
+            # Too many records to feed one at a time (no genuine peer packs so many): OpenSSL
+            # reads them together, as before, and a message among them cannot be attributed
+            # to its record, so this session then keeps OpenSSL.
+            self._bio_write(data)
+            self._read_application_data(now)
+            if self._stats.messages_received != received_before:
+                self._unknown_reads = True
         if not _well_framed(data):
             # Whatever OpenSSL made of it, part of the datagram was not a DTLS 1.x record.
             self._report_drop("malformed_record")
@@ -481,6 +564,11 @@ class DTLSConnection(NegotiatedSession):
         limit = self.cleartext_mtu
         if len(data) > limit:
             raise MessageTooLarge(len(data), limit)
+        if self._hib is not None:
+            self._emit([self._seal_hibernated(data)])
+            self._stats.messages_sent += 1
+            self._notify()
+            return
         try:
             self._ssl.write(data)
         except SSL.Error as exc:
@@ -503,6 +591,22 @@ class DTLSConnection(NegotiatedSession):
         """
         handle = self._handle
         if handle is None:
+            protection = self._protection
+            if protection is not None:  # hibernated and established
+                data = message if type(message) is bytes else _check_message(message)
+                size = len(data)
+                if not size:
+                    _check_message(data)
+                if size > self._cleartext_limit:
+                    raise MessageTooLarge(size, self._cleartext_limit)
+                record = protection.seal(_APPLICATION_DATA, data)
+                if record is None:
+                    record = self._seal_hibernated(data)  # raises: sequence numbers used up
+                stats = self._stats
+                stats.messages_sent += 1
+                stats.datagrams_sent += 1
+                stats.bytes_sent += len(record)
+                return record
             self.send(_check_message(message))
             return None
         data = message if type(message) is bytes else _check_message(message)
@@ -544,9 +648,7 @@ class DTLSConnection(NegotiatedSession):
         if self.state in (State.CLOSED, State.TERMINATED):
             return
         if self.state is State.ESTABLISHED:
-            with contextlib.suppress(SSL.Error):
-                self._ssl.shutdown()
-            self._collect_output()
+            self._shutdown()
         self._finish(State.CLOSED)
         self.error = ConnectionClosedLocally("the connection was closed locally")
         self._event(ev.SessionClosed(by_peer=False))
@@ -607,6 +709,7 @@ class DTLSConnection(NegotiatedSession):
                 self._handshake_deadline,
                 self._idle_deadline,
                 flights.final_deadline,
+                self._hibernate_deadline,
             )
             if d is not None
         ]
@@ -629,11 +732,25 @@ class DTLSConnection(NegotiatedSession):
             # The peer had the whole window to repeat its last flight: forget our answer.
             self._flights.peer_finished()
             self._final_pending = False
+        hibernate_at = self._hibernate_deadline
+        if hibernate_at is not None and now >= hibernate_at and self.state is State.ESTABLISHED:
+            stats = self._stats
+            mark = stats.messages_received + stats.messages_sent
+            hib = self._hib
+            if mark != self._hibernate_mark:  # not idle since armed: look again a period on
+                self._hibernate_mark = mark
+                self._hibernate_deadline = now + (
+                    self._hibernate_after or 0.0 if hib is None else self._rest_after()
+                )
+            elif hib is None:
+                self._hibernate(now)
+            else:  # hibernated and idle: keep only keys until the next record (see _wake)
+                if hib.protection is not None:
+                    hib.protection.rest()
+                self._hibernate_deadline = None
         if self._idle_deadline is not None and now >= self._idle_deadline:
             timeout = self._idle_timeout or 0.0
-            with contextlib.suppress(SSL.Error):
-                self._ssl.shutdown()
-            self._collect_output()
+            self._shutdown()
             self._terminate(
                 ConnectionLost(f"no message from {self._peer_text} for {timeout:g} s (idle)"),
             )
@@ -680,6 +797,9 @@ class DTLSConnection(NegotiatedSession):
         # A record carries at most 2**14 bytes of plaintext (RFC 6347 §4.1, RFC 5246 §6.2.1);
         # OpenSSL's figure ignores that above an MTU of ~16.5 kB, and a larger write then
         # fails inside OpenSSL and terminates the session instead of raising MessageTooLarge.
+        hib = self._hib
+        if hib is not None:
+            return min(self._mtu - hib.cleartext_mtu_overhead, _MAX_PLAINTEXT)
         if self.state is State.ESTABLISHED:
             try:
                 return min(int(self._ssl.get_cleartext_mtu()), _MAX_PLAINTEXT)
@@ -692,29 +812,39 @@ class DTLSConnection(NegotiatedSession):
         """Negotiated protocol version, once established."""
         if self.state is State.INITIAL:
             return None
+        if self._hib is not None:
+            return self._hib.version
         version = self._ssl.get_protocol_version_name()
         return str(version) if version and version != "Unknown" else None
 
     @property
     def cipher(self) -> str | None:
         """Negotiated cipher suite name, once established."""
+        if self._hib is not None:
+            return self._hib.cipher
         name = self._ssl.get_cipher_name()
         return str(name) if name else None
 
     @property
     def session_reused(self) -> bool:
         """Whether the handshake resumed an earlier session."""
+        if self._hib is not None:
+            return self._hib.reused
         return _bindings.session_reused(self._ssl)
 
     @property
     def peer_certificate(self) -> Any:
         """The peer's certificate as a ``cryptography.x509.Certificate``, or None."""
+        if self._hib is not None:
+            return self._hib.peer_chain[0] if self._hib.peer_chain else None
         cert = self._ssl.get_peer_certificate(as_cryptography=True)
         return cert
 
     @property
     def peer_certificate_chain(self) -> list[Any]:
         """The chain the peer sent, leaf first, as ``cryptography`` certificates."""
+        if self._hib is not None:
+            return list(self._hib.peer_chain)
         chain = list(self._ssl.get_peer_cert_chain(as_cryptography=True) or [])
         # OpenSSL leaves the leaf out of a server's view of the client's chain: put it back.
         leaf = self.peer_certificate
@@ -724,8 +854,20 @@ class DTLSConnection(NegotiatedSession):
 
     @property
     def ssl_object(self) -> SSL.Connection:
-        """The underlying pyOpenSSL connection (for advanced use; do not drive its I/O)."""
+        """The underlying pyOpenSSL connection (for advanced use; do not drive its I/O).
+        Raises :class:`UsageError` once the session hibernated (:attr:`hibernated`): OpenSSL's
+        object was released."""
+        if self._hib is not None:
+            raise UsageError(
+                "this session hibernated (Limits.hibernate_after): its OpenSSL object was released"
+            )
         return self._ssl
+
+    @property
+    def hibernated(self) -> bool:
+        """Whether the session's OpenSSL object was released and its records are protected by
+        :mod:`dtlskit.core.record_protection` (``Limits.hibernate_after``)."""
+        return self._hib is not None
 
     # -- handshake ------------------------------------------------------------------------------
 
@@ -846,6 +988,8 @@ class DTLSConnection(NegotiatedSession):
         self._final_pending = bool(self._flights.final)
         if not self._config.allow_renegotiation:
             self._handle = _accel.make_handle(self._ssl)
+            if self._hibernate_after:
+                self._hibernate_deadline = now + self._hibernate_after
         if self._handshake_started is not None:
             self._stats.handshake_seconds = now - self._handshake_started
         if self._idle_timeout is not None:
@@ -865,6 +1009,225 @@ class DTLSConnection(NegotiatedSession):
                 session_reused=self.session_reused,
             )
         )
+
+    # -- hibernation ----------------------------------------------------------------------------
+
+    def hibernate(self, now: float) -> bool:
+        """Release OpenSSL's object now (as ``Limits.hibernate_after`` does on its own). Returns
+        whether the session is hibernated; False (nothing changed) when it cannot be: not
+        established, renegotiation allowed, or a suite :mod:`dtlskit.core.record_protection`
+        does not implement."""
+        if self._hib is None:
+            self._hibernate(now)
+        return self._hib is not None
+
+    def _hibernate(self, now: float) -> None:
+        self._hibernate_deadline = None
+        if self.state is not State.ESTABLISHED or self._handle is None or self._hib is not None:
+            return
+        self._collect_output()  # what OpenSSL already wrote goes out first
+        high = int.from_bytes(self._read_high[2:], "big") if self._read_high else -1
+        result = (
+            "records of unknown sequence numbers were read"
+            if self._unknown_reads
+            else hibernate(
+                self._ssl, server=self._server, read_high=high, keep_session=not self._server
+            )
+        )
+        if isinstance(result, str):
+            self._drop("hibernation_refused")
+            return
+        release(self._ssl)
+        self._hib = result
+        self._protection = result.protection
+        self._handle = None
+        self._ssl = None  # type: ignore[assignment]  # released: every reader checks _hib first
+        self._wake(now)
+
+    def _note_read(self, record: bytes) -> None:
+        """Remember the sequence number of a record OpenSSL authenticated (it delivered a
+        message): after hibernation the replay window starts above the highest one."""
+        if record[3:5] == b"\x00\x01":
+            sequence = record[3:11]
+            if sequence > self._read_high:
+                self._read_high = sequence
+
+    def _read_records_one_by_one(self, data: bytes, now: float) -> None:
+        """A datagram of several records, given to OpenSSL one record at a time, so that each
+        message read is known to come from the record just written (and its sequence number
+        is noted: a record glued on by someone else never is). A framing error ends it."""
+        offset, end = 0, len(data)
+        while offset < end and self.state is State.ESTABLISHED:
+            size = 13 + int.from_bytes(data[offset + 11 : offset + 13], "big")
+            record = data[offset : offset + size]
+            before = self._stats.messages_received
+            self._bio_write(record)
+            self._read_application_data(now, single_record=True)
+            if self._stats.messages_received != before and len(record) == size:
+                self._note_read(record)
+            offset += size
+
+    def _seal_hibernated(self, data: bytes, content_type: int = _APPLICATION_DATA) -> bytes:
+        hib = self._hib
+        assert hib is not None
+        protection = hib.protection
+        record = None if protection is None else protection.seal(content_type, data)
+        if record is None:
+            error = ConnectionLost(
+                f"the session with {self._peer_text} used up its record sequence numbers"
+            )
+            self._terminate(error)
+            self._notify()
+            raise error
+        return record
+
+    def _send_alert(self, level: int, description: int) -> None:
+        hib = self._hib
+        if hib is not None:
+            protection = hib.protection
+            record = (
+                None if protection is None else protection.seal(21, bytes((level, description)))
+            )
+            if record is not None:
+                self._emit([record])
+
+    def _shutdown(self) -> None:
+        """Queue our close_notify, best effort."""
+        if self._hib is not None:
+            self._send_alert(1, 0)
+            return
+        with contextlib.suppress(SSL.Error):
+            self._ssl.shutdown()
+        self._collect_output()
+
+    def _receive_hibernated(self, data: bytes, now: float) -> None:
+        """A datagram for a hibernated session: records authenticated by our AEAD path, each
+        bad one dropped and counted (RFC 6347 §4.1.2.7), never fatal."""
+        stats = self._stats
+        stats.datagrams_received += 1
+        stats.bytes_received += len(data)
+        if self.state is not State.ESTABLISHED:
+            self._drop("after_close")
+            return
+        hib = self._hib
+        assert hib is not None
+        protection = hib.protection
+        assert protection is not None  # established (checked above): secrets not yet forgotten
+        if not data:
+            self._drop("empty_datagram")
+            return
+        produced_before = len(self._outgoing)
+        events_before = len(self._events)
+        # The records before a framing error are read, the rest counted once (as OpenSSL reads
+        # a datagram up to its first bad record); so is what follows the first few dozen
+        # records (no genuine peer packs more: the work per datagram stays bounded).
+        records, rest = split_records_prefix_untrusted(data, _RECORDS_ONE_BY_ONE)
+        if rest is not None:
+            self._report_drop(rest)
+        flights = self._flights
+        repeat = flights.final_repeat(data)
+        for record in records:
+            if self.state is not State.ESTABLISHED:
+                break
+            if record.epoch != protection.epoch:
+                if not repeat:  # epoch 0 records of the peer's repeated flight are expected
+                    self._report_drop("wrong_epoch")
+                continue
+            opened = protection.open(record.raw)
+            if isinstance(opened, str):
+                if not (repeat and record.content_type == 22):
+                    self._report_drop(opened)
+                # (else: the Finished of the peer's repeated flight, sent again as it was:
+                # answered below, not counted, as OpenSSL takes such a copy quietly)
+                continue
+            if self._hibernate_deadline is None:
+                self._wake(now)
+            content_type, plaintext = opened
+            if content_type == _APPLICATION_DATA:
+                self._hibernated_data(plaintext, now)
+            elif content_type == 21:
+                self._hibernated_alert(plaintext)
+            elif content_type == 22:
+                self._hibernated_handshake(plaintext, repeat)
+            else:  # ChangeCipherSpec inside epoch 1: the peer is broken
+                self._hibernated_fatal(10, "an encrypted ChangeCipherSpec")
+        if repeat and self.state is State.ESTABLISHED and flights.resend_final(now):
+            stats.final_flight_resends += 1
+            self._emit(flights.final)  # (kept as the datagrams it went out in)
+        if len(self._outgoing) != produced_before or len(self._events) != events_before:
+            self._notify()
+
+    def _wake(self, now: float) -> None:
+        """A rested session (AEAD objects dropped) authenticated a record: watch it again."""
+        hib = self._hib
+        if hib is not None and self.state is State.ESTABLISHED:
+            self._hibernate_deadline = now + self._rest_after()
+            stats = self._stats
+            self._hibernate_mark = stats.messages_received + stats.messages_sent
+            self._notify()  # a server must re-arm its timer for this session
+
+    def _rest_after(self) -> float:
+        return max(self._hibernate_after or 0.0, _REST_AFTER)
+
+    def _hibernated_data(self, plaintext: bytes, now: float) -> None:
+        if not plaintext:
+            return  # an empty application-data record carries nothing (OpenSSL skips it too)
+        self._stats.messages_received += 1
+        if self._idle_timeout is not None:
+            self._idle_deadline = now + self._idle_timeout
+        if self._final_pending:
+            self._final_pending = False
+            self._flights.peer_finished()
+        self._deliver(plaintext)
+
+    def _hibernated_alert(self, plaintext: bytes) -> None:
+        if len(plaintext) != 2:
+            self._hibernated_fatal(50, "a malformed alert")
+            return
+        level, description = plaintext
+        if description == 0:
+            self._peer_closed()
+            self._notify()
+            return
+        name = ALERT_NAMES.get(description, f"alert {description}")
+        if level == 2:
+            error = (
+                ConnectionLost(
+                    f"{self._peer_text} refused to renegotiate (alert: no renegotiation); "
+                    "OpenSSL ends a session whose renegotiation the peer refuses",
+                    alert=name,
+                )
+                if description == 100
+                else ConnectionLost(f"{self._peer_text} sent fatal alert: {name}", alert=name)
+            )
+            self._terminate(error)
+            self._notify()
+            return
+        self._report_drop("warning_alert")  # a warning other than close_notify: ignored
+
+    def _hibernated_handshake(self, plaintext: bytes, repeat: bool) -> None:
+        kind = plaintext[0] if plaintext else -1
+        if kind == 20 and repeat:
+            return  # the Finished of the peer's repeated final flight: answered by the caller
+        if kind == (1 if self._server else 0):
+            # A renegotiating ClientHello (server) or a HelloRequest (client): refused as
+            # OpenSSL refuses it, with a no_renegotiation warning.
+            self._notes.renegotiation_refused = True
+            self._send_alert(1, 100)
+            self._report_drop("renegotiation_refused")
+            return
+        self._report_drop("unexpected_handshake")
+
+    def _hibernated_fatal(self, description: int, what: str) -> None:
+        self._send_alert(2, description)
+        name = ALERT_NAMES[description]
+        self._terminate(
+            ConnectionLost(
+                f"session with {self._peer_text} failed: it sent {what} (sent alert: {name})",
+                alert=name,
+            )
+        )
+        self._notify()
 
     # -- established ----------------------------------------------------------------------------
 
@@ -928,9 +1291,7 @@ class DTLSConnection(NegotiatedSession):
 
     def _peer_closed(self) -> None:
         handshake_log.debug("%s: received close_notify", self._peer_text)
-        with contextlib.suppress(SSL.Error):
-            self._ssl.shutdown()  # answer with our close_notify, best effort
-        self._collect_output()
+        self._shutdown()  # answer with our close_notify, best effort
         self._finish(State.CLOSED)
         self.error = ConnectionClosedByPeer(
             f"{self._peer_text} closed the connection (close_notify)", alert="close notify"
@@ -1002,6 +1363,10 @@ class DTLSConnection(NegotiatedSession):
     def _finish(self, state: State) -> None:
         self.state = state
         self._handle = None
+        self._protection = None
+        if self._hib is not None:
+            self._hib.forget_secrets()
+        self._hibernate_deadline = None
         self._flights.clear()
         self._handshake_deadline = None
         self._idle_deadline = None
@@ -1056,6 +1421,17 @@ def _well_framed(data: bytes) -> bool:
             return False
         offset += 13 + int.from_bytes(data[offset + 11 : offset + 13], "big")
     return offset == end
+
+
+def _record_count(data: bytes, limit: int) -> int:
+    """How many records a datagram's framing shows, counting at most ``limit``."""
+    count, offset, end = 0, 0, len(data)
+    while offset < end and count < limit:
+        count += 1
+        if end - offset < 13:
+            break
+        offset += 13 + int.from_bytes(data[offset + 11 : offset + 13], "big")
+    return count
 
 
 def _is_single_record(data: bytes) -> bool:

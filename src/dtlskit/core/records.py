@@ -48,6 +48,7 @@ __all__ = [
     "pack_datagrams",
     "parse_client_hello_untrusted",
     "record_fingerprints_untrusted",
+    "split_records_prefix_untrusted",
     "split_records_trusted",
     "split_records_untrusted",
 ]
@@ -124,6 +125,31 @@ def _split(data: bytes) -> list[Record]:
         )
         offset = end
     return records
+
+
+def split_records_prefix_untrusted(
+    data: bytes, limit: int = 1 << 16
+) -> tuple[list[Record], str | None]:
+    """The well-framed records at the start of a datagram from the network (at most
+    ``limit``), and what is wrong with the rest: None (nothing is left), ``"malformed_record"``
+    (a framing error: the rest is not read, as OpenSSL stops reading a datagram there) or
+    ``"too_many_records"`` (more than ``limit`` records: the rest is not read). Never raises."""
+    records: list[Record] = []
+    offset, size = 0, len(data)
+    while offset < size:
+        if len(records) >= limit:
+            return records, "too_many_records"
+        if size - offset < HEADER_LENGTH:
+            return records, "malformed_record"
+        end = offset + HEADER_LENGTH + int.from_bytes(data[offset + 11 : offset + 13], "big")
+        if end > size:
+            return records, "malformed_record"
+        try:
+            records.extend(_split(data[offset:end]))
+        except BadPacket:
+            return records, "malformed_record"
+        offset = end
+    return records, None
 
 
 def split_records_untrusted(data: bytes) -> list[Record]:

@@ -38,11 +38,19 @@ from ..exceptions import (
     InvalidArgument,
 )
 from . import _bindings
+from .hibernation import Hibernated
 from .state import State
 
 __all__ = ["NegotiatedSession", "Session"]
 
 _MAGIC = b"dtlskit-session\x02"
+_RESERVED_LABELS = (
+    b"client finished",
+    b"server finished",
+    b"master secret",
+    b"extended master secret",
+    b"key expansion",
+)
 
 
 class Session:
@@ -129,6 +137,7 @@ class NegotiatedSession:
     __slots__ = ("_notes", "_policy", "_resume", "_server_name")
 
     _ssl: SSL.Connection
+    _hib: Hibernated | None
     _notes: _bindings.HandshakeNotes
     _server: bool
     _server_name: str | None
@@ -212,6 +221,9 @@ class NegotiatedSession:
         """The session, for resuming later (clients), once the handshake has completed."""
         if self.state not in (State.ESTABLISHED, State.CLOSED):
             return None
+        if self._hib is not None:
+            der = self._hib.session_der
+            return None if der is None else Session(der, self._server_name, self._policy)
         ssl_session = _bindings.get_session(self._ssl)
         if ssl_session is None:
             return None
@@ -221,18 +233,24 @@ class NegotiatedSession:
     def peer_verified_chain(self) -> list[Any]:
         """The peer's chain as OpenSSL verified it, leaf to trusted root (``cryptography``
         certificates); empty when the peer sent none or it was not verified."""
+        if self._hib is not None:
+            return list(self._hib.peer_verified_chain)
         chain = self._ssl.get_verified_chain(as_cryptography=True)
         return list(chain or [])
 
     @property
     def alpn_protocol(self) -> str | None:
         """The application protocol agreed with ALPN (RFC 7301), or None."""
+        if self._hib is not None:
+            return self._hib.alpn
         selected = self._ssl.get_alpn_proto_negotiated()
         return selected.decode("utf-8", "replace") if selected else None
 
     @property
     def srtp_profile(self) -> str | None:
         """The SRTP protection profile agreed (RFC 5764), e.g. ``"SRTP_AES128_CM_SHA1_80"``."""
+        if self._hib is not None:
+            return self._hib.srtp
         profile = self._ssl.get_selected_srtp_profile()
         return profile.decode("ascii", "replace") if profile else None
 
@@ -253,6 +271,8 @@ class NegotiatedSession:
             if self._notes.server_name is not None:
                 return self._notes.server_name
             # no SNI callback installed (no sni_certificates/sni_callback): ask OpenSSL
+            if self._hib is not None:
+                return self._hib.server_name
             name = self._ssl.get_servername()
             return name.decode("utf-8", "replace") if name else None
         return self._server_name
@@ -271,10 +291,19 @@ class NegotiatedSession:
             raise InvalidArgument(f"length must be from 1 to 65535 bytes, not {length!r}")
         if context is not None and not isinstance(context, bytes):
             raise InvalidArgument("context must be bytes or None")
+        if context is not None and len(context) >= 1 << 16:
+            raise InvalidArgument("context must be shorter than 65536 bytes (RFC 5705 §4)")
+        if label.startswith(_RESERVED_LABELS):
+            # RFC 5705 §4: no collision with the TLS 1.2 handshake's own PRF labels (OpenSSL
+            # refuses these too; checked here so that both paths, and hibernated sessions,
+            # agree; a TLS 1.3 session, which would allow them, is refused them as well).
+            raise InvalidArgument(f"OpenSSL refused to export keying material for {label!r}")
         if self.state is not State.ESTABLISHED:
             if self.error is not None:
                 raise self.error
             raise ConnectionLost("keying material can be exported only after the handshake")
+        if self._hib is not None:
+            return self._hib.export(label, length, context)
         try:
             return bytes(self._ssl.export_keying_material(label, length, context))
         except SSL.Error as exc:

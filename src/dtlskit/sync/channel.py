@@ -5,8 +5,10 @@ Theory of operation
 The core is sans-I/O and not thread-safe. Each UDP socket therefore gets exactly one
 :class:`IOThread`, which owns the socket's engine (a client ``DTLSConnection`` or a server
 ``ServerEngine``) together with one lock, ``IOThread.lock``. Every engine call, from any thread,
-holds that lock. The thread runs a ``selectors`` loop over the socket and one end of a
-socketpair used to wake it; the select timeout is the engine's ``get_timer()`` deadline. Every
+holds that lock. The thread waits in :func:`dtlskit._frontend.accel.recv_batch` itself: a
+batched read that, when the socket has nothing, waits (one ``poll``, the GIL released) for a
+datagram, the engine's ``get_timer()`` deadline, or one end of a socketpair other threads write
+to wake it; a loaded server reads batch after batch without waiting at all. Every
 wake-up is the same three steps (docs/dev/frontends-spec.md): feed the engine (datagrams read from
 the socket, or ``handle_timer(now)``), drain its events, transmit ``datagrams_to_send()`` and
 re-arm the timer. ``now`` is ``time.monotonic()``.
@@ -31,7 +33,6 @@ import collections
 import contextlib
 import logging
 import select
-import selectors
 import socket
 import threading
 import time
@@ -82,8 +83,12 @@ def _deadline(timeout: float | None) -> float | None:
     return time.monotonic() + timeout
 
 
+_MAX_FAILED_TURNS = 100
+"""Consecutive failed turns after which an I/O thread gives up (a bug that repeats every turn)."""
+
+
 class IOThread:
-    """One socket, its engine, its lock, and the thread running its selectors loop.
+    """One socket, its engine, its lock, and the thread running its read-and-wait loop.
 
     Subclasses implement the engine-specific steps; every ``*_locked`` method runs with
     :attr:`lock` held.
@@ -114,6 +119,9 @@ class IOThread:
         self._final_error: DTLSError = ConnectionLost("the socket was closed")
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
+    batch_size: int = _BATCH
+    """Datagrams read per wake-up before the other steps run."""
+
     engine: _TimedEngine
     """The engine this thread drives (set by the subclass): a client's association or a
     listening socket's demultiplexer; both answer ``get_timer`` and ``handle_timer``."""
@@ -123,8 +131,10 @@ class IOThread:
     def _start_locked(self, now: float) -> None:
         """First step on the I/O thread (a client starts its handshake here)."""
 
-    def _receive_locked(self, now: float) -> None:
-        """Read the datagrams waiting on the socket and feed them to the engine."""
+    def _feed_locked(
+        self, batch: list[tuple[bytes, Address]], error: OSError | None, now: float
+    ) -> None:
+        """Feed a batch read from the socket to the engine (``error``: what ended the read)."""
         raise NotImplementedError
 
     def _has_work_locked(self) -> bool:
@@ -288,46 +298,64 @@ class IOThread:
     # -- the loop -------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        selector = selectors.DefaultSelector()
+        wake = self._wake_r.fileno()
+        failures = 0
         try:
-            selector.register(self.sock, selectors.EVENT_READ, True)
-            selector.register(self._wake_r, selectors.EVENT_READ, False)
             with self.lock:
                 if not self.closed:
                     self._start_locked(time.monotonic())
                     self._step_locked(time.monotonic())
             while not self._stopping:
-                deadline = self._deadline
-                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-                ready = selector.select(timeout)
-                readable = False
-                for key, _ in ready:
-                    if key.data:
-                        readable = True
-                    else:
-                        self._drain_wake()
-                now = time.monotonic()
-                with self.lock:
-                    if self.closed:
+                try:
+                    if self._turn(wake):
                         break
-                    if readable:
-                        self._receive_locked(now)
-                        deadline = self._deadline
-                        if (
-                            not self._requests
-                            and not self._has_work_locked()
-                            and (deadline is None or now < deadline)
-                        ):
-                            continue  # only the fast path ran: nothing to drain or re-arm
-                    self._step_locked(now)
+                    failures = 0
+                except Exception:
+                    # A bug met while handling one peer's datagram or timer must not end every
+                    # other peer's session (the asyncio flavour's loop logs a failed callback and
+                    # goes on in the same way). The datagram was consumed, so the next turn does
+                    # not repeat it; a step that fails turn after turn ends the thread.
+                    failures += 1
+                    if failures >= _MAX_FAILED_TURNS:
+                        raise
+                    logger.exception("I/O thread %s: a step failed; serving on", self._thread.name)
+                    with self.lock:
+                        self.count_drop_locked("internal_error")
         except Exception as exc:  # pragma: no cover - a bug; never leave waiters hanging
             logger.exception("I/O thread %s failed", self._thread.name)
             self._final_error = DTLSError(f"internal error in the I/O thread: {exc!r}")
         finally:
-            selector.close()
             with self.lock:
                 self._run_requests_locked()
                 self._close_sockets_locked()
+
+    def _turn(self, wake: int) -> bool:
+        """One wait, read and step of the loop; True when the thread should end."""
+        deadline = self._deadline
+        if self._requests:
+            timeout: float | None = 0.0
+        elif deadline is None:
+            timeout = None
+        else:
+            timeout = deadline - time.monotonic()
+        # outside the lock: only this thread reads the socket, and stop() closes it only after
+        # this thread ended
+        batch, error = _accel.recv_batch(self.sock, self.batch_size, timeout, wake)
+        now = time.monotonic()
+        with self.lock:
+            if self.closed:
+                return True
+            if batch or error is not None:
+                self._feed_locked(batch, error, now)
+                deadline = self._deadline
+                if (
+                    not self._requests
+                    and not self._has_work_locked()
+                    and (deadline is None or now < deadline)
+                ):
+                    return False  # only the fast path ran: nothing to drain or re-arm
+            self._step_locked(now)
+        return False
 
     def _step_locked(self, now: float) -> None:
         self._run_requests_locked()
@@ -356,16 +384,6 @@ class IOThread:
                 action()
             except Exception:  # pragma: no cover - requests are our own clean-ups
                 logger.exception("clean-up request failed on %s", self._thread.name)
-
-    def _drain_wake(self) -> None:
-        while True:
-            try:
-                if not self._wake_r.recv(4096):
-                    return
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:  # pragma: no cover - closed under us during shutdown
-                return
 
     def _close_sockets_locked(self) -> None:
         if self.closed:

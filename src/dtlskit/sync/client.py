@@ -20,7 +20,6 @@ import time
 import weakref
 from typing import Any
 
-from .._frontend import accel as _accel
 from .._frontend import sockets as _sockets
 from .._frontend.channel_base import FailOver, client_socket_error, fresh_error, should_fail_over
 from ..config import DTLSConfiguration
@@ -47,6 +46,8 @@ BATCH = 64
 
 class _ClientIO(IOThread):
     """The I/O thread of one client channel: a connected socket and one ``DTLSConnection``."""
+
+    batch_size = BATCH
 
     def __init__(
         self,
@@ -89,8 +90,9 @@ class _ClientIO(IOThread):
             self.failed_over = True
             self.handshake_done.set()
 
-    def _receive_locked(self, now: float) -> None:
-        batch, error = _accel.recv_batch(self.sock, BATCH)
+    def _feed_locked(
+        self, batch: list[tuple[bytes, Address]], error: OSError | None, now: float
+    ) -> None:
         receive = self.engine.receive_datagram
         for data, _ in batch:
             receive(data, now)

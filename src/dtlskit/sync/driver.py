@@ -5,8 +5,10 @@ Theory of operation
 The mirror image of :mod:`dtlskit.asyncio.driver`: same class name, same role. A driver moves
 bytes and time between one UDP socket and its :class:`~dtlskit.core.ServerEngine`; every policy
 is the engine's. It is an :class:`~dtlskit.sync.channel.IOThread`: one thread per socket, one
-engine lock. Each wake-up reads a batch of up to :data:`BATCH` datagrams with
-:func:`dtlskit._frontend.accel.recv_batch` and feeds them to the engine; an established session's
+engine lock. The thread waits in :func:`dtlskit._frontend.accel.recv_batch` (a batched read
+that waits, the GIL released, only when the socket has nothing; see
+:class:`~dtlskit.sync.channel.IOThread`), and each batch of up to :data:`BATCH` datagrams is fed
+to the engine; an established session's
 application-data record takes the engine's fast path straight to its channel's inbox (or its
 :class:`~dtlskit.SessionProtocol`, called right here on this thread), and when nothing else
 happened (``engine.has_work()`` is False) the drain/transmit/re-arm steps are skipped. Channels
@@ -22,7 +24,6 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from .._frontend import accel as _accel
 from .._frontend import sockets as _sockets
 from .._frontend.channel_base import (
     aggregate_server_statistics,
@@ -48,6 +49,8 @@ BATCH = 64
 class ServerDriver(IOThread):
     """The I/O thread of one listening socket and its ``ServerEngine``."""
 
+    batch_size = BATCH
+
     def __init__(
         self,
         sock: socket.socket,
@@ -66,10 +69,11 @@ class ServerDriver(IOThread):
             weakref.WeakValueDictionary()
         )
 
-    def _receive_locked(self, now: float) -> None:
-        batch, error = _accel.recv_batch(self.sock, BATCH)
+    def _feed_locked(
+        self, batch: list[tuple[bytes, Address]], error: OSError | None, now: float
+    ) -> None:
         if batch:
-            feed_batch(self, batch, now, self.send_collected_locked)
+            feed_batch(self, batch, now, self.send_collected_locked, self.count_drop_locked)
         if error is not None:
             self.count_drop_locked("receive_failed")
 

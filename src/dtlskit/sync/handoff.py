@@ -14,7 +14,6 @@ import select
 import time
 from typing import Any
 
-from .._frontend import accel as _accel
 from .._frontend.channel_base import check_server_config, fresh_error
 from .._frontend.sockets import format_address
 from ..config import DTLSConfiguration
@@ -35,7 +34,7 @@ from ..handoff import (
     prepare,
 )
 from .channel import Channel
-from .client import BATCH, _ClientIO
+from .client import _ClientIO
 
 __all__ = ["HandoffListener", "from_handoff", "listen_handoff"]
 
@@ -129,8 +128,9 @@ class _HandoffIO(_ClientIO):
         if self.engine.state is State.INITIAL:
             self.engine.start_server(self._hello, now)
 
-    def _receive_locked(self, now: float) -> None:
-        batch, error = _accel.recv_batch(self.sock, BATCH)
+    def _feed_locked(
+        self, batch: list[tuple[bytes, Address]], error: OSError | None, now: float
+    ) -> None:
         receive = self.engine.receive_datagram
         guard = self._guard
         for data, _ in batch:

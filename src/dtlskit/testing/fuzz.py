@@ -21,6 +21,16 @@ or spliced records) and feeds it to one of four targets, in turn:
 Targets are rebuilt every few hundred cases and whenever one ends. Pass: no exception leaves any
 ``receive_datagram``, and afterwards the established session still echoes. Drops are reported by
 reason (the demultiplexer's and every fuzzed association's).
+
+Hibernated sessions (``--hibernated``, :func:`fuzz_hibernated`): one session per implemented
+AEAD family (AES-128/256-GCM, ChaCha20-Poly1305, AES-CCM, AES-CCM-8; PSK), both sides
+hibernated (``Limits(hibernate_after=0)``), their records protected by
+:mod:`dtlskit.core.record_protection`. Seeds are every datagram each side ever received (the
+handshake flights, application records, all already accepted once). Targets: each session's
+server side (through :meth:`ServerEngine.receive_datagram`) and client side, in turn. Pass: no
+exception leaves the engine, no mutated datagram delivers a message (every seed was accepted
+before: anything that authenticates is a replay), every case is counted in the session's drops,
+and every session still echoes both ways afterwards.
 """
 
 from __future__ import annotations
@@ -42,7 +52,7 @@ from ._harness import Fixture, Options, Outcome, scenario
 from .flights import flight_of
 from .memory import Datagram, MemoryPair
 
-__all__ = ["FuzzReport", "fuzz", "main", "mutate"]
+__all__ = ["FuzzReport", "HibernatedFuzzReport", "fuzz", "fuzz_hibernated", "main", "mutate"]
 
 _INTERESTING_BYTES = (0x00, 0x01, 0x7F, 0x80, 0xFE, 0xFF)
 _CONTENT_TYPES = (0, 20, 21, 22, 23, 24, 25, 255)
@@ -268,6 +278,147 @@ def fuzz(
     return report
 
 
+HIBERNATED_SUITES = (
+    "PSK-AES128-GCM-SHA256",
+    "PSK-AES256-GCM-SHA384",
+    "PSK-CHACHA20-POLY1305",
+    "PSK-AES128-CCM",
+    "PSK-AES128-CCM8:@SECLEVEL=0",
+)
+
+
+@dataclass
+class HibernatedFuzzReport:
+    cases: int = 0
+    escaped: int = 0
+    """Exceptions that left a receive_datagram (must be zero)."""
+    first_escape: str = ""
+    delivered: int = 0
+    """Mutated datagrams that delivered a message (must be zero: every seed is a replay)."""
+    uncounted: int = 0
+    """Cases that left no trace in the session's drop counters (must be zero)."""
+    per_target: Counter[str] = field(default_factory=Counter)
+    drops: Counter[str] = field(default_factory=Counter)
+    sessions_still_echo: bool = False
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return (
+            self.escaped == 0
+            and self.delivered == 0
+            and self.uncounted == 0
+            and self.sessions_still_echo
+        )
+
+
+def _hibernated_pair(cipher: str, index: int) -> MemoryPair:
+    from ..config import Limits
+
+    key = bytes(range(16))
+    limits = Limits(hibernate_after=0)
+    server = DTLSConfiguration.server(psk_lookup={"fuzz": key}, ciphers=cipher, limits=limits)
+    client = DTLSConfiguration.client(psk=("fuzz", key), ciphers=cipher, limits=limits)
+    pair = MemoryPair(server, client, client_address=(f"127.0.0.{index + 1}", 40000))
+    if not pair.handshake() or pair.server_connection is None:
+        raise RuntimeError(f"the {cipher} session failed: {pair.client.error}")
+    if not (pair.client.hibernated and pair.server_connection.hibernated):
+        raise RuntimeError(f"the {cipher} session did not hibernate")
+    for n in range(4):  # application records both ways, each accepted once
+        pair.client.send(b"up %d" % n * (n + 1))
+        pair.server_connection.send(b"down %d" % n * (n + 1))
+        pair.pump()
+    while pair.deliver_one():  # deliver, but fire no timer (the idle timeout would end it)
+        pass
+    return pair
+
+
+def _counted(engine: DTLSConnection, server: ServerEngine | None) -> int:
+    """Everything that records a datagram's fate: the session's drops and final-flight
+    re-sends, plus (server side) the demultiplexer's drops and HelloVerifyRequests, which is
+    where a ClientHello-shaped datagram goes (it never reaches the session)."""
+    stats = engine.statistics()
+    total = sum(stats.drops.values()) + stats.final_flight_resends
+    if server is not None:
+        server_stats = server.statistics()
+        total += sum(server_stats.drops.values()) + server_stats.hello_verify_requests_sent
+    return total
+
+
+def fuzz_hibernated(
+    cases: int,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+    suites: tuple[str, ...] = HIBERNATED_SUITES,
+) -> HibernatedFuzzReport:
+    """Run ``cases`` mutated datagrams at hibernated sessions; see the module docstring."""
+    started = time.monotonic()
+    rng = random.Random(seed)
+    report = HibernatedFuzzReport()
+    pairs = [_hibernated_pair(cipher, i) for i, cipher in enumerate(suites)]
+    targets: list[
+        tuple[str, ServerEngine | None, DTLSConnection, list[bytes], Callable[[bytes], None]]
+    ] = []
+    for cipher, pair in zip(suites, pairs, strict=True):
+        name = cipher.split(":")[0]
+        server_conn = pair.server_connection
+        assert server_conn is not None
+        to_server = [d.data for d in pair.network.log if d.to_server]
+        to_client = [d.data for d in pair.network.log if not d.to_server]
+
+        def feed_server(data: bytes, pair: MemoryPair = pair) -> None:
+            pair.server.receive_datagram(data, pair.client_address, pair.clock.now)
+            pair.server.datagrams_to_send()
+            while pair.server.next_event() is not None:
+                pass
+
+        def feed_client(data: bytes, pair: MemoryPair = pair) -> None:
+            pair.client.receive_datagram(data, pair.clock.now)
+            pair.client.datagrams_to_send()
+            while pair.client.next_event() is not None:
+                pass
+
+        targets.append((f"{name}/server", pair.server, server_conn, to_server, feed_server))
+        targets.append((f"{name}/client", None, pair.client, to_client, feed_client))
+    for case in range(cases):
+        name, server, engine, seeds, feed = targets[case % len(targets)]
+        datagram = mutate(rng, rng.choice(seeds), rng.choice(seeds))
+        counted = _counted(engine, server)
+        received = engine.statistics().messages_received
+        try:
+            feed(datagram)
+        except Exception:
+            report.escaped += 1
+            if not report.first_escape:
+                report.first_escape = f"{name}: {datagram.hex()}\n{traceback.format_exc()}"
+        stats = engine.statistics()
+        if stats.messages_received != received:
+            report.delivered += 1
+        if _counted(engine, server) == counted:
+            report.uncounted += 1
+        report.per_target[name] += 1
+        report.cases += 1
+        if progress is not None and case and case % 10_000 == 0:
+            progress(f"{case} cases, {report.escaped} escaped, {time.monotonic() - started:.0f} s")
+    for name, _, engine, _, _ in targets:
+        report.drops.update({f"{name}:{k}": v for k, v in engine.statistics().drops.items()})
+    still = True
+    for pair in pairs:
+        still = still and echoes(pair, b"still here") and _echoes_down(pair)
+    report.sessions_still_echo = still
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _echoes_down(pair: MemoryPair) -> bool:
+    conn = pair.server_connection
+    if conn is None or conn.state is not State.ESTABLISHED or not conn.hibernated:
+        return False
+    conn.send(b"still here, down")
+    pair.pump()
+    return pair.run(lambda: b"still here, down" in pair.client_messages())
+
+
 @scenario(
     19,
     "fuzzing: record layer and handshake after a valid cookie",
@@ -308,7 +459,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--cases", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--hibernated",
+        action="store_true",
+        help="fuzz hibernated sessions (record_protection), one per AEAD suite family",
+    )
     args = parser.parse_args(argv)
+    if args.hibernated:
+        hib = fuzz_hibernated(args.cases, args.seed, progress=print)
+        print(
+            f"{hib.cases} cases at hibernated sessions in {hib.seconds:.1f} s; "
+            f"{hib.escaped} exceptions escaped; {hib.delivered} delivered a message; "
+            f"{hib.uncounted} not counted; sessions still echo: {hib.sessions_still_echo}"
+        )
+        for reason, count in hib.drops.most_common():
+            print(f"  {reason}: {count}")
+        if hib.first_escape:
+            print(hib.first_escape)
+        return 0 if hib.passed else 1
     fixture = Fixture()
     try:
         report = fuzz(
