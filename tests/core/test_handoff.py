@@ -124,3 +124,54 @@ def test_decoding_a_corrupted_message_raises_only_bad_packet(offset, value, cut)
 
 def test_the_intact_message_decodes():
     assert decode_handoff_untrusted(MESSAGE).peer_address == ("127.0.0.2", 2)
+
+
+def test_an_oversized_or_late_client_hello_is_dropped_and_counted(client_config):
+    gate, _, second = client_hellos(client_config)
+    small = HandoffGate(gate.cookies, max_client_hello_size=64)
+    assert small.receive_datagram(second, PEER, 1000.5) is None
+    assert small.statistics().drops == {"client_hello_too_large": 1}
+    # The handshake header's message_seq (record header 13 bytes, then type 1, length 3):
+    # a valid cookie on a ClientHello numbered 2 is no first flight; dropped, not handed off.
+    late = bytearray(second)
+    late[17:19] = (2).to_bytes(2, "big")
+    assert gate.receive_datagram(bytes(late), PEER, 1000.5) is None
+    assert gate.statistics().drops == {"client_hello_sequence_too_high": 1}
+
+
+def test_expired_records_are_forgotten_and_a_fresh_one_is_kept(client_config):
+    gate, _, second = client_hellos(client_config)
+    tick = gate.cookies.tick_seconds
+    accepted = gate.receive_datagram(second, PEER, 1000.5)
+    assert accepted is not None
+    gate.handed_off(accepted, 1000.5)
+    other = ("127.0.0.1", 40002)
+    gate.handed_off(accepted.__class__(other, second, b"r" * 32), 1000.5 + 3 * tick)
+    # Past two ticks the first record is gone (no cookie that old verifies); the second stays.
+    gate._expire(1000.5 + 3 * tick)
+    assert list(gate._records) == [(other, b"r" * 32)]
+
+
+def test_a_message_refuses_mixed_families_and_an_ipv4_scope(client_config):
+    _, _, second = client_hellos(client_config)
+    with pytest.raises(ValueError, match="different families"):
+        encode_handoff(("127.0.0.1", 4433), ("::1", 5000, 0, 0), second)
+    message = bytearray(encode_handoff(("127.0.0.1", 4433), ("127.0.0.9", 5000), second))
+    scoped = encode_handoff(("::1", 4433, 0, 7), ("fe80::1", 5000, 0, 7), second)
+    # Give the IPv4 message the scope fields of the IPv6 one: refused as a bad packet.
+    header = len(message) - len(second) - 8  # both IPv4 addresses (4 bytes each) follow it
+    assert header > 0
+    forged = bytearray(scoped[:header]) + message[header:]
+    forged[5] = 4  # family byte back to IPv4 (checked below against the header's layout)
+    with pytest.raises(BadPacket):
+        decode_handoff_untrusted(bytes(forged))
+
+
+def test_a_message_refuses_port_zero_and_an_empty_client_hello(client_config):
+    _, _, second = client_hellos(client_config)
+    with pytest.raises(ValueError, match="1 to 65535 bytes"):
+        encode_handoff(("127.0.0.1", 4433), ("127.0.0.9", 5000), b"")
+    message = bytearray(encode_handoff(("127.0.0.1", 4433), ("127.0.0.9", 5000), second))
+    message[6:8] = bytes(2)  # the local port (after magic, version and family)
+    with pytest.raises(BadPacket, match="port 0"):
+        decode_handoff_untrusted(bytes(message))
