@@ -184,6 +184,7 @@ class TLSConnection(NegotiatedSession):
         "_framing",
         "_handshake_deadline",
         "_handshake_started",
+        "_hib",
         "_idle_deadline",
         "_idle_timeout",
         "_last_address",
@@ -233,6 +234,7 @@ class TLSConnection(NegotiatedSession):
         self.peer_address = peer_address
         ctx = context if context is not None else config.context(server, tls=True)
         self._ssl = SSL.Connection(ctx, None)
+        self._hib = None  # TLS sessions never hibernate (NegotiatedSession's accessors ask)
         self._verify_reason: str | None = None
         self._verify_code: int | None = None
         self._verify_timestamp: int | None = None
