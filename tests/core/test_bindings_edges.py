@@ -98,3 +98,109 @@ def test_server_name_and_alpn_callbacks_without_notes():
     handshake(server, client)
     assert chosen == ["device.example"]
     assert server.get_alpn_proto_negotiated() == client.get_alpn_proto_negotiated() == b"b"
+
+
+class _ChangingProtocols:
+    """A protocol list that reads once, then fails: the ALPN callback must not let that into C."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def __iter__(self):
+        self.reads += 1
+        if self.reads > 1:
+            raise RuntimeError("protocol list gone")
+        return iter(["x"])
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: int) -> str:
+        return "x"
+
+
+def test_an_alpn_callback_that_fails_fails_the_handshake_with_the_reason():
+    server_ctx, client_ctx = psk_contexts()
+    _bindings.set_alpn_select(server_ctx, _ChangingProtocols())
+    client_ctx.set_alpn_protos([b"a"])
+    server, client = connections(server_ctx, client_ctx)
+    notes = _bindings.attach_notes(server)
+    with pytest.raises(SSL.Error):
+        handshake(server, client)
+    assert notes.alpn_offered == ("a",)
+    assert notes.failure == "ALPN selection failed: RuntimeError: protocol list gone"
+
+
+def certificate_contexts(pki):
+    server_ctx = SSL.Context(SSL.TLS_METHOD)
+    server_ctx.set_max_proto_version(SSL.TLS1_2_VERSION)
+    server_ctx.use_certificate_file(str(pki.server_cert))
+    server_ctx.use_privatekey_file(str(pki.server_key))
+    client_ctx = SSL.Context(SSL.TLS_METHOD)
+    client_ctx.set_max_proto_version(SSL.TLS1_2_VERSION)
+    return server_ctx, client_ctx
+
+
+@pytest.mark.parametrize("with_notes", [True, False])
+def test_a_certificate_request_is_noted_only_where_there_are_notes(pki, with_notes):
+    server_ctx, client_ctx = certificate_contexts(pki)
+    server_ctx.set_verify(SSL.VERIFY_PEER)  # asks; goes on without one
+    _bindings.watch_handshake(client_ctx, server=False)
+    server, client = connections(server_ctx, client_ctx)
+    notes = _bindings.attach_notes(client) if with_notes else None
+    handshake(server, client)
+    assert server.get_peer_certificate() is None
+    if notes is not None:
+        assert notes.certificate_requested
+
+
+@pytest.mark.parametrize("with_notes", [True, False])
+def test_a_refused_renegotiation_is_noted_only_where_there_are_notes(pki, with_notes):
+    server_ctx, client_ctx = certificate_contexts(pki)
+    client_ctx.set_options(SSL.OP_NO_RENEGOTIATION)
+    server, client = connections(server_ctx, client_ctx)
+    notes = _bindings.attach_notes(client) if with_notes else None
+    handshake(server, client)
+    _bindings.watch_established(client)
+    assert server.renegotiate()
+    _bindings.do_handshake(server)  # writes a HelloRequest
+    assert move(server, client)
+    assert _bindings.read_plaintext(client) == _bindings._WANT_READ
+    alert = _bindings.read_output(client)
+    assert alert[0] == 21  # the client answered with an alert record
+    if notes is not None:
+        assert notes.renegotiation_refused
+
+
+# -- the TLS engine's stream calls, one at a time ------------------------------------------------
+
+
+def test_stream_read_returns_data_then_want_read_then_clean_close(pki):
+    server, client = connections(*certificate_contexts(pki))
+    handshake(server, client)
+    _bindings.stream_write(client, b"hello")
+    _bindings.stream_feed(server, _bindings.stream_drain(client))
+    assert _bindings.stream_read(server) == b"hello"
+    assert _bindings.stream_read(server) == _bindings.WANT_READ
+    client.shutdown()
+    _bindings.stream_feed(server, _bindings.stream_drain(client))
+    assert _bindings.stream_read(server) == _bindings.CLEAN_CLOSE
+
+
+def test_stream_read_raises_on_a_corrupted_record(pki):
+    server, client = connections(*certificate_contexts(pki))
+    handshake(server, client)
+    _bindings.stream_write(client, b"hello")
+    record = bytearray(_bindings.stream_drain(client))
+    record[-1] ^= 1
+    _bindings.stream_feed(server, bytes(record))
+    with pytest.raises(SSL.Error):
+        _bindings.stream_read(server)
+
+
+def test_stream_write_after_shutdown_raises(pki):
+    server, client = connections(*certificate_contexts(pki))
+    handshake(server, client)
+    client.shutdown()
+    with pytest.raises(SSL.Error):
+        _bindings.stream_write(client, b"too late")
