@@ -204,3 +204,55 @@ def test_stream_write_after_shutdown_raises(pki):
     client.shutdown()
     with pytest.raises(SSL.Error):
         _bindings.stream_write(client, b"too late")
+
+
+def test_stream_read_all_takes_every_record_then_reports_how_it_stopped(pki):
+    server, client = connections(*certificate_contexts(pki))
+    handshake(server, client)
+    assert _bindings.stream_drain(client) == b""  # nothing written yet
+    _bindings.stream_write(client, b"one")
+    _bindings.stream_write(client, b"two")
+    _bindings.stream_feed(server, _bindings.stream_drain(client))
+    assert _bindings.stream_read_all(server) == ([b"one", b"two"], _bindings.WANT_READ, None)
+    _bindings.stream_write(client, b"three")
+    client.shutdown()
+    _bindings.stream_feed(server, _bindings.stream_drain(client))
+    assert _bindings.stream_read_all(server) == ([b"three"], _bindings.CLEAN_CLOSE, None)
+
+
+def test_stream_read_all_returns_the_chunks_before_an_error(pki):
+    server, client = connections(*certificate_contexts(pki))
+    handshake(server, client)
+    _bindings.stream_write(client, b"good")
+    good = _bindings.stream_drain(client)
+    _bindings.stream_write(client, b"bad")
+    bad = bytearray(_bindings.stream_drain(client))
+    bad[-1] ^= 1
+    _bindings.stream_feed(server, good + bytes(bad))
+    chunks, status, error = _bindings.stream_read_all(server)
+    assert chunks == [b"good"] and status == _bindings.WANT_READ
+    assert isinstance(error, SSL.Error)
+
+
+def test_session_addresses_follow_the_connections_session(pki):
+    server, client = connections(*certificate_contexts(pki))
+    assert _bindings.session_address(client) == 0  # no session before the handshake
+    assert _bindings.session_address_of(None) == 0
+    handshake(server, client)
+    session = _bindings.get_session(client)
+    assert session is not None
+    assert _bindings.session_address(client) == _bindings.session_address_of(session) != 0
+
+
+def test_verify_time_makes_a_valid_certificate_expired(pki):
+    server_ctx, client_ctx = certificate_contexts(pki)
+    client_ctx.load_verify_locations(str(pki.ca_cert))
+    client_ctx.set_verify(SSL.VERIFY_PEER)
+    server, client = connections(server_ctx, client_ctx)
+    handshake(server, client)  # verifies now: the certificate is valid
+    assert _bindings.verify_result(client) == 0
+    server, client = connections(server_ctx, client_ctx)
+    _bindings.set_verify_time(client, 4102444800)  # 2100-01-01
+    with pytest.raises(SSL.Error, match="certificate verify failed"):
+        handshake(server, client)
+    assert _bindings.verify_result(client) == 10  # X509_V_ERR_CERT_HAS_EXPIRED
