@@ -156,7 +156,9 @@ def test_send_bytearray_and_memoryview(server_config, client_config) -> None:
     client.send(bytearray(b"ab"))
     client.send(memoryview(b"cd"))
     server.receive_data(client.data_to_send(), 1.0)
-    got = b"".join(e.data for e in iter(server.next_event, None) if isinstance(e, ev.MessageReceived))
+    got = b"".join(
+        e.data for e in iter(server.next_event, None) if isinstance(e, ev.MessageReceived)
+    )
     assert got == b"abcd"
 
 
@@ -194,7 +196,7 @@ def test_write_openssl_refuses_ends_the_session(server_config, client_config) ->
 
 
 def test_close_during_handshake(server_config, client_config) -> None:
-    client, server = pair(server_config, client_config)
+    client, _server = pair(server_config, client_config)
     client.data_to_send()
     client.close()
     assert client.state is State.CLOSED
@@ -245,7 +247,7 @@ def test_close_notify_in_the_middle_of_a_framed_message(server_config, client_co
 
 
 def test_set_idle_timeout_once_established(server_config, client_config) -> None:
-    client, server = established(server_config, client_config)
+    _client, server = established(server_config, client_config)
     assert server.get_timer() is None
     server.set_idle_timeout(10.0, 5.0)
     assert server.get_timer() == 15.0
@@ -315,3 +317,20 @@ def test_psk_only_client_refuses_a_certificate_server(server_config) -> None:
     assert isinstance(client.error, dtlskit.HandshakeFailure)
     assert "did not accept our PSK" in str(client.error)
     assert not client.handshake_completed
+
+
+def test_server_sees_the_client_leaf_first_in_the_chain(pki) -> None:
+    """OpenSSL's server-side chain leaves out the client's leaf: the property puts it first."""
+    server_cfg = dtlskit.DTLSConfiguration.server(
+        pki.server_cert, pki.server_key, cafile=pki.ca_cert, verify_mode=ssl.CERT_REQUIRED
+    )
+    client_cfg = dtlskit.DTLSConfiguration.client(
+        cafile=pki.ca_cert,
+        server_hostname="localhost",
+        certfile=pki.client_cert,
+        keyfile=pki.client_key,
+    )
+    _client, server = established(server_cfg, client_cfg)
+    chain = server.peer_certificate_chain
+    assert chain[0] == server.peer_certificate
+    assert len(chain) == len(set(chain))  # the leaf is not listed twice
