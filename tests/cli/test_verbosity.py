@@ -18,7 +18,9 @@ def echo(channel: sync.Channel) -> None:
 def output_of(peer: Peer) -> list[str]:
     try:
         status = exit_status(peer)
-        peer.wait_for("closed:" if "-v" in " ".join(peer.argv) else "hi", timeout=10)
+        # (flags as whole arguments: a path such as a venv named "...-venv" holds "-v" too)
+        verbose = any(flag in peer.argv for flag in ("-v", "-vv", "--debug"))
+        peer.wait_for("closed:" if verbose else "hi", timeout=10)
     finally:
         peer.stop()
     assert status == 0, peer.seen
