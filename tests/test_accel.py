@@ -555,3 +555,57 @@ def test_a_wait_ends_with_the_error_the_socket_reports() -> None:
         batch, error = _accel.recv_batch(sock, 8, 10.0, -1)
         assert batch == []
         assert isinstance(error, ConnectionRefusedError)
+
+
+# -- ProtocolCall: a callback-style session's message call -----------------------------------
+
+
+def test_a_protocol_call_gives_each_message_and_returns_none() -> None:
+    got: list[bytes] = []
+    failures: list[BaseException] = []
+    call = _accel.ProtocolCall(got.append, failures.append)
+    for message in (b"a", b"bc", bytes(300)):
+        assert call(message) is None
+    assert got == [b"a", b"bc", bytes(300)] and failures == []
+
+
+def test_a_protocol_call_hands_an_exception_to_failed_and_raises_nothing() -> None:
+    failures: list[BaseException] = []
+
+    def received(data: bytes) -> None:
+        raise ValueError(data)
+
+    call = _accel.ProtocolCall(received, failures.append)
+    assert call(b"boom") is None
+    (error,) = failures
+    assert type(error) is ValueError and error.args == (b"boom",)
+    assert error.__traceback__ is not None  # what the log line prints
+
+
+def test_a_protocol_call_lets_base_exceptions_and_failed_s_own_error_through() -> None:
+    failures: list[BaseException] = []
+
+    def interrupted(data: bytes) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _accel.ProtocolCall(interrupted, failures.append)(b"x")
+    assert failures == []
+
+    def broken(exc: BaseException) -> None:
+        raise RuntimeError("the failure handler failed")
+
+    with pytest.raises(RuntimeError, match="failure handler"):
+        _accel.ProtocolCall(lambda data: 1 / 0, broken)(b"x")
+
+
+def test_a_protocol_call_refuses_what_it_cannot_call() -> None:
+    with pytest.raises(TypeError):
+        _accel.ProtocolCall(None, print)
+    with pytest.raises(TypeError):
+        _accel.ProtocolCall(print, 3)
+    call = _accel.ProtocolCall(print, print)
+    with pytest.raises(TypeError):
+        call()
+    with pytest.raises(TypeError):
+        call(b"a", b"b")

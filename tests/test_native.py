@@ -135,3 +135,26 @@ def test_both_implementations_read_the_same_addresses() -> None:
         (first, a), (second, b) = got
         assert (first, second) == (b"a", b"b")
         assert a == b == sender.getsockname()
+
+
+@needs_native
+def test_both_protocol_calls_behave_alike_and_hold_no_reference() -> None:
+    from dtlskit import _native
+
+    class Boom(Exception):
+        pass
+
+    def received(data: bytes) -> None:
+        if data == b"raise":
+            raise Boom(data)
+
+    message = b"m" * 10
+    for implementation in (_native.ProtocolCall, _accel._PyProtocolCall):
+        failures: list[BaseException] = []
+        call = implementation(received, failures.append)
+        before = sys.getrefcount(message)
+        for _ in range(10_000):
+            assert call(message) is None
+        assert sys.getrefcount(message) == before, implementation  # nothing leaked or kept
+        assert call(b"raise") is None
+        assert [type(f) for f in failures] == [Boom], implementation

@@ -33,7 +33,8 @@ The contract
     produced no data: a replay, a bad MAC, a record it handled itself), :data:`ZERO_RETURN`
     (close_notify), anything else an error whose details wait on OpenSSL's error queue of this
     thread: call :func:`raise_error` at once, on the same thread. An empty datagram is
-    :data:`WANT_READ` (it holds no record). Each call clears this thread's error queue first.
+    :data:`WANT_READ` (it holds no record). Each call empties this thread's error queue first
+    (wiping it only when ``ERR_peek_error`` says it holds an error: wiping costs more).
 ``seal_record(handle, message) -> bytes | int``
     encrypt one message (at most the cleartext MTU, checked by the caller) and return every
     byte OpenSSL wrote (one record, plus anything OpenSSL had left in its write BIO), or an
@@ -57,6 +58,11 @@ The contract
 ``send_batch(sock, items) -> (number sent, OSError | None)``
     send ``(datagram, address)`` pairs in order (address None on a connected socket); stops at
     the first failure and returns it with how many went out before it.
+``ProtocolCall(received, failed)``
+    a callable for a callback-style session's messages (the engine's ``on_message``): calling
+    it with a message calls ``received(message)``; if that raises an :class:`Exception`,
+    ``failed(exception)`` is called and nothing is raised (other ``BaseException`` s
+    propagate). Returns None. The native one has no Python frame of its own per message.
 
 Every byte given to these functions is untrusted; none of them decides anything.
 """
@@ -78,6 +84,7 @@ __all__ = [
     "ACCELERATOR",
     "WANT_READ",
     "ZERO_RETURN",
+    "ProtocolCall",
     "make_handle",
     "open_record",
     "raise_error",
@@ -118,7 +125,8 @@ def _py_make_handle(connection: SSL.Connection) -> Any:
 def _py_open_record(handle: Any, datagram: bytes) -> bytes | int:
     if not datagram:
         return WANT_READ
-    _lib.ERR_clear_error()
+    if _lib.ERR_peek_error():  # (ERR_clear_error wipes 16 slots: only when one holds an error)
+        _lib.ERR_clear_error()
     if _lib.BIO_write(handle.rbio, datagram, len(datagram)) <= 0:
         return int(_lib.SSL_ERROR_SYSCALL)
     buf = _alloc("char[]", _RECORD_PLAINTEXT_MAX)
@@ -129,7 +137,8 @@ def _py_open_record(handle: Any, datagram: bytes) -> bytes | int:
 
 
 def _py_seal_record(handle: Any, message: bytes) -> bytes | int:
-    _lib.ERR_clear_error()
+    if _lib.ERR_peek_error():
+        _lib.ERR_clear_error()
     result = _lib.SSL_write(handle.ssl, message, len(message))
     if result <= 0:
         return int(_lib.SSL_get_error(handle.ssl, result))
@@ -212,6 +221,24 @@ def _py_send_batch(sock: Any, items: list[tuple[bytes, Any]]) -> tuple[int, OSEr
     return sent, None
 
 
+class _PyProtocolCall:
+    """The pure-Python ``ProtocolCall`` (see the contract above)."""
+
+    __slots__ = ("failed", "received")
+
+    def __init__(self, received: Any, failed: Any) -> None:
+        if not callable(received) or not callable(failed):
+            raise TypeError("ProtocolCall(received, failed) takes two callables")
+        self.received = received
+        self.failed = failed
+
+    def __call__(self, data: bytes) -> None:
+        try:
+            self.received(data)
+        except Exception as exc:
+            self.failed(exc)
+
+
 def raise_error(connection: SSL.Connection, code: int) -> None:
     """Raise the pyOpenSSL exception for the error a primitive returned as ``code`` (the
     caller translates it at its one boundary). Must run on the thread that got ``code``."""
@@ -232,6 +259,7 @@ open_record = _py_open_record
 seal_record = _py_seal_record
 recv_batch = _py_recv_batch
 send_batch = _py_send_batch
+ProtocolCall: Any = _PyProtocolCall
 ACCELERATOR = "python"
 """Which implementation is active: ``"native"`` (the C extension) or ``"python"``."""
 
@@ -251,4 +279,5 @@ if _native_wanted():  # pragma: no branch
         seal_record = _native.seal_record
         recv_batch = _native.recv_batch
         send_batch = _native.send_batch
+        ProtocolCall = _native.ProtocolCall
         ACCELERATOR = "native"

@@ -133,9 +133,9 @@ _SECOND_FLIGHT_MESSAGES = 3
 # (``half_open_next_epoch_budget``).
 _HALF_OPEN_NEXT_EPOCH_BYTES = 24 * 1024
 
-# First bytes of a datagram that may take the established fast path: one application-data or
-# one alert record (OpenSSL judges it either way; see DTLSConnection.receive_record).
-_FAST_TYPES = frozenset({b"\x17", b"\x15"})
+# A datagram may take the established fast path when it is one application-data (23) or one
+# alert (21) record (OpenSSL judges it either way; see DTLSConnection.receive_record): tested in
+# receive_datagram by indexing, which costs less per datagram than slices.
 
 _FIRST_FLIGHT_STATES = frozenset(
     {b"before SSL initialization", b"SSLv3/TLS write server done", b"SSLv3/TLS write finished"}
@@ -240,13 +240,15 @@ class ServerEngine:
     def receive_datagram(self, data: bytes, address: Address, now: float) -> None:
         """Feed one datagram received from ``address``. Never raises for any ``data``."""
         stats = self._stats
+        size = len(data)
         stats.datagrams_received += 1
-        stats.bytes_received += len(data)
+        stats.bytes_received += size
         conn = self._connections.get(address)
         if (
             conn is not None
-            and data[:1] in _FAST_TYPES
-            and len(data) == 13 + int.from_bytes(data[11:13], "big")
+            and size >= 13
+            and (data[0] == 23 or data[0] == 21)
+            and size == 13 + (data[11] << 8 | data[12])
             and conn.receive_record(data, now)
         ):
             # The fast path: one application-data (or alert: a close_notify) record of an
