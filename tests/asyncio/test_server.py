@@ -85,14 +85,14 @@ def test_a_bug_met_for_one_datagram_is_counted_and_others_are_served(
     from dtlskit.core import ServerEngine
 
     bad_ports: set[int] = set()
-    real_receive = ServerEngine.receive_datagram
+    real_receive = ServerEngine._receive_other  # (a datagram off the fast path)
 
-    def receive(self: ServerEngine, data: bytes, address: tuple, now: float) -> None:  # type: ignore[type-arg]
+    def receive(self: ServerEngine, data: bytes, address: tuple, conn: object, now: float) -> None:  # type: ignore[type-arg]
         if address[1] in bad_ports:
             raise RuntimeError("injected engine bug")
-        real_receive(self, data, address, now)
+        real_receive(self, data, address, conn, now)
 
-    monkeypatch.setattr(ServerEngine, "receive_datagram", receive)
+    monkeypatch.setattr(ServerEngine, "_receive_other", receive)
     caplog.set_level(logging.ERROR, logger="dtlskit")
 
     async def main() -> None:

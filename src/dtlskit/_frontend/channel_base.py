@@ -491,19 +491,19 @@ def feed_batch(
     input itself) is logged and counted with ``drop("internal_error")``; the rest of the batch,
     and every other peer, are still served.
     """
-    receive = driver.engine.receive_datagram
     if driver._collected is None:  # (a driver may hand in datagrams to lead the batch's)
         driver._collected = []
+
+    def failed(address: Any, exc: Exception) -> None:
+        _server_logger.error(
+            "internal error handling a datagram from %s; dropped, serving on",
+            format_address(address),
+            exc_info=exc,
+        )
+        drop("internal_error")
+
     try:
-        for data, address in batch:
-            try:
-                receive(data, address, now)
-            except Exception:
-                _server_logger.exception(
-                    "internal error handling a datagram from %s; dropped, serving on",
-                    format_address(address),
-                )
-                drop("internal_error")
+        driver.engine.receive_batch(batch, now, failed)
     finally:
         collected, driver._collected = driver._collected, None
         if collected:

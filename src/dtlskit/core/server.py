@@ -74,6 +74,7 @@ import collections
 import heapq
 import ipaddress
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -255,6 +256,49 @@ class ServerEngine:
             # established session. Nothing to flush: the session tells its listener if it
             # produced output or ended.
             return
+        self._receive_other(data, address, conn, now)
+
+    def receive_batch(
+        self,
+        batch: Iterable[tuple[bytes, Address]],
+        now: float,
+        failed: Callable[[Address, Exception], object] | None = None,
+    ) -> None:
+        """Feed ``(datagram, address)`` pairs as :meth:`receive_datagram` does, in one call
+        (a driver's read batch: one Python call for the batch instead of one per datagram).
+
+        An exception out of one datagram's handling — an engine bug, or an ``on_message``
+        callback that raised — goes to ``failed(address, exception)`` and the rest of the
+        batch is still fed; without ``failed`` it propagates.
+        """
+        connections = self._connections
+        stats = self._stats
+        for data, address in batch:
+            try:
+                # receive_datagram's steps, inline (same order, same fast-path test)
+                size = len(data)
+                stats.datagrams_received += 1
+                stats.bytes_received += size
+                conn = connections.get(address)
+                if (
+                    conn is not None
+                    and size >= 13
+                    and (data[0] == 23 or data[0] == 21)
+                    and size == 13 + (data[11] << 8 | data[12])
+                    and conn.receive_record(data, now)
+                ):
+                    continue
+                self._receive_other(data, address, conn, now)
+            except Exception as exc:
+                if failed is None:
+                    raise
+                failed(address, exc)
+
+    def _receive_other(
+        self, data: bytes, address: Address, conn: DTLSConnection | None, now: float
+    ) -> None:
+        """A datagram off the fast path: an association's handshake or records, else a
+        ClientHello (or nothing)."""
         if conn is not None and not _may_be_client_hello(data):
             self._feed(address, conn, data, now)
             return
