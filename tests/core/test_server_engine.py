@@ -354,3 +354,59 @@ def test_limits_behind_a_proxy_count_per_address_and_port(
     assert results == expected
     with pytest.raises(dtlskit.ConfigurationError, match="address_key"):
         dtlskit.Limits(address_key="port")
+
+
+def _junk_then_a_message(pair: MemoryPair) -> list[bytes]:
+    import random
+
+    rng = random.Random(5)
+    junk = [bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 200))) for _ in range(100)]
+    junk += [b"\x17\xfe\xfd\x00\x01" + b"\x00" * 6 + b"\x00\x05" + b"hello"]  # bad record
+    junk += [b"\x15\xfe\xfd\x00\x01" + b"\x00" * 8, b""]  # a short alert, an empty datagram
+    pair.client.send(b"the message")
+    return junk + list(pair.client.datagrams_to_send())
+
+
+def test_a_batch_is_fed_exactly_as_its_datagrams_one_by_one(server_config, client_config):
+    one_by_one = MemoryPair(server_config, client_config)
+    batched = MemoryPair(server_config, client_config)
+    for pair in (one_by_one, batched):
+        assert pair.handshake()
+    for datagram in _junk_then_a_message(one_by_one):
+        one_by_one.server.receive_datagram(datagram, one_by_one.client_address, 5.0)
+    batch = [(d, batched.client_address) for d in _junk_then_a_message(batched)]
+    batched.server.receive_batch(batch, 5.0)
+    for pair in (one_by_one, batched):
+        pair.pump()
+        assert pair.run(lambda p=pair: p.server_messages() == [b"the message"])
+    assert batched.server.statistics() == one_by_one.server.statistics()
+    assert batched.server.statistics().drops  # the junk was counted, the same way
+
+
+def test_a_failing_datagram_in_a_batch_goes_to_failed_and_the_rest_are_fed(
+    server_config, client_config
+):
+    pair = MemoryPair(server_config, client_config)
+    assert pair.handshake()
+    server = pair.server
+    real = server._receive_other
+    bad = ("127.0.0.1", 9)
+
+    def receive_other(data, address, conn, now):  # type: ignore[no-untyped-def]
+        if address == bad:
+            raise RuntimeError("injected engine bug")
+        real(data, address, conn, now)
+
+    server._receive_other = receive_other  # type: ignore[method-assign]
+    pair.client.send(b"after the bug")
+    (record,) = pair.client.datagrams_to_send()
+    failures: list[tuple[object, Exception]] = []
+    hello = b"\x16\xfe\xfd" + bytes(20)
+    server.receive_batch(
+        [(hello, bad), (record, pair.client_address)], 5.0, lambda a, e: failures.append((a, e))
+    )
+    assert [(a, str(e)) for a, e in failures] == [(bad, "injected engine bug")]
+    pair.pump()
+    assert pair.run(lambda: pair.server_messages() == [b"after the bug"])
+    with pytest.raises(RuntimeError, match="injected"):
+        server.receive_batch([(hello, bad)], 6.0)  # without failed: it propagates
