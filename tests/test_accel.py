@@ -609,3 +609,52 @@ def test_a_protocol_call_refuses_what_it_cannot_call() -> None:
         call()
     with pytest.raises(TypeError):
         call(b"a", b"b")
+
+
+def test_many_peers_each_get_their_own_address_both_ways() -> None:
+    # More peers than the native address caches have slots (512): every datagram still carries
+    # its own sender's address, and every reply reaches the peer it was sent to.
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peers = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(600)]
+    try:
+        server.bind(("127.0.0.1", 0))
+        server.setblocking(False)
+        for i, peer in enumerate(peers):
+            peer.bind((f"127.0.{1 + i // 250}.{1 + i % 250}", 0))
+            peer.setblocking(False)
+        by_address = {peer.getsockname(): i for i, peer in enumerate(peers)}
+        for round_ in range(2):
+            order = list(range(len(peers)))
+            random.Random(round_).shuffle(order)
+            got: list[tuple[bytes, object]] = []
+            for start in range(0, len(order), 50):  # 50 at a time: within the receive buffer
+                for i in order[start : start + 50]:
+                    peers[i].sendto(b"%d" % i, server.getsockname())
+                for _ in range(10_000):  # bounded
+                    batch, error = _accel.recv_batch(server, 64)
+                    assert error is None
+                    got.extend(batch)
+                    if len(got) == min(start + 50, len(order)):
+                        break
+            assert len(got) == len(peers)
+            for data, address in got:
+                assert by_address[address] == int(data)  # (KeyError: an address never used)
+            replies = [(b"to %s" % data, address) for data, address in got]
+            for start in range(0, len(replies), 64):
+                assert _accel.send_batch(server, replies[start : start + 64]) == (
+                    len(replies[start : start + 64]),
+                    None,
+                )
+            for i, peer in enumerate(peers):
+                for _ in range(1000):  # bounded: loopback delivers before sendto returns
+                    try:
+                        assert peer.recv(100) == b"to %d" % i
+                        break
+                    except BlockingIOError:
+                        continue
+                else:
+                    raise AssertionError(f"peer {i} got no reply")
+    finally:
+        server.close()
+        for peer in peers:
+            peer.close()

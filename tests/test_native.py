@@ -158,3 +158,29 @@ def test_both_protocol_calls_behave_alike_and_hold_no_reference() -> None:
         assert sys.getrefcount(message) == before, implementation  # nothing leaked or kept
         assert call(b"raise") is None
         assert [type(f) for f in failures] == [Boom], implementation
+
+
+@needs_native
+def test_a_peer_s_datagrams_carry_one_address_object() -> None:
+    # The native address cache: one tuple per peer (equal to recvfrom's), so the engine's dict
+    # lookup matches its key by identity. The pure-Python path makes a new, equal tuple.
+    native = _native()
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with receiver, sender:
+        receiver.bind(("127.0.0.1", 0))
+        sender.bind(("127.0.0.1", 0))
+        receiver.setblocking(False)
+        got: list[tuple[bytes, object]] = []
+        for data in (b"a", b"b", b"c"):
+            sender.sendto(data, receiver.getsockname())
+            for _ in range(1000):  # bounded
+                batch, error = native.recv_batch(receiver, 8)
+                assert error is None
+                got.extend(batch)
+                if batch:
+                    break
+        assert [data for data, _ in got] == [b"a", b"b", b"c"]
+        first = got[0][1]
+        assert first == sender.getsockname()
+        assert all(address is first for _, address in got)

@@ -616,6 +616,78 @@ static int parse_address(int family, PyObject *address, struct sockaddr_storage 
     return 0;
 }
 
+/* ---- address caches -------------------------------------------------------------------- */
+
+/* A server hears the same few peers over and over. Two small direct-mapped caches, used with
+ * the GIL held, spare the per-datagram address work:
+ *  - received: an IPv4/IPv6 sockaddr -> the address tuple made for it last time, so a peer's
+ *    datagrams carry one tuple object (no new string and tuple per datagram; the engine's
+ *    dict lookup then matches the key it holds by identity, without comparing tuples);
+ *  - sent: an address object (by identity: the cache holds a reference, so the object cannot
+ *    be freed and its address reused while cached) -> the sockaddr parsed from it.
+ * Both are bounded (ADDRESS_SLOTS entries each: about 40 KiB plus the tuples held) and a
+ * collision just replaces the entry. What they return equals what they would compute. */
+#define ADDRESS_SLOTS 512
+
+typedef struct {
+    PyObject *address; /* NULL: empty */
+    socklen_t len;
+    int family;
+    struct sockaddr_storage name;
+} AddressSlot;
+
+static AddressSlot received_addresses[ADDRESS_SLOTS];
+static AddressSlot sent_addresses[ADDRESS_SLOTS];
+
+static size_t sockaddr_slot(const struct sockaddr_storage *ss, socklen_t len) {
+    const unsigned char *p = (const unsigned char *)ss;
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (socklen_t i = 0; i < len; i++) {
+        h = (h ^ p[i]) * 1099511628211ULL;
+    }
+    return (size_t)(h ^ (h >> 29)) % ADDRESS_SLOTS;
+}
+
+static PyObject *cached_make_address(const struct sockaddr_storage *ss, socklen_t len) {
+    if ((ss->ss_family != AF_INET && ss->ss_family != AF_INET6) || len <= 0 ||
+        (size_t)len > sizeof(*ss)) {
+        return make_address(ss, len);
+    }
+    AddressSlot *slot = &received_addresses[sockaddr_slot(ss, len)];
+    if (slot->address != NULL && slot->len == len && memcmp(&slot->name, ss, (size_t)len) == 0) {
+        Py_INCREF(slot->address);
+        return slot->address;
+    }
+    PyObject *address = make_address(ss, len);
+    if (address == NULL) {
+        return NULL;
+    }
+    Py_INCREF(address);
+    Py_XSETREF(slot->address, address);
+    slot->len = len;
+    memcpy(&slot->name, ss, (size_t)len);
+    return address;
+}
+
+static int cached_parse_address(int family, PyObject *address, struct sockaddr_storage *ss,
+                                socklen_t *len) {
+    AddressSlot *slot = &sent_addresses[((uintptr_t)address >> 4) % ADDRESS_SLOTS];
+    if (slot->address == address && slot->family == family) {
+        memcpy(ss, &slot->name, (size_t)slot->len);
+        *len = slot->len;
+        return 1;
+    }
+    int parsed = parse_address(family, address, ss, len);
+    if (parsed == 1 && (size_t)*len <= sizeof(slot->name)) {
+        Py_INCREF(address);
+        Py_XSETREF(slot->address, address);
+        slot->family = family;
+        slot->len = *len;
+        memcpy(&slot->name, ss, (size_t)*len);
+    }
+    return parsed;
+}
+
 /* ---- batches --------------------------------------------------------------------------- */
 
 /* Read and discard what waits on the wake-up descriptor (non-blocking; bounded). */
@@ -768,7 +840,7 @@ static PyObject *recv_batch(PyObject *module, PyObject *const *args, Py_ssize_t 
                 Py_INCREF(last_address);
                 address = last_address;
             } else {
-                address = make_address(&s->names[i], hdr->msg_namelen);
+                address = cached_make_address(&s->names[i], hdr->msg_namelen);
                 if (address == NULL) {
                     goto fail;
                 }
@@ -879,7 +951,7 @@ static PyObject *send_batch(PyObject *module, PyObject *const *args, Py_ssize_t 
             memset(hdr, 0, sizeof(*hdr));
             if (address != Py_None) {
                 socklen_t len = 0;
-                int parsed = parse_address(family, address, &s->names[k], &len);
+                int parsed = cached_parse_address(family, address, &s->names[k], &len);
                 if (parsed < 0) {
                     goto done;
                 }
