@@ -236,12 +236,20 @@ class Channel(ChannelBase):
         handler tasks send in one turn of the loop leave together in one system call at its
         next turn, in order; a socket error on one is counted (``"send_failed"``) rather than
         raised."""
-        self._check_open()
+        if self._inbox.error is not None:  # (_check_open, inline: once per message)
+            raise fresh_error(self._inbox.error)
         endpoint = self._endpoint
         if not endpoint._writable.is_set():
             await endpoint.writable()
             self._check_open()  # the session may have ended while we waited
-        self._transmit_message(data)
+        # _transmit_message, inline
+        record = self._engine.seal(data)
+        if record is None:
+            failure = endpoint.flush()
+        else:
+            failure = endpoint.send_reply(record, self._send_address)
+        if failure is not None:
+            raise fresh_error(failure)
 
     def send_nowait(self, data: bytes | bytearray | memoryview) -> None:
         """Send one message now, without waiting (callable from a callback-style handler,
