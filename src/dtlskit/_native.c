@@ -1219,6 +1219,318 @@ static PyTypeObject ProtocolCallType = {
     .tp_members = protocol_call_members,
 };
 
+/* ---- the established fast path of a server's read batch ---------------------------------- */
+
+/* receive_established(connections, batch, start, now) -> (stop, datagrams, bytes, error)
+ *
+ * DTLSConnection.receive_record's fast path, in C, for a server's read batch (called by
+ * ServerEngine.receive_batch, which owns every decision about what this may do). From
+ * batch[start], while each (datagram, address) is exactly one application-data record
+ * (type 23, length field + 13 == size) of an association in `connections` (the engine's
+ * address -> DTLSConnection dict) that is established on OpenSSL objects (its `_handle` is one
+ * of ours), whose Finished is not pending and which has a consumer (its `on_message`, else its
+ * `inbox`), it does what receive_record does, in the same order and on the same attributes:
+ * the session's counters, the record opened by OpenSSL, the highest read sequence, the idle
+ * deadline, then the message to on_message (the C ProtocolCall of a callback-style session:
+ * no Python frame), or inbox.offer (a refusal goes to _report_drop), or, if OpenSSL returned
+ * no data, _record_failed(code, datagram) in Python. It stops at the first datagram it may
+ * not take, untouched, and returns its index (Python's general path takes it), with how many
+ * datagrams and bytes it took (the server's counters, which Python adds) and None. An
+ * Exception out of a Python call while taking a datagram stops it there: that datagram
+ * counts as taken and the exception is returned in place of None (Python's loop reports it
+ * and goes on, as for a datagram it handles itself); a BaseException propagates. The bytes are untrusted: only the 13-byte header's
+ * type and length are read here; OpenSSL parses the record. */
+static PyObject *s_handle, *s_on_message, *s_inbox, *s_final_pending, *s_stats, *s_read_high,
+    *s_idle_timeout, *s_idle_deadline, *s_datagrams_received, *s_bytes_received,
+    *s_messages_received, *s_offer, *s_report_drop, *s_record_failed;
+
+static int intern_names(void) {
+#define INTERN(var, text)                                                                     \
+    if (var == NULL && (var = PyUnicode_InternFromString(text)) == NULL) {                    \
+        return -1;                                                                            \
+    }
+    INTERN(s_handle, "_handle");
+    INTERN(s_on_message, "on_message");
+    INTERN(s_inbox, "inbox");
+    INTERN(s_final_pending, "_final_pending");
+    INTERN(s_stats, "_stats");
+    INTERN(s_read_high, "_read_high");
+    INTERN(s_idle_timeout, "_idle_timeout");
+    INTERN(s_idle_deadline, "_idle_deadline");
+    INTERN(s_datagrams_received, "datagrams_received");
+    INTERN(s_bytes_received, "bytes_received");
+    INTERN(s_messages_received, "messages_received");
+    INTERN(s_offer, "offer");
+    INTERN(s_report_drop, "_report_drop");
+    INTERN(s_record_failed, "_record_failed");
+#undef INTERN
+    return 0;
+}
+
+/* obj.name += amount (Python's semantics: whatever + and setattr do). */
+static int add_to_attr(PyObject *obj, PyObject *name, Py_ssize_t amount) {
+    PyObject *value = PyObject_GetAttr(obj, name);
+    if (value == NULL) {
+        return -1;
+    }
+    PyObject *step = PyLong_FromSsize_t(amount);
+    PyObject *sum = step ? PyNumber_Add(value, step) : NULL;
+    Py_DECREF(value);
+    Py_XDECREF(step);
+    if (sum == NULL) {
+        return -1;
+    }
+    int done = PyObject_SetAttr(obj, name, sum);
+    Py_DECREF(sum);
+    return done;
+}
+
+/* 1: conn may take the fast path now (its handle in *handle, its consumer in *callback or
+ * *inbox, new references); 0: not (nothing held); -1: error. */
+static int fast_session(PyObject *conn, Handle **handle, PyObject **callback, PyObject **inbox) {
+    *handle = NULL;
+    *callback = *inbox = NULL;
+    PyObject *h = PyObject_GetAttr(conn, s_handle);
+    if (h == NULL) {
+        return -1;
+    }
+    if (!PyObject_TypeCheck(h, &HandleType) || ((Handle *)h)->ssl == NULL ||
+        ((Handle *)h)->rbio == NULL || ((Handle *)h)->wbio == NULL) {
+        Py_DECREF(h); /* None (hibernated, not established) or cleared: Python's path */
+        return 0;
+    }
+    PyObject *pending = PyObject_GetAttr(conn, s_final_pending);
+    if (pending == NULL) {
+        Py_DECREF(h);
+        return -1;
+    }
+    int final_pending = pending != Py_False;
+    Py_DECREF(pending);
+    if (final_pending) {
+        Py_DECREF(h);
+        return 0;
+    }
+    PyObject *cb = PyObject_GetAttr(conn, s_on_message);
+    if (cb == NULL) {
+        Py_DECREF(h);
+        return -1;
+    }
+    if (cb == Py_None) {
+        Py_DECREF(cb);
+        PyObject *box = PyObject_GetAttr(conn, s_inbox);
+        if (box == NULL) {
+            Py_DECREF(h);
+            return -1;
+        }
+        if (box == Py_None) { /* no consumer yet: an event, Python's path */
+            Py_DECREF(box);
+            Py_DECREF(h);
+            return 0;
+        }
+        *inbox = box;
+    } else {
+        *callback = cb;
+    }
+    *handle = (Handle *)h;
+    return 1;
+}
+
+/* What receive_record does once the fast path applies; 0 or -1 (error). */
+static int take_record(PyObject *conn, Handle *h, PyObject *callback, PyObject *inbox,
+                       PyObject *data, PyObject *now) {
+    const char *p = PyBytes_AS_STRING(data);
+    Py_ssize_t len = PyBytes_GET_SIZE(data);
+    PyObject *stats = PyObject_GetAttr(conn, s_stats);
+    if (stats == NULL) {
+        return -1;
+    }
+    int failed = add_to_attr(stats, s_datagrams_received, 1) < 0 ||
+                 add_to_attr(stats, s_bytes_received, len) < 0;
+    if (failed) {
+        Py_DECREF(stats);
+        return -1;
+    }
+    Scratch *scratch = get_scratch(0);
+    if (scratch == NULL) {
+        Py_DECREF(stats);
+        return -1;
+    }
+    long code;
+    PyObject *plaintext = NULL;
+    clear_errors();
+    if (len > INT_MAX || p_BIO_write(h->rbio, (void *)p, (int)len) <= 0) {
+        code = g_syscall;
+    } else {
+        int n = p_SSL_read(h->ssl, scratch->plaintext, PLAINTEXT_MAX);
+        if (n > 0) {
+            plaintext = PyBytes_FromStringAndSize(scratch->plaintext, n);
+            if (plaintext == NULL) {
+                Py_DECREF(stats);
+                return -1;
+            }
+            code = 0;
+        } else {
+            code = p_SSL_get_error(h->ssl, n);
+        }
+    }
+    if (plaintext == NULL) { /* OpenSSL gave no data: Python judges it */
+        Py_DECREF(stats);
+        PyObject *code_object = PyLong_FromLong(code);
+        if (code_object == NULL) {
+            return -1;
+        }
+        PyObject *result =
+            PyObject_CallMethodObjArgs(conn, s_record_failed, code_object, data, NULL);
+        Py_DECREF(code_object);
+        if (result == NULL) {
+            return -1;
+        }
+        Py_DECREF(result);
+        return 0;
+    }
+    int status = -1;
+    PyObject *sequence = NULL, *high = NULL, *idle = NULL, *result = NULL;
+    if (add_to_attr(stats, s_messages_received, 1) < 0) {
+        goto out;
+    }
+    sequence = PyBytes_FromStringAndSize(p + 3, 8);
+    high = sequence ? PyObject_GetAttr(conn, s_read_high) : NULL;
+    if (high == NULL) {
+        goto out;
+    }
+    int later = PyObject_RichCompareBool(sequence, high, Py_GT);
+    if (later < 0 || (later && PyObject_SetAttr(conn, s_read_high, sequence) < 0)) {
+        goto out;
+    }
+    idle = PyObject_GetAttr(conn, s_idle_timeout);
+    if (idle == NULL) {
+        goto out;
+    }
+    if (idle != Py_None) {
+        PyObject *deadline = PyNumber_Add(now, idle);
+        if (deadline == NULL) {
+            goto out;
+        }
+        int set = PyObject_SetAttr(conn, s_idle_deadline, deadline);
+        Py_DECREF(deadline);
+        if (set < 0) {
+            goto out;
+        }
+    }
+    if (callback != NULL) {
+        result = PyObject_Vectorcall(callback, &plaintext, 1, NULL);
+        if (result == NULL) {
+            goto out;
+        }
+    } else {
+        result = PyObject_CallMethodOneArg(inbox, s_offer, plaintext);
+        if (result == NULL) {
+            goto out;
+        }
+        if (result != Py_None) { /* the bound's reason: counted as receive_record counts it */
+            PyObject *dropped = PyObject_CallMethodOneArg(conn, s_report_drop, result);
+            if (dropped == NULL) {
+                goto out;
+            }
+            Py_DECREF(dropped);
+        }
+    }
+    status = 0;
+out:
+    Py_XDECREF(result);
+    Py_XDECREF(idle);
+    Py_XDECREF(high);
+    Py_XDECREF(sequence);
+    Py_DECREF(plaintext);
+    Py_DECREF(stats);
+    return status;
+}
+
+static PyObject *receive_established(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4 || !PyDict_Check(args[0]) || !PyList_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "receive_established(connections: dict, batch: list, start, now)");
+        return NULL;
+    }
+    if (require_init() < 0 || intern_names() < 0) {
+        return NULL;
+    }
+    PyObject *connections = args[0], *batch = args[1], *now = args[3];
+    Py_ssize_t i = PyNumber_AsSsize_t(args[2], PyExc_OverflowError);
+    if (i == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (i < 0) {
+        i = 0;
+    }
+    Py_ssize_t taken = 0, taken_bytes = 0;
+    while (i < PyList_GET_SIZE(batch)) { /* (re-read: a Python call may change the list) */
+        PyObject *item = PyList_GET_ITEM(batch, i);
+        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 2) {
+            break;
+        }
+        PyObject *data = PyTuple_GET_ITEM(item, 0);
+        if (!PyBytes_CheckExact(data)) {
+            break;
+        }
+        Py_ssize_t len = PyBytes_GET_SIZE(data);
+        const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(data);
+        if (len < 13 || p[0] != 23 || len != 13 + ((Py_ssize_t)p[11] << 8 | p[12])) {
+            break;
+        }
+        Py_INCREF(item); /* keeps data and address alive through the Python calls */
+        PyObject *conn = PyDict_GetItemWithError(connections, PyTuple_GET_ITEM(item, 1));
+        if (conn == NULL) {
+            Py_DECREF(item);
+            if (PyErr_Occurred()) {
+                return NULL;
+            }
+            break;
+        }
+        Py_INCREF(conn);
+        Handle *h;
+        PyObject *callback, *inbox;
+        int fast = fast_session(conn, &h, &callback, &inbox);
+        if (fast <= 0) {
+            Py_DECREF(conn);
+            Py_DECREF(item);
+            if (fast < 0) {
+                return NULL;
+            }
+            break;
+        }
+        taken += 1;
+        taken_bytes += len;
+        int done = take_record(conn, h, callback, inbox, data, now);
+        Py_DECREF(h);
+        Py_XDECREF(callback);
+        Py_XDECREF(inbox);
+        Py_DECREF(conn);
+        Py_DECREF(item);
+        i += 1;
+        if (done < 0) {
+            /* That datagram was taken (and counted) when its handling raised: hand the
+             * exception back with the progress, as Python's loop reports it and goes on. */
+            if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+                return NULL; /* KeyboardInterrupt, SystemExit: propagate */
+            }
+            PyObject *type, *value, *traceback;
+            PyErr_Fetch(&type, &value, &traceback);
+            PyErr_NormalizeException(&type, &value, &traceback);
+            if (traceback != NULL && value != NULL) {
+                PyException_SetTraceback(value, traceback);
+            }
+            Py_XDECREF(type);
+            Py_XDECREF(traceback);
+            PyObject *out = Py_BuildValue("(nnnO)", i, taken, taken_bytes,
+                                          value != NULL ? value : Py_None);
+            Py_XDECREF(value);
+            return out;
+        }
+    }
+    return Py_BuildValue("(nnnO)", i, taken, taken_bytes, Py_None);
+}
+
 static PyMethodDef methods[] = {
     {"init", (PyCFunction)(void (*)(void))init, METH_FASTCALL,
      "init(ffi, lib): take the OpenSSL function pointers from cryptography's cffi binding."},
@@ -1233,6 +1545,9 @@ static PyMethodDef methods[] = {
      "(list of (datagram, address), OSError or None)."},
     {"send_batch", (PyCFunction)(void (*)(void))send_batch, METH_FASTCALL,
      "send_batch(sock, items) -> (number sent, OSError or None)."},
+    {"receive_established", (PyCFunction)(void (*)(void))receive_established, METH_FASTCALL,
+     "receive_established(connections, batch, start, now) -> (stop, datagrams, bytes, error): "
+     "DTLSConnection.receive_record's fast path for a server's batch (see the source)."},
     {NULL, NULL, 0, NULL},
 };
 

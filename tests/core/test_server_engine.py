@@ -410,3 +410,99 @@ def test_a_failing_datagram_in_a_batch_goes_to_failed_and_the_rest_are_fed(
     assert pair.run(lambda: pair.server_messages() == [b"after the bug"])
     with pytest.raises(RuntimeError, match="injected"):
         server.receive_batch([(hello, bad)], 6.0)  # without failed: it propagates
+
+
+def _messages_and_junk(pair: MemoryPair, count: int) -> list[bytes]:
+    datagrams: list[bytes] = []
+    for i in range(count):
+        pair.client.send(b"message %d" % i)
+        datagrams.extend(pair.client.datagrams_to_send())
+    record = datagrams[1]
+    datagrams.insert(2, record)  # a replay: OpenSSL drops it, counted
+    datagrams.insert(4, record[:-1] + bytes([record[-1] ^ 1]))  # a bad MAC, counted
+    datagrams.insert(6, b"\x17\xfe\xfd\x00\x01" + b"\x00" * 6 + b"\x00\x05" + b"hello")
+    datagrams.insert(8, b"\x16\xfe\xfd" + bytes(20))  # not application data: the general path
+    return datagrams
+
+
+@pytest.mark.parametrize("consumer", ["callback", "inbox"])
+def test_a_batch_of_established_records_is_taken_exactly_as_one_by_one(
+    server_config, client_config, consumer
+):
+    # With the accelerator, receive_batch takes these in C (receive_established); without it,
+    # in Python. Either way: the same messages, in order, and the same counters as
+    # receive_datagram one datagram at a time.
+    results = []
+    for batched in (False, True):
+        pair = MemoryPair(server_config, client_config)
+        assert pair.handshake()
+        conn = pair.server_connection
+        assert conn is not None
+        got: list[bytes] = []
+        if consumer == "callback":
+            conn.on_message = got.append
+        else:
+            conn.open_inbox()
+        datagrams = _messages_and_junk(pair, 20)
+        conn_before, server_before = conn.statistics(), pair.server.statistics()
+        if batched:
+            pair.server.receive_batch([(d, pair.client_address) for d in datagrams], 7.0)
+        else:
+            for datagram in datagrams:
+                pair.server.receive_datagram(datagram, pair.client_address, 7.0)
+        if consumer == "inbox":
+            assert conn.inbox is not None
+            while (message := conn.inbox.take()) is not None:
+                got.append(message)
+        conn_after, server_after = conn.statistics(), pair.server.statistics()
+        results.append(
+            (
+                got,
+                [
+                    getattr(conn_after, name) - getattr(conn_before, name)
+                    for name in ("datagrams_received", "bytes_received", "messages_received")
+                ],
+                conn_after.drops,
+                server_after.datagrams_received - server_before.datagrams_received,
+                server_after.bytes_received - server_before.bytes_received,
+                server_after.drops,
+                conn._idle_deadline,
+                conn._read_high,
+            )
+        )
+    assert results[0][0] == [b"message %d" % i for i in range(20)]
+    assert results[0] == results[1]
+    assert results[1][2]  # the replay, the bad MAC and the bad record were counted
+
+
+def test_a_message_callback_that_raises_in_a_batch_goes_to_failed(server_config, client_config):
+    pair = MemoryPair(server_config, client_config)
+    assert pair.handshake()
+    conn = pair.server_connection
+    assert conn is not None
+    got: list[bytes] = []
+
+    def on_message(data: bytes) -> None:
+        if data == b"bad":
+            raise ValueError("handler bug")
+        got.append(data)
+
+    conn.on_message = on_message
+    datagrams = []
+    for message in (b"one", b"bad", b"two"):
+        pair.client.send(message)
+        datagrams.extend(pair.client.datagrams_to_send())
+    failures: list[tuple[object, Exception]] = []
+    before = pair.server.statistics().datagrams_received
+    pair.server.receive_batch(
+        [(d, pair.client_address) for d in datagrams], 8.0, lambda a, e: failures.append((a, e))
+    )
+    assert got == [b"one", b"two"]
+    assert [(a, str(e)) for a, e in failures] == [(pair.client_address, "handler bug")]
+    assert pair.server.statistics().datagrams_received == before + 3
+    assert conn.statistics().messages_received >= 3
+    pair.client.send(b"bad")
+    with pytest.raises(ValueError, match="handler bug"):  # without failed: it propagates
+        pair.server.receive_batch(
+            [(d, pair.client_address) for d in pair.client.datagrams_to_send()], 9.0
+        )

@@ -58,6 +58,12 @@ The contract
 ``send_batch(sock, items) -> (number sent, OSError | None)``
     send ``(datagram, address)`` pairs in order (address None on a connected socket); stops at
     the first failure and returns it with how many went out before it.
+``receive_established``
+    None on the pure-Python path. Native: ``receive_established(connections, batch, start,
+    now) -> (stop, datagrams, bytes, error)``, :meth:`DTLSConnection.receive_record`'s fast
+    path for a run of a server's read batch, in C (see ``_native.c``); only
+    :meth:`dtlskit.core.ServerEngine.receive_batch` calls it, and runs the same steps in
+    Python when it is None.
 ``ProtocolCall(received, failed)``
     a callable for a callback-style session's messages (the engine's ``on_message``): calling
     it with a message calls ``received(message)``; if that raises an :class:`Exception`,
@@ -88,6 +94,7 @@ __all__ = [
     "make_handle",
     "open_record",
     "raise_error",
+    "receive_established",
     "recv_batch",
     "seal_record",
     "send_batch",
@@ -260,6 +267,7 @@ seal_record = _py_seal_record
 recv_batch = _py_recv_batch
 send_batch = _py_send_batch
 ProtocolCall: Any = _PyProtocolCall
+receive_established: Any = None
 ACCELERATOR = "python"
 """Which implementation is active: ``"native"`` (the C extension) or ``"python"``."""
 
@@ -280,4 +288,5 @@ if _native_wanted():  # pragma: no branch
         recv_batch = _native.recv_batch
         send_batch = _native.send_batch
         ProtocolCall = _native.ProtocolCall
+        receive_established = _native.receive_established
         ACCELERATOR = "native"
