@@ -1221,7 +1221,8 @@ static PyTypeObject ProtocolCallType = {
 
 /* ---- the established fast path of a server's read batch ---------------------------------- */
 
-/* receive_established(connections, batch, start, now) -> (stop, datagrams, bytes, error)
+/* receive_established(connections, batch, start, now, server_statistics)
+ *     -> (stop, error, address)
  *
  * DTLSConnection.receive_record's fast path, in C, for a server's read batch (called by
  * ServerEngine.receive_batch, which owns every decision about what this may do). From
@@ -1230,16 +1231,19 @@ static PyTypeObject ProtocolCallType = {
  * address -> DTLSConnection dict) that is established on OpenSSL objects (its `_handle` is one
  * of ours), whose Finished is not pending and which has a consumer (its `on_message`, else its
  * `inbox`), it does what receive_record does, in the same order and on the same attributes:
- * the session's counters, the record opened by OpenSSL, the highest read sequence, the idle
+ * the server's two counters (server_statistics: the engine's), the session's counters, the
+ * record opened by OpenSSL, the highest read sequence, the idle
  * deadline, then the message to on_message (the C ProtocolCall of a callback-style session:
  * no Python frame), or inbox.offer (a refusal goes to _report_drop), or, if OpenSSL returned
  * no data, _record_failed(code, datagram) in Python. It stops at the first datagram it may
- * not take, untouched, and returns its index (Python's general path takes it), with how many
- * datagrams and bytes it took (the server's counters, which Python adds) and None. An
- * Exception out of a Python call while taking a datagram stops it there: that datagram
- * counts as taken and the exception is returned in place of None (Python's loop reports it
- * and goes on, as for a datagram it handles itself); a BaseException propagates. The bytes are untrusted: only the 13-byte header's
- * type and length are read here; OpenSSL parses the record. */
+ * not take, untouched, and returns its index (Python's general path takes it), None, None.
+ * An Exception out of a Python call while taking a datagram stops it there: that datagram
+ * was taken (and counted), and the index after it, the exception and the datagram's address
+ * are returned (Python's loop reports it and goes on, as for a datagram it handles itself);
+ * a BaseException propagates, every datagram taken so far counted. Counting per datagram
+ * keeps what a callback reading statistics() sees the same as without the accelerator. The
+ * bytes are untrusted: only the 13-byte header's type and length are read here; OpenSSL
+ * parses the record. */
 static PyObject *s_handle, *s_on_message, *s_inbox, *s_final_pending, *s_stats, *s_read_high,
     *s_idle_timeout, *s_idle_deadline, *s_datagrams_received, *s_bytes_received,
     *s_messages_received, *s_offer, *s_report_drop, *s_record_failed;
@@ -1447,15 +1451,15 @@ out:
 }
 
 static PyObject *receive_established(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 4 || !PyDict_Check(args[0]) || !PyList_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError,
-                        "receive_established(connections: dict, batch: list, start, now)");
+    if (nargs != 5 || !PyDict_Check(args[0]) || !PyList_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "receive_established(connections: dict, batch: list, "
+                                         "start, now, server_statistics)");
         return NULL;
     }
     if (require_init() < 0 || intern_names() < 0) {
         return NULL;
     }
-    PyObject *connections = args[0], *batch = args[1], *now = args[3];
+    PyObject *connections = args[0], *batch = args[1], *now = args[3], *server_stats = args[4];
     Py_ssize_t i = PyNumber_AsSsize_t(args[2], PyExc_OverflowError);
     if (i == -1 && PyErr_Occurred()) {
         return NULL;
@@ -1463,7 +1467,6 @@ static PyObject *receive_established(PyObject *module, PyObject *const *args, Py
     if (i < 0) {
         i = 0;
     }
-    Py_ssize_t taken = 0, taken_bytes = 0;
     while (i < PyList_GET_SIZE(batch)) { /* (re-read: a Python call may change the list) */
         PyObject *item = PyList_GET_ITEM(batch, i);
         if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 2) {
@@ -1499,20 +1502,23 @@ static PyObject *receive_established(PyObject *module, PyObject *const *args, Py
             }
             break;
         }
-        taken += 1;
-        taken_bytes += len;
-        int done = take_record(conn, h, callback, inbox, data, now);
+        /* The server's counters first, per datagram, as Python's loop counts them. */
+        int done = add_to_attr(server_stats, s_datagrams_received, 1) < 0 ||
+                           add_to_attr(server_stats, s_bytes_received, len) < 0
+                       ? -1
+                       : take_record(conn, h, callback, inbox, data, now);
         Py_DECREF(h);
         Py_XDECREF(callback);
         Py_XDECREF(inbox);
         Py_DECREF(conn);
-        Py_DECREF(item);
         i += 1;
         if (done < 0) {
             /* That datagram was taken (and counted) when its handling raised: hand the
-             * exception back with the progress, as Python's loop reports it and goes on. */
+             * exception back with the progress and its address, as Python's loop reports it
+             * and goes on. */
             if (!PyErr_ExceptionMatches(PyExc_Exception)) {
-                return NULL; /* KeyboardInterrupt, SystemExit: propagate */
+                Py_DECREF(item);
+                return NULL; /* KeyboardInterrupt, SystemExit: propagate (counted already) */
             }
             PyObject *type, *value, *traceback;
             PyErr_Fetch(&type, &value, &traceback);
@@ -1522,13 +1528,15 @@ static PyObject *receive_established(PyObject *module, PyObject *const *args, Py
             }
             Py_XDECREF(type);
             Py_XDECREF(traceback);
-            PyObject *out = Py_BuildValue("(nnnO)", i, taken, taken_bytes,
-                                          value != NULL ? value : Py_None);
+            PyObject *out = Py_BuildValue("(nOO)", i, value != NULL ? value : Py_None,
+                                          PyTuple_GET_ITEM(item, 1));
             Py_XDECREF(value);
+            Py_DECREF(item);
             return out;
         }
+        Py_DECREF(item);
     }
-    return Py_BuildValue("(nnnO)", i, taken, taken_bytes, Py_None);
+    return Py_BuildValue("(nOO)", i, Py_None, Py_None);
 }
 
 static PyMethodDef methods[] = {
@@ -1546,7 +1554,8 @@ static PyMethodDef methods[] = {
     {"send_batch", (PyCFunction)(void (*)(void))send_batch, METH_FASTCALL,
      "send_batch(sock, items) -> (number sent, OSError or None)."},
     {"receive_established", (PyCFunction)(void (*)(void))receive_established, METH_FASTCALL,
-     "receive_established(connections, batch, start, now) -> (stop, datagrams, bytes, error): "
+     "receive_established(connections, batch, start, now, server_statistics) -> "
+     "(stop, error, address): "
      "DTLSConnection.receive_record's fast path for a server's batch (see the source)."},
     {NULL, NULL, 0, NULL},
 };

@@ -506,3 +506,60 @@ def test_a_message_callback_that_raises_in_a_batch_goes_to_failed(server_config,
         pair.server.receive_batch(
             [(d, pair.client_address) for d in pair.client.datagrams_to_send()], 9.0
         )
+
+
+@pytest.mark.parametrize("kind", ["read_stats", "kbint", "clear_batch", "raise"])
+def test_receive_batch_is_the_same_with_and_without_the_c_run(
+    server_config, client_config, kind, monkeypatch
+):
+    # (review A1-A3) The C run of receive_batch (accel.receive_established, when built) and
+    # Python's loop: the same messages, the same server counters seen from inside a callback
+    # and after it, a BaseException keeps what was counted, a batch that shrinks is fine.
+    from dtlskit._frontend import accel
+
+    def scenario(c_run):  # type: ignore[no-untyped-def]
+        monkeypatch.setattr(accel, "receive_established", c_run)
+        pair = MemoryPair(server_config, client_config)
+        assert pair.handshake()
+        conn, server = pair.server_connection, pair.server
+        assert conn is not None
+        datagrams = []
+        for i in range(6):
+            pair.client.send(b"m%d" % i)
+            datagrams.extend(pair.client.datagrams_to_send())
+        items = [(d, pair.client_address) for d in datagrams]
+        seen: list[object] = []
+        before = server.statistics()
+
+        def on_message(data: bytes) -> None:
+            seen.append(data)
+            if data == b"m2":
+                if kind == "read_stats":
+                    st = server.statistics()
+                    seen.append(
+                        (
+                            st.datagrams_received - before.datagrams_received,
+                            st.bytes_received - before.bytes_received,
+                        )
+                    )
+                elif kind == "kbint":
+                    raise KeyboardInterrupt
+                elif kind == "raise":
+                    raise ValueError("m2")
+                else:
+                    items.clear()
+
+        conn.on_message = on_message
+        try:
+            server.receive_batch(items, 7.0, lambda a, e: seen.append((a, repr(e))))
+        except KeyboardInterrupt:
+            seen.append("interrupted")
+        st = server.statistics()
+        return (
+            seen,
+            st.datagrams_received - before.datagrams_received,
+            st.bytes_received - before.bytes_received,
+        )
+
+    real = accel.receive_established
+    assert scenario(real) == scenario(None)

@@ -34,7 +34,7 @@ The contract
     (close_notify), anything else an error whose details wait on OpenSSL's error queue of this
     thread: call :func:`raise_error` at once, on the same thread. An empty datagram is
     :data:`WANT_READ` (it holds no record). Each call empties this thread's error queue first
-    (wiping it only when ``ERR_peek_error`` says it holds an error: wiping costs more).
+    (the native one wipes it only when ``ERR_peek_error`` says it holds an error).
 ``seal_record(handle, message) -> bytes | int``
     encrypt one message (at most the cleartext MTU, checked by the caller) and return every
     byte OpenSSL wrote (one record, plus anything OpenSSL had left in its write BIO), or an
@@ -60,10 +60,10 @@ The contract
     the first failure and returns it with how many went out before it.
 ``receive_established``
     None on the pure-Python path. Native: ``receive_established(connections, batch, start,
-    now) -> (stop, datagrams, bytes, error)``, :meth:`DTLSConnection.receive_record`'s fast
-    path for a run of a server's read batch, in C (see ``_native.c``); only
-    :meth:`dtlskit.core.ServerEngine.receive_batch` calls it, and runs the same steps in
-    Python when it is None.
+    now, server_statistics) -> (stop, error, address)``,
+    :meth:`DTLSConnection.receive_record`'s fast path for a run of a server's read batch, in
+    C (see ``_native.c``); only :meth:`dtlskit.core.ServerEngine.receive_batch` calls it,
+    and runs the same steps in Python when it is None.
 ``ProtocolCall(received, failed)``
     a callable for a callback-style session's messages (the engine's ``on_message``): calling
     it with a message calls ``received(message)``; if that raises an :class:`Exception`,
@@ -132,8 +132,7 @@ def _py_make_handle(connection: SSL.Connection) -> Any:
 def _py_open_record(handle: Any, datagram: bytes) -> bytes | int:
     if not datagram:
         return WANT_READ
-    if _lib.ERR_peek_error():  # (ERR_clear_error wipes 16 slots: only when one holds an error)
-        _lib.ERR_clear_error()
+    _lib.ERR_clear_error()
     if _lib.BIO_write(handle.rbio, datagram, len(datagram)) <= 0:
         return int(_lib.SSL_ERROR_SYSCALL)
     buf = _alloc("char[]", _RECORD_PLAINTEXT_MAX)
@@ -144,8 +143,7 @@ def _py_open_record(handle: Any, datagram: bytes) -> bytes | int:
 
 
 def _py_seal_record(handle: Any, message: bytes) -> bytes | int:
-    if _lib.ERR_peek_error():
-        _lib.ERR_clear_error()
+    _lib.ERR_clear_error()
     result = _lib.SSL_write(handle.ssl, message, len(message))
     if result <= 0:
         return int(_lib.SSL_get_error(handle.ssl, result))

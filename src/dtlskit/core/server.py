@@ -280,17 +280,14 @@ class ServerEngine:
             # application-data records (receive_record's steps, in C); it stops at the first
             # other one, which the loop below takes, then hands the rest back to it.
             index = 0
-            count = len(batch)
-            while index < count:
-                index, taken, taken_bytes, error = established(connections, batch, index, now)
-                stats.datagrams_received += taken
-                stats.bytes_received += taken_bytes
+            while index < len(batch):  # (re-read: a callback may change the list)
+                index, error, address = established(connections, batch, index, now, stats)
                 if error is not None:
                     if failed is None:
                         raise error
-                    failed(batch[index - 1][1], error)
+                    failed(address, error)
                     continue
-                if index < count:
+                if index < len(batch):
                     self._receive_one(batch[index], now, failed)
                     index += 1
             return
