@@ -422,7 +422,11 @@ class DTLSConnection(NegotiatedSession):
             if self._final_pending:
                 self._final_pending = False
                 self._flights.peer_finished()
-            self._deliver(result)
+            callback = self.on_message  # (_deliver's first step, inlined: one call less)
+            if callback is not None:
+                callback(result)
+            else:
+                self._deliver(result)
             return True
         self._record_failed(int(result), data)
         return True
