@@ -121,6 +121,7 @@ def _py_make_handle(connection: SSL.Connection) -> Any:
 _ERR_clear_error = _lib.ERR_clear_error
 _BIO_write = _lib.BIO_write
 _BIO_read = _lib.BIO_read
+_BIO_get_mem_data = _lib.BIO_get_mem_data
 _SSL_read = _lib.SSL_read
 _SSL_write = _lib.SSL_write
 _SSL_get_error = _lib.SSL_get_error
@@ -129,11 +130,12 @@ _SYSCALL = int(_lib.SSL_ERROR_SYSCALL)
 
 
 class _Scratch(threading.local):
-    """One plaintext/record buffer per thread (cffi releases the GIL in every OpenSSL call, so
-    threads driving other sockets must not share one), made once instead of per record."""
+    """A plaintext buffer per thread that opens records (an I/O thread: cffi releases the GIL in
+    every OpenSSL call, so threads driving other sockets must not share one), made at its first
+    record instead of per record. That thread seals into it too; a thread that only seals (a
+    blocking handler's ``send``) keeps none and takes an exact-size buffer per record."""
 
-    def __init__(self) -> None:
-        self.buf = _alloc("char[]", _RECORD_PLAINTEXT_MAX)
+    buf: Any = None
 
 
 _scratch = _Scratch()
@@ -146,6 +148,8 @@ def _py_open_record(handle: Any, datagram: bytes) -> bytes | int:
     if _BIO_write(handle.rbio, datagram, len(datagram)) <= 0:
         return _SYSCALL
     buf = _scratch.buf
+    if buf is None:
+        buf = _scratch.buf = _alloc("char[]", _RECORD_PLAINTEXT_MAX)
     result = _SSL_read(handle.ssl, buf, _RECORD_PLAINTEXT_MAX)
     if result > 0:
         return _unpack(buf, result)  # type: ignore[no-any-return]
@@ -157,10 +161,16 @@ def _py_seal_record(handle: Any, message: bytes) -> bytes | int:
     result = _SSL_write(handle.ssl, message, len(message))
     if result <= 0:
         return int(_SSL_get_error(handle.ssl, result))
-    # Everything OpenSSL wrote: read the memory BIO in buffer-sized pieces until it is empty
-    # (one piece for a record, which is at most the buffer's size).
-    buf = _scratch.buf
     wbio = handle.wbio
+    buf = _scratch.buf
+    if buf is None:
+        pending = int(_BIO_get_mem_data(wbio, _ffi.NULL))
+        if pending <= 0:  # pragma: no cover - a successful write always produces a record
+            return b""
+        buf = _alloc("char[]", pending)
+        return _unpack(buf, max(_BIO_read(wbio, buf, pending), 0))  # type: ignore[no-any-return]
+    # Everything OpenSSL wrote, in buffer-sized pieces until the BIO is empty (one piece for a
+    # record, which is at most the buffer's size).
     read = _BIO_read(wbio, buf, _RECORD_PLAINTEXT_MAX)
     if read <= 0:  # pragma: no cover - a successful write always produces a record
         return b""
