@@ -422,11 +422,18 @@ class DTLSConnection(NegotiatedSession):
             if self._final_pending:
                 self._final_pending = False
                 self._flights.peer_finished()
-            callback = self.on_message  # (_deliver's first step, inlined: one call less)
+            # _deliver's two usual cases without its call: the callback, else the inbox
+            callback = self.on_message
             if callback is not None:
                 callback(result)
-            else:
-                self._deliver(result)
+                return True
+            inbox = self.inbox
+            if inbox is not None:
+                reason = inbox.offer(result)
+                if reason is not None:
+                    self._report_drop(reason)
+                return True
+            self._deliver(result)
             return True
         self._record_failed(int(result), data)
         return True
