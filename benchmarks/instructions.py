@@ -283,6 +283,86 @@ def _echo(kind: str, rounds: int) -> None:
     asyncio.run(main())
 
 
+def _echo_sync(kind: str, rounds: int) -> None:
+    """The blocking server (``dtlskit.sync.serve``): its I/O thread's turns are counted
+    (``IOThread._turn``: read, feed, callbacks, replies); with the iterator style the handler
+    thread's loop is counted too (wait, ``recv``, ``send``)."""
+    from OpenSSL import SSL
+
+    import dtlskit
+    import dtlskit.sync
+    from dtlskit.certs import create_pki
+    from dtlskit.sync import channel as sync_channel
+
+    original = sync_channel.IOThread._turn
+
+    def turn(self: Any, wake: int) -> bool:
+        # a C callback of its own per call (not counted()'s shared one: two threads count here)
+        result: list[bool] = []
+        _CALLBACK(lambda: result.append(original(self, wake)))()
+        return result[0] if result else False
+
+    sync_channel.IOThread._turn = turn  # type: ignore[method-assign]
+
+    class Echo(dtlskit.SessionProtocol):
+        def connection_made(self, channel: Any) -> None:
+            self.channel = channel
+
+        def message_received(self, data: bytes) -> None:
+            self.channel.send_nowait(data)
+
+    def iterate(channel: Any) -> None:
+        def loop() -> None:
+            for message in channel:
+                channel.send(message)
+
+        _CALLBACK(loop)()
+
+    pki = create_pki(tempfile.mkdtemp())
+    config = dtlskit.DTLSConfiguration.server(pki.server_cert, pki.server_key)
+    handler: Any = Echo if kind == "callback" else iterate
+    with dtlskit.sync.serve(handler, "127.0.0.1", 0, config=config) as server:
+        port = server.sockets[0].getsockname()[1]
+        ctx = SSL.Context(SSL.DTLS_METHOD)
+        ctx.set_verify(SSL.VERIFY_NONE)
+        ctx.set_cipher_list(dtlskit.DEFAULT_CIPHERS.encode())
+        client = SSL.Connection(ctx, None)
+        client.set_connect_state()
+        client.set_ciphertext_mtu(1400)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.settimeout(120)  # (valgrind runs the server some 50x slower)
+        sock.connect(("127.0.0.1", port))
+        while True:
+            try:
+                client.do_handshake()
+                break
+            except SSL.WantReadError:
+                pass
+            for datagram in _drain(client):
+                sock.send(datagram)
+            client.bio_write(sock.recv(65536))
+        for datagram in _drain(client):
+            sock.send(datagram)
+        for _ in range(rounds):
+            for _ in range(32):
+                client.send(b"x" * 64)
+                for datagram in _drain(client):
+                    sock.send(datagram)
+            got = 0
+            while got < 32:
+                client.bio_write(sock.recv(65536))
+                while True:
+                    try:
+                        client.recv(65536)
+                        got += 1
+                    except SSL.WantReadError:
+                        break
+        client.shutdown()
+        for datagram in _drain(client):
+            sock.send(datagram)
+        sock.close()
+
+
 # -- the driver ----------------------------------------------------------------------------------
 
 _CASES = {
@@ -291,6 +371,8 @@ _CASES = {
     "echo plain UDP (user space)": ("echo", "udp"),
     "echo dtlskit callback": ("echo", "callback"),
     "echo dtlskit iterator (read side)": ("echo", "iterator"),
+    "echo dtlskit blocking callback": ("echo-sync", "callback"),
+    "echo dtlskit blocking iterator": ("echo-sync", "iterator"),
 }
 
 
@@ -322,11 +404,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--handshakes", type=int, default=60, help="handshakes in the long run")
     parser.add_argument("--rounds", type=int, default=40, help="rounds of 32 echoes (long run)")
+    parser.add_argument("--only", help="run only the cases whose label contains this text")
     parser.add_argument("--case", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
         what, kind, size = args.case
-        (_handshakes if what == "handshakes" else _echo)(kind, int(size))
+        run = {"handshakes": _handshakes, "echo": _echo, "echo-sync": _echo_sync}[what]
+        run(kind, int(size))
         return 0
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
@@ -339,6 +423,8 @@ def main() -> int:
         long_size = args.handshakes if case[0] == "handshakes" else args.rounds
         short_size = max(1, long_size // 4)
         unit = 1 if case[0] == "handshakes" else 32
+        if args.only and args.only not in label:
+            continue
         paths = [True] if case[1] in ("floor", "udp") else [True, False]
         for native in paths:
             extra = (long_size - short_size) * unit

@@ -431,6 +431,32 @@ def test_threads_each_with_their_own_sessions_do_not_mix_records(
     assert failures == []
 
 
+def test_a_thread_that_only_seals_and_one_that_also_opens_give_the_same_records(
+    pair: MemoryPair,
+) -> None:
+    # The pure-Python path seals into a per-thread buffer only on a thread that opened a record
+    # before (an I/O thread) and into an exact-size one elsewhere (a blocking handler's send):
+    # both must hand back every byte OpenSSL wrote, for every size up to the cleartext MTU.
+    client, server = _handles(pair)
+    sizes = [1, 2, 63, 64, 65, 255, 256, 1000, pair.client.cleartext_mtu]
+    sealed: list[bytes | int] = []
+
+    def seal_all() -> None:
+        sealed.extend(_accel.seal_record(client, bytes([n % 251]) * n) for n in sizes)
+
+    thread = threading.Thread(target=seal_all)  # a fresh thread: has opened nothing
+    thread.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert _accel.open_record(client, _accel.seal_record(server, b"x")) == b"x"  # opens: buffer
+    seal_all()  # now on a thread that has opened a record
+    assert len(sealed) == 2 * len(sizes)
+    for record, n in zip(sealed, sizes + sizes, strict=True):
+        assert isinstance(record, bytes)
+        assert len(record) == 13 + int.from_bytes(record[11:13], "big")
+        assert _accel.open_record(server, record) == bytes([n % 251]) * n
+
+
 def test_each_datagram_keeps_its_own_sender_around_a_dropped_one() -> None:
     # AF_UNIX (Linux abstract names) is the one datagram socket that can carry an oversized
     # datagram; two senders interleave around it.

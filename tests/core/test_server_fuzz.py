@@ -187,3 +187,47 @@ def test_mutated_datagrams_never_escape_the_engine_and_are_counted(server_config
         assert stats.associations_created > 2, stats
         for reason in ("malformed_client_hello", "bad_cookie"):
             assert stats.drops.get(reason, 0) > 0, stats.drops
+
+
+def test_an_established_peers_short_and_misframed_datagrams_take_the_general_path(
+    server_config, client_config
+):
+    """The fast path's framing test (first byte 23 or 21, length field + 13 == size) reads
+    bytes 0, 11 and 12: datagrams shorter than a record header, or whose length field is off by
+    one, must fall through to the general path (dropped there, counted), never raise, and the
+    session must go on."""
+    server = ServerEngine(server_config)
+    address = ("127.9.0.1", 4433)
+    client = DTLSConnection(client_config, server=False)
+    client.connect(NOW)
+    exchange(server, client, address, NOW)
+    assert client.state is State.ESTABLISHED
+    while server.next_event() is not None:
+        pass
+    client.send(b"one real record")
+    (record,) = client.datagrams_to_send()
+    length = len(record) - HEADER_LENGTH
+    odd = [b"", b"\x17", b"\x15", b"\x17" * 12]
+    odd += [b"\x17" + record[1:k] for k in range(2, HEADER_LENGTH + 1)]
+    for delta in (-1, 1):  # a length field one off either way, body unchanged
+        odd.append(record[:11] + struct.pack("!H", length + delta) + record[HEADER_LENGTH:])
+    odd.append(record + b"\x00")  # a byte beyond the record (which opens on the general path)
+    for data in odd:
+        before = sum(server.statistics().drops.values()) + sum(
+            server.connection(address).statistics().drops.values()
+        )
+        server.receive_datagram(data, address, NOW)  # no try: nothing may escape
+        server.datagrams_to_send()
+        while server.next_event() is not None:
+            pass
+        conn = server.connection(address)
+        assert conn is not None and conn.state is State.ESTABLISHED, data
+        after = sum(server.statistics().drops.values()) + sum(conn.statistics().drops.values())
+        assert after > before, (data, server.statistics().drops, conn.statistics().drops)
+    client.send(b"the session goes on")
+    (record,) = client.datagrams_to_send()
+    server.receive_datagram(record, address, NOW)
+    events = []
+    while (item := server.next_event()) is not None:
+        events.append(item[2])
+    assert [getattr(e, "data", None) for e in events] == [b"the session goes on"]

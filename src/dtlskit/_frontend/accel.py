@@ -80,6 +80,7 @@ import errno
 import math
 import os
 import select
+import threading
 from typing import Any
 
 from OpenSSL import SSL
@@ -129,30 +130,70 @@ def _py_make_handle(connection: SSL.Connection) -> Any:
     return _Handle(connection)
 
 
+# The primitives' OpenSSL functions, bound once: each ``_lib.NAME`` look-up costs about as
+# much as the call (cryptography's ``lib`` is a module whose attributes resolve lazily).
+_ERR_clear_error = _lib.ERR_clear_error
+_BIO_write = _lib.BIO_write
+_BIO_read = _lib.BIO_read
+_BIO_get_mem_data = _lib.BIO_get_mem_data
+_SSL_read = _lib.SSL_read
+_SSL_write = _lib.SSL_write
+_SSL_get_error = _lib.SSL_get_error
+_unpack = _ffi.unpack
+_SYSCALL = int(_lib.SSL_ERROR_SYSCALL)
+
+
+class _Scratch(threading.local):
+    """A plaintext buffer per thread that opens records (an I/O thread: cffi releases the GIL in
+    every OpenSSL call, so threads driving other sockets must not share one), made at its first
+    record instead of per record. That thread seals into it too; a thread that only seals (a
+    blocking handler's ``send``) keeps none and takes an exact-size buffer per record."""
+
+    buf: Any = None
+
+
+_scratch = _Scratch()
+
+
 def _py_open_record(handle: Any, datagram: bytes) -> bytes | int:
     if not datagram:
         return WANT_READ
-    _lib.ERR_clear_error()
-    if _lib.BIO_write(handle.rbio, datagram, len(datagram)) <= 0:
-        return int(_lib.SSL_ERROR_SYSCALL)
-    buf = _alloc("char[]", _RECORD_PLAINTEXT_MAX)
-    result = _lib.SSL_read(handle.ssl, buf, _RECORD_PLAINTEXT_MAX)
+    _ERR_clear_error()
+    if _BIO_write(handle.rbio, datagram, len(datagram)) <= 0:
+        return _SYSCALL
+    buf = _scratch.buf
+    if buf is None:
+        buf = _scratch.buf = _alloc("char[]", _RECORD_PLAINTEXT_MAX)
+    result = _SSL_read(handle.ssl, buf, _RECORD_PLAINTEXT_MAX)
     if result > 0:
-        return _ffi.buffer(buf, result)[:]  # type: ignore[no-any-return]
-    return int(_lib.SSL_get_error(handle.ssl, result))
+        return _unpack(buf, result)  # type: ignore[no-any-return]
+    return int(_SSL_get_error(handle.ssl, result))
 
 
 def _py_seal_record(handle: Any, message: bytes) -> bytes | int:
-    _lib.ERR_clear_error()
-    result = _lib.SSL_write(handle.ssl, message, len(message))
+    _ERR_clear_error()
+    result = _SSL_write(handle.ssl, message, len(message))
     if result <= 0:
-        return int(_lib.SSL_get_error(handle.ssl, result))
-    pending = int(_lib.BIO_get_mem_data(handle.wbio, _ffi.NULL))
-    if pending <= 0:  # pragma: no cover - a successful write always produces a record
+        return int(_SSL_get_error(handle.ssl, result))
+    wbio = handle.wbio
+    buf = _scratch.buf
+    if buf is None:
+        pending = int(_BIO_get_mem_data(wbio, _ffi.NULL))
+        if pending <= 0:  # pragma: no cover - a successful write always produces a record
+            return b""
+        buf = _alloc("char[]", pending)
+        return _unpack(buf, max(_BIO_read(wbio, buf, pending), 0))  # type: ignore[no-any-return]
+    # Everything OpenSSL wrote, in buffer-sized pieces until the BIO is empty (one piece for a
+    # record, which is at most the buffer's size).
+    read = _BIO_read(wbio, buf, _RECORD_PLAINTEXT_MAX)
+    if read <= 0:  # pragma: no cover - a successful write always produces a record
         return b""
-    buf = _alloc("char[]", pending)
-    read = _lib.BIO_read(handle.wbio, buf, pending)
-    return _ffi.buffer(buf, max(read, 0))[:]  # type: ignore[no-any-return]
+    record: bytes = _unpack(buf, read)
+    while read == _RECORD_PLAINTEXT_MAX:  # pragma: no cover - more than one record's worth
+        read = _BIO_read(wbio, buf, _RECORD_PLAINTEXT_MAX)
+        if read > 0:
+            record += _unpack(buf, read)
+    return record
 
 
 def _py_recv_batch(
