@@ -1290,7 +1290,8 @@ class DTLSConnection(NegotiatedSession):
         self._notify()  # a server demultiplexer must collect it
 
     def _peer_closed(self) -> None:
-        handshake_log.debug("%s: received close_notify", self._peer_text)
+        if handshake_log.isEnabledFor(logging.DEBUG):  # (the address text costs even unlogged)
+            handshake_log.debug("%s: received close_notify", self._peer_text)
         self._shutdown()  # answer with our close_notify, best effort
         self._finish(State.CLOSED)
         self.error = ConnectionClosedByPeer(
