@@ -702,18 +702,16 @@ class DTLSConnection(NegotiatedSession):
     def get_timer(self) -> float | None:
         """The absolute deadline (caller's clock) at which to call :meth:`handle_timer`."""
         flights = self._flights
-        deadlines = [
-            d
-            for d in (
-                flights.deadline,
-                self._handshake_deadline,
-                self._idle_deadline,
-                flights.final_deadline,
-                self._hibernate_deadline,
-            )
-            if d is not None
-        ]
-        return min(deadlines) if deadlines else None
+        earliest = flights.deadline
+        for deadline in (
+            self._handshake_deadline,
+            self._idle_deadline,
+            flights.final_deadline,
+            self._hibernate_deadline,
+        ):
+            if deadline is not None and (earliest is None or deadline < earliest):
+                earliest = deadline
+        return earliest
 
     def handle_timer(self, now: float) -> None:
         """Act on every deadline that has passed. Then send datagrams and drain events."""

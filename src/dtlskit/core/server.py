@@ -91,8 +91,7 @@ from .records import (
     BadPacket,
     ClientHello,
     build_hello_verify_request,
-    handshake_fragment_headers_untrusted,
-    later_epoch_bytes_untrusted,
+    half_open_view_untrusted,
     parse_client_hello_untrusted,
 )
 
@@ -266,13 +265,13 @@ class ServerEngine:
         hello_seq = self._hello_sequence.get(id(conn))
         if hello_seq is not None:
             cap = self._limits.max_client_hello_size
-            for message_seq, message_length in handshake_fragment_headers_untrusted(data):
+            headers, later = half_open_view_untrusted(data)
+            for message_seq, message_length in headers:
                 if message_seq > hello_seq + _SECOND_FLIGHT_MESSAGES or (
                     message_length > cap and message_seq != hello_seq + 1
                 ):
                     self._drop("handshake_fragment_out_of_window")
                     return
-            later = later_epoch_bytes_untrusted(data)
             if later:
                 spent = self._next_epoch_bytes.get(id(conn), 0) + later
                 if spent > _HALF_OPEN_NEXT_EPOCH_BYTES:
@@ -348,7 +347,7 @@ class ServerEngine:
         if not self._events:
             return None
         address, conn, event = self._events.popleft()
-        if isinstance(event, ev.SessionClosed | ev.ConnectionTerminated):
+        if isinstance(event, ev.ENDED):
             self._forget(address, conn)
         return address, conn, event
 
