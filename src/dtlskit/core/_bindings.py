@@ -480,7 +480,27 @@ def _accept_cookie(ssl: Any, cookie: Any, length: int) -> int:
     return 1
 
 
-_cookie_callbacks: tuple[Any, Any] | None = None
+# Made once, at import (never lazily: two threads building their first server contexts at once
+# would each make a pair, and the pair the global no longer held would be freed while a context
+# still pointed at it); each context also keeps the pair it was given (``_keep``).
+_COOKIE_CALLBACKS: tuple[Any, Any] | None = (
+    (
+        _ffi.callback(
+            "int (*)(SSL *, unsigned char *, unsigned int *)",
+            _generate_cookie,
+            error=0,
+            onerror=_swallow,
+        ),
+        _ffi.callback(
+            "int (*)(SSL *, unsigned char *, unsigned int)",
+            _accept_cookie,
+            error=0,
+            onerror=_swallow,
+        ),
+    )
+    if _ffi is not None
+    else None
+)
 
 
 def accept_verified_cookies(ctx: SSL.Context) -> None:
@@ -491,24 +511,10 @@ def accept_verified_cookies(ctx: SSL.Context) -> None:
     verify callback twice per handshake (in ``DTLSv1_listen`` and again in the handshake), and
     pyOpenSSL's wrappers (a connection lookup, a copy of the cookie, exception bookkeeping, and
     a check after each listen) cost several times the call."""
-    global _cookie_callbacks
     lib = _require("SSL_CTX_set_cookie_generate_cb", "SSL_CTX_set_cookie_verify_cb")
-    if _cookie_callbacks is None:
-        _cookie_callbacks = (
-            _ffi.callback(
-                "int (*)(SSL *, unsigned char *, unsigned int *)",
-                _generate_cookie,
-                error=0,
-                onerror=_swallow,
-            ),
-            _ffi.callback(
-                "int (*)(SSL *, unsigned char *, unsigned int)",
-                _accept_cookie,
-                error=0,
-                onerror=_swallow,
-            ),
-        )
-    generate, verify = _cookie_callbacks
+    assert _COOKIE_CALLBACKS is not None  # bound whenever _require found the functions
+    generate, verify = _COOKIE_CALLBACKS
+    _keep(ctx, _COOKIE_CALLBACKS)
     lib.SSL_CTX_set_cookie_generate_cb(ctx._context, generate)
     lib.SSL_CTX_set_cookie_verify_cb(ctx._context, verify)
 
