@@ -79,6 +79,20 @@ static int initialized;
 static PyObject *g_ffi;          /* cryptography's FFI object */
 static PyObject *g_ssl_ctype;    /* ffi.typeof("SSL *") */
 static PyObject *g_bio_ctype;    /* ffi.typeof("BIO *") */
+static PyObject *g_uintptr_ctype; /* ffi.typeof("uintptr_t"): make_handle casts with it */
+static PyObject *g_typeof_name;  /* "typeof", "cast": interned once (make_handle runs once per */
+static PyObject *g_cast_name;    /* handshake; a type parsed from text per call cost ~10 us) */
+
+/* The head of every cffi cdata object (cffi's CDataObject, unchanged since cffi 1.0): for a
+   pointer type, c_data is the pointer itself. init() checks this layout on a probe
+   (ffi.cast("SSL *", N) must read back N) and make_handle reads the pointers from it only
+   then; otherwise (g_direct_pointers 0) it asks ffi.cast(uintptr_t), ~2 us per pointer. */
+typedef struct {
+    PyObject_HEAD
+    void *c_type;
+    char *c_data;
+} CDataHead;
+static int g_direct_pointers;
 static long g_want_read = 2;     /* SSL_ERROR_WANT_READ, read from lib at init */
 static long g_syscall = 5;       /* SSL_ERROR_SYSCALL */
 
@@ -179,7 +193,7 @@ static PyObject *os_error(int err, const char *message) {
 }
 
 static void *pointer_of(PyObject *cdata, PyObject *expected_ctype, const char *what) {
-    PyObject *ctype = PyObject_CallMethod(g_ffi, "typeof", "O", cdata);
+    PyObject *ctype = PyObject_CallMethodObjArgs(g_ffi, g_typeof_name, cdata, NULL);
     if (ctype == NULL) {
         PyErr_Clear();
         PyErr_Format(PyExc_TypeError, "make_handle: the connection's %s is not a cdata pointer", what);
@@ -193,7 +207,14 @@ static void *pointer_of(PyObject *cdata, PyObject *expected_ctype, const char *w
         }
         return NULL;
     }
-    PyObject *address = PyObject_CallMethod(g_ffi, "cast", "sO", "uintptr_t", cdata);
+    if (g_direct_pointers) {
+        void *direct = ((CDataHead *)cdata)->c_data; /* a cdata of the expected type: see above */
+        if (direct == NULL) {
+            PyErr_Format(PyExc_ValueError, "make_handle: the connection's %s is NULL", what);
+        }
+        return direct;
+    }
+    PyObject *address = PyObject_CallMethodObjArgs(g_ffi, g_cast_name, g_uintptr_ctype, cdata, NULL);
     if (address == NULL) {
         return NULL;
     }
@@ -1055,6 +1076,20 @@ static long lib_constant(PyObject *lib, const char *name, long fallback) {
     return n;
 }
 
+/* Whether a pointer cdata holds its pointer where CDataHead says (see there): 1 yes, 0 no. */
+static int cdata_layout_holds(PyObject *ffi) {
+    const uintptr_t probe_value = (uintptr_t)0x5a5a1230u;
+    PyObject *probe = PyObject_CallMethod(ffi, "cast", "sk", "SSL *", (unsigned long)probe_value);
+    if (probe == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    int holds = Py_TYPE(probe)->tp_basicsize >= (Py_ssize_t)sizeof(CDataHead) &&
+                (uintptr_t)((CDataHead *)probe)->c_data == probe_value;
+    Py_DECREF(probe);
+    return holds;
+}
+
 static PyObject *init(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2) {
         PyErr_SetString(PyExc_TypeError, "init(ffi, lib)");
@@ -1074,8 +1109,15 @@ static PyObject *init(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject *ssl_ctype = PyObject_CallMethod(ffi, "typeof", "s", "SSL *");
     PyObject *bio_ctype = ssl_ctype ? PyObject_CallMethod(ffi, "typeof", "s", "BIO *") : NULL;
-    if (bio_ctype == NULL) {
+    PyObject *uintptr_ctype =
+        bio_ctype ? PyObject_CallMethod(ffi, "typeof", "s", "uintptr_t") : NULL;
+    PyObject *typeof_name = uintptr_ctype ? PyUnicode_InternFromString("typeof") : NULL;
+    PyObject *cast_name = typeof_name ? PyUnicode_InternFromString("cast") : NULL;
+    if (cast_name == NULL) {
         Py_XDECREF(ssl_ctype);
+        Py_XDECREF(bio_ctype);
+        Py_XDECREF(uintptr_ctype);
+        Py_XDECREF(typeof_name);
         return NULL;
     }
     p_SSL_read = (ssl_io_fn)read;
@@ -1092,6 +1134,10 @@ static PyObject *init(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_XSETREF(g_ffi, ffi);
     Py_XSETREF(g_ssl_ctype, ssl_ctype);
     Py_XSETREF(g_bio_ctype, bio_ctype);
+    Py_XSETREF(g_uintptr_ctype, uintptr_ctype);
+    Py_XSETREF(g_typeof_name, typeof_name);
+    Py_XSETREF(g_cast_name, cast_name);
+    g_direct_pointers = cdata_layout_holds(ffi);
     initialized = 1;
     Py_RETURN_NONE;
 }

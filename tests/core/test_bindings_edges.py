@@ -256,3 +256,61 @@ def test_verify_time_makes_a_valid_certificate_expired(pki):
     with pytest.raises(SSL.Error, match="certificate verify failed"):
         handshake(server, client)
     assert _bindings.verify_result(client) == 10  # X509_V_ERR_CERT_HAS_EXPIRED
+
+
+def test_server_contexts_built_at_once_share_the_cookie_callbacks_made_at_import(
+    server_config, client_config
+):
+    """The cookie callbacks every server context points at exist from import on, and each
+    context keeps them: eight threads building their first contexts at once make none (made
+    lazily, two threads could each make a pair, and OpenSSL would call the one no longer
+    held after cffi freed it). Each context then completes a handshake."""
+    import sys
+    import threading
+
+    from dtlskit.core import ServerEngine
+    from dtlskit.core.context import build_context
+    from dtlskit.testing import MemoryPair
+
+    pair = _bindings._COOKIE_CALLBACKS
+    assert pair is not None
+    made: list[object] = []
+    real = _bindings._ffi
+
+    class Counting:
+        def __getattr__(self, name: str) -> object:
+            return getattr(real, name)
+
+        def callback(self, *args: object, **kwargs: object) -> object:
+            made.append(args[0])
+            return real.callback(*args, **kwargs)
+
+    contexts: list[SSL.Context] = []
+    barrier = threading.Barrier(8)
+
+    def build() -> None:
+        barrier.wait()
+        contexts.append(build_context(server_config, server=True))
+
+    old_interval = sys.getswitchinterval()
+    _bindings._ffi = Counting()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=build) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        _bindings._ffi = real
+        sys.setswitchinterval(old_interval)
+    assert len(contexts) == 8
+    assert not [kind for kind in made if "unsigned char" in str(kind)], made
+    assert _bindings._COOKIE_CALLBACKS is pair
+    for n, ctx in enumerate(contexts):
+        assert pair in _bindings._keepalive[ctx]
+        engine = ServerEngine(server_config, context=ctx)
+        memory = MemoryPair(
+            server_config, client_config, server=engine, client_address=(f"127.0.9.{n + 1}", 5)
+        )
+        assert memory.handshake(), memory.client.error

@@ -316,7 +316,7 @@ class ServerDriver(SocketDriver):
                     channel_or_none._handle_event(event)
                 else:
                     self._server._count_drop("no_channel")
-            elif isinstance(event, ev.SessionClosed | ev.ConnectionTerminated):
+            elif isinstance(event, ev.ENDED):
                 ended = self.channels.pop(conn, None)
                 if ended is not None:
                     ended._handle_event(event)

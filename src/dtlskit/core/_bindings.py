@@ -37,6 +37,7 @@ except Exception:  # pragma: no cover - only on a broken cryptography install
 
 __all__ = [
     "HandshakeNotes",
+    "accept_verified_cookies",
     "attach_notes",
     "do_handshake",
     "get_session",
@@ -466,6 +467,58 @@ def watch_handshake(ctx: SSL.Context, server: bool) -> None:
     _keep(ctx, c_callback)
 
 
+_COOKIE = b"dtlskit"
+
+
+def _generate_cookie(ssl: Any, cookie: Any, length: Any) -> int:
+    cookie[0 : len(_COOKIE)] = _COOKIE
+    length[0] = len(_COOKIE)
+    return 1
+
+
+def _accept_cookie(ssl: Any, cookie: Any, length: int) -> int:
+    return 1
+
+
+# Made once, at import (never lazily: two threads building their first server contexts at once
+# would each make a pair, and the pair the global no longer held would be freed while a context
+# still pointed at it); each context also keeps the pair it was given (``_keep``).
+_COOKIE_CALLBACKS: tuple[Any, Any] | None = (
+    (
+        _ffi.callback(
+            "int (*)(SSL *, unsigned char *, unsigned int *)",
+            _generate_cookie,
+            error=0,
+            onerror=_swallow,
+        ),
+        _ffi.callback(
+            "int (*)(SSL *, unsigned char *, unsigned int)",
+            _accept_cookie,
+            error=0,
+            onerror=_swallow,
+        ),
+    )
+    if _ffi is not None
+    else None
+)
+
+
+def accept_verified_cookies(ctx: SSL.Context) -> None:
+    """Server contexts: the cookie callbacks ``DTLSv1_listen`` insists on, for ClientHellos
+    whose cookie the demultiplexer (:mod:`dtlskit.core.server`) already verified: the verify
+    callback says yes, the generate callback is never asked (we send our own
+    HelloVerifyRequests). Plain cffi callbacks shared by every context: OpenSSL calls the
+    verify callback twice per handshake (in ``DTLSv1_listen`` and again in the handshake), and
+    pyOpenSSL's wrappers (a connection lookup, a copy of the cookie, exception bookkeeping, and
+    a check after each listen) cost several times the call."""
+    lib = _require("SSL_CTX_set_cookie_generate_cb", "SSL_CTX_set_cookie_verify_cb")
+    assert _COOKIE_CALLBACKS is not None  # bound whenever _require found the functions
+    generate, verify = _COOKIE_CALLBACKS
+    _keep(ctx, _COOKIE_CALLBACKS)
+    lib.SSL_CTX_set_cookie_generate_cb(ctx._context, generate)
+    lib.SSL_CTX_set_cookie_verify_cb(ctx._context, verify)
+
+
 def _established_info(ssl: Any, where: int, ret: int) -> None:
     try:  # runs inside an OpenSSL callback: nothing may escape
         if where & _CB_WRITE_ALERT == _CB_WRITE_ALERT and ret & 0xFF == _ALERT_NO_RENEGOTIATION:
@@ -494,7 +547,9 @@ def watch_established(connection: SSL.Connection) -> None:
 
 
 _HELPERS = ("_verify_helper", "_alpn_select_helper", "_ocsp_helper")
-"""pyOpenSSL context attributes whose callback exceptions its own do_handshake re-raises."""
+"""pyOpenSSL context attributes whose callback exceptions its own do_handshake re-raises.
+:func:`do_handshake` tests them one by one (a generator over these names cost about a
+microsecond per call, twice per handshake); keep the two in step."""
 
 
 def do_handshake(connection: SSL.Connection) -> bool:
@@ -504,7 +559,12 @@ def do_handshake(connection: SSL.Connection) -> bool:
     A context with pyOpenSSL callback helpers (dtlskit sets none) takes pyOpenSSL's own path,
     which checks them for exceptions."""
     ctx = connection._context
-    if _lib is None or any(getattr(ctx, name, None) is not None for name in _HELPERS):
+    if (
+        _lib is None
+        or getattr(ctx, "_verify_helper", None) is not None
+        or getattr(ctx, "_alpn_select_helper", None) is not None
+        or getattr(ctx, "_ocsp_helper", None) is not None
+    ):
         connection.do_handshake()  # pragma: no cover - dtlskit installs no pyOpenSSL helper
         return True  # pragma: no cover
     ssl = connection._ssl

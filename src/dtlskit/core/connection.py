@@ -713,18 +713,16 @@ class DTLSConnection(NegotiatedSession):
     def get_timer(self) -> float | None:
         """The absolute deadline (caller's clock) at which to call :meth:`handle_timer`."""
         flights = self._flights
-        deadlines = [
-            d
-            for d in (
-                flights.deadline,
-                self._handshake_deadline,
-                self._idle_deadline,
-                flights.final_deadline,
-                self._hibernate_deadline,
-            )
-            if d is not None
-        ]
-        return min(deadlines) if deadlines else None
+        earliest = flights.deadline
+        for deadline in (
+            self._handshake_deadline,
+            self._idle_deadline,
+            flights.final_deadline,
+            self._hibernate_deadline,
+        ):
+            if deadline is not None and (earliest is None or deadline < earliest):
+                earliest = deadline
+        return earliest
 
     def handle_timer(self, now: float) -> None:
         """Act on every deadline that has passed. Then send datagrams and drain events."""
@@ -1301,7 +1299,8 @@ class DTLSConnection(NegotiatedSession):
         self._notify()  # a server demultiplexer must collect it
 
     def _peer_closed(self) -> None:
-        handshake_log.debug("%s: received close_notify", self._peer_text)
+        if handshake_log.isEnabledFor(logging.DEBUG):  # (the address text costs even unlogged)
+            handshake_log.debug("%s: received close_notify", self._peer_text)
         self._shutdown()  # answer with our close_notify, best effort
         self._finish(State.CLOSED)
         self.error = ConnectionClosedByPeer(

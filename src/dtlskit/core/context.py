@@ -158,8 +158,7 @@ def _base_context(config: DTLSConfiguration, server: bool, tls: bool = False) ->
     if server and not tls:
         # We answer ClientHellos with our own stateless cookies before OpenSSL sees them;
         # these callbacks only satisfy DTLSv1_listen for a ClientHello we already verified.
-        ctx.set_cookie_generate_callback(lambda conn: b"dtlskit")
-        ctx.set_cookie_verify_callback(lambda conn, cookie: True)
+        _bindings.accept_verified_cookies(ctx)
     return ctx
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from ..exceptions import DTLSError
 
 __all__ = [
+    "ENDED",
     "ConnectionTerminated",
     "Event",
     "HandshakeCompleted",
@@ -65,3 +66,8 @@ class ConnectionTerminated(Event):
 
     error: DTLSError
     """The exception the I/O layer raises on the next call (a HandshakeError or ConnectionLost)."""
+
+
+ENDED: tuple[type[Event], ...] = (SessionClosed, ConnectionTerminated)
+"""The events that end a session, for ``isinstance`` (a tuple: ``SessionClosed |
+ConnectionTerminated`` builds a union object on every check, ~0.5 us)."""

@@ -41,14 +41,14 @@ FlightName = frozenset[tuple[int, int, int | None]]
 
 def flight_name(records: list[bytes]) -> FlightName:
     """What tells one of our flights from another (records are OpenSSL's, trusted)."""
-    name = set()
-    for record in records:
-        epoch = int.from_bytes(record[3:5], "big")
-        sequence = (
-            handshake_message_sequence_trusted(record) if record[0] == CONTENT_HANDSHAKE else None
+    return frozenset(
+        (
+            int.from_bytes(record[3:5], "big"),
+            record[0],
+            handshake_message_sequence_trusted(record) if record[0] == CONTENT_HANDSHAKE else None,
         )
-        name.add((epoch, record[0], sequence))
-    return frozenset(name)
+        for record in records
+    )
 
 
 def _fingerprints(data: bytes) -> set[bytes]:

@@ -43,8 +43,7 @@ __all__ = [
     "ClientHello",
     "Record",
     "build_hello_verify_request",
-    "handshake_fragment_headers_untrusted",
-    "later_epoch_bytes_untrusted",
+    "half_open_view_untrusted",
     "pack_datagrams",
     "parse_client_hello_untrusted",
     "record_fingerprints_untrusted",
@@ -218,15 +217,20 @@ def pack_datagrams(records: list[bytes], mtu: int) -> list[bytes]:
     A record larger than ``mtu`` (which OpenSSL only produces if the MTU shrank after the record
     was made) travels alone in its own datagram: records are never split.
     """
+    if len(records) == 1:
+        return [records[0]]
     datagrams: list[bytes] = []
-    current = bytearray()
+    group: list[bytes] = []
+    size = 0
     for record in records:
-        if current and len(current) + len(record) > mtu:
-            datagrams.append(bytes(current))
-            current = bytearray()
-        current += record
-    if current:
-        datagrams.append(bytes(current))
+        if group and size + len(record) > mtu:
+            datagrams.append(b"".join(group))
+            group = []
+            size = 0
+        group.append(record)
+        size += len(record)
+    if group:
+        datagrams.append(b"".join(group))
     return datagrams
 
 
@@ -390,23 +394,28 @@ def handshake_message_sequence_trusted(record: bytes) -> int | None:
     return None
 
 
-def handshake_fragment_headers_untrusted(datagram: bytes) -> list[tuple[int, int]]:
-    """``(message_seq, message_length)`` of every plaintext (epoch-0) handshake fragment in a
-    datagram from the network, in the records OpenSSL would read: those before the first one
-    whose framing runs past the datagram (OpenSSL drops the rest of the datagram there).
+def half_open_view_untrusted(datagram: bytes) -> tuple[list[tuple[int, int]], int]:
+    """What the server checks in a datagram for a half-open association, in one pass over the
+    records OpenSSL would read (those before the first one whose framing runs past the
+    datagram: OpenSSL drops the rest of the datagram there):
+
+    * ``(message_seq, message_length)`` of every plaintext (epoch-0) handshake fragment;
+    * the bytes of the records that are not in epoch 0.
 
     Never raises: the server uses it to keep a half-open peer from making OpenSSL buffer
-    handshake messages it will never need (see :mod:`dtlskit.core.server`).
+    handshake messages or records it will never need (see :mod:`dtlskit.core.server`).
     """
     headers = []
+    later = 0
     offset = 0
     length = len(datagram)
     while length - offset >= HEADER_LENGTH:
         end = offset + HEADER_LENGTH + ((datagram[offset + 11] << 8) | datagram[offset + 12])
         if end > length:
             break
-        epoch_zero = datagram[offset + 3 : offset + 5] == b"\x00\x00"
-        if datagram[offset] == CONTENT_HANDSHAKE and epoch_zero:
+        if datagram[offset + 3 : offset + 5] != b"\x00\x00":
+            later += end - offset
+        elif datagram[offset] == CONTENT_HANDSHAKE:
             position = offset + HEADER_LENGTH
             while end - position >= HANDSHAKE_HEADER_LENGTH:
                 message_length = int.from_bytes(datagram[position + 1 : position + 4], "big")
@@ -415,20 +424,4 @@ def handshake_fragment_headers_untrusted(datagram: bytes) -> list[tuple[int, int
                 headers.append((message_seq, message_length))
                 position += HANDSHAKE_HEADER_LENGTH + fragment_length
         offset = end
-    return headers
-
-
-def later_epoch_bytes_untrusted(datagram: bytes) -> int:
-    """Bytes of the records of a datagram from the network that are not in epoch 0, among the
-    records OpenSSL would read (as :func:`handshake_fragment_headers_untrusted`). Never raises."""
-    total = 0
-    offset = 0
-    length = len(datagram)
-    while length - offset >= HEADER_LENGTH:
-        end = offset + HEADER_LENGTH + ((datagram[offset + 11] << 8) | datagram[offset + 12])
-        if end > length:
-            break
-        if datagram[offset + 3 : offset + 5] != b"\x00\x00":
-            total += end - offset
-        offset = end
-    return total
+    return headers, later

@@ -93,8 +93,7 @@ from .records import (
     BadPacket,
     ClientHello,
     build_hello_verify_request,
-    handshake_fragment_headers_untrusted,
-    later_epoch_bytes_untrusted,
+    half_open_view_untrusted,
     parse_client_hello_untrusted,
 )
 
@@ -198,10 +197,12 @@ class ServerEngine:
         self._context = context if context is not None else build_context(config, server=True)
         self.cookies = cookie_jar if cookie_jar is not None else cookie_jar_for(config)
         self._connections: dict[Address, DTLSConnection] = {}
-        self._per_ip: collections.Counter[Any] = collections.Counter()
+        # Plain dicts, not Counters: a Counter's missing key and its ``del`` run Python code
+        # (every handshake from a new address met both, twice).
+        self._per_ip: dict[Any, int] = {}
         # Half-open associations: id → source key (IPv4 address or IPv6 /64), counted per key.
         self._handshaking: dict[int, Any] = {}
-        self._half_open_per_source: collections.Counter[Any] = collections.Counter()
+        self._half_open_per_source: dict[Any, int] = {}
         # Half-open associations not yet seen past our first flight, oldest first (pruned lazily).
         self._first_flight: dict[int, tuple[float, Address, DTLSConnection]] = {}
         self._hello_history: dict[Address, tuple[tuple[float, bytes], ...]] = {}
@@ -356,13 +357,13 @@ class ServerEngine:
         hello_seq = self._hello_sequence.get(id(conn))
         if hello_seq is not None:
             cap = self._limits.max_client_hello_size
-            for message_seq, message_length in handshake_fragment_headers_untrusted(data):
+            headers, later = half_open_view_untrusted(data)
+            for message_seq, message_length in headers:
                 if message_seq > hello_seq + _SECOND_FLIGHT_MESSAGES or (
                     message_length > cap and message_seq != hello_seq + 1
                 ):
                     self._drop("handshake_fragment_out_of_window")
                     return
-            later = later_epoch_bytes_untrusted(data)
             if later:
                 spent = self._next_epoch_bytes.get(id(conn), 0) + later
                 if spent > _HALF_OPEN_NEXT_EPOCH_BYTES:
@@ -438,7 +439,7 @@ class ServerEngine:
         if not self._events:
             return None
         address, conn, event = self._events.popleft()
-        if isinstance(event, ev.SessionClosed | ev.ConnectionTerminated):
+        if isinstance(event, ev.ENDED):
             self._forget(address, conn)
         return address, conn, event
 
@@ -543,7 +544,7 @@ class ServerEngine:
         if sessions >= limits.max_sessions:
             self._drop("max_sessions")
             return
-        if replacing is None and self._per_ip[ip] >= limits.max_sessions_per_address:
+        if replacing is None and self._per_ip.get(ip, 0) >= limits.max_sessions_per_address:
             self._drop("max_sessions_per_address")
             return
         replaces_half_open = replacing is not None and id(replacing) in self._handshaking
@@ -553,7 +554,8 @@ class ServerEngine:
             if source[0] == 6
             else limits.max_half_open_per_address
         )
-        if self._half_open_per_source[source] - (1 if same_source else 0) >= per_source_limit:
+        held = self._half_open_per_source.get(source, 0)
+        if held - (1 if same_source else 0) >= per_source_limit:
             self._drop(
                 "max_half_open_per_ipv6_prefix" if source[0] == 6 else "max_half_open_per_address"
             )
@@ -563,7 +565,7 @@ class ServerEngine:
             victim = self._least_progressed(exclude=replacing)
             why = "it had not answered the first flight"
             if victim is None:
-                own = self._half_open_per_source[source] - (1 if same_source else 0)
+                own = self._half_open_per_source.get(source, 0) - (1 if same_source else 0)
                 victim = self._from_busiest_source(own, exclude=replacing)
                 why = "its source held more half-open handshakes than any other"
             if victim is None:
@@ -597,9 +599,9 @@ class ServerEngine:
         conn.budget = self.budget
         conn.server_drops = self._stats.drops
         self._connections[address] = conn
-        self._per_ip[ip] += 1
+        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
         self._handshaking[id(conn)] = source
-        self._half_open_per_source[source] += 1
+        self._half_open_per_source[source] = self._half_open_per_source.get(source, 0) + 1
         self._hello_sequence[id(conn)] = hello.message_sequence
         self._first_flight[id(conn)] = (now, address, conn)
         self._stats.associations_created += 1
@@ -762,9 +764,11 @@ class ServerEngine:
         source = self._handshaking.pop(id(conn))
         self._hello_sequence.pop(id(conn), None)
         self._next_epoch_bytes.pop(id(conn), None)
-        self._half_open_per_source[source] -= 1
-        if self._half_open_per_source[source] <= 0:
-            del self._half_open_per_source[source]
+        held = self._half_open_per_source.get(source, 0) - 1
+        if held <= 0:
+            self._half_open_per_source.pop(source, None)
+        else:
+            self._half_open_per_source[source] = held
 
     def _forget(self, address: Address, conn: DTLSConnection) -> None:
         if self._connections.get(address) is not conn:
@@ -772,9 +776,11 @@ class ServerEngine:
         del self._connections[address]
         self._armed.pop(id(conn), None)
         ip = self._limit_keys(address)[0]
-        self._per_ip[ip] -= 1
-        if self._per_ip[ip] <= 0:
-            del self._per_ip[ip]
+        held = self._per_ip.get(ip, 0) - 1
+        if held <= 0:
+            self._per_ip.pop(ip, None)
+        else:
+            self._per_ip[ip] = held
         if id(conn) in self._handshaking:
             self._end_half_open(conn)
             self._stats.handshakes_failed += 1

@@ -94,7 +94,7 @@ class ServerDriver(IOThread):
                     channel._handle_event(event)
                 else:
                     self.count_drop_locked("no_channel")
-            elif isinstance(event, ev.SessionClosed | ev.ConnectionTerminated):
+            elif isinstance(event, ev.ENDED):
                 channel = self._channels.pop(conn, None)
                 if channel is not None:
                     channel._handle_event(event)
