@@ -42,12 +42,11 @@ from ._frontend import (
     pick_address,
     resolution_error,
     route_datagram,
-    server_engine,
     server_statistics,
     socket_error,
     udp_socket,
 )
-from .sansio import client_session
+from .sansio import client_session, server_engine
 
 __all__ = ["QuicChannel", "QuicServer", "QuicStream", "connect", "serve"]
 
@@ -583,7 +582,8 @@ async def _serve(
     datagrams: bool,
     max_stream_bytes: int | None,
 ) -> QuicServer:
-    engine = server_engine(config, datagrams, max_stream_bytes)
+    check_config(config)
+    engine = server_engine(config, datagrams=datagrams, max_stream_bytes=max_stream_bytes)
     family: int
     address: Any
     if host is None:

@@ -20,7 +20,6 @@ from typing import Any
 
 from ..config import DTLSConfiguration
 from ..exceptions import ConnectionRefused, DTLSError, InvalidArgument, TransportError
-from ._config import quic_configuration
 from ._engine import QuicServerEngine, QuicSession, QuicStatistics
 
 __all__ = [
@@ -33,7 +32,6 @@ __all__ = [
     "pick_address",
     "resolution_error",
     "route_datagram",
-    "server_engine",
     "server_statistics",
     "socket_error",
     "udp_socket",
@@ -109,18 +107,6 @@ def socket_error(exc: Exception) -> DTLSError | None:
 
 
 # -- servers ------------------------------------------------------------------------------------
-
-
-def server_engine(
-    config: DTLSConfiguration, datagrams: bool, max_stream_bytes: int | None
-) -> QuicServerEngine:
-    """A server socket's engine for ``config`` (checked; :class:`ConfigurationError` for what
-    QUIC cannot honour). Its ``settings.recv_buffer_size`` sizes the socket."""
-    check_config(config)
-    quic, settings = quic_configuration(
-        config, server=True, datagrams=datagrams, max_stream_bytes=max_stream_bytes
-    )
-    return QuicServerEngine(lambda: quic, settings, session_tickets=config.session_tickets)
 
 
 def route_datagram(

@@ -50,12 +50,11 @@ from ..quic._frontend import (
     pick_address,
     resolution_error,
     route_datagram,
-    server_engine,
     server_statistics,
     socket_error,
     udp_socket,
 )
-from ..quic.sansio import client_session
+from ..quic.sansio import client_session, server_engine
 
 __all__ = ["QuicChannel", "QuicServer", "QuicStream", "StreamError", "connect", "serve"]
 
@@ -555,7 +554,8 @@ def serve(
     """Serve QUIC (blocking flavour): ``handler(channel)`` runs in its own thread per connection
     once its handshake completes; its return closes the connection. Returns the running
     :class:`QuicServer` (use ``serve_forever()`` or a ``with`` block)."""
-    engine = server_engine(config, datagrams, max_stream_bytes)
+    check_config(config)
+    engine = server_engine(config, datagrams=datagrams, max_stream_bytes=max_stream_bytes)
     if host is None:
         family, address = int(socket.AF_INET6), ("::", port)
     else:
