@@ -8,8 +8,9 @@ wake-up — a datagram arrived, a session's timer expired, the user sent or clos
 (``datagrams_to_send``), wake the tasks waiting on its channel (they look at the session's
 state again), re-arm the session's ``loop.call_at`` timer when its deadline moved, and forget
 the session once it is over. The policy — streams as messages, bounds, deadlines, errors — is
-in :mod:`dtlskit.quic._engine`, shared with the blocking flavour; this module moves bytes and
-time. The clock is ``loop.time()``.
+in :mod:`dtlskit.quic._engine`, shared with the blocking flavour, and so is what both front
+ends do alike (sockets, routing, handshake book-keeping, channel state:
+:mod:`dtlskit.quic._frontend`); this module moves bytes and time. The clock is ``loop.time()``.
 
 A server socket's endpoint routes datagrams through :class:`QuicServerEngine` (by connection
 ID) and starts one handler task per connection once its handshake completes; the handler's

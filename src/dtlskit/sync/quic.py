@@ -10,8 +10,9 @@ wakes every thread waiting on the socket's condition. User threads call the sans
 (:mod:`dtlskit.quic._engine`) under the same lock and transmit right away; when that moves a
 deadline earlier than the one the I/O thread sleeps towards, they wake it through a socket
 pair. The policy (streams as messages, bounds, deadlines, errors) is the engine's, shared with
-the asyncio flavour; names and semantics mirror :mod:`dtlskit.quic`, plus ``timeout=`` on every
-blocking call (:class:`DTLSTimeoutError`; the connection stays usable).
+the asyncio flavour, as is what both front ends do alike (:mod:`dtlskit.quic._frontend`);
+names and semantics mirror :mod:`dtlskit.quic`, plus ``timeout=`` on every blocking call
+(:class:`DTLSTimeoutError`; the connection stays usable).
 
 A server runs each handler in its own thread once the connection's handshake completes; the
 handler's return closes the connection (CONNECTION_CLOSE, code 0).
