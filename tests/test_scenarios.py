@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from dtlskit.testing import _harness
+from dtlskit.testing import _harness, _socket_scenarios
 from dtlskit.testing.fuzz import mutate
 from dtlskit.testing.impairment import ImpairmentProxy
 from dtlskit.testing.scenarios import SCENARIOS, Fixture, Options, format_table, run
@@ -144,3 +144,79 @@ def test_impairment_proxy_delivers_duplicates_and_limits_size() -> None:
         assert proxy.counters["too_big"] == 5
     finally:
         server.close()
+
+
+class _LeakyServer(_socket_scenarios.ServerProcess):
+    """The soak's server, with an echo handler that keeps every channel it served."""
+
+    def __init__(self, fixture, limits=None, arguments=None):  # type: ignore[no-untyped-def]
+        super().__init__(fixture, limits, [*(arguments or []), "--leak-closed-sessions"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "quick, seconds", [(True, None), (False, 20.0)], ids=["quick", "full-mode-20s"]
+)
+def test_soak_fails_on_a_leak(quick, seconds, fixture, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Scenario 15 catches a server that keeps every ended session: in the CI-sized run and in
+    full mode (100 clients, no tracemalloc shortcuts; 20 s instead of 120 to keep the suite
+    short), the exact signals grow with every session served and the scenario fails."""
+    monkeypatch.setattr(_socket_scenarios, "ServerProcess", _LeakyServer)
+    (result,) = run([15], Options(quick=quick, soak_seconds=seconds), fixture=fixture)
+    print(f"\n{format_table([result])}\n{result.notes}")
+    assert not result.passed
+    figures = result.figures
+    assert figures["checkpoints"][-1]["kept"] == figures["checkpoints"][-1]["handlers_finished"]
+    assert "gc_objects grew" in result.notes
+    assert figures["gc_objects"]["per_session"]["second"] >= 1
+
+
+def _checkpoint(served: int, **signals: int) -> dict[str, object]:
+    base = {"gc_objects": 1000, "allocated_blocks": 5000, "traced_bytes": 10**6, "rss_kib": 40000}
+    return {
+        **base,
+        **signals,
+        "handlers_finished": served,
+        "fds": 8,
+        "tables": {"engine0._connections": 0},
+        "quiet": True,
+    }
+
+
+def test_soak_judgement_compares_growth_with_sessions_served() -> None:
+    """High-water in the first half passes; the same growth per session in the second half as
+    in the first (a leak) fails; so do an open fd, a growing table and a checkpoint that never
+    went quiet."""
+    judge = _socket_scenarios.soak_judgement
+    high_water = [
+        _checkpoint(0),
+        _checkpoint(5000, rss_kib=60000),
+        _checkpoint(10000, rss_kib=60100),
+    ]
+    figures, problems = judge(high_water)
+    assert problems == []
+    assert figures["rss_kib"]["growth"] == {"first": 20000, "second": 100}
+    leak = [
+        _checkpoint(0),
+        _checkpoint(5000, gc_objects=6000),
+        _checkpoint(10000, gc_objects=11000),
+    ]
+    _, problems = judge(leak)
+    assert problems == ["gc_objects grew +5,000 over 5,000 sessions (bound 450)"]
+    fd = [_checkpoint(0), _checkpoint(10), {**_checkpoint(20), "fds": 9}]
+    assert judge(fd)[1] == ["open fds 8 -> 9"]
+    table = [_checkpoint(0), _checkpoint(10), {**_checkpoint(20), "tables": {"t": 3}}]
+    assert judge(table)[1] == ["server table t grew [0, 0, 3]"]
+    loud = [_checkpoint(0), {**_checkpoint(10), "quiet": False}, _checkpoint(20)]
+    assert judge(loud)[1] == [
+        f"sessions still open {_socket_scenarios.SOAK_QUIET_SECONDS:g} s after checkpoints [1]"
+    ]
+
+
+def test_soak_segments_keep_the_hour_long_run() -> None:
+    """A warm-up quarter, then equal halves: one checkpoint per half at CI size, about one
+    every 5 minutes in the 1-hour soak (progress lines)."""
+    assert _socket_scenarios.soak_segments(30.0) == [7.5, 11.25, 11.25]
+    hour = _socket_scenarios.soak_segments(3600.0)
+    assert hour[0] == 900.0 and sum(hour) == pytest.approx(3600.0)
+    assert len(hour) == 11 and len(set(hour[1:])) == 1

@@ -10,12 +10,14 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
 from types import FrameType
 from typing import Any
 
 from OpenSSL import SSL
 
 from ..config import DTLSConfiguration
+from ..core import _verify_time
 from ..exceptions import (
     CertificateVerificationError,
     ConfigurationError,
@@ -211,9 +213,43 @@ def port_number(text: str) -> int:
     return port
 
 
+def verify_time_value(text: str) -> datetime | float:
+    """argparse type of ``--verify-time``: POSIX seconds, or an ISO 8601 time with its zone
+    (``2026-12-03T18:00:00Z``); a usage error (exit status 2) otherwise."""
+    value: datetime | float | None = None
+    with contextlib.suppress(ValueError):
+        value = float(text)
+    if value is None:
+        with contextlib.suppress(ValueError):
+            value = datetime.fromisoformat(text)
+    if value is None:
+        raise argparse.ArgumentTypeError(
+            f"takes POSIX seconds or an ISO 8601 time such as 2026-12-03T18:00:00Z, not {text!r}"
+        )
+    if isinstance(value, datetime) and value.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no time zone: add one, e.g. Z for UTC")
+    try:
+        _verify_time.check(value)
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+def add_verify_time_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--verify-time",
+        type=verify_time_value,
+        metavar="TIME",
+        help="check the peer's certificate dates against TIME instead of the system clock "
+        "(config field verify_time): POSIX seconds or an ISO 8601 time with its zone, e.g. "
+        "2026-12-03T18:00:00Z; for a device whose clock is unset or wrong (docs/iot.md)",
+    )
+
+
 def reject_tls_flags(args: argparse.Namespace, names: Iterable[str]) -> None:
     for name in names:
-        if getattr(args, name, None):
+        value = getattr(args, name, None)
+        if value is not None and value is not False and value != []:  # --verify-time 0 is given
             flag = "--" + name.replace("_", "-")
             raise UsageError(f"{flag} has no meaning with --transport udp")
 

@@ -27,6 +27,7 @@ from ._common import (
     DEFAULT_TIMEOUT,
     UsageError,
     add_transport_flags,
+    add_verify_time_flag,
     logger,
     out,
     port_number,
@@ -68,10 +69,27 @@ def _cmd_client(args: argparse.Namespace) -> int:
                 "psk",
                 "alpn",
                 "session_file",
+                "verify_time",
+                "new_port_after_lost_flights",
             ),
         )
         return _udp_client(args.host, args.port, messages, args.timeout)
     return _dtls_client(args, messages)
+
+
+def lost_flights_value(text: str) -> int | str:
+    """argparse type of ``--new-port-after-lost-flights``: a positive integer or ``none``."""
+    if text.lower() == "none":
+        return "none"
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"takes a positive integer or none, not {text!r}"
+        )
+    return value
 
 
 def _client_messages(given: list[str] | None, count: int, stdin: TextIO) -> Iterator[bytes]:
@@ -116,6 +134,11 @@ def _dtls_client(args: argparse.Namespace, messages: Iterator[bytes]) -> int:
             raise UsageError("a client uses one --psk IDENTITY:HEXKEY")
         ((identity, psk_key),) = psk_table(args.psk).items()
         settings["psk"] = (identity, psk_key)
+    if args.verify_time is not None:
+        settings["verify_time"] = args.verify_time
+    if args.new_port_after_lost_flights is not None:
+        lost = args.new_port_after_lost_flights
+        settings["new_port_after_lost_flights"] = None if lost == "none" else lost
     config = with_keylog(DTLSConfiguration.client(args.ca, args.server_name, **settings))
     session = _load_session(args.session_file)
     started = time.perf_counter()
@@ -331,6 +354,15 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
         help="socket receive buffer to ask the kernel for (default: 4194304; the kernel caps it "
         "at net.core.rmem_max). UDP has no flow control: what overflows it is dropped and "
         "counted",
+    )
+    add_verify_time_flag(client)
+    client.add_argument(
+        "--new-port-after-lost-flights",
+        type=lost_flights_value,
+        metavar="N",
+        help="after N flights in a row got no answer, start the handshake again from a new "
+        "source port within the same --timeout, so that a load balancer picks a node again "
+        "(config field new_port_after_lost_flights; default: 2; 'none' keeps one port)",
     )
     add_transport_flags(client)
     client.set_defaults(func=_cmd_client)

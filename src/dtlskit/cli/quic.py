@@ -42,6 +42,13 @@ def check_flags(args: argparse.Namespace) -> None:
             raise UsageError(f"--{name.replace('_', '-')} with --transport quic: {why}")
     if getattr(args, "workers", 1) != 1:
         raise UsageError("--workers needs --transport dtls")
+    unhonoured = {
+        "verify_time": "aioquic checks certificate dates against the system clock",
+        "new_port_after_lost_flights": "QUIC's handshake keeps its source port",
+    }
+    for name, why in unhonoured.items():
+        if getattr(args, name, None) is not None:
+            raise UsageError(f"--{name.replace('_', '-')} with --transport quic: {why}")
 
 
 def serve(args: argparse.Namespace) -> int:

@@ -23,6 +23,7 @@ from ._common import (
     DEFAULT_PORT,
     UsageError,
     add_transport_flags,
+    add_verify_time_flag,
     client_command,
     logger,
     on_signals,
@@ -48,7 +49,9 @@ def _cmd_server(args: argparse.Namespace) -> int:
     if args.transport == "quic":
         return quic_cli.serve(args)
     if args.transport == "udp":
-        reject_tls_flags(args, ("cert", "key", "key_password", "ca", "mtu", "psk", "alpn"))
+        reject_tls_flags(
+            args, ("cert", "key", "key_password", "ca", "mtu", "psk", "alpn", "verify_time")
+        )
         if args.require_client_cert:
             raise UsageError("--require-client-cert needs --transport dtls")
         if args.workers != 1:
@@ -112,6 +115,8 @@ def _server_config(args: argparse.Namespace) -> tuple[DTLSConfiguration, str]:
         settings["psk_lookup"] = psk
     if args.alpn:
         settings["alpn_protocols"] = args.alpn
+    if args.verify_time is not None:
+        settings["verify_time"] = args.verify_time
     config = with_keylog(DTLSConfiguration.server(cert, key, args.key_password, **settings))
     config.build_context(server=True)  # fail now, in one line, if a file cannot be loaded
     if cert is not None:
@@ -281,5 +286,6 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
         "at net.core.rmem_max). UDP has no flow control: what overflows it is dropped and "
         "counted",
     )
+    add_verify_time_flag(server)
     add_transport_flags(server)
     server.set_defaults(func=_cmd_server, log_level=logging.INFO)

@@ -3,9 +3,10 @@
 The ``server`` and ``client`` commands hand ``--transport tls|tcp`` to :func:`run_server` /
 :func:`run_client`, which build on the same helpers, so the TLS commands speak the DTLS
 commands' flags where they apply:
-``--cert --key --key-password --ca --require-client-cert --psk`` (server), ``--ca --cert --key
---server-name --no-verify --psk --session-file --message --count --timeout`` (client). DTLS-only
-flags (``--mtu``, ``--workers``, ``--recv-buffer-size``) are refused with a usage error.
+``--cert --key --key-password --ca --require-client-cert --psk --verify-time`` (server), ``--ca
+--cert --key --server-name --no-verify --psk --session-file --verify-time --message --count
+--timeout`` (client). DTLS-only flags (``--mtu``, ``--workers``, ``--recv-buffer-size``,
+``--new-port-after-lost-flights``) are refused with a usage error.
 
 The client is interactive like ``openssl s_client``: what arrives is printed as it arrives (a
 reader thread), each line typed is sent with its newline; at the end of input it waits for the
@@ -40,7 +41,7 @@ __all__ = ["run_client", "run_server"]
 
 logger = logging.getLogger("dtlskit.cli")
 
-_DTLS_ONLY = ("mtu", "recv_buffer_size")
+_DTLS_ONLY = ("mtu", "recv_buffer_size", "new_port_after_lost_flights")
 
 
 def _refuse_dtls_flags(args: argparse.Namespace) -> None:
@@ -61,7 +62,7 @@ def run_server(args: argparse.Namespace) -> int:
 
     _refuse_dtls_flags(args)
     if args.transport == "tcp":
-        for name in ("cert", "key", "key_password", "ca", "psk"):
+        for name in ("cert", "key", "key_password", "ca", "psk", "verify_time"):
             if getattr(args, name, None):
                 raise UsageError(f"--{name.replace('_', '-')} has no meaning with --transport tcp")
         if args.require_client_cert:
@@ -196,7 +197,8 @@ def run_client(args: argparse.Namespace, messages: Iterator[bytes]) -> int:
     _refuse_dtls_flags(args)
     connection: Any
     if args.transport == "tcp":
-        for name in ("ca", "cert", "key", "server_name", "no_verify", "psk", "session_file"):
+        tls_only = ("ca", "cert", "key", "server_name", "no_verify", "psk", "session_file")
+        for name in (*tls_only, "verify_time"):
             if getattr(args, name, None):
                 raise UsageError(f"--{name.replace('_', '-')} has no meaning with --transport tcp")
         connection = _TCP(args.host, args.port, args.timeout)
@@ -231,6 +233,8 @@ def _tls_connect(args: argparse.Namespace) -> Any:
             raise UsageError("a client uses one --psk IDENTITY:HEXKEY")
         ((identity, key),) = psk_table(args.psk).items()
         settings["psk"] = (identity, key)
+    if args.verify_time is not None:
+        settings["verify_time"] = args.verify_time
     config = with_keylog(DTLSConfiguration.client(args.ca, args.server_name, **settings))
     session = _load_session(args.session_file)
     started = time.perf_counter()

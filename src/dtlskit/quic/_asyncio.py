@@ -8,8 +8,9 @@ wake-up — a datagram arrived, a session's timer expired, the user sent or clos
 (``datagrams_to_send``), wake the tasks waiting on its channel (they look at the session's
 state again), re-arm the session's ``loop.call_at`` timer when its deadline moved, and forget
 the session once it is over. The policy — streams as messages, bounds, deadlines, errors — is
-in :mod:`dtlskit.quic._engine`, shared with the blocking flavour; this module moves bytes and
-time. The clock is ``loop.time()``.
+in :mod:`dtlskit.quic._engine`, shared with the blocking flavour, and so is what both front
+ends do alike (sockets, routing, handshake book-keeping, channel state:
+:mod:`dtlskit.quic._frontend`); this module moves bytes and time. The clock is ``loop.time()``.
 
 A server socket's endpoint routes datagrams through :class:`QuicServerEngine` (by connection
 ID) and starts one handler task per connection once its handshake completes; the handler's
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import socket
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any
@@ -30,18 +30,26 @@ from ..exceptions import (
     ConcurrencyError,
     ConnectionClosedByPeer,
     ConnectionClosedLocally,
-    ConnectionRefused,
     DTLSError,
-    InvalidArgument,
-    TransportError,
 )
-from ._config import quic_configuration
 from ._engine import QuicServerEngine, QuicSession, QuicStatistics
-from .sansio import client_session
+from ._frontend import (
+    ChannelBase,
+    HandshakeBook,
+    StreamBase,
+    check_config,
+    client_bind_address,
+    handler_outcome,
+    pick_address,
+    resolution_error,
+    route_datagram,
+    server_statistics,
+    socket_error,
+    udp_socket,
+)
+from .sansio import client_session, server_engine
 
 __all__ = ["QuicChannel", "QuicServer", "QuicStream", "connect", "serve"]
-
-logger = logging.getLogger("dtlskit.quic")
 
 Handler = Callable[["QuicChannel"], Awaitable[None]]
 
@@ -65,10 +73,7 @@ class _Endpoint(asyncio.DatagramProtocol):
         self._timers.clear()
 
     def error_received(self, exc: Exception) -> None:
-        if isinstance(exc, ConnectionRefusedError):
-            self.error = ConnectionRefused(f"nothing listens there (ICMP port unreachable): {exc}")
-        elif isinstance(exc, OSError):
-            self.error = TransportError(exc.errno, f"socket error: {exc.strerror or exc}")
+        self.error = socket_error(exc) or self.error
         for channel in list(self.channels.values()):
             channel._wake()
 
@@ -120,14 +125,10 @@ class _ClientEndpoint(_Endpoint):
             self.flush(session)
 
 
-class QuicStream:
+class QuicStream(StreamBase):
     """One QUIC stream used directly: read it to FIN, write it (and FIN)."""
 
-    def __init__(self, channel: QuicChannel, stream_id: int) -> None:
-        self._channel = channel
-        self.stream_id = stream_id
-        self._received = bytearray()
-        self._ended = False
+    _channel: QuicChannel
 
     async def read(self) -> bytes:
         """Everything the peer writes on this stream, up to its FIN (at most
@@ -135,17 +136,9 @@ class QuicStream:
         channel = self._channel
         session = channel._session
         while not self._ended:
-            got = session.read_stream(self.stream_id)
-            if got is None:
+            if not self._take(session):
                 await channel._wait(self.stream_id)
-                continue
-            data, ended = got
-            self._received += data
-            self._ended = ended
-        data = bytes(self._received)
-        self._received = bytearray()
-        session.forget_stream(self.stream_id)
-        return data
+        return self._whole(session)
 
     async def write(self, data: bytes | bytearray | memoryview, *, end: bool = False) -> None:
         """Write ``data``; with ``end=True`` send FIN after it."""
@@ -164,7 +157,7 @@ class QuicStream:
         self._channel._flush()
 
 
-class QuicChannel:
+class QuicChannel(ChannelBase):
     """A QUIC connection with the DTLS channel's shape: ``send()`` opens a stream, writes the
     message and FIN; ``recv()`` returns the next stream the peer ended with FIN (one the peer
     opened, or its answer on one ``send()`` opened). Streams are also reachable directly
@@ -336,34 +329,7 @@ class QuicChannel:
     async def __aexit__(self, *exc_info: object) -> None:
         self.close()
 
-    # -- information ---------------------------------------------------------------------------
-
-    @property
-    def alpn_protocol(self) -> str | None:
-        """The negotiated ALPN protocol."""
-        return self._session.alpn_protocol
-
-    @property
-    def session_resumed(self) -> bool:
-        """Whether the handshake resumed an earlier session (a ticket)."""
-        return self._session.session_resumed
-
-    @property
-    def session(self) -> Any:
-        """Client: the latest session ticket the server issued (pass it to
-        ``connect(..., session=)`` to resume), or None."""
-        return self._session.session_ticket
-
-    @property
-    def closed(self) -> bool:
-        return self._session.error is not None
-
-    def pending(self) -> int:
-        """Messages ready for :meth:`recv` without waiting."""
-        return self._session.pending
-
-    def getpeername(self) -> Any:
-        return self._peer
+    # -- information (the rest is ChannelBase's) ------------------------------------------------
 
     def getsockname(self) -> Any:
         return self._sock.getsockname()
@@ -371,35 +337,14 @@ class QuicChannel:
     def statistics(self) -> QuicStatistics:
         return self._session.statistics()
 
-    def __repr__(self) -> str:
-        state = "closed" if self.closed else "open"
-        return f"<QuicChannel {state} peer={self._peer!r} alpn={self.alpn_protocol!r}>"
-
-
-def _udp_socket(family: int, address: Any, recv_buffer_size: int | None) -> socket.socket:
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        if recv_buffer_size is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, recv_buffer_size)
-        sock.bind(address)
-        sock.setblocking(False)
-    except OSError as exc:
-        sock.close()
-        raise TransportError(exc.errno, f"cannot bind {address!r}: {exc.strerror}") from exc
-    return sock
-
 
 async def _resolve(host: str, port: int) -> tuple[int, Any]:
     loop = asyncio.get_running_loop()
     try:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
     except socket.gaierror as exc:
-        raise TransportError(exc.errno, f"cannot resolve {host!r}: {exc.strerror}") from exc
-    family, _, _, _, address = infos[0]
-    return family, address
+        raise resolution_error(host, exc) from exc
+    return pick_address(infos)
 
 
 class _Connect:
@@ -456,8 +401,7 @@ async def _connect(
     ticket: Any,
     local_address: tuple[str, int] | None,
 ) -> QuicChannel:
-    if not isinstance(config, DTLSConfiguration):
-        raise InvalidArgument("config must be a dtlskit.DTLSConfiguration")
+    check_config(config)
     loop = asyncio.get_running_loop()
     session = client_session(
         config,
@@ -468,8 +412,8 @@ async def _connect(
         session=ticket,
     )
     family, address = await _resolve(host, port)
-    bind = local_address or (("::", 0) if family == socket.AF_INET6 else ("0.0.0.0", 0))
-    sock = _udp_socket(family, bind, session.settings.recv_buffer_size)
+    bind = local_address or client_bind_address(family)
+    sock = udp_socket(family, bind, session.settings.recv_buffer_size)
     try:
         transport, endpoint = await loop.create_datagram_endpoint(
             lambda: _ClientEndpoint(loop), sock=sock
@@ -543,34 +487,21 @@ class _ServerEndpoint(_Endpoint):
         self.handler = handler
         self.sock = sock
         self.tasks: set[asyncio.Task[None]] = set()
-        self.started: set[QuicSession] = set()
-        self.failed: set[QuicSession] = set()
+        self.book = HandshakeBook(engine)
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        engine = self.engine
-        session = engine.receive_datagram(data, addr, self.loop.time())
-        if engine.replies:
-            replies, engine.replies = engine.replies, []
-            if self.transport is not None:
-                for reply, address in replies:
-                    self.transport.sendto(reply, address)
-        if engine.evicted:
-            evicted, engine.evicted = engine.evicted, []
-            for victim in evicted:
-                self.flush(victim)  # nothing to send, no timer: forgotten here too
+        session = route_datagram(
+            self.engine, data, addr, self.loop.time(), self._send_reply, self.flush
+        )
         if session is not None:
             self.flush(session)
 
+    def _send_reply(self, data: bytes, address: Any) -> None:
+        if self.transport is not None:
+            self.transport.sendto(data, address)
+
     def _session_changed(self, session: QuicSession) -> None:
-        if session.error is not None and session not in self.started:
-            if session not in self.failed:
-                self.failed.add(session)
-                self.engine.handshakes_failed += 1
-                logger.info("%r: QUIC handshake failed: %s", session.peer_address, session.error)
-            return
-        if session.handshake_complete and session not in self.started and session.error is None:
-            self.started.add(session)
-            self.engine.handshakes_completed += 1
+        if self.book.needs_handler(session):
             channel = QuicChannel(self, session, session.peer_address, self.sock)
             task = self.loop.create_task(self._run(channel))
             self.tasks.add(task)
@@ -579,20 +510,14 @@ class _ServerEndpoint(_Endpoint):
 
     async def _run(self, channel: QuicChannel) -> None:
         try:
-            await self.handler(channel)
-        except DTLSError as exc:
-            logger.info("%r: handler ended: %s", channel.getpeername(), exc)
-        except Exception:
-            logger.exception("%r: the QUIC handler raised", channel.getpeername())
-            channel.close(0x1, "internal error in the server's handler")
+            with handler_outcome(channel):
+                await self.handler(channel)
         finally:
             channel.close()
 
     def _forget(self, session: QuicSession) -> None:
         super()._forget(session)
-        self.failed.discard(session)
-        self.engine.forget(session)
-        self.started.discard(session)
+        self.book.forget(session)
         self.channels.pop(session, None)
 
     def shutdown(self) -> None:
@@ -610,24 +535,7 @@ class _ServerEndpoint(_Endpoint):
             await asyncio.gather(*self.tasks, return_exceptions=True)
 
     def statistics(self) -> QuicStatistics:
-        total = QuicStatistics()
-        total.drops.update(self.engine.drops)
-        for session in self.engine.sessions:
-            stats = session.statistics()
-            for name in (
-                "datagrams_received",
-                "datagrams_sent",
-                "bytes_received",
-                "bytes_sent",
-                "messages_received",
-                "messages_sent",
-                "streams_accepted",
-                "streams_opened",
-                "buffered_bytes",
-            ):
-                setattr(total, name, getattr(total, name) + getattr(stats, name))
-            total.drops.update(stats.drops)
-        return total
+        return server_statistics(self.engine)
 
 
 class _Serve:
@@ -675,19 +583,15 @@ async def _serve(
     datagrams: bool,
     max_stream_bytes: int | None,
 ) -> QuicServer:
-    if not isinstance(config, DTLSConfiguration):
-        raise InvalidArgument("config must be a dtlskit.DTLSConfiguration")
-    quic, settings = quic_configuration(
-        config, server=True, datagrams=datagrams, max_stream_bytes=max_stream_bytes
-    )
+    check_config(config)
+    engine = server_engine(config, datagrams=datagrams, max_stream_bytes=max_stream_bytes)
     family: int
     address: Any
     if host is None:
         family, address = int(socket.AF_INET6), ("::", port)
     else:
         family, address = await _resolve(host, port)
-    sock = _udp_socket(family, address, settings.recv_buffer_size)
-    engine = QuicServerEngine(lambda: quic, settings, session_tickets=config.session_tickets)
+    sock = udp_socket(family, address, engine.settings.recv_buffer_size)
     loop = asyncio.get_running_loop()
     endpoint = _ServerEndpoint(loop, engine, handler, sock)
     await loop.create_datagram_endpoint(lambda: endpoint, sock=sock)

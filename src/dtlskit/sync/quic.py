@@ -10,8 +10,9 @@ wakes every thread waiting on the socket's condition. User threads call the sans
 (:mod:`dtlskit.quic._engine`) under the same lock and transmit right away; when that moves a
 deadline earlier than the one the I/O thread sleeps towards, they wake it through a socket
 pair. The policy (streams as messages, bounds, deadlines, errors) is the engine's, shared with
-the asyncio flavour; names and semantics mirror :mod:`dtlskit.quic`, plus ``timeout=`` on every
-blocking call (:class:`DTLSTimeoutError`; the connection stays usable).
+the asyncio flavour, as is what both front ends do alike (:mod:`dtlskit.quic._frontend`);
+names and semantics mirror :mod:`dtlskit.quic`, plus ``timeout=`` on every blocking call
+(:class:`DTLSTimeoutError`; the connection stays usable).
 
 A server runs each handler in its own thread once the connection's handshake completes; the
 handler's return closes the connection (CONNECTION_CLOSE, code 0).
@@ -35,15 +36,26 @@ from ..exceptions import (
     ConcurrencyError,
     ConnectionClosedByPeer,
     ConnectionClosedLocally,
-    ConnectionRefused,
     DTLSError,
     DTLSTimeoutError,
     InvalidArgument,
-    TransportError,
 )
-from ..quic._config import quic_configuration
 from ..quic._engine import QuicServerEngine, QuicSession, QuicStatistics, StreamError
-from ..quic.sansio import client_session
+from ..quic._frontend import (
+    ChannelBase,
+    HandshakeBook,
+    StreamBase,
+    check_config,
+    client_bind_address,
+    handler_outcome,
+    pick_address,
+    resolution_error,
+    route_datagram,
+    server_statistics,
+    socket_error,
+    udp_socket,
+)
+from ..quic.sansio import client_session, server_engine
 
 __all__ = ["QuicChannel", "QuicServer", "QuicStream", "StreamError", "connect", "serve"]
 
@@ -116,10 +128,7 @@ class _IOThread:
         self.cond.notify_all()
 
     def _socket_error(self, exc: OSError) -> None:
-        if isinstance(exc, ConnectionRefusedError):
-            self.error = ConnectionRefused(f"nothing listens there (ICMP port unreachable): {exc}")
-        else:
-            self.error = TransportError(exc.errno, f"socket error: {exc.strerror or exc}")
+        self.error = socket_error(exc)
 
     # -- the thread ------------------------------------------------------------------------------
 
@@ -204,14 +213,10 @@ class _IOThread:
         self.sock.close()
 
 
-class QuicStream:
+class QuicStream(StreamBase):
     """One QUIC stream used directly: read it to FIN, write it (and FIN)."""
 
-    def __init__(self, channel: QuicChannel, stream_id: int) -> None:
-        self._channel = channel
-        self.stream_id = stream_id
-        self._received = bytearray()
-        self._ended = False
+    _channel: QuicChannel
 
     def read(self, timeout: float | None = None) -> bytes:
         """Everything the peer writes on this stream, up to its FIN (at most
@@ -221,17 +226,9 @@ class QuicStream:
         deadline = _deadline(timeout)
         with channel._io.lock:
             while not self._ended:
-                got = session.read_stream(self.stream_id)
-                if got is None:
+                if not self._take(session):
                     channel._wait_locked(deadline, "stream read")
-                    continue
-                data, ended = got
-                self._received += data
-                self._ended = ended
-            data = bytes(self._received)
-            self._received = bytearray()
-            session.forget_stream(self.stream_id)
-            return data
+            return self._whole(session)
 
     def write(self, data: bytes | bytearray | memoryview, *, end: bool = False) -> None:
         """Write ``data``; with ``end=True`` send FIN after it."""
@@ -260,9 +257,11 @@ def _deadline(timeout: float | None) -> float | None:
     return time.monotonic() + timeout
 
 
-class QuicChannel:
+class QuicChannel(ChannelBase):
     """A QUIC connection with the DTLS channel's shape (see :class:`dtlskit.quic.QuicChannel`);
     blocking calls take ``timeout=`` and raise :class:`DTLSTimeoutError` when it runs out."""
+
+    _kind = "sync QuicChannel"
 
     def __init__(
         self, io: _IOThread, session: QuicSession, peer: Any, owns_io: bool
@@ -388,30 +387,7 @@ class QuicChannel:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    # -- information ---------------------------------------------------------------------------
-
-    @property
-    def alpn_protocol(self) -> str | None:
-        return self._session.alpn_protocol
-
-    @property
-    def session_resumed(self) -> bool:
-        return self._session.session_resumed
-
-    @property
-    def session(self) -> Any:
-        """Client: the latest session ticket (pass to ``connect(..., session=)``), or None."""
-        return self._session.session_ticket
-
-    @property
-    def closed(self) -> bool:
-        return self._session.error is not None
-
-    def pending(self) -> int:
-        return self._session.pending
-
-    def getpeername(self) -> Any:
-        return self._peer
+    # -- information (the rest is ChannelBase's) ------------------------------------------------
 
     def getsockname(self) -> Any:
         return self._io.sock.getsockname()
@@ -420,34 +396,13 @@ class QuicChannel:
         with self._io.lock:
             return self._session.statistics()
 
-    def __repr__(self) -> str:
-        state = "closed" if self.closed else "open"
-        return f"<sync QuicChannel {state} peer={self._peer!r} alpn={self.alpn_protocol!r}>"
-
-
-def _udp_socket(family: int, address: Any, recv_buffer_size: int | None) -> socket.socket:
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        if recv_buffer_size is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, recv_buffer_size)
-        sock.bind(address)
-        sock.setblocking(False)
-    except OSError as exc:
-        sock.close()
-        raise TransportError(exc.errno, f"cannot bind {address!r}: {exc.strerror}") from exc
-    return sock
-
 
 def _resolve(host: str, port: int) -> tuple[int, Any]:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
     except socket.gaierror as exc:
-        raise TransportError(exc.errno, f"cannot resolve {host!r}: {exc.strerror}") from exc
-    family, _, _, _, address = infos[0]
-    return int(family), address
+        raise resolution_error(host, exc) from exc
+    return pick_address(infos)
 
 
 def connect(
@@ -463,8 +418,7 @@ def connect(
     """Connect over QUIC and complete the handshake (blocking); see :func:`dtlskit.quic.connect`.
     ``timeout`` bounds the whole call (:class:`DTLSTimeoutError`); the handshake deadline is
     ``config.handshake_timeout`` (:class:`HandshakeTimeout`)."""
-    if not isinstance(config, DTLSConfiguration):
-        raise InvalidArgument("config must be a dtlskit.DTLSConfiguration")
+    check_config(config)
     quic_session = client_session(
         config,
         server_name=host,
@@ -474,8 +428,8 @@ def connect(
         session=session,
     )
     family, address = _resolve(host, port)
-    bind = ("::", 0) if family == socket.AF_INET6 else ("0.0.0.0", 0)
-    sock = _udp_socket(family, bind, quic_session.settings.recv_buffer_size)
+    bind = client_bind_address(family)
+    sock = udp_socket(family, bind, quic_session.settings.recv_buffer_size)
     io = _IOThread(sock, f"dtlskit-quic-client-{host}:{port}")
 
     def on_datagram(data: bytes, addr: Any, now: float) -> QuicSession:
@@ -507,8 +461,7 @@ class QuicServer:
         self._io = io
         self._engine = engine
         self._handler = handler
-        self._channels: dict[QuicSession, QuicChannel] = {}
-        self._failed: set[QuicSession] = set()
+        self._book = HandshakeBook(engine)
         self._threads: set[threading.Thread] = set()
         self._stopped = threading.Event()
         self._closed = False
@@ -517,29 +470,16 @@ class QuicServer:
         io.on_flushed = self._on_flushed
 
     def _on_datagram(self, data: bytes, address: Any, now: float) -> QuicSession | None:
-        engine = self._engine
-        session = engine.receive_datagram(data, address, now)
-        if engine.replies:
-            replies, engine.replies = engine.replies, []
-            for reply, to in replies:
-                with contextlib.suppress(OSError):
-                    self._io.sock.sendto(reply, to)
-        if engine.evicted:
-            evicted, engine.evicted = engine.evicted, []
-            for victim in evicted:
-                self._io.flush_locked(victim)  # nothing to send, no timer: forgotten here too
-        return session
+        io = self._io
+        return route_datagram(self._engine, data, address, now, self._send_reply, io.flush_locked)
+
+    def _send_reply(self, data: bytes, address: Any) -> None:
+        with contextlib.suppress(OSError):
+            self._io.sock.sendto(data, address)
 
     def _on_flushed(self, session: QuicSession) -> None:
-        if (
-            session.handshake_complete
-            and session.error is None
-            and session not in self._channels
-            and not self._closed
-        ):
-            self._engine.handshakes_completed += 1
+        if not self._closed and self._book.needs_handler(session):
             channel = QuicChannel(self._io, session, session.peer_address, owns_io=False)
-            self._channels[session] = channel
             thread = threading.Thread(
                 target=self._run, args=(channel,), name="dtlskit-quic-handler", daemon=True
             )
@@ -556,24 +496,13 @@ class QuicServer:
                 self._io.flush_locked(session)
             else:
                 self._threads.add(thread)
-        failed = session.error is not None and session not in self._channels
-        if failed and session not in self._failed:
-            self._failed.add(session)
-            self._engine.handshakes_failed += 1
-            logger.info("%r: QUIC handshake failed: %s", session.peer_address, session.error)
         if session.finished:
-            self._failed.discard(session)
-            self._channels.pop(session, None)
-            self._engine.forget(session)
+            self._book.forget(session)
 
     def _run(self, channel: QuicChannel) -> None:
         try:
-            self._handler(channel)
-        except DTLSError as exc:
-            logger.info("%r: handler ended: %s", channel.getpeername(), exc)
-        except Exception:
-            logger.exception("%r: the QUIC handler raised", channel.getpeername())
-            channel.close(0x1, "internal error in the server's handler")
+            with handler_outcome(channel):
+                self._handler(channel)
         finally:
             channel.close()
             with self._io.lock:
@@ -605,19 +534,7 @@ class QuicServer:
 
     def statistics(self) -> QuicStatistics:
         with self._io.lock:
-            total = QuicStatistics()
-            total.drops.update(self._engine.drops)
-            for session in self._engine.sessions:
-                stats = session.statistics()
-                total.messages_received += stats.messages_received
-                total.messages_sent += stats.messages_sent
-                total.datagrams_received += stats.datagrams_received
-                total.datagrams_sent += stats.datagrams_sent
-                total.bytes_received += stats.bytes_received
-                total.bytes_sent += stats.bytes_sent
-                total.buffered_bytes += stats.buffered_bytes
-                total.drops.update(stats.drops)
-            return total
+            return server_statistics(self._engine)
 
     def __enter__(self) -> QuicServer:
         return self
@@ -638,17 +555,13 @@ def serve(
     """Serve QUIC (blocking flavour): ``handler(channel)`` runs in its own thread per connection
     once its handshake completes; its return closes the connection. Returns the running
     :class:`QuicServer` (use ``serve_forever()`` or a ``with`` block)."""
-    if not isinstance(config, DTLSConfiguration):
-        raise InvalidArgument("config must be a dtlskit.DTLSConfiguration")
-    quic, settings = quic_configuration(
-        config, server=True, datagrams=datagrams, max_stream_bytes=max_stream_bytes
-    )
+    check_config(config)
+    engine = server_engine(config, datagrams=datagrams, max_stream_bytes=max_stream_bytes)
     if host is None:
         family, address = int(socket.AF_INET6), ("::", port)
     else:
         family, address = _resolve(host, port)
-    sock = _udp_socket(family, address, settings.recv_buffer_size)
-    engine = QuicServerEngine(lambda: quic, settings, session_tickets=config.session_tickets)
+    sock = udp_socket(family, address, engine.settings.recv_buffer_size)
     io = _IOThread(sock, f"dtlskit-quic-server-{port}")
     server = QuicServer(io, engine, handler)
     io.start()
