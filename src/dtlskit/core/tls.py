@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from OpenSSL import SSL
 
+from .._frontend import accel as _accel
 from ..exceptions import (
     CertificateVerificationError,
     ConfigurationError,
@@ -99,12 +100,22 @@ _READ_SIZE = 65536
 _HEADER = 4
 
 
+_DEFAULTS: dict[tuple[type, str], Any] = {}
+
+
 def _default(instance: Any, name: str) -> Any:
-    """The default of dataclass field ``name`` of ``instance``'s class."""
+    """The default of dataclass field ``name`` of ``instance``'s class (looked up once per
+    class and name: a server checks its configuration for every connection)."""
+    key = (type(instance), name)
+    try:
+        return _DEFAULTS[key]
+    except KeyError:
+        pass
     for item in dataclasses.fields(instance):
         if item.name == name:
             if item.default_factory is not dataclasses.MISSING:
-                return item.default_factory()
+                return item.default_factory()  # a fresh one each time, never cached
+            _DEFAULTS[key] = item.default
             return item.default
     raise AttributeError(name)  # pragma: no cover - names are fixed here
 
@@ -182,6 +193,7 @@ class TLSConnection(NegotiatedSession):
         "_events",
         "_frame",
         "_framing",
+        "_handle",
         "_handshake_deadline",
         "_handshake_started",
         "_hib",
@@ -235,6 +247,7 @@ class TLSConnection(NegotiatedSession):
         ctx = context if context is not None else config.context(server, tls=True)
         self._ssl = SSL.Connection(ctx, None)
         self._hib = None  # TLS sessions never hibernate (NegotiatedSession's accessors ask)
+        self._handle: Any = None  # the accelerator's handle, once established
         self._verify_reason: str | None = None
         self._verify_code: int | None = None
         self._verify_timestamp: int | None = None
@@ -351,8 +364,7 @@ class TLSConnection(NegotiatedSession):
         state = self.state
         if state is State.ESTABLISHED and data:  # the common case, first
             self._stats.bytes_received += len(data)
-            _bindings.stream_feed(self._ssl, data)
-            self._read_application_data(now)
+            self._read_application_data(now, data)
             return
         if state in (State.CLOSED, State.TERMINATED):
             return
@@ -364,7 +376,7 @@ class TLSConnection(NegotiatedSession):
         _bindings.stream_feed(self._ssl, bytes(data))
         self._advance_handshake(now)
         if self.state is State.ESTABLISHED:
-            self._read_application_data(now)
+            self._read_application_data(now, b"")
 
     def receive_eof(self, now: float) -> None:
         """The stream ended (the peer's FIN, or a reset). After a close_notify this changes
@@ -399,14 +411,25 @@ class TLSConnection(NegotiatedSession):
             if len(payload) > self._max_message:
                 raise MessageTooLarge(len(payload), self._max_message)
             payload = len(payload).to_bytes(_HEADER, "big") + payload
-        try:
-            _bindings.stream_write(self._ssl, payload)
-        except SSL.Error as exc:
-            error = _errors.session_error(exc, peer=self._peer_text)
-            self._terminate(error)
-            raise error from exc
+        records = _accel.stream_seal(self._handle, payload)  # one call: encrypt, take records
+        if type(records) is not bytes:
+            raise self._write_failed(int(records))
         self._stats.messages_sent += 1
-        self._collect_output()
+        if records:
+            self._outgoing.append(records)
+
+    def _write_failed(self, code: int) -> DTLSError:
+        """End the session for the error ``stream_seal`` returned; the error to raise."""
+        try:
+            _accel.raise_error(self._ssl, code)  # at once: the error queue is this thread's
+        except SSL.Error as exc:
+            self._collect_output()
+            error = _errors.session_error(exc, peer=self._peer_text)
+            error.__cause__ = exc
+        else:  # pragma: no cover - raise_error always raises
+            error = ConnectionLost(f"writing to {self._peer_text} failed")
+        self._terminate(error)
+        return error
 
     def close(self) -> None:
         """Send close_notify (once) and end the session. Idempotent."""
@@ -620,6 +643,7 @@ class TLSConnection(NegotiatedSession):
             self._idle_deadline = now + self._idle_timeout
         self._last_session = _bindings.get_session(self._ssl)
         self._last_address = _bindings.session_address_of(self._last_session)
+        self._handle = _accel.make_handle(self._ssl)
         self._events.append(
             ev.HandshakeCompleted(
                 version=self.version or "TLS",
@@ -628,14 +652,27 @@ class TLSConnection(NegotiatedSession):
             )
         )
 
-    def _read_application_data(self, now: float) -> None:
-        chunks, status, error = _bindings.stream_read_all(self._ssl)
-        self._deliver(chunks)
+    def _read_application_data(self, now: float, data: bytes) -> None:
+        """Feed ``data`` (established) and take every record OpenSSL can decrypt now, and what
+        it wrote meanwhile, in one accelerator call."""
+        plaintext, code, output = _accel.stream_open(self._handle, data)
+        error: SSL.Error | None = None
+        if code != _accel.WANT_READ and code != _accel.ZERO_RETURN:
+            try:
+                _accel.raise_error(self._ssl, code)  # at once: the error queue is this thread's
+            except SSL.ZeroReturnError:  # pragma: no cover - reported as ZERO_RETURN above
+                code = _accel.ZERO_RETURN
+            except SSL.Error as exc:
+                error = exc
+        if output:
+            self._outgoing.append(output)
+        if plaintext:
+            self._deliver(plaintext)
         if error is not None:
             self._collect_output()
             self._terminate(self._session_error(error))
             return
-        if status == _bindings.CLEAN_CLOSE:
+        if code == _accel.ZERO_RETURN:
             self._peer_closed()
         if self._idle_timeout is not None and self.state is State.ESTABLISHED:
             self._idle_deadline = now + self._idle_timeout
@@ -646,7 +683,6 @@ class TLSConnection(NegotiatedSession):
             self._last_address = _bindings.session_address_of(self._last_session)
             self._stats.tickets_received += 1
             self._events.append(SessionTicketReceived())
-        self._collect_output()  # key updates, close_notify answers
 
     def _session_error(self, exc: SSL.Error) -> DTLSError:
         """A fatal error once established. A TLS 1.3 client learns that the server refused
@@ -662,10 +698,7 @@ class TLSConnection(NegotiatedSession):
             )
         return _errors.session_error(exc, peer=self._peer_text)
 
-    def _deliver(self, chunks: list[bytes]) -> None:
-        if not chunks:
-            return
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    def _deliver(self, data: bytes) -> None:
         if self._framing == "stream":
             self._stats.messages_received += 1
             if self.on_data is not None:
