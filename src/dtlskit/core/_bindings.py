@@ -517,6 +517,26 @@ def do_handshake(connection: SSL.Connection) -> bool:
     return True  # SSL_ERROR_NONE: what pyOpenSSL's do_handshake treats as done
 
 
+def has_helpers(context: SSL.Context) -> bool:
+    """Whether ``context`` has pyOpenSSL callback helpers (then :func:`do_handshake` takes
+    pyOpenSSL's own path). A caller that asks once per context may call
+    :func:`do_handshake_unchecked` for connections of a context without them."""
+    return _lib is None or any(getattr(context, name, None) is not None for name in _HELPERS)
+
+
+def do_handshake_unchecked(connection: SSL.Connection) -> bool:
+    """:func:`do_handshake` for a connection whose context has no pyOpenSSL helpers
+    (:func:`has_helpers` said so): the same outcomes, without asking again every step."""
+    ssl = connection._ssl
+    result = _lib.SSL_do_handshake(ssl)
+    if result == 1:
+        return True
+    if _lib.SSL_get_error(ssl, result) == _lib.SSL_ERROR_WANT_READ:
+        return False
+    connection._raise_ssl_error(ssl, result)  # raises the error pyOpenSSL would
+    return True  # pragma: no cover - SSL_ERROR_NONE: what pyOpenSSL treats as done
+
+
 _alloc: Any = _ffi.new_allocator(should_clear_after_alloc=False) if _ffi is not None else None
 _DIRECT_BIO = _lib is not None and all(
     hasattr(_lib, name) for name in ("BIO_get_mem_data", "BIO_read", "BIO_write")

@@ -46,7 +46,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -101,6 +101,7 @@ _HEADER = 4
 
 
 _DEFAULTS: dict[tuple[type, str], Any] = {}
+_checked: object = None  # the configuration check_tls_config passed last
 
 
 def _default(instance: Any, name: str) -> Any:
@@ -158,6 +159,9 @@ def check_tls_config(config: DTLSConfiguration) -> DTLSConfiguration:
     ``max_retransmit_timeout``, ``limits.hello_verify_per_second``,
     ``limits.first_flight_timeout``, ``limits.max_half_open_per_ipv6_prefix``).
     """
+    global _checked
+    if config is _checked:  # a server checks its one configuration for every connection
+        return config
     if not dataclasses.is_dataclass(config) or not hasattr(config, "limits"):
         raise ConfigurationError(f"config must be a DTLSConfiguration, not {config!r}")
     for name in ("mtu", "cookie_secret", "initial_retransmit_timeout", "max_retransmit_timeout"):
@@ -176,6 +180,7 @@ def check_tls_config(config: DTLSConfiguration) -> DTLSConfiguration:
                 f"limits.{name} is a DTLS setting with no meaning over TCP: leave it at its "
                 "default for a TLS endpoint"
             )
+    _checked = config  # frozen: what passed once passes again
     return config
 
 
@@ -206,6 +211,7 @@ class TLSConnection(NegotiatedSession):
         "_server",
         "_ssl",
         "_stats",
+        "_step",
         "_verify_code",
         "_verify_reason",
         "_verify_timestamp",
@@ -246,6 +252,8 @@ class TLSConnection(NegotiatedSession):
         self.peer_address = peer_address
         ctx = context if context is not None else config.context(server, tls=True)
         self._ssl = SSL.Connection(ctx, None)
+        helpers = _bindings.has_helpers(ctx)  # asked once: the context does not change
+        self._step = _bindings.do_handshake if helpers else _bindings.do_handshake_unchecked
         self._hib = None  # TLS sessions never hibernate (NegotiatedSession's accessors ask)
         self._handle: Any = None  # the accelerator's handle, once established
         self._verify_reason: str | None = None
@@ -457,6 +465,16 @@ class TLSConnection(NegotiatedSession):
         self._stats.bytes_sent += len(data)
         return data
 
+    def drain(self) -> tuple[bytes, Sequence[ev.Event]]:
+        """:meth:`data_to_send` and every event :meth:`next_event` would return, in one call
+        (a front end's wake-up step)."""
+        data = self.data_to_send() if self._outgoing else b""
+        events = self._events
+        if not events:
+            return data, ()
+        self._events = []
+        return data, events
+
     def has_events(self) -> bool:
         """Whether :meth:`next_event` has anything."""
         return bool(self._events)
@@ -588,7 +606,7 @@ class TLSConnection(NegotiatedSession):
 
     def _advance_handshake(self, now: float) -> None:
         try:
-            complete = _bindings.do_handshake(self._ssl)
+            complete = self._step(self._ssl)
         except SSL.Error as exc:
             self._collect_output()  # the alert OpenSSL queued, if any
             self._terminate(
@@ -641,8 +659,9 @@ class TLSConnection(NegotiatedSession):
         )
         if self._idle_timeout is not None:
             self._idle_deadline = now + self._idle_timeout
-        self._last_session = _bindings.get_session(self._ssl)
-        self._last_address = _bindings.session_address_of(self._last_session)
+        if not self._server:  # a client watches for tickets that replace its session
+            self._last_session = _bindings.get_session(self._ssl)
+            self._last_address = _bindings.session_address_of(self._last_session)
         self._handle = _accel.make_handle(self._ssl)
         self._events.append(
             ev.HandshakeCompleted(

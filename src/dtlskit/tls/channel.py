@@ -226,10 +226,10 @@ class TLSProtocol(asyncio.BufferedProtocol):
         channel's state and a server's bookkeeping of an end are final before the peer can
         see anything (a close_notify, an alert); the transport closes after the write."""
         engine = self.engine
-        data = engine.data_to_send()
+        data, events = engine.drain()
         woke = False
         ended = False
-        while (event := engine.next_event()) is not None:
+        for event in events:
             if isinstance(event, ev.MessageReceived):  # only without on_data (not used here)
                 self.received.put(event.data)
                 woke = True
@@ -251,7 +251,9 @@ class TLSProtocol(asyncio.BufferedProtocol):
         if woke:
             self._wake_reader()
             self._account()
-        self._rearm(engine.get_timer())
+        deadline = engine.get_timer()
+        if deadline is not None and (self._deadline is None or deadline < self._deadline):
+            self._rearm(deadline)  # only an earlier deadline needs the timer moved
 
     def close_transport(self) -> None:
         """Close the transport once what it buffered is written; a peer that does not read
