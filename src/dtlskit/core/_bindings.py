@@ -503,18 +503,10 @@ def do_handshake(connection: SSL.Connection) -> bool:
     raises. The common wait costs no exception (pyOpenSSL raises ``WantReadError`` for it).
     A context with pyOpenSSL callback helpers (dtlskit sets none) takes pyOpenSSL's own path,
     which checks them for exceptions."""
-    ctx = connection._context
-    if _lib is None or any(getattr(ctx, name, None) is not None for name in _HELPERS):
+    if has_helpers(connection._context):
         connection.do_handshake()  # pragma: no cover - dtlskit installs no pyOpenSSL helper
         return True  # pragma: no cover
-    ssl = connection._ssl
-    result = _lib.SSL_do_handshake(ssl)
-    if result == 1:
-        return True
-    if _lib.SSL_get_error(ssl, result) == _lib.SSL_ERROR_WANT_READ:
-        return False
-    connection._raise_ssl_error(ssl, result)  # raises the error pyOpenSSL would
-    return True  # SSL_ERROR_NONE: what pyOpenSSL's do_handshake treats as done
+    return do_handshake_unchecked(connection)
 
 
 def has_helpers(context: SSL.Context) -> bool:
@@ -534,7 +526,7 @@ def do_handshake_unchecked(connection: SSL.Connection) -> bool:
     if _lib.SSL_get_error(ssl, result) == _lib.SSL_ERROR_WANT_READ:
         return False
     connection._raise_ssl_error(ssl, result)  # raises the error pyOpenSSL would
-    return True  # pragma: no cover - SSL_ERROR_NONE: what pyOpenSSL treats as done
+    return True  # SSL_ERROR_NONE: what pyOpenSSL's do_handshake treats as done
 
 
 _alloc: Any = _ffi.new_allocator(should_clear_after_alloc=False) if _ffi is not None else None

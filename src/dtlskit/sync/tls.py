@@ -39,6 +39,7 @@ from typing import Any
 
 from OpenSSL import SSL
 
+from .._frontend.negotiated import NegotiatedProperties
 from .._frontend.sockets import Address, check_port, format_address
 from ..config import DTLSConfiguration
 from ..core import events as ev
@@ -130,13 +131,15 @@ def _check_timeout(timeout: float | None) -> float | None:
     return time.monotonic() + timeout
 
 
-class Channel:
+class Channel(NegotiatedProperties):
     """One TLS connection, blocking flavour; the shape of :class:`dtlskit.sync.Channel`.
 
     ``recv(timeout=None)`` returns what arrived (stream) or the next message (framed);
     ``read_exactly``, ``read_until``, ``read_until_eof`` read streams; ``for data in channel``
     runs until the peer closes cleanly. ``close()`` sends close_notify.
     """
+
+    _engine: TLSConnection
 
     def __init__(self, sock: socket.socket, engine: TLSConnection, peer: Address) -> None:
         self._sock = sock
@@ -479,31 +482,6 @@ class Channel:
         return self._engine.framing
 
     @property
-    def version(self) -> str | None:
-        """``"TLSv1.3"`` or ``"TLSv1.2"``."""
-        return self._engine.version
-
-    @property
-    def cipher(self) -> str | None:
-        """The cipher suite (OpenSSL name)."""
-        return self._engine.cipher
-
-    @property
-    def alpn_protocol(self) -> str | None:
-        """The ALPN protocol agreed, or None."""
-        return self._engine.alpn_protocol
-
-    @property
-    def peer_certificate(self) -> Any:
-        """The peer's certificate (``cryptography``), or None."""
-        return self._engine.peer_certificate
-
-    @property
-    def peer_certificate_chain(self) -> list[Any]:
-        """The chain the peer sent, leaf first."""
-        return self._engine.peer_certificate_chain
-
-    @property
     def session(self) -> Session | None:
         """The newest resumable session. TLS 1.3 tickets come after the handshake: they are
         read with the data (what already arrived is read here, without waiting)."""
@@ -514,27 +492,6 @@ class Channel:
             finally:
                 self._read_lock.release()
         return self._engine.session
-
-    @property
-    def session_reused(self) -> bool:
-        """Whether the handshake resumed a session."""
-        return self._engine.session_reused
-
-    @property
-    def psk_identity(self) -> str | None:
-        """The PSK identity in use, if any."""
-        return self._engine.psk_identity
-
-    @property
-    def server_name(self) -> str | None:
-        """SNI name asked for (server) or sent (client)."""
-        return self._engine.server_name
-
-    def export_keying_material(
-        self, label: bytes, length: int, context: bytes | None = None
-    ) -> bytes:
-        """RFC 5705 / RFC 8446 §7.5 keying material; both peers get the same bytes."""
-        return self._engine.export_keying_material(label, length, context)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
