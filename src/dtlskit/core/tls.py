@@ -68,9 +68,9 @@ from ..exceptions import (
     UsageError,
     VerificationReason,
 )
-from . import _bindings, _errors, _verify_time
+from . import _bindings, _errors
 from . import events as ev
-from .connection import _is_ip_literal, format_address
+from .connection import format_address
 from .context import offers_only_psk
 from .inbox import ByteBudget
 from .session import NegotiatedSession, Session
@@ -193,7 +193,6 @@ class TLSConnection(NegotiatedSession):
     """
 
     __slots__ = (
-        "_clock_failure",
         "_config",
         "_events",
         "_frame",
@@ -212,9 +211,6 @@ class TLSConnection(NegotiatedSession):
         "_ssl",
         "_stats",
         "_step",
-        "_verify_code",
-        "_verify_reason",
-        "_verify_timestamp",
         "budget",
         "error",
         "on_data",
@@ -291,58 +287,6 @@ class TLSConnection(NegotiatedSession):
         :class:`~dtlskit.core.events.MessageReceived` event (a front end's fast path)."""
 
     # -- set-up ---------------------------------------------------------------------------------
-
-    def _setup_verification(self, name: str | None) -> None:
-        mode = self._config.effective_verify_mode(self._server)
-        if mode == ssl.CERT_NONE:
-            self._ssl.set_verify(SSL.VERIFY_NONE, None)
-        else:
-            flags = SSL.VERIFY_PEER
-            if self._server and mode == ssl.CERT_REQUIRED:
-                flags |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
-            self._ssl.set_verify(flags, self._verify_callback)
-            verify_time = getattr(self._config, "verify_time", None)
-            if verify_time is not None:  # a device clock (docs/iot.md), as for DTLS
-                try:
-                    self._verify_timestamp = _verify_time.resolve(verify_time)
-                except ConfigurationError as exc:
-                    if not self._server:
-                        raise
-                    self._clock_failure = exc  # start_server() fails this handshake alone
-                else:
-                    _bindings.set_verify_time(self._ssl, self._verify_timestamp)
-        if self._server:
-            return
-        if name:
-            if not _is_ip_literal(name):
-                try:
-                    self._ssl.set_tlsext_host_name(name.encode("idna"))
-                except (UnicodeError, TypeError, ValueError) as exc:
-                    raise ConfigurationError(
-                        f"server_hostname {name!r} is not a valid host name: {exc}"
-                    ) from exc
-            if mode != ssl.CERT_NONE and self._config.check_hostname:
-                _bindings.set_expected_peer_name(self._ssl, name)
-        elif mode != ssl.CERT_NONE and self._config.check_hostname:
-            raise ConfigurationError(
-                "check_hostname is on but no server_hostname is known: pass server_hostname, "
-                "or set check_hostname=False to accept any name the CA vouches for"
-            )
-
-    def _verify_callback(self, conn: Any, cert: Any, errno: int, depth: int, ok: int) -> bool:
-        if not ok and self._verify_reason is None:
-            try:
-                subject = cert.to_cryptography().subject.rfc4514_string()
-            except Exception:  # pragma: no cover - a certificate pyOpenSSL cannot convert
-                subject = "?"
-            self._verify_reason = (
-                f"{_bindings.verify_error_string(errno)} (depth {depth}, subject {subject})"
-            )
-            if errno in _verify_time.EXPIRED_CODES | _verify_time.NOT_YET_VALID_CODES:
-                dates = _verify_time.describe_dates(cert, self._verify_timestamp)
-                self._verify_reason += f": {dates}"
-            self._verify_code = errno
-        return bool(ok)
 
     # -- public verbs ---------------------------------------------------------------------------
 
