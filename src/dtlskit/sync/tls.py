@@ -88,6 +88,9 @@ _READ_SIZE = 65536
 _UNTIL_LIMIT = 65536
 _EOF_LIMIT = 16 * 1_048_576
 HANDLER_JOIN_TIMEOUT = 5.0
+CLOSE_WAIT = 2.0
+"""Seconds a closing server waits for a handler thread that holds a connection without
+writing (e.g. one just finishing an echo's write) before it shuts that socket down."""
 
 
 class _LockedBudget:
@@ -155,6 +158,8 @@ class Channel(NegotiatedProperties):
         self.budget: _LockedBudget | None = None
         """A server's ``limits.max_buffered_bytes`` for partial framed messages."""
         self._charged = 0
+        self._in_sendall = False
+        """True while a thread is in the socket's ``sendall`` (which may block)."""
 
     # -- the wake-up step -------------------------------------------------------------------------
 
@@ -217,6 +222,29 @@ class Channel(NegotiatedProperties):
             return
         self._charged = size
 
+    def _sendall(self, data: bytes) -> None:
+        """``sendall`` on the socket, marked as a write that may block (see
+        :meth:`_close_for_server`)."""
+        self._in_sendall = True
+        try:
+            self._sock.sendall(data)
+        finally:
+            self._in_sendall = False
+
+    def _close_for_server(self) -> None:
+        """The server shuts down: close with close_notify, waiting for a thread that holds
+        the channel for a moment (one that just finished an echo's write), but not for one
+        blocked writing to a peer that does not read: its socket is shut down under it, which
+        ends that write (no close_notify can follow a partly written record anyway)."""
+        end = time.monotonic() + CLOSE_WAIT
+        while not self._lock.acquire(timeout=0.01):  # bounded: by CLOSE_WAIT
+            if self._in_sendall or time.monotonic() >= end:
+                self._abort_io()
+                break
+        else:
+            self._lock.release()
+        self.close()
+
     def _send_within(self, data: bytes, deadline: float | None) -> None:
         """``sendall`` bounded by ``deadline`` (else by the engine's next deadline, the idle
         one, when there is one): a reader's wait must not become an unbounded write to a peer
@@ -224,11 +252,11 @@ class Channel(NegotiatedProperties):
         if deadline is None:
             deadline = self._engine.get_timer()
         if deadline is None:
-            self._sock.sendall(data)
+            self._sendall(data)
             return
         self._sock.settimeout(max(deadline - time.monotonic(), 0.001))
         try:
-            self._sock.sendall(data)
+            self._sendall(data)
         finally:
             if not self._closed_socket():
                 self._sock.settimeout(None)
@@ -324,7 +352,7 @@ class Channel(NegotiatedProperties):
             if out:
                 self._sock.settimeout(timeout)
                 try:
-                    self._sock.sendall(out)
+                    self._sendall(out)
                 except TimeoutError as exc:
                     self._engine.abort(ConnectionLost("send timed out; the stream is broken"))
                     self._flush_locked()
@@ -785,11 +813,7 @@ class Server:
         for sock in self._sockets:
             sock.close()
         for channel in channels:
-            if channel._lock.acquire(blocking=False):
-                channel._lock.release()
-            else:  # a handler is blocked sending to a peer that does not read: end it
-                channel._abort_io()
-            channel.close()
+            channel._close_for_server()
         with self._lock:
             threads = list(self._threads)
         end = time.monotonic() + HANDLER_JOIN_TIMEOUT
