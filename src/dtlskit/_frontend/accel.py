@@ -183,13 +183,17 @@ def _py_stream_open(handle: Any, data: bytes) -> tuple[bytes, int, bytes]:
 
 def _py_stream_seal(handle: Any, data: bytes) -> bytes | int:
     _lib.ERR_clear_error()
-    ssl, done, size = handle.ssl, 0, len(data)
-    view = _ffi.from_buffer(data)
-    while done < size:  # bounded: each successful write takes at least one byte
-        result = _lib.SSL_write(ssl, view + done, size - done)
-        if result <= 0:
-            return int(_lib.SSL_get_error(ssl, result))
-        done += result
+    ssl, size = handle.ssl, len(data)
+    done = _lib.SSL_write(ssl, data, size)  # the common case: all of it in one call
+    if done <= 0:
+        return int(_lib.SSL_get_error(ssl, done))
+    if done < size:  # a partial write (a record's worth): the rest through a pointer
+        view = _ffi.from_buffer(data)
+        while done < size:  # bounded: each successful write takes at least one byte
+            result = _lib.SSL_write(ssl, view + done, size - done)
+            if result <= 0:
+                return int(_lib.SSL_get_error(ssl, result))
+            done += result
     wbio = handle.wbio
     pending = int(_lib.BIO_get_mem_data(wbio, _ffi.NULL))
     if pending <= 0:  # pragma: no cover - a successful write always produces a record
