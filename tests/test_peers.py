@@ -37,8 +37,10 @@ def test_gnutls_serv_given_a_taken_port_gets_another(
             return peers.gnutls_serv(p, str(pki.server_cert), str(pki.server_key))
 
         with peers.serving(argv) as (server, bound):
-            assert offered[0] == port and len(offered) == 2
-            assert bound == offered[1]
+            # It moved on from the taken port; other processes on the machine may have taken
+            # the next port offered too, so it may have needed more than one more.
+            assert offered[0] == port and len(offered) >= 2
+            assert bound == offered[-1] and bound != port
             line = server.wait_for(f"listening on IPv4 0.0.0.0 port {bound}")
             assert line.endswith("done")
 

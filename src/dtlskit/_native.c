@@ -1,4 +1,4 @@
-/* dtlskit._native: the optional C implementation of dtlskit._frontend.accel's four primitives.
+/* dtlskit._native: the optional C implementation of dtlskit._frontend.accel's primitives.
  *
  * Theory of operation
  * -------------------
@@ -509,6 +509,140 @@ static PyObject *seal_record(PyObject *module, PyObject *const *args, Py_ssize_t
     if (got < pending) {
         _PyBytes_Resize(&result, got > 0 ? got : 0);
     }
+out:
+    if (release) {
+        PyBuffer_Release(&view);
+    }
+    return result;
+}
+
+/* ---- TLS streams ----------------------------------------------------------------------- */
+
+/* Everything OpenSSL wrote to the outgoing memory BIO, as bytes (empty when nothing). */
+static PyObject *drain_output(Handle *h) {
+    long pending = p_BIO_get_mem_data(h->wbio, NULL);
+    if (pending <= 0) {
+        return PyBytes_FromStringAndSize(NULL, 0);
+    }
+    if (pending > INT_MAX) {
+        pending = INT_MAX;
+    }
+    PyObject *result = PyBytes_FromStringAndSize(NULL, pending);
+    if (result == NULL) {
+        return NULL;
+    }
+    int got = p_BIO_read(h->wbio, PyBytes_AS_STRING(result), (int)pending);
+    if (got < pending) {
+        _PyBytes_Resize(&result, got > 0 ? got : 0);
+    }
+    return result;
+}
+
+static PyObject *stream_open(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "stream_open(handle, data)");
+        return NULL;
+    }
+    if (require_init() < 0) {
+        return NULL;
+    }
+    Handle *h = as_live_handle(args[0]);
+    if (h == NULL) {
+        return NULL;
+    }
+    Py_buffer view;
+    const char *data;
+    Py_ssize_t len;
+    int release = get_bytes(args[1], &view, &data, &len);
+    if (release < 0) {
+        return NULL;
+    }
+    PyObject *plaintext = NULL, *output = NULL, *result = NULL;
+    Py_ssize_t used = 0;
+    long code = g_want_read;
+    Scratch *s = get_scratch(0);
+    if (s == NULL) {
+        goto out;
+    }
+    p_ERR_clear_error();
+    if (len > INT_MAX || (len > 0 && p_BIO_write(h->rbio, (void *)data, (int)len) != (int)len)) {
+        code = g_syscall; /* a memory BIO takes any write it can allocate */
+    } else {
+        /* Bounded: every round either decrypts a record of the bytes given (finitely many)
+           or ends the loop. */
+        for (;;) {
+            int n = p_SSL_read(h->ssl, s->plaintext, PLAINTEXT_MAX);
+            if (n <= 0) {
+                code = p_SSL_get_error(h->ssl, n);
+                break;
+            }
+            if (plaintext == NULL) {
+                plaintext = PyBytes_FromStringAndSize(s->plaintext, n);
+                if (plaintext == NULL) {
+                    goto out;
+                }
+            } else if (_PyBytes_Resize(&plaintext, used + n) < 0) {
+                goto out; /* plaintext was freed and set to NULL */
+            } else {
+                memcpy(PyBytes_AS_STRING(plaintext) + used, s->plaintext, (size_t)n);
+            }
+            used += n;
+        }
+    }
+    output = drain_output(h);
+    if (output == NULL) {
+        goto out;
+    }
+    if (plaintext == NULL) {
+        plaintext = PyBytes_FromStringAndSize(NULL, 0);
+        if (plaintext == NULL) {
+            goto out;
+        }
+    }
+    result = Py_BuildValue("(OlO)", plaintext, code, output);
+out:
+    Py_XDECREF(plaintext);
+    Py_XDECREF(output);
+    if (release) {
+        PyBuffer_Release(&view);
+    }
+    return result;
+}
+
+static PyObject *stream_seal(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "stream_seal(handle, data)");
+        return NULL;
+    }
+    if (require_init() < 0) {
+        return NULL;
+    }
+    Handle *h = as_live_handle(args[0]);
+    if (h == NULL) {
+        return NULL;
+    }
+    Py_buffer view;
+    const char *data;
+    Py_ssize_t len;
+    int release = get_bytes(args[1], &view, &data, &len);
+    if (release < 0) {
+        return NULL;
+    }
+    PyObject *result = NULL;
+    p_ERR_clear_error();
+    /* Bounded: every successful SSL_write consumes at least one byte (partial writes may
+       stop at each record, e.g. a peer's max_fragment_length). */
+    Py_ssize_t done = 0;
+    while (done < len) {
+        Py_ssize_t chunk = len - done;
+        int written = p_SSL_write(h->ssl, (void *)(data + done), chunk > INT_MAX ? INT_MAX : (int)chunk);
+        if (written <= 0) {
+            result = PyLong_FromLong(p_SSL_get_error(h->ssl, written));
+            goto out;
+        }
+        done += written;
+    }
+    result = drain_output(h);
 out:
     if (release) {
         PyBuffer_Release(&view);
@@ -1594,6 +1728,10 @@ static PyMethodDef methods[] = {
      "open_record(handle, datagram) -> plaintext bytes or an SSL_get_error code."},
     {"seal_record", (PyCFunction)(void (*)(void))seal_record, METH_FASTCALL,
      "seal_record(handle, message) -> record bytes or an SSL_get_error code."},
+    {"stream_open", (PyCFunction)(void (*)(void))stream_open, METH_FASTCALL,
+     "stream_open(handle, data) -> (plaintext bytes, SSL_get_error code, output bytes)."},
+    {"stream_seal", (PyCFunction)(void (*)(void))stream_seal, METH_FASTCALL,
+     "stream_seal(handle, data) -> record bytes or an SSL_get_error code."},
     {"recv_batch", (PyCFunction)(void (*)(void))recv_batch, METH_FASTCALL,
      "recv_batch(sock, max_count, timeout=0.0, wake=-1) -> "
      "(list of (datagram, address), OSError or None)."},

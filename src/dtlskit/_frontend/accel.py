@@ -40,6 +40,19 @@ The contract
     byte OpenSSL wrote (one record, plus anything OpenSSL had left in its write BIO), or an
     ``SSL_get_error`` code as above. OpenSSL cannot write an empty message: ``b""`` gives
     ``SSL_ERROR_SYSCALL``, so callers must not seal one.
+``stream_open(handle, data) -> (plaintext, code, output)``
+    the TLS (stream) counterpart of both record primitives in one call: write ``data`` (any
+    number of bytes of the stream, possibly none) into OpenSSL, read back every record's
+    plaintext OpenSSL can decrypt now (joined, ``b""`` for none), and take everything OpenSSL
+    wrote meanwhile (``output``: answers such as KeyUpdate responses or alerts, ``b""`` for
+    none). ``code`` is the ``SSL_get_error`` code that ended the reading: :data:`WANT_READ`
+    (all taken), :data:`ZERO_RETURN` (the peer's close_notify came after ``plaintext``), or an
+    error as above (:func:`raise_error` at once).
+``stream_seal(handle, data) -> bytes | int``
+    TLS: encrypt all of ``data`` (any size; OpenSSL cuts it into records, and with partial
+    writes, which pyOpenSSL enables, each ``SSL_write`` may take only a record's worth) and
+    return every byte OpenSSL wrote, or an ``SSL_get_error`` code as above (the records of a
+    failed call stay in OpenSSL's write BIO). ``data`` must not be empty.
 ``recv_batch(sock, max_count, timeout=0.0, wake=-1) -> (list of (datagram, address), error)``
     read up to ``max_count`` datagrams without blocking from a non-blocking ``socket.socket``
     (not the wrappers event loops hand out: they refuse ``recvfrom``/``sendto``); stops at
@@ -99,6 +112,8 @@ __all__ = [
     "recv_batch",
     "seal_record",
     "send_batch",
+    "stream_open",
+    "stream_seal",
 ]
 
 WANT_READ: int = int(getattr(_lib, "SSL_ERROR_WANT_READ", 2))
@@ -194,6 +209,53 @@ def _py_seal_record(handle: Any, message: bytes) -> bytes | int:
         if read > 0:
             record += _unpack(buf, read)
     return record
+
+
+def _py_stream_open(handle: Any, data: bytes) -> tuple[bytes, int, bytes]:
+    _lib.ERR_clear_error()
+    ssl = handle.ssl
+    code = WANT_READ
+    chunks: list[bytes] = []
+    if data and _lib.BIO_write(handle.rbio, data, len(data)) != len(data):
+        code = int(_lib.SSL_ERROR_SYSCALL)  # pragma: no cover - a memory BIO takes any write
+    else:
+        buf = _alloc("char[]", _RECORD_PLAINTEXT_MAX)
+        while True:  # bounded: each round decrypts a record of the bytes given, or ends
+            result = _lib.SSL_read(ssl, buf, _RECORD_PLAINTEXT_MAX)
+            if result <= 0:
+                code = int(_lib.SSL_get_error(ssl, result))
+                break
+            chunks.append(_ffi.buffer(buf, result)[:])
+    plaintext = b"" if not chunks else chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    wbio = handle.wbio
+    pending = int(_lib.BIO_get_mem_data(wbio, _ffi.NULL))
+    if pending <= 0:
+        return plaintext, code, b""
+    out = _alloc("char[]", pending)
+    read = _lib.BIO_read(wbio, out, pending)
+    return plaintext, code, _ffi.buffer(out, max(read, 0))[:]
+
+
+def _py_stream_seal(handle: Any, data: bytes) -> bytes | int:
+    _lib.ERR_clear_error()
+    ssl, size = handle.ssl, len(data)
+    done = _lib.SSL_write(ssl, data, size)  # the common case: all of it in one call
+    if done <= 0:
+        return int(_lib.SSL_get_error(ssl, done))
+    if done < size:  # a partial write (a record's worth): the rest through a pointer
+        view = _ffi.from_buffer(data)
+        while done < size:  # bounded: each successful write takes at least one byte
+            result = _lib.SSL_write(ssl, view + done, size - done)
+            if result <= 0:
+                return int(_lib.SSL_get_error(ssl, result))
+            done += result
+    wbio = handle.wbio
+    pending = int(_lib.BIO_get_mem_data(wbio, _ffi.NULL))
+    if pending <= 0:  # pragma: no cover - a successful write always produces a record
+        return b""
+    out = _alloc("char[]", pending)
+    read = _lib.BIO_read(wbio, out, pending)
+    return _ffi.buffer(out, max(read, 0))[:]  # type: ignore[no-any-return]
 
 
 def _py_recv_batch(
@@ -307,6 +369,8 @@ recv_batch = _py_recv_batch
 send_batch = _py_send_batch
 ProtocolCall: Any = _PyProtocolCall
 receive_established: Any = None
+stream_open = _py_stream_open
+stream_seal = _py_stream_seal
 ACCELERATOR = "python"
 """Which implementation is active: ``"native"`` (the C extension) or ``"python"``."""
 
@@ -328,4 +392,6 @@ if _native_wanted():  # pragma: no branch
         send_batch = _native.send_batch
         ProtocolCall = _native.ProtocolCall
         receive_established = _native.receive_established
+        stream_open = _native.stream_open
+        stream_seal = _native.stream_seal
         ACCELERATOR = "native"

@@ -39,7 +39,6 @@ from ..core import events as ev
 from ..core.connection import ConnectionStatistics, DTLSConnection, State
 from ..core.inbox import fresh_error
 from ..core.server import ServerStatistics
-from ..core.session import Session
 from ..exceptions import (
     ConfigurationError,
     ConnectionClosedByPeer,
@@ -50,6 +49,7 @@ from ..exceptions import (
     TransportError,
 )
 from . import accel as _accel
+from .negotiated import NegotiatedProperties
 from .sockets import Address, SocketOptions, format_address, translate_os_error
 
 __all__ = [
@@ -158,12 +158,14 @@ def check_server_config(config: object) -> DTLSConfiguration:
     return config
 
 
-class ChannelBase(SocketOptions):
+class ChannelBase(SocketOptions, NegotiatedProperties):
     """State and properties of a channel, read from its engine; the flavour adds the waiting.
 
     ``sock`` is the socket datagrams go through: the client's own connected socket, or on a
     server the listening socket shared by every peer.
     """
+
+    _engine: DTLSConnection
 
     def __init__(self, engine: DTLSConnection, sock: Any, peer_address: Address) -> None:
         self._engine = engine
@@ -265,46 +267,10 @@ class ChannelBase(SocketOptions):
         return self._engine.cleartext_mtu
 
     @property
-    def version(self) -> str | None:
-        """Negotiated protocol version, e.g. ``"DTLSv1.2"``."""
-        return self._engine.version
-
-    @property
-    def cipher(self) -> str | None:
-        """Negotiated cipher suite (OpenSSL name)."""
-        return self._engine.cipher
-
-    @property
     def hibernated(self) -> bool:
         """Whether the session's OpenSSL object was released (``Limits.hibernate_after``): its
         records are then protected by :mod:`dtlskit.core.record_protection`."""
         return self._engine.hibernated
-
-    @property
-    def alpn_protocol(self) -> str | None:
-        """The application protocol negotiated with ALPN, if any."""
-        return self._engine.alpn_protocol
-
-    @property
-    def peer_certificate(self) -> Any:
-        """The peer's certificate (``cryptography.x509.Certificate``), or None."""
-        return self._engine.peer_certificate
-
-    @property
-    def peer_certificate_chain(self) -> list[Any]:
-        """The certificates the peer sent, leaf first."""
-        return self._engine.peer_certificate_chain
-
-    @property
-    def session(self) -> Session | None:
-        """The negotiated session, to pass as ``connect(..., session=)`` to resume it later
-        (serialisable with ``to_bytes()`` / ``save(path)``); None before the handshake."""
-        return self._engine.session
-
-    @property
-    def session_reused(self) -> bool:
-        """Whether the handshake resumed an earlier session."""
-        return self._engine.session_reused
 
     @property
     def peer_verified_chain(self) -> list[Any]:
@@ -318,30 +284,6 @@ class ChannelBase(SocketOptions):
         """The DTLS-SRTP protection profile agreed (RFC 5764), e.g.
         ``"SRTP_AES128_CM_SHA1_80"``; None without ``srtp_profiles`` or a common one."""
         return self._engine.srtp_profile
-
-    @property
-    def psk_identity(self) -> str | None:
-        """The PSK identity of the session: the one the client sent (server side) or sends
-        (client side); None for certificate suites."""
-        return self._engine.psk_identity
-
-    @property
-    def server_name(self) -> str | None:
-        """Server side: the host name the client asked for with SNI (None if it sent none).
-        Client side: the name it sent and checks the certificate against."""
-        return self._engine.server_name
-
-    def export_keying_material(
-        self, label: bytes, length: int, context: bytes | None = None
-    ) -> bytes:
-        """``length`` bytes of keying material exported from the session (RFC 5705); both
-        peers get the same bytes for the same ``label`` and ``context``.
-
-        ``label`` names the use (e.g. ``b"EXTRACTOR-dtls_srtp"``, RFC 5764 §4.2); ``context``
-        binds it to a value both sides know. Once the session has ended, raises the error
-        that ended it.
-        """
-        return self._engine.export_keying_material(label, length, context)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else self._engine.state.value

@@ -548,7 +548,7 @@ def watch_established(connection: SSL.Connection) -> None:
 
 _HELPERS = ("_verify_helper", "_alpn_select_helper", "_ocsp_helper")
 """pyOpenSSL context attributes whose callback exceptions its own do_handshake re-raises.
-:func:`do_handshake` tests them one by one (a generator over these names cost about a
+:func:`has_helpers` tests them one by one (a generator over these names cost about a
 microsecond per call, twice per handshake); keep the two in step."""
 
 
@@ -558,15 +558,27 @@ def do_handshake(connection: SSL.Connection) -> bool:
     raises. The common wait costs no exception (pyOpenSSL raises ``WantReadError`` for it).
     A context with pyOpenSSL callback helpers (dtlskit sets none) takes pyOpenSSL's own path,
     which checks them for exceptions."""
-    ctx = connection._context
-    if (
-        _lib is None
-        or getattr(ctx, "_verify_helper", None) is not None
-        or getattr(ctx, "_alpn_select_helper", None) is not None
-        or getattr(ctx, "_ocsp_helper", None) is not None
-    ):
+    if has_helpers(connection._context):
         connection.do_handshake()  # pragma: no cover - dtlskit installs no pyOpenSSL helper
         return True  # pragma: no cover
+    return do_handshake_unchecked(connection)
+
+
+def has_helpers(context: SSL.Context) -> bool:
+    """Whether ``context`` has pyOpenSSL callback helpers (then :func:`do_handshake` takes
+    pyOpenSSL's own path). A caller that asks once per context may call
+    :func:`do_handshake_unchecked` for connections of a context without them."""
+    return (
+        _lib is None
+        or getattr(context, "_verify_helper", None) is not None
+        or getattr(context, "_alpn_select_helper", None) is not None
+        or getattr(context, "_ocsp_helper", None) is not None
+    )
+
+
+def do_handshake_unchecked(connection: SSL.Connection) -> bool:
+    """:func:`do_handshake` for a connection whose context has no pyOpenSSL helpers
+    (:func:`has_helpers` said so): the same outcomes, without asking again every step."""
     ssl = connection._ssl
     result = _lib.SSL_do_handshake(ssl)
     if result == 1:

@@ -60,7 +60,7 @@ from ..exceptions import (
     UsageError,
     VerificationReason,
 )
-from . import _bindings, _errors, _verify_time
+from . import _bindings, _errors
 from . import events as ev
 from .context import context as shared_context
 from .flights import Flights
@@ -157,7 +157,6 @@ class DTLSConnection(NegotiatedSession):
 
     __slots__ = (
         "_cleartext_limit",
-        "_clock_failure",
         "_config",
         "_events",
         "_fallback_mtu",
@@ -183,9 +182,6 @@ class DTLSConnection(NegotiatedSession):
         "_ssl",
         "_stats",
         "_unknown_reads",
-        "_verify_code",
-        "_verify_reason",
-        "_verify_timestamp",
         "budget",
         "error",
         "inbox",
@@ -271,60 +267,6 @@ class DTLSConnection(NegotiatedSession):
         self._unknown_reads = False
 
     # -- set-up ---------------------------------------------------------------------------------
-
-    def _setup_verification(self, server_hostname: str | None) -> None:
-        mode = self._config.effective_verify_mode(self._server)
-        if mode == ssl.CERT_NONE:
-            self._ssl.set_verify(SSL.VERIFY_NONE, None)
-        else:
-            flags = SSL.VERIFY_PEER
-            if self._server and mode == ssl.CERT_REQUIRED:
-                flags |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
-            self._ssl.set_verify(flags, self._verify_callback)
-            if self._config.verify_time is not None:  # a device clock (docs/iot.md)
-                try:
-                    self._verify_timestamp = _verify_time.resolve(self._config.verify_time)
-                except ConfigurationError as exc:
-                    if not self._server:
-                        raise
-                    self._clock_failure = exc  # start_server() fails this handshake alone
-                else:
-                    _bindings.set_verify_time(self._ssl, self._verify_timestamp)
-        if self._server:
-            return
-        name = server_hostname or self._config.server_hostname
-        if name:
-            if not _is_ip_literal(name):
-                try:
-                    encoded = name.encode("idna")
-                    self._ssl.set_tlsext_host_name(encoded)
-                except (UnicodeError, TypeError, ValueError) as exc:
-                    raise ConfigurationError(
-                        f"server_hostname {name!r} is not a valid host name: {exc}"
-                    ) from exc
-            if mode != ssl.CERT_NONE and self._config.check_hostname:
-                _bindings.set_expected_peer_name(self._ssl, name)
-        elif mode != ssl.CERT_NONE and self._config.check_hostname:
-            raise ConfigurationError(
-                "check_hostname is on but no server_hostname is known: pass server_hostname, "
-                "or set check_hostname=False to accept any name the CA vouches for"
-            )
-
-    def _verify_callback(self, conn: Any, cert: Any, errno: int, depth: int, ok: int) -> bool:
-        if not ok and self._verify_reason is None:
-            subject = ""
-            try:
-                subject = cert.to_cryptography().subject.rfc4514_string()
-            except Exception:  # pragma: no cover - a certificate pyOpenSSL cannot convert
-                subject = "?"
-            self._verify_reason = (
-                f"{_bindings.verify_error_string(errno)} (depth {depth}, subject {subject})"
-            )
-            if errno in _verify_time.EXPIRED_CODES | _verify_time.NOT_YET_VALID_CODES:
-                dates = _verify_time.describe_dates(cert, self._verify_timestamp)
-                self._verify_reason += f": {dates}"
-            self._verify_code = errno
-        return bool(ok)
 
     # -- public verbs ---------------------------------------------------------------------------
 
@@ -1447,14 +1389,6 @@ def _record_count(data: bytes, limit: int) -> int:
 def _is_single_record(data: bytes) -> bool:
     """Whether a datagram's framing says it holds exactly one record (OpenSSL still judges it)."""
     return len(data) >= 13 and 13 + int.from_bytes(data[11:13], "big") == len(data)
-
-
-def _is_ip_literal(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
 
 
 def format_address(address: Address | None) -> str:

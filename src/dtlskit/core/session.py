@@ -21,11 +21,13 @@ carefully as the trust configuration itself.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import ssl
 import struct
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from OpenSSL import SSL
 
@@ -37,9 +39,12 @@ from ..exceptions import (
     HandshakeTimeout,
     InvalidArgument,
 )
-from . import _bindings
+from . import _bindings, _verify_time
 from .hibernation import Hibernated
 from .state import State
+
+if TYPE_CHECKING:
+    from ..config import DTLSConfiguration
 
 __all__ = ["NegotiatedSession", "Session"]
 
@@ -134,15 +139,88 @@ class Session:
 class NegotiatedSession:
     """Engine properties describing what the handshake negotiated (mixed into DTLSConnection)."""
 
-    __slots__ = ("_notes", "_policy", "_resume", "_server_name")
+    __slots__ = (
+        "_clock_failure",
+        "_notes",
+        "_policy",
+        "_resume",
+        "_server_name",
+        "_verify_code",
+        "_verify_reason",
+        "_verify_timestamp",
+    )
 
     _ssl: SSL.Connection
+    _config: DTLSConfiguration
+    _clock_failure: ConfigurationError | None
+    _verify_code: int | None
+    _verify_reason: str | None
+    _verify_timestamp: int | None
     _hib: Hibernated | None
     _notes: _bindings.HandshakeNotes
     _server: bool
     _server_name: str | None
     error: DTLSError | None
     state: State
+
+    def _setup_verification(self, server_hostname: str | None) -> None:
+        """Certificate verification of the peer as the configuration asks (both engines):
+        verify mode, a device clock (``verify_time``), and for a client SNI and the host
+        name checked (``server_hostname``, else the configuration's)."""
+        mode = self._config.effective_verify_mode(self._server)
+        if mode == ssl.CERT_NONE:
+            self._ssl.set_verify(SSL.VERIFY_NONE, None)
+        else:
+            flags = SSL.VERIFY_PEER
+            if self._server and mode == ssl.CERT_REQUIRED:
+                flags |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+            self._ssl.set_verify(flags, self._verify_callback)
+            if self._config.verify_time is not None:  # a device clock (docs/iot.md)
+                try:
+                    self._verify_timestamp = _verify_time.resolve(self._config.verify_time)
+                except ConfigurationError as exc:
+                    if not self._server:
+                        raise
+                    self._clock_failure = exc  # start_server() fails this handshake alone
+                else:
+                    _bindings.set_verify_time(self._ssl, self._verify_timestamp)
+        if self._server:
+            return
+        name = server_hostname or self._config.server_hostname
+        if name:
+            if not _is_ip_literal(name):
+                try:
+                    encoded = name.encode("idna")
+                    self._ssl.set_tlsext_host_name(encoded)
+                except (UnicodeError, TypeError, ValueError) as exc:
+                    raise ConfigurationError(
+                        f"server_hostname {name!r} is not a valid host name: {exc}"
+                    ) from exc
+            if mode != ssl.CERT_NONE and self._config.check_hostname:
+                _bindings.set_expected_peer_name(self._ssl, name)
+        elif mode != ssl.CERT_NONE and self._config.check_hostname:
+            raise ConfigurationError(
+                "check_hostname is on but no server_hostname is known: pass server_hostname, "
+                "or set check_hostname=False to accept any name the CA vouches for"
+            )
+
+    def _verify_callback(self, conn: Any, cert: Any, errno: int, depth: int, ok: int) -> bool:
+        """OpenSSL's verdict on each certificate: the first failure is kept, in words, for the
+        handshake's error."""
+        if not ok and self._verify_reason is None:
+            subject = ""
+            try:
+                subject = cert.to_cryptography().subject.rfc4514_string()
+            except Exception:  # pragma: no cover - a certificate pyOpenSSL cannot convert
+                subject = "?"
+            self._verify_reason = (
+                f"{_bindings.verify_error_string(errno)} (depth {depth}, subject {subject})"
+            )
+            if errno in _verify_time.EXPIRED_CODES | _verify_time.NOT_YET_VALID_CODES:
+                dates = _verify_time.describe_dates(cert, self._verify_timestamp)
+                self._verify_reason += f": {dates}"
+            self._verify_code = errno
+        return bool(ok)
 
     @property
     def _peer_text(self) -> str:
@@ -310,3 +388,11 @@ class NegotiatedSession:
             raise InvalidArgument(
                 f"OpenSSL refused to export keying material for {label!r}"
             ) from exc
+
+
+def _is_ip_literal(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True

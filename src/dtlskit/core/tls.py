@@ -46,12 +46,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from OpenSSL import SSL
 
+from .._frontend import accel as _accel
 from ..exceptions import (
     CertificateVerificationError,
     ConfigurationError,
@@ -67,9 +68,9 @@ from ..exceptions import (
     UsageError,
     VerificationReason,
 )
-from . import _bindings, _errors, _verify_time
+from . import _bindings, _errors
 from . import events as ev
-from .connection import _is_ip_literal, format_address
+from .connection import format_address
 from .context import offers_only_psk
 from .inbox import ByteBudget
 from .session import NegotiatedSession, Session
@@ -99,12 +100,23 @@ _READ_SIZE = 65536
 _HEADER = 4
 
 
+_DEFAULTS: dict[tuple[type, str], Any] = {}
+_checked: object = None  # the configuration check_tls_config passed last
+
+
 def _default(instance: Any, name: str) -> Any:
-    """The default of dataclass field ``name`` of ``instance``'s class."""
+    """The default of dataclass field ``name`` of ``instance``'s class (looked up once per
+    class and name: a server checks its configuration for every connection)."""
+    key = (type(instance), name)
+    try:
+        return _DEFAULTS[key]
+    except KeyError:
+        pass
     for item in dataclasses.fields(instance):
         if item.name == name:
             if item.default_factory is not dataclasses.MISSING:
-                return item.default_factory()
+                return item.default_factory()  # a fresh one each time, never cached
+            _DEFAULTS[key] = item.default
             return item.default
     raise AttributeError(name)  # pragma: no cover - names are fixed here
 
@@ -147,6 +159,9 @@ def check_tls_config(config: DTLSConfiguration) -> DTLSConfiguration:
     ``max_retransmit_timeout``, ``limits.hello_verify_per_second``,
     ``limits.first_flight_timeout``, ``limits.max_half_open_per_ipv6_prefix``).
     """
+    global _checked
+    if config is _checked:  # a server checks its one configuration for every connection
+        return config
     if not dataclasses.is_dataclass(config) or not hasattr(config, "limits"):
         raise ConfigurationError(f"config must be a DTLSConfiguration, not {config!r}")
     for name in ("mtu", "cookie_secret", "initial_retransmit_timeout", "max_retransmit_timeout"):
@@ -165,6 +180,7 @@ def check_tls_config(config: DTLSConfiguration) -> DTLSConfiguration:
                 f"limits.{name} is a DTLS setting with no meaning over TCP: leave it at its "
                 "default for a TLS endpoint"
             )
+    _checked = config  # frozen: what passed once passes again
     return config
 
 
@@ -177,11 +193,11 @@ class TLSConnection(NegotiatedSession):
     """
 
     __slots__ = (
-        "_clock_failure",
         "_config",
         "_events",
         "_frame",
         "_framing",
+        "_handle",
         "_handshake_deadline",
         "_handshake_started",
         "_hib",
@@ -194,9 +210,7 @@ class TLSConnection(NegotiatedSession):
         "_server",
         "_ssl",
         "_stats",
-        "_verify_code",
-        "_verify_reason",
-        "_verify_timestamp",
+        "_step",
         "budget",
         "error",
         "on_data",
@@ -234,7 +248,10 @@ class TLSConnection(NegotiatedSession):
         self.peer_address = peer_address
         ctx = context if context is not None else config.context(server, tls=True)
         self._ssl = SSL.Connection(ctx, None)
+        helpers = _bindings.has_helpers(ctx)  # asked once: the context does not change
+        self._step = _bindings.do_handshake if helpers else _bindings.do_handshake_unchecked
         self._hib = None  # TLS sessions never hibernate (NegotiatedSession's accessors ask)
+        self._handle: Any = None  # the accelerator's handle, once established
         self._verify_reason: str | None = None
         self._verify_code: int | None = None
         self._verify_timestamp: int | None = None
@@ -271,58 +288,6 @@ class TLSConnection(NegotiatedSession):
 
     # -- set-up ---------------------------------------------------------------------------------
 
-    def _setup_verification(self, name: str | None) -> None:
-        mode = self._config.effective_verify_mode(self._server)
-        if mode == ssl.CERT_NONE:
-            self._ssl.set_verify(SSL.VERIFY_NONE, None)
-        else:
-            flags = SSL.VERIFY_PEER
-            if self._server and mode == ssl.CERT_REQUIRED:
-                flags |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
-            self._ssl.set_verify(flags, self._verify_callback)
-            verify_time = getattr(self._config, "verify_time", None)
-            if verify_time is not None:  # a device clock (docs/iot.md), as for DTLS
-                try:
-                    self._verify_timestamp = _verify_time.resolve(verify_time)
-                except ConfigurationError as exc:
-                    if not self._server:
-                        raise
-                    self._clock_failure = exc  # start_server() fails this handshake alone
-                else:
-                    _bindings.set_verify_time(self._ssl, self._verify_timestamp)
-        if self._server:
-            return
-        if name:
-            if not _is_ip_literal(name):
-                try:
-                    self._ssl.set_tlsext_host_name(name.encode("idna"))
-                except (UnicodeError, TypeError, ValueError) as exc:
-                    raise ConfigurationError(
-                        f"server_hostname {name!r} is not a valid host name: {exc}"
-                    ) from exc
-            if mode != ssl.CERT_NONE and self._config.check_hostname:
-                _bindings.set_expected_peer_name(self._ssl, name)
-        elif mode != ssl.CERT_NONE and self._config.check_hostname:
-            raise ConfigurationError(
-                "check_hostname is on but no server_hostname is known: pass server_hostname, "
-                "or set check_hostname=False to accept any name the CA vouches for"
-            )
-
-    def _verify_callback(self, conn: Any, cert: Any, errno: int, depth: int, ok: int) -> bool:
-        if not ok and self._verify_reason is None:
-            try:
-                subject = cert.to_cryptography().subject.rfc4514_string()
-            except Exception:  # pragma: no cover - a certificate pyOpenSSL cannot convert
-                subject = "?"
-            self._verify_reason = (
-                f"{_bindings.verify_error_string(errno)} (depth {depth}, subject {subject})"
-            )
-            if errno in _verify_time.EXPIRED_CODES | _verify_time.NOT_YET_VALID_CODES:
-                dates = _verify_time.describe_dates(cert, self._verify_timestamp)
-                self._verify_reason += f": {dates}"
-            self._verify_code = errno
-        return bool(ok)
-
     # -- public verbs ---------------------------------------------------------------------------
 
     def connect(self, now: float) -> None:
@@ -351,8 +316,7 @@ class TLSConnection(NegotiatedSession):
         state = self.state
         if state is State.ESTABLISHED and data:  # the common case, first
             self._stats.bytes_received += len(data)
-            _bindings.stream_feed(self._ssl, data)
-            self._read_application_data(now)
+            self._read_application_data(now, data)
             return
         if state in (State.CLOSED, State.TERMINATED):
             return
@@ -364,7 +328,7 @@ class TLSConnection(NegotiatedSession):
         _bindings.stream_feed(self._ssl, bytes(data))
         self._advance_handshake(now)
         if self.state is State.ESTABLISHED:
-            self._read_application_data(now)
+            self._read_application_data(now, b"")
 
     def receive_eof(self, now: float) -> None:
         """The stream ended (the peer's FIN, or a reset). After a close_notify this changes
@@ -399,14 +363,25 @@ class TLSConnection(NegotiatedSession):
             if len(payload) > self._max_message:
                 raise MessageTooLarge(len(payload), self._max_message)
             payload = len(payload).to_bytes(_HEADER, "big") + payload
-        try:
-            _bindings.stream_write(self._ssl, payload)
-        except SSL.Error as exc:
-            error = _errors.session_error(exc, peer=self._peer_text)
-            self._terminate(error)
-            raise error from exc
+        records = _accel.stream_seal(self._handle, payload)  # one call: encrypt, take records
+        if type(records) is not bytes:
+            raise self._write_failed(int(records))
         self._stats.messages_sent += 1
-        self._collect_output()
+        if records:
+            self._outgoing.append(records)
+
+    def _write_failed(self, code: int) -> DTLSError:
+        """End the session for the error ``stream_seal`` returned; the error to raise."""
+        try:
+            _accel.raise_error(self._ssl, code)  # at once: the error queue is this thread's
+        except SSL.Error as exc:
+            self._collect_output()
+            error = _errors.session_error(exc, peer=self._peer_text)
+            error.__cause__ = exc
+        else:  # pragma: no cover - raise_error always raises
+            error = ConnectionLost(f"writing to {self._peer_text} failed")
+        self._terminate(error)
+        return error
 
     def close(self) -> None:
         """Send close_notify (once) and end the session. Idempotent."""
@@ -433,6 +408,16 @@ class TLSConnection(NegotiatedSession):
         data = out[0] if len(out) == 1 else b"".join(out)
         self._stats.bytes_sent += len(data)
         return data
+
+    def drain(self) -> tuple[bytes, Sequence[ev.Event]]:
+        """:meth:`data_to_send` and every event :meth:`next_event` would return, in one call
+        (a front end's wake-up step)."""
+        data = self.data_to_send() if self._outgoing else b""
+        events = self._events
+        if not events:
+            return data, ()
+        self._events = []
+        return data, events
 
     def has_events(self) -> bool:
         """Whether :meth:`next_event` has anything."""
@@ -565,7 +550,7 @@ class TLSConnection(NegotiatedSession):
 
     def _advance_handshake(self, now: float) -> None:
         try:
-            complete = _bindings.do_handshake(self._ssl)
+            complete = self._step(self._ssl)
         except SSL.Error as exc:
             self._collect_output()  # the alert OpenSSL queued, if any
             self._terminate(
@@ -618,8 +603,10 @@ class TLSConnection(NegotiatedSession):
         )
         if self._idle_timeout is not None:
             self._idle_deadline = now + self._idle_timeout
-        self._last_session = _bindings.get_session(self._ssl)
-        self._last_address = _bindings.session_address_of(self._last_session)
+        if not self._server:  # a client watches for tickets that replace its session
+            self._last_session = _bindings.get_session(self._ssl)
+            self._last_address = _bindings.session_address_of(self._last_session)
+        self._handle = _accel.make_handle(self._ssl)
         self._events.append(
             ev.HandshakeCompleted(
                 version=self.version or "TLS",
@@ -628,14 +615,27 @@ class TLSConnection(NegotiatedSession):
             )
         )
 
-    def _read_application_data(self, now: float) -> None:
-        chunks, status, error = _bindings.stream_read_all(self._ssl)
-        self._deliver(chunks)
+    def _read_application_data(self, now: float, data: bytes) -> None:
+        """Feed ``data`` (established) and take every record OpenSSL can decrypt now, and what
+        it wrote meanwhile, in one accelerator call."""
+        plaintext, code, output = _accel.stream_open(self._handle, data)
+        error: SSL.Error | None = None
+        if code != _accel.WANT_READ and code != _accel.ZERO_RETURN:
+            try:
+                _accel.raise_error(self._ssl, code)  # at once: the error queue is this thread's
+            except SSL.ZeroReturnError:  # pragma: no cover - reported as ZERO_RETURN above
+                code = _accel.ZERO_RETURN
+            except SSL.Error as exc:
+                error = exc
+        if output:
+            self._outgoing.append(output)
+        if plaintext:
+            self._deliver(plaintext)
         if error is not None:
             self._collect_output()
             self._terminate(self._session_error(error))
             return
-        if status == _bindings.CLEAN_CLOSE:
+        if code == _accel.ZERO_RETURN:
             self._peer_closed()
         if self._idle_timeout is not None and self.state is State.ESTABLISHED:
             self._idle_deadline = now + self._idle_timeout
@@ -646,7 +646,6 @@ class TLSConnection(NegotiatedSession):
             self._last_address = _bindings.session_address_of(self._last_session)
             self._stats.tickets_received += 1
             self._events.append(SessionTicketReceived())
-        self._collect_output()  # key updates, close_notify answers
 
     def _session_error(self, exc: SSL.Error) -> DTLSError:
         """A fatal error once established. A TLS 1.3 client learns that the server refused
@@ -662,10 +661,7 @@ class TLSConnection(NegotiatedSession):
             )
         return _errors.session_error(exc, peer=self._peer_text)
 
-    def _deliver(self, chunks: list[bytes]) -> None:
-        if not chunks:
-            return
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    def _deliver(self, data: bytes) -> None:
         if self._framing == "stream":
             self._stats.messages_received += 1
             if self.on_data is not None:

@@ -39,6 +39,7 @@ from typing import Any
 
 from OpenSSL import SSL
 
+from .._frontend.negotiated import NegotiatedProperties
 from .._frontend.sockets import Address, check_port, format_address
 from ..config import DTLSConfiguration
 from ..core import events as ev
@@ -87,6 +88,9 @@ _READ_SIZE = 65536
 _UNTIL_LIMIT = 65536
 _EOF_LIMIT = 16 * 1_048_576
 HANDLER_JOIN_TIMEOUT = 5.0
+CLOSE_WAIT = 2.0
+"""Seconds a closing server waits for a handler thread that holds a connection without
+writing (e.g. one just finishing an echo's write) before it shuts that socket down."""
 
 
 class _LockedBudget:
@@ -130,13 +134,15 @@ def _check_timeout(timeout: float | None) -> float | None:
     return time.monotonic() + timeout
 
 
-class Channel:
+class Channel(NegotiatedProperties):
     """One TLS connection, blocking flavour; the shape of :class:`dtlskit.sync.Channel`.
 
     ``recv(timeout=None)`` returns what arrived (stream) or the next message (framed);
     ``read_exactly``, ``read_until``, ``read_until_eof`` read streams; ``for data in channel``
     runs until the peer closes cleanly. ``close()`` sends close_notify.
     """
+
+    _engine: TLSConnection
 
     def __init__(self, sock: socket.socket, engine: TLSConnection, peer: Address) -> None:
         self._sock = sock
@@ -152,6 +158,8 @@ class Channel:
         self.budget: _LockedBudget | None = None
         """A server's ``limits.max_buffered_bytes`` for partial framed messages."""
         self._charged = 0
+        self._in_sendall = False
+        """True while a thread is in the socket's ``sendall`` (which may block)."""
 
     # -- the wake-up step -------------------------------------------------------------------------
 
@@ -214,6 +222,29 @@ class Channel:
             return
         self._charged = size
 
+    def _sendall(self, data: bytes) -> None:
+        """``sendall`` on the socket, marked as a write that may block (see
+        :meth:`_close_for_server`)."""
+        self._in_sendall = True
+        try:
+            self._sock.sendall(data)
+        finally:
+            self._in_sendall = False
+
+    def _close_for_server(self) -> None:
+        """The server shuts down: close with close_notify, waiting for a thread that holds
+        the channel for a moment (one that just finished an echo's write), but not for one
+        blocked writing to a peer that does not read: its socket is shut down under it, which
+        ends that write (no close_notify can follow a partly written record anyway)."""
+        end = time.monotonic() + CLOSE_WAIT
+        while not self._lock.acquire(timeout=0.01):  # bounded: by CLOSE_WAIT
+            if self._in_sendall or time.monotonic() >= end:
+                self._abort_io()
+                break
+        else:
+            self._lock.release()
+        self.close()
+
     def _send_within(self, data: bytes, deadline: float | None) -> None:
         """``sendall`` bounded by ``deadline`` (else by the engine's next deadline, the idle
         one, when there is one): a reader's wait must not become an unbounded write to a peer
@@ -221,11 +252,11 @@ class Channel:
         if deadline is None:
             deadline = self._engine.get_timer()
         if deadline is None:
-            self._sock.sendall(data)
+            self._sendall(data)
             return
         self._sock.settimeout(max(deadline - time.monotonic(), 0.001))
         try:
-            self._sock.sendall(data)
+            self._sendall(data)
         finally:
             if not self._closed_socket():
                 self._sock.settimeout(None)
@@ -321,7 +352,7 @@ class Channel:
             if out:
                 self._sock.settimeout(timeout)
                 try:
-                    self._sock.sendall(out)
+                    self._sendall(out)
                 except TimeoutError as exc:
                     self._engine.abort(ConnectionLost("send timed out; the stream is broken"))
                     self._flush_locked()
@@ -479,31 +510,6 @@ class Channel:
         return self._engine.framing
 
     @property
-    def version(self) -> str | None:
-        """``"TLSv1.3"`` or ``"TLSv1.2"``."""
-        return self._engine.version
-
-    @property
-    def cipher(self) -> str | None:
-        """The cipher suite (OpenSSL name)."""
-        return self._engine.cipher
-
-    @property
-    def alpn_protocol(self) -> str | None:
-        """The ALPN protocol agreed, or None."""
-        return self._engine.alpn_protocol
-
-    @property
-    def peer_certificate(self) -> Any:
-        """The peer's certificate (``cryptography``), or None."""
-        return self._engine.peer_certificate
-
-    @property
-    def peer_certificate_chain(self) -> list[Any]:
-        """The chain the peer sent, leaf first."""
-        return self._engine.peer_certificate_chain
-
-    @property
     def session(self) -> Session | None:
         """The newest resumable session. TLS 1.3 tickets come after the handshake: they are
         read with the data (what already arrived is read here, without waiting)."""
@@ -514,27 +520,6 @@ class Channel:
             finally:
                 self._read_lock.release()
         return self._engine.session
-
-    @property
-    def session_reused(self) -> bool:
-        """Whether the handshake resumed a session."""
-        return self._engine.session_reused
-
-    @property
-    def psk_identity(self) -> str | None:
-        """The PSK identity in use, if any."""
-        return self._engine.psk_identity
-
-    @property
-    def server_name(self) -> str | None:
-        """SNI name asked for (server) or sent (client)."""
-        return self._engine.server_name
-
-    def export_keying_material(
-        self, label: bytes, length: int, context: bytes | None = None
-    ) -> bytes:
-        """RFC 5705 / RFC 8446 §7.5 keying material; both peers get the same bytes."""
-        return self._engine.export_keying_material(label, length, context)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
@@ -828,11 +813,7 @@ class Server:
         for sock in self._sockets:
             sock.close()
         for channel in channels:
-            if channel._lock.acquire(blocking=False):
-                channel._lock.release()
-            else:  # a handler is blocked sending to a peer that does not read: end it
-                channel._abort_io()
-            channel.close()
+            channel._close_for_server()
         with self._lock:
             threads = list(self._threads)
         end = time.monotonic() + HANDLER_JOIN_TIMEOUT

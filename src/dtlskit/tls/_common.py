@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import functools
 import ipaddress
 import socket
 from dataclasses import dataclass, field
@@ -105,7 +106,15 @@ def server_idle_timeout(config: DTLSConfiguration) -> float | None:
 
 
 def _address_key(address: Address) -> str:
-    host = str(address[0]).split("%")[0]
+    return _host_key(str(address[0]))
+
+
+@functools.lru_cache(maxsize=1024)
+def _host_key(text: str) -> str:
+    """The key of a peer's host in the per-address count (an IPv4-mapped IPv6 address counts
+    as its IPv4 address). Cached (bounded): each connection asks twice, and parsing an
+    address costs more than the rest of admitting it."""
+    host = text.split("%")[0]
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:

@@ -20,9 +20,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from .._frontend.negotiated import NegotiatedProperties
 from .._frontend.sockets import Address, format_address
 from ..core import events as ev
-from ..core.session import Session
 from ..core.state import State
 from ..core.tls import Framing, SessionTicketReceived, TLSConnection, TLSStatistics
 from ..exceptions import ConnectionLost, DTLSError, HandshakeFailure
@@ -226,10 +226,10 @@ class TLSProtocol(asyncio.BufferedProtocol):
         channel's state and a server's bookkeeping of an end are final before the peer can
         see anything (a close_notify, an alert); the transport closes after the write."""
         engine = self.engine
-        data = engine.data_to_send()
+        data, events = engine.drain()
         woke = False
         ended = False
-        while (event := engine.next_event()) is not None:
+        for event in events:
             if isinstance(event, ev.MessageReceived):  # only without on_data (not used here)
                 self.received.put(event.data)
                 woke = True
@@ -251,7 +251,9 @@ class TLSProtocol(asyncio.BufferedProtocol):
         if woke:
             self._wake_reader()
             self._account()
-        self._rearm(engine.get_timer())
+        deadline = engine.get_timer()
+        if deadline is not None and (self._deadline is None or deadline < self._deadline):
+            self._rearm(deadline)  # only an earlier deadline needs the timer moved
 
     def close_transport(self) -> None:
         """Close the transport once what it buffered is written; a peer that does not read
@@ -361,7 +363,7 @@ def _resume_paused(budget: SharedBudget) -> None:
         protocol._resume_reading()
 
 
-class Channel:
+class Channel(NegotiatedProperties):
     """One TLS connection, the asyncio flavour; the shape of the DTLS
     :class:`dtlskit.asyncio.Channel`.
 
@@ -371,6 +373,8 @@ class Channel:
     ``send()`` sent on the other side. ``async for`` yields until the peer closes cleanly.
     Use it as ``async with``; ``close()`` sends close_notify.
     """
+
+    _engine: TLSConnection
 
     def __init__(self, protocol: TLSProtocol) -> None:
         self._protocol = protocol
@@ -528,58 +532,6 @@ class Channel:
     def framing(self) -> Framing:
         """``"stream"`` or ``"length-prefixed"``."""
         return self._engine.framing
-
-    @property
-    def version(self) -> str | None:
-        """``"TLSv1.3"`` or ``"TLSv1.2"``."""
-        return self._engine.version
-
-    @property
-    def cipher(self) -> str | None:
-        """The cipher suite (OpenSSL name)."""
-        return self._engine.cipher
-
-    @property
-    def alpn_protocol(self) -> str | None:
-        """The ALPN protocol agreed, or None."""
-        return self._engine.alpn_protocol
-
-    @property
-    def peer_certificate(self) -> Any:
-        """The peer's certificate (``cryptography``), or None."""
-        return self._engine.peer_certificate
-
-    @property
-    def peer_certificate_chain(self) -> list[Any]:
-        """The chain the peer sent, leaf first."""
-        return self._engine.peer_certificate_chain
-
-    @property
-    def session(self) -> Session | None:
-        """The newest resumable session (TLS 1.3 tickets arrive after the handshake and are
-        read as data is)."""
-        return self._engine.session
-
-    @property
-    def session_reused(self) -> bool:
-        """Whether the handshake resumed a session."""
-        return self._engine.session_reused
-
-    @property
-    def psk_identity(self) -> str | None:
-        """The PSK identity in use, if any."""
-        return self._engine.psk_identity
-
-    @property
-    def server_name(self) -> str | None:
-        """SNI name asked for (server) or sent (client)."""
-        return self._engine.server_name
-
-    def export_keying_material(
-        self, label: bytes, length: int, context: bytes | None = None
-    ) -> bytes:
-        """RFC 5705 / RFC 8446 §7.5 keying material; both peers get the same bytes."""
-        return self._engine.export_keying_material(label, length, context)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"

@@ -126,7 +126,8 @@ class Server:
         try:
             await handler(channel)
         except DTLSError as exc:
-            logger.debug("handler for %s ended: %s", format_address(channel.getpeername()), exc)
+            if logger.isEnabledFor(logging.DEBUG):  # every client that leaves passes here
+                logger.debug("handler for %s ended: %s", format_address(channel.getpeername()), exc)
         except Exception:
             logger.exception("handler for %s raised", format_address(channel.getpeername()))
         finally:
