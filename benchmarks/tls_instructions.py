@@ -71,7 +71,12 @@ async def _serve(kind: str, cert: str, key: str) -> None:
         port = server.sockets[0].getsockname()[1]
     print(port, flush=True)
     stop = loop.create_future()
-    loop.add_reader(0, lambda: stop.done() or stop.set_result(None))
+
+    def on_stdin() -> None:
+        if not stop.done():
+            stop.set_result(None)
+
+    loop.add_reader(0, on_stdin)
     await stop
     server.close()
 
