@@ -82,10 +82,10 @@ def starved_message(
     """Why a starved window's figure failed: what it saw, what it needed, the machine's load."""
     load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     return (
-        f"{what}: the machine is too loaded to measure (load average {load}): the window "
-        f"ran {wall:.1f} s and saw {work} (at least {min_work} wanted) and {ticks} clock ticks "
-        f"of server CPU time (at least {min_ticks} wanted); measure on a quieter machine or "
-        f"with more --seconds"
+        f"{what}: the machine is too loaded to measure (load average {load}), or the load "
+        f"generator too slow for this server: the window ran {wall:.1f} s and saw {work} (at "
+        f"least {min_work} wanted) and {ticks} clock ticks of server CPU time (at least "
+        f"{min_ticks} wanted); measure on a quieter machine or with more --seconds"
     )
 
 
