@@ -7,10 +7,21 @@
  *                    --warmup SEC --seconds SEC --loss-timeout SEC [common options]
  *   cload handshakes --port P --concurrency C --seconds SEC [--count N] [--keep] [common]
  *
+ *   cload window     --elapsed SEC --seconds SEC --work N --min-work N --ticks T --min-ticks T
+ *                    (prints the window rule's verdict for these readings: for its tests)
+ *
  * Common options: --server-pid PID (its CPU time is read from /proc over the measured
  * interval), --first-address K and --addresses A (source addresses are the K-th .. K+A-1-th
  * of the 127.x.y.z sequence of benchmarks/common.py source_address), --buffer BYTES
- * (SO_RCVBUF/SO_SNDBUF), --cpu N (pin this process to CPU N).
+ * (SO_RCVBUF/SO_SNDBUF), --cpu N (pin this process to CPU N), --min-work N and --min-ticks T
+ * (the window rule below; both 0 by default: a window of wall time only).
+ *
+ * The window rule (window_state; benchmarks/common.py window_state is the same rule): a
+ * measured interval ends once SEC seconds of wall time have passed AND it saw at least N units
+ * of work (echo replies, completed handshakes) AND at least T clock ticks of server CPU time
+ * (/proc counts in ticks of 10 ms: under load a short window may hold none). While either is
+ * missing it goes on, up to WINDOW_LIMIT x SEC; a window that reaches that limit still short is
+ * "starved": the JSON says so ("starved": true) and the caller reports the figure as failed.
  *
  * echo: S sessions (one socket each, each from its own source address) each keep W messages
  * of B bytes in flight; a reply lets the next message of its slot go; a message unanswered
@@ -45,6 +56,19 @@
 #define HANDSHAKE_GIVE_UP 10.0
 #define MAX_READS_PER_WAKE 64
 #define MAX_EVENTS 256
+#define WINDOW_LIMIT 10.0 /* a measured window lasts at most this many times --seconds */
+#define WINDOW_STEP 0.01  /* how far an unfinished window is carried on at a time (one tick) */
+
+enum { WINDOW_OPEN, WINDOW_DONE, WINDOW_STARVED };
+
+/* The window rule (see the top of this file): pure, so that `cload window` can test it. */
+static int window_state(double elapsed, double wanted, long work, long min_work, long ticks,
+                        long min_ticks) {
+    if (elapsed < wanted) return WINDOW_OPEN;
+    if (work >= min_work && ticks >= min_ticks) return WINDOW_DONE;
+    if (elapsed >= WINDOW_LIMIT * wanted) return WINDOW_STARVED;
+    return WINDOW_OPEN;
+}
 
 static double now_s(void) {
     struct timespec ts;
@@ -66,6 +90,8 @@ static int port = 0, sessions = 4, window = 8, size = 64, concurrency = 16, keep
 static long count_limit = 0, first_address = 0, addresses = 60000;
 static double warmup = 0.5, seconds = 5.0, loss_timeout = 1.0;
 static int server_pid = 0, buffer_bytes = 0, cpu = -1;
+static long min_work = 0, min_ticks = 0, work_reading = 0, ticks_reading = 0;
+static double elapsed_reading = 0.0;
 
 static void usage(void) {
     fprintf(stderr, "usage: cload echo|handshakes [options] (see the source)\n");
@@ -95,11 +121,17 @@ static void parse(int argc, char **argv) {
         else if (!strcmp(name, "--server-pid")) server_pid = atoi(value);
         else if (!strcmp(name, "--buffer")) buffer_bytes = atoi(value);
         else if (!strcmp(name, "--cpu")) cpu = atoi(value);
+        else if (!strcmp(name, "--min-work")) min_work = atol(value);
+        else if (!strcmp(name, "--min-ticks")) min_ticks = atol(value);
+        else if (!strcmp(name, "--elapsed")) elapsed_reading = atof(value);
+        else if (!strcmp(name, "--work")) work_reading = atol(value);
+        else if (!strcmp(name, "--ticks")) ticks_reading = atol(value);
         else usage();
     }
-    if (port <= 0 || sessions < 1 || window < 1 || size < 8 || size > 16384 || concurrency < 1
-        || addresses < 1 || seconds <= 0)
+    if (port < 0 || sessions < 1 || window < 1 || size < 8 || size > 16384 || concurrency < 1
+        || addresses < 1 || seconds <= 0 || min_work < 0 || min_ticks < 0)
         usage();
+    if (strcmp(mode, "window") != 0 && port <= 0) usage();
 }
 
 /* -- CPU readings ------------------------------------------------------------------------- */
@@ -120,6 +152,11 @@ static double process_cpu_s(int pid) {
     for (int field = 3; field < 14 && p; field++) p = strchr(p, ' '), p = p ? p + 1 : p;
     if (!p || sscanf(p, "%lu %lu", &utime, &stime) != 2) return -1.0;
     return (double)(utime + stime) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* Clock ticks of server CPU time between two readings (they are whole ticks in /proc). */
+static long server_ticks(double from_s, double to_s) {
+    return (long)((to_s - from_s) * (double)sysconf(_SC_CLK_TCK) + 0.5);
 }
 
 static double own_cpu_s(void) {
@@ -265,9 +302,10 @@ struct session {
 static long sent = 0, replies = 0, lost = 0, late = 0, send_failed = 0, errors = 0;
 static struct samples rtts;
 
-static int send_message(struct session *s, int index, unsigned char *buffer, int dtls,
-                        double measure_end) {
-    if (now_s() >= measure_end) { s->slots[index].busy = 0; return 0; }
+static int sending = 1; /* cleared when the measured window ends: no new messages after it */
+
+static int send_message(struct session *s, int index, unsigned char *buffer, int dtls) {
+    if (!sending) { s->slots[index].busy = 0; return 0; }
     struct slot *slot = &s->slots[index];
     slot->seq = ++s->seq;
     slot->busy = 1;
@@ -329,14 +367,13 @@ static int run_echo(void) {
     unsigned char *buffer = calloc(1, 65536);
     double start = now_s(), measure_start = start + warmup, measure_end = measure_start + seconds;
     double give_up = measure_end + loss_timeout;
-    /* A window starved by a loaded machine (the server or this client descheduled for all of
-     * it) would report no replies: keep measuring, in quarter-windows, until at least one reply
-     * per message in flight was measured, for at most ten windows. */
-    double measure_limit = measure_start + 10 * seconds, measured_seconds = seconds;
-    long min_replies = (long)sessions * window;
+    /* The window rule: past its seconds, a window short of replies or of server CPU ticks (a
+     * loaded machine left the server or this client descheduled) goes on a tick at a time. */
+    double measured_seconds = seconds;
+    int starved = 0;
     uint64_t loss_ns = (uint64_t)(loss_timeout * 1e9);
     for (int i = 0; i < sessions; i++)
-        for (int k = 0; k < window; k++) send_message(&all[i], k, buffer, dtls, measure_end);
+        for (int k = 0; k < window; k++) send_message(&all[i], k, buffer, dtls);
     struct meter before = {0}, after = {0};
     int measuring = 0, measured = 0;
     double next_scan = start + loss_timeout / 4;
@@ -344,18 +381,24 @@ static int run_echo(void) {
     while (1) {
         double t = now_s();
         if (!measuring && !measured && t >= measure_start) { before = meter_now(); measuring = 1; }
-        if (measuring && t >= measure_end && replies < min_replies && t < measure_limit) {
-            measure_end = t + seconds / 4;
-            give_up = measure_end + loss_timeout;
-        }
         if (measuring && t >= measure_end) {
-            after = meter_now();
-            measuring = 0;
-            measured = 1;
-            measured_seconds = t - measure_start;
+            struct meter m = meter_now();
+            int state = window_state(t - measure_start, seconds, replies, min_work,
+                                     server_ticks(before.server, m.server), min_ticks);
+            if (state == WINDOW_OPEN) {
+                measure_end = t + WINDOW_STEP;
+                give_up = measure_end + loss_timeout;
+            } else {
+                after = m;
+                measuring = 0;
+                measured = 1;
+                measured_seconds = m.wall - measure_start;
+                starved = state == WINDOW_STARVED;
+                sending = 0;
+            }
         }
         if (t >= give_up) break;
-        if (t >= measure_end) { /* stop when every slot is answered or lost */
+        if (!sending) { /* the window is over: stop when every slot is answered or lost */
             int busy = 0;
             for (int i = 0; i < sessions && !busy; i++)
                 for (int k = 0; k < window; k++) if (all[i].slots[k].busy) { busy = 1; break; }
@@ -369,7 +412,7 @@ static int run_echo(void) {
                     if (slot->busy && n - slot->sent_ns > loss_ns) {
                         lost++;
                         slot->busy = 0;
-                        send_message(&all[i], k, buffer, dtls, measure_end);
+                        send_message(&all[i], k, buffer, dtls);
                     }
                 }
             next_scan = t + loss_timeout / 4;
@@ -402,13 +445,13 @@ static int run_echo(void) {
                 }
                 struct slot *slot = &s->slots[header[0]];
                 double at = (double)arrived / 1e9;
-                if (measuring && at >= measure_start && at <= measure_end) {
+                if (measuring && at >= measure_start) { /* measuring: the window is open */
                     replies++;
                     uint64_t us = (arrived - slot->sent_ns) / 1000;
                     add_sample(&rtts, us > 0xffffffffull ? 0xffffffffu : (uint32_t)us);
                 }
                 slot->busy = 0;
-                send_message(s, (int)header[0], buffer, dtls, measure_end);
+                send_message(s, (int)header[0], buffer, dtls);
             }
         }
     }
@@ -420,11 +463,12 @@ static int run_echo(void) {
            "\"window\": %d, \"in_flight\": %d, \"sent\": %ld, \"replies\": %ld, \"lost\": %ld, "
            "\"late\": %ld, \"send_failed\": %ld, \"errors\": %ld, \"msgs_per_s\": %.2f, "
            "\"rtt_p50_ms\": %.4f, \"rtt_p99_ms\": %.4f, \"cipher\": \"%s\", "
-           "\"server_cpu_us_per_op\": %.4f, ",
+           "\"server_cpu_us_per_op\": %.4f, \"starved\": %s, \"server_ticks\": %ld, ",
            proto, size, sessions, window, sessions * window, sent, replies, lost, late,
            send_failed, errors, replies / measured_seconds, quantile_ms(rtts.v, rtts.n, 0.5),
            quantile_ms(rtts.v, rtts.n, 0.99), cipher_name,
-           replies ? 1e6 * (after.server - before.server) / (double)replies : 0.0);
+           replies ? 1e6 * (after.server - before.server) / (double)replies : 0.0,
+           starved ? "true" : "false", server_ticks(before.server, after.server));
     print_usage(before, after);
     printf("}\n");
     for (int i = 0; i < sessions; i++) {
@@ -473,8 +517,9 @@ static int run_handshakes(void) {
     int epoll = epoll_create1(EPOLL_CLOEXEC);
     struct attempt *all = calloc((size_t)concurrency, sizeof *all);
     if (!ctx || epoll < 0 || !all) return 1;
-    double start = now_s(), end = start + seconds;
+    double start = now_s(), end = start + seconds, stop_by = start + WINDOW_LIMIT * seconds;
     long started = 0;
+    int open = 1, starved = 0; /* open: new handshakes still start (the window rule decides) */
     struct meter before = meter_now();
     for (int i = 0; i < concurrency; i++) {
         all[i].fd = -1;
@@ -489,8 +534,16 @@ static int run_handshakes(void) {
         double t = now_s();
         int active = 0;
         for (int i = 0; i < concurrency; i++) active += all[i].fd >= 0;
+        if (open && t >= end) {
+            int state = count_limit ? WINDOW_DONE
+                        : window_state(t - start, seconds, completed, min_work,
+                                       server_ticks(before.server, meter_now().server),
+                                       min_ticks);
+            if (state == WINDOW_OPEN) end = t + WINDOW_STEP;
+            else { open = 0; starved = state == WINDOW_STARVED; stop_by = t; }
+        }
         if (!active) break;
-        if (t >= end + HANDSHAKE_GIVE_UP) break;
+        if (t >= stop_by + HANDSHAKE_GIVE_UP) break;
         int ready = epoll_wait(epoll, events, MAX_EVENTS, 10);
         for (int e = 0; e <= ready; e++) {
             int timers = e == ready || ready < 0;
@@ -518,7 +571,7 @@ static int run_handshakes(void) {
                 }
                 if (done || bad) {
                     end_attempt(a, epoll, done);
-                    if (at < end && (!count_limit || started < count_limit)) {
+                    if (open && (!count_limit || started < count_limit)) {
                         started++;
                         start_attempt(ctx, a, epoll, (uint32_t)i);
                     }
@@ -531,11 +584,13 @@ static int run_handshakes(void) {
     qsort(latencies.v, (size_t)latencies.n, sizeof *latencies.v, compare_u32);
     printf("{\"generator\": \"c\", \"completed\": %ld, \"failed\": %ld, \"setup_failed\": %ld, "
            "\"concurrency\": %d, \"kept\": %s, \"per_s\": %.2f, \"latency_p50_ms\": %.3f, "
-           "\"latency_p99_ms\": %.3f, \"cipher\": \"%s\", \"server_cpu_ms_per_op\": %.4f, ",
+           "\"latency_p99_ms\": %.3f, \"cipher\": \"%s\", \"server_cpu_ms_per_op\": %.4f, "
+           "\"starved\": %s, \"server_ticks\": %ld, ",
            completed, failed, setup_failed, concurrency, keep ? "true" : "false",
            completed / (after.wall - before.wall), quantile_ms(latencies.v, latencies.n, 0.5),
            quantile_ms(latencies.v, latencies.n, 0.99), cipher_name,
-           completed ? 1e3 * (after.server - before.server) / (double)completed : 0.0);
+           completed ? 1e3 * (after.server - before.server) / (double)completed : 0.0,
+           starved ? "true" : "false", server_ticks(before.server, after.server));
     print_usage(before, after);
     printf("}\n");
     return 0;
@@ -556,6 +611,12 @@ int main(int argc, char **argv) {
     }
     if (!strcmp(mode, "echo")) return run_echo();
     if (!strcmp(mode, "handshakes")) return run_handshakes();
+    if (!strcmp(mode, "window")) {
+        static const char *names[] = {"open", "done", "starved"};
+        printf("%s\n", names[window_state(elapsed_reading, seconds, work_reading, min_work,
+                                            ticks_reading, min_ticks)]);
+        return 0;
+    }
     usage();
     return 2;
 }

@@ -17,6 +17,13 @@ Both answer the same two requests with the same JSON fields (see :class:`Load`):
     from a new source address, for ``seconds`` or until ``count`` completed; ``keep`` leaves
     the sessions established on the server (the memory figure) instead of closing them.
 
+Both take ``min_work`` and ``min_ticks`` (by default: for echo, one reply per message in
+flight, and no tick; for handshakes, none; 0 and 0 is a window of wall time only): the window
+rule of :func:`.common.window_state`. A measured window goes on past its ``seconds`` until it
+saw that many replies (handshakes) and clock ticks of the server's CPU time, up to
+:data:`.common.WINDOW_LIMIT` times ``seconds``; a window still short then ("starved") raises
+:class:`.common.BenchmarkError` naming the machine's load, never a figure divided by zero.
+
 The C process pins itself to :data:`LOAD_CPU`; the server runs on the other core.
 """
 
@@ -31,7 +38,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .common import BenchmarkError, Child, progress
+from .common import WINDOW_LIMIT, BenchmarkError, Child, progress, starved_message
 
 __all__ = ["LOAD_CPU", "CLoad", "Load", "PythonLoad", "build", "open_load"]
 
@@ -138,6 +145,7 @@ class CLoad(Load):
         return result
 
     def echo(self, **spec: Any) -> dict[str, Any]:
+        spec = _echo_minimums(spec)
         options = {
             "proto": spec["protocol"],
             "port": spec["port"],
@@ -149,9 +157,13 @@ class CLoad(Load):
             "seconds": spec["seconds"],
             "loss-timeout": spec["loss_timeout"],
             "buffer": spec.get("socket_buffer") or None,
+            "min-work": spec["min_work"],
+            "min-ticks": spec["min_ticks"],
         }
-        timeout = spec["warmup"] + spec["seconds"] + spec["loss_timeout"] + 60.0
-        return self._run("echo", options, timeout)
+        timeout = spec["warmup"] + WINDOW_LIMIT * spec["seconds"] + spec["loss_timeout"] + 60.0
+        result = self._run("echo", options, timeout)
+        _check_window(f"echo of {spec['size']}-byte messages", result, "replies", spec)
+        return result
 
     def handshakes(self, **spec: Any) -> dict[str, Any]:
         count = spec.get("count")
@@ -163,9 +175,35 @@ class CLoad(Load):
             "count": count,
             "keep": bool(spec.get("keep")),
             "addresses": max(_ADDRESS_BLOCK - 1, 1),
+            "min-work": spec.get("min_work", 0),
+            "min-ticks": spec.get("min_ticks", 0),
         }
-        timeout = (spec.get("seconds") or 0) + (count or 0) / 20 + 60.0
-        return self._run("handshakes", options, timeout)
+        timeout = WINDOW_LIMIT * (spec.get("seconds") or 0) + (count or 0) / 20 + 60.0
+        result = self._run("handshakes", options, timeout)
+        _check_window("new handshakes", result, "completed", spec)
+        return result
+
+
+def _echo_minimums(spec: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` with the echo window's minimums filled in: by default one reply per message in
+    flight (a window that saw none has measured nothing) and no clock tick."""
+    defaults = {"min_work": int(spec["sessions"]) * int(spec["window"]), "min_ticks": 0}
+    return {**spec, **{k: v if spec.get(k) is None else spec[k] for k, v in defaults.items()}}
+
+
+def _check_window(what: str, result: dict[str, Any], work: str, spec: dict[str, Any]) -> None:
+    """Raise :class:`BenchmarkError` naming the load when the window rule gave up (starved)."""
+    if result.get("starved"):
+        raise BenchmarkError(
+            starved_message(
+                what,
+                float(result.get("wall_s", 0.0)),
+                f"{result.get(work)} {work}",
+                int(result.get("server_ticks", 0)),
+                int(spec.get("min_work", 0)),
+                int(spec.get("min_ticks", 0)),
+            )
+        )
 
 
 def _system_openssl() -> str:
@@ -200,14 +238,19 @@ class PythonLoad(Load):
         return {"generator": "python", **result}
 
     def echo(self, **spec: Any) -> dict[str, Any]:
+        spec = _echo_minimums(spec)
         job = {
             "job": "echo",
             "cafile": self._cafile,
             "clients": spec["sessions"],
             **{k: spec[k] for k in ("protocol", "port", "server_pid", "window", "size")},
             **{k: spec[k] for k in ("warmup", "seconds", "loss_timeout", "socket_buffer")},
+            "min_work": spec["min_work"],
+            "min_ticks": spec["min_ticks"],
         }
-        result = self._job(job, spec["warmup"] + spec["seconds"] + spec["loss_timeout"] + 60.0)
+        timeout = spec["warmup"] + WINDOW_LIMIT * spec["seconds"] + spec["loss_timeout"] + 60.0
+        result = self._job(job, timeout)
+        _check_window(f"echo of {spec['size']}-byte messages", result, "replies", spec)
         result["sessions"] = result.pop("clients", spec["sessions"])
         result["in_flight"] = spec["sessions"] * spec["window"]
         return result
@@ -224,7 +267,11 @@ class PythonLoad(Load):
             return {"generator": "python", "completed": held["established"], "kept": True, **held}
         job = {**common, "job": "handshakes", "concurrency": spec["concurrency"]}
         job["seconds"] = spec["seconds"]
-        return self._job(job, spec["seconds"] + 60.0)
+        job["min_work"] = spec.get("min_work", 0)
+        job["min_ticks"] = spec.get("min_ticks", 0)
+        result = self._job(job, WINDOW_LIMIT * spec["seconds"] + 60.0)
+        _check_window("new handshakes", result, "completed", spec)
+        return result
 
     def release(self) -> None:
         if self._holding:

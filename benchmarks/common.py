@@ -22,6 +22,8 @@ from typing import Any
 
 __all__ = [
     "HOST",
+    "WINDOW_LIMIT",
+    "WINDOW_STEP",
     "BenchmarkError",
     "Child",
     "child_setup",
@@ -31,8 +33,11 @@ __all__ = [
     "progress",
     "report_failure",
     "rss_kib",
+    "server_ticks",
     "source_address",
+    "starved_message",
     "udp_drops",
+    "window_state",
 ]
 
 HOST = "127.0.0.1"
@@ -42,6 +47,51 @@ Message = tuple[Any, ...]
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _START = time.monotonic()
+
+
+WINDOW_LIMIT = 10.0
+"""A measured window lasts at most this many times the seconds asked (see window_state)."""
+WINDOW_STEP = 0.01
+"""How far an unfinished window is carried on at a time (seconds; one clock tick)."""
+
+
+def window_state(
+    elapsed: float, wanted: float, work: int, min_work: int, ticks: int, min_ticks: int
+) -> str:
+    """The window rule of every measured interval: ``"open"``, ``"done"`` or ``"starved"``.
+
+    A window ends once ``wanted`` seconds of wall time have passed (``elapsed``) AND it saw at
+    least ``min_work`` units of work (echo replies, completed handshakes) AND at least
+    ``min_ticks`` clock ticks of the server's CPU time (/proc counts in ticks of 10 ms; under
+    load half a second may hold no reply and no tick for a server that gets a few per cent of a
+    core). Short of either it stays open, up to :data:`WINDOW_LIMIT` x ``wanted``; a window that
+    reaches that limit still short is ``"starved"`` and its figure is reported as failed. The C
+    load generator (``window_state`` in :file:`cload.c`) applies the same rule."""
+    if elapsed < wanted:
+        return "open"
+    if work >= min_work and ticks >= min_ticks:
+        return "done"
+    if elapsed >= WINDOW_LIMIT * wanted:
+        return "starved"
+    return "open"
+
+
+def starved_message(
+    what: str, wall: float, work: str, ticks: int, min_work: int, min_ticks: int
+) -> str:
+    """Why a starved window's figure failed: what it saw, what it needed, the machine's load."""
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    return (
+        f"{what}: the machine is too loaded to measure (load average {load}), or the load "
+        f"generator too slow for this server: the window ran {wall:.1f} s and saw {work} (at "
+        f"least {min_work} wanted) and {ticks} clock ticks of server CPU time (at least "
+        f"{min_ticks} wanted); measure on a quieter machine or with more --seconds"
+    )
+
+
+def server_ticks(cpu_s: float) -> int:
+    """``cpu_s`` seconds of CPU time (as :func:`cpu_seconds` reads them) in whole clock ticks."""
+    return round(cpu_s * _CLOCK_TICKS)
 
 
 class BenchmarkError(Exception):

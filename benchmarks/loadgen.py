@@ -47,14 +47,17 @@ from dtlskit.exceptions import DTLSError
 
 from .common import (
     HOST,
+    WINDOW_STEP,
     Child,
     child_setup,
     cpu_seconds,
     machine_busy_seconds,
     percentile,
     report_failure,
+    server_ticks,
     source_address,
     udp_drops,
+    window_state,
 )
 
 __all__ = ["start_load"]
@@ -128,6 +131,15 @@ class _Meter:
             machine_busy_seconds(),
         )
 
+    def state(self, wanted: float, work: int, spec: dict[str, Any]) -> str:
+        """The window rule (:func:`.common.window_state`) over this meter's interval so far."""
+        elapsed = time.monotonic() - self._start[0]
+        if elapsed < wanted:
+            return "open"  # no /proc reading before the wall time has passed
+        ticks = server_ticks(cpu_seconds(self._pid) - self._start[1])
+        min_work, min_ticks = int(spec.get("min_work", 0)), int(spec.get("min_ticks", 0))
+        return window_state(elapsed, wanted, work, min_work, ticks, min_ticks)
+
     def stop(self) -> dict[str, float]:
         wall, server, load, machine = (b - a for a, b in zip(self._start, self._now(), strict=True))
         other = max(0.0, machine - server - load)
@@ -135,6 +147,7 @@ class _Meter:
         return {
             "wall_s": wall,
             "server_cpu_s": server,
+            "server_ticks": server_ticks(server),
             "load_cpu_s": load,
             "other_cpu_s": other,
             "server_cpu_share": server / wall,
@@ -174,18 +187,21 @@ async def _handshakes(state: _State, spec: dict[str, Any]) -> dict[str, Any]:
     latencies: list[float] = []
     meter = _Meter(spec["server_pid"])
     drops_before = udp_drops([(HOST, spec["port"])])
-    end = loop.time() + spec["seconds"]
+    window = "open"  # the window rule decides when new handshakes stop starting
 
     async def one_client_at_a_time() -> None:
-        while loop.time() < end:
+        nonlocal window
+        while window == "open":
             started = loop.time()
             try:
                 channel = await _connect(state, spec, config)
             except DTLSError as exc:
                 failures[type(exc).__name__] += 1
-                continue
-            latencies.append(loop.time() - started)
-            await _close(channel)
+            else:
+                latencies.append(loop.time() - started)
+                await _close(channel)
+            if window == "open":
+                window = meter.state(spec["seconds"], len(latencies), spec)
 
     await asyncio.gather(*(one_client_at_a_time() for _ in range(spec["concurrency"])))
     usage = meter.stop()
@@ -202,6 +218,7 @@ async def _handshakes(state: _State, spec: dict[str, Any]) -> dict[str, Any]:
         "latency_p50_ms": 1000 * percentile(latencies, 0.5) if latencies else 0.0,
         "latency_p99_ms": 1000 * percentile(latencies, 0.99) if latencies else 0.0,
         "server_cpu_ms_per_op": 1000 * usage["server_cpu_s"] / completed if completed else 0.0,
+        "starved": window == "starved",
         **usage,
     }
 
@@ -332,9 +349,9 @@ async def _echo_client(peer: _Peer, spec: dict[str, Any], tally: _Tally) -> None
     try:
         for _ in range(spec["window"]):
             await send_next()
-        give_up = tally.end + loss_timeout
         while not receiver.done():
             now = loop.time()
+            give_up = tally.end + loss_timeout  # the window rule may carry tally.end on
             if now >= give_up or (now >= tally.end and not outstanding):
                 break
             await asyncio.sleep(min(loss_timeout / 4, max(0.001, give_up - now)))
@@ -375,11 +392,19 @@ async def _echo(state: _State, spec: dict[str, Any]) -> dict[str, Any]:
         start = loop.time() + spec["warmup"]
         tally = _Tally(start=start, end=start + spec["seconds"])
         usage: dict[str, float] = {}
+        starved = False
 
         async def meter() -> None:
+            nonlocal starved
             await asyncio.sleep(max(0.0, tally.start - loop.time()))
             running = _Meter(spec["server_pid"])
             await asyncio.sleep(max(0.0, tally.end - loop.time()))
+            while (verdict := running.state(spec["seconds"], tally.replies, spec)) == "open":
+                # The clients go on sending until then (two steps: never lapses between two).
+                tally.end = loop.time() + 2 * WINDOW_STEP
+                await asyncio.sleep(WINDOW_STEP)
+            starved = verdict == "starved"
+            tally.end = loop.time()
             usage.update(running.stop())
 
         await asyncio.gather(meter(), *(_echo_client(peer, spec, tally) for peer in peers))
@@ -394,7 +419,8 @@ async def _echo(state: _State, spec: dict[str, Any]) -> dict[str, Any]:
         "size": spec["size"],
         "clients": spec["clients"],
         "window": spec["window"],
-        "msgs_per_s": tally.replies / spec["seconds"],
+        "msgs_per_s": tally.replies / usage["wall_s"] if usage else 0.0,
+        "starved": starved,
         "server_cpu_us_per_op": (
             1e6 * usage["server_cpu_s"] / tally.replies if tally.replies and usage else 0.0
         ),

@@ -12,7 +12,10 @@ Each server runs in a process of its own pinned to CPU 0; the load generator (th
 :mod:`.cload`, built on the fly, or the Python fallback) runs pinned to CPU 1. The main figure
 is the **server's CPU time per echoed message** (user + system, from /proc/PID/stat over the
 measured interval, divided by the replies received in it), which does not depend on whether the
-load kept the server busy.
+load kept the server busy. A measured interval lasts its ``--seconds`` and, on a loaded machine,
+longer: until it saw at least ``min_replies`` replies (``min_handshakes`` handshakes) and
+``min_server_ticks`` clock ticks of the server's CPU time, up to 10 x ``--seconds``
+(:func:`.common.window_state`); short of that the row fails with a reason naming the load.
 
 Rows, in order (one progress line each on stderr):
 
@@ -113,6 +116,12 @@ class Settings:
     """Sessions held for the "many sessions" row (0: skip it)."""
     many_echo_seconds: float = 60.0
     """Length of the many-sessions echo round."""
+    min_replies: int = 200
+    """Replies an echo window must see before it ends (the window rule, common.window_state)."""
+    min_handshakes: int = 32
+    """Completed handshakes a handshakes window must see before it ends."""
+    min_server_ticks: int = 5
+    """Clock ticks (10 ms each) of server CPU time a window must see before it ends."""
 
 
 @dataclass(frozen=True)
@@ -466,6 +475,8 @@ def _measure_row(
                     seconds=settings.seconds,
                     loss_timeout=settings.loss_timeout,
                     socket_buffer=settings.socket_buffer,
+                    min_work=settings.min_replies,
+                    min_ticks=settings.min_server_ticks,
                 )
             if row.handshakes:
                 progress(f"{row.key}: new handshakes, {settings.concurrency} at a time")
@@ -474,6 +485,8 @@ def _measure_row(
                     server_pid=child.pid,
                     concurrency=settings.concurrency,
                     seconds=settings.seconds,
+                    min_work=settings.min_handshakes,
+                    min_ticks=settings.min_server_ticks,
                 )
             figures["statistics"] = child.request(("stats",), 30.0)[1]
         finally:

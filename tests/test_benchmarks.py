@@ -572,7 +572,7 @@ def _stop(sock: socket.socket, thread: threading.Thread) -> None:
     sock.close()
 
 
-def _c_echo(port: int, loss_timeout: float) -> dict[str, Any]:
+def _c_echo(port: int, loss_timeout: float, min_work: int | None = None) -> dict[str, Any]:
     binary, how = cload.build()
     assert binary is not None, how
     load = cload.CLoad(binary, how)
@@ -587,6 +587,7 @@ def _c_echo(port: int, loss_timeout: float) -> dict[str, Any]:
         seconds=0.3,
         loss_timeout=loss_timeout,
         socket_buffer=None,
+        min_work=min_work,
     )
 
 
@@ -594,7 +595,8 @@ def _c_echo(port: int, loss_timeout: float) -> dict[str, Any]:
 def test_c_load_generator_counts_every_unanswered_message_lost() -> None:
     sock, thread, count = _udp_server(answer=False)
     try:
-        result = _c_echo(sock.getsockname()[1], loss_timeout=0.1)
+        # A window of wall time only (min_work=0): this server never answers.
+        result = _c_echo(sock.getsockname()[1], loss_timeout=0.1, min_work=0)
     finally:
         _stop(sock, thread)
     assert result["replies"] == 0 and result["msgs_per_s"] == 0
@@ -614,6 +616,70 @@ def test_c_load_generator_counts_replies_and_round_trips() -> None:
     assert result["lost"] == 0 and result["late"] == 0 and result["errors"] == 0
     assert 0 < result["rtt_p50_ms"] <= result["rtt_p99_ms"]
     assert isinstance(result["server_cpu_s"], float) and isinstance(result["load_cpu_s"], float)
+
+
+# The window rule (common.window_state, and window_state in cload.c): readings in, verdict out.
+# (elapsed s, wanted s, work, min work, server ticks, min ticks) -> verdict
+WINDOW_CASES = [
+    ((0.0, 0.5, 0, 200, 0, 5), "open"),  # nothing yet
+    ((0.49, 0.5, 10_000, 200, 50, 5), "open"),  # plenty of work, but the wall time is not over
+    ((0.5, 0.5, 200, 200, 5, 5), "done"),  # every minimum met exactly
+    ((0.5, 0.5, 0, 0, 0, 0), "done"),  # no minimums: a window of wall time only
+    ((0.6, 0.5, 199, 200, 9, 5), "open"),  # one reply short: goes on
+    ((0.6, 0.5, 5000, 200, 4, 5), "open"),  # one tick short: goes on
+    ((0.6, 0.5, 0, 200, 0, 5), "open"),  # nothing seen (the failure seen under load): goes on
+    ((4.99, 0.5, 0, 200, 0, 5), "open"),  # still within ten times the seconds asked
+    ((2.0, 0.5, 200, 200, 5, 5), "done"),  # met late: done, not starved
+    ((5.0, 0.5, 200, 200, 5, 5), "done"),  # met at the limit: done
+    ((5.0, 0.5, 199, 200, 5, 5), "starved"),  # the limit, short of replies
+    ((5.0, 0.5, 200, 200, 4, 5), "starved"),  # the limit, short of ticks
+    ((45.0, 5.0, 0, 32, 0, 5), "open"),  # a full run's handshakes window, carried on
+]
+
+
+@pytest.mark.parametrize(("readings", "verdict"), WINDOW_CASES)
+def test_window_rule(readings: tuple[float, float, int, int, int, int], verdict: str) -> None:
+    assert common.window_state(*readings) == verdict
+
+
+@needs_c
+def test_c_window_rule_is_the_same_rule() -> None:
+    binary, how = cload.build()
+    assert binary is not None, how
+    for (elapsed, wanted, work, min_work, ticks, min_ticks), verdict in WINDOW_CASES:
+        options = {
+            "--elapsed": elapsed,
+            "--seconds": wanted,
+            "--work": work,
+            "--min-work": min_work,
+            "--ticks": ticks,
+            "--min-ticks": min_ticks,
+        }
+        command = [binary, "window", *(str(x) for item in options.items() for x in item)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=True)
+        assert done.stdout.strip() == verdict, options
+
+
+def test_server_ticks_are_whole_clock_ticks() -> None:
+    tick = 1 / os.sysconf("SC_CLK_TCK")
+    assert common.server_ticks(0.0) == 0
+    assert common.server_ticks(5 * tick) == 5
+    assert common.server_ticks(cpu_difference := 7 * tick + tick / 10) == 7, cpu_difference
+
+
+@needs_c
+def test_c_load_generator_reports_a_starved_window_as_failed_naming_the_load() -> None:
+    # A server that never answers: the window goes on to ten times its seconds, then the figure
+    # fails with the reason, instead of reporting 0 replies or dividing by them.
+    sock, thread, count = _udp_server(answer=False)
+    try:
+        with pytest.raises(common.BenchmarkError, match="too loaded to measure") as caught:
+            _c_echo(sock.getsockname()[1], loss_timeout=0.1, min_work=1)
+    finally:
+        _stop(sock, thread)
+    message = str(caught.value)
+    assert "load average" in message and "0 replies" in message and "at least 1 wanted" in message
+    assert count[0] > 2 * 4  # it kept sending through the carried-on window
 
 
 def test_without_a_compiler_the_python_load_generator_stands_in(
