@@ -3,6 +3,8 @@ messages both ways. Real handshakes in memory, engines that keep OpenSSL (no hib
 
 from __future__ import annotations
 
+import pytest
+
 from dtlskit.config import Limits
 from dtlskit.core.hibernation import Hibernated, hibernate
 from dtlskit.testing import MemoryPair
@@ -67,3 +69,22 @@ def test_a_renegotiated_session_is_not_in_epoch_1_and_is_refused():
     echo_both_ways(pair, b"renegotiated")
     reason = hibernate(pair.client.ssl_object, server=False, read_high=-1, keep_session=False)
     assert reason == "the probe is not an epoch-1 application-data record"
+
+
+def test_a_hibernated_session_refuses_empty_and_oversized_messages_as_an_awake_one_does():
+    # send() on a hibernated session checks the message itself (it never reaches OpenSSL):
+    # the same errors as an awake session, and the session carries on afterwards.
+    from dtlskit.exceptions import InvalidMessage, MessageTooLarge
+
+    server_config, client_config = psk_configs(client_limits=Limits())
+    pair = MemoryPair(server_config.replace(limits=Limits()), client_config)
+    assert pair.handshake()
+    server = pair.server_connection
+    assert server is not None
+    echo_both_ways(pair, b"before")
+    assert server.hibernate(pair.clock.now)
+    with pytest.raises(InvalidMessage):
+        server.send(b"")
+    with pytest.raises(MessageTooLarge):
+        server.send(b"x" * (server.cleartext_mtu + 1))
+    echo_both_ways(pair, b"after")
