@@ -88,3 +88,23 @@ def test_a_hibernated_session_refuses_empty_and_oversized_messages_as_an_awake_o
     with pytest.raises(MessageTooLarge):
         server.send(b"x" * (server.cleartext_mtu + 1))
     echo_both_ways(pair, b"after")
+    # With no message callback, a hibernated session's records go to its inbox as an awake
+    # session's do.
+    server.on_message = None
+    pair.client.send(b"to the inbox")
+    pair.pump()
+    assert pair.run(lambda: b"to the inbox" in pair.server_messages())
+
+
+def test_a_received_close_notify_is_logged_at_debug(caplog):
+    # The close_notify line is built only when the handshake logger shows debug (the peer's
+    # address text costs even when nothing is logged).
+    import logging
+
+    server_config, client_config = psk_configs(client_limits=Limits())
+    pair = MemoryPair(server_config.replace(limits=Limits()), client_config)
+    assert pair.handshake()
+    with caplog.at_level(logging.DEBUG, logger="dtlskit.handshake"):
+        pair.client.close()
+        pair.pump()
+        assert pair.run(lambda: "received close_notify" in caplog.text)
