@@ -508,6 +508,56 @@ def test_a_message_callback_that_raises_in_a_batch_goes_to_failed(server_config,
         )
 
 
+def _batch_scenario(server_config, client_config, kind, run, monkeypatch):  # type: ignore[no-untyped-def]
+    """Six established records fed by receive_batch with ``accel.receive_established`` set to
+    ``run``; the callback, on m2, reads statistics, raises, interrupts or empties the batch
+    (``kind``). Returns what the callback and ``failed`` saw and the server's counters."""
+    from dtlskit._frontend import accel
+
+    monkeypatch.setattr(accel, "receive_established", run)
+    pair = MemoryPair(server_config, client_config)
+    assert pair.handshake()
+    conn, server = pair.server_connection, pair.server
+    assert conn is not None
+    datagrams = []
+    for i in range(6):
+        pair.client.send(b"m%d" % i)
+        datagrams.extend(pair.client.datagrams_to_send())
+    items = [(d, pair.client_address) for d in datagrams]
+    seen: list[object] = []
+    before = server.statistics()
+
+    def on_message(data: bytes) -> None:
+        seen.append(data)
+        if data == b"m2":
+            if kind == "read_stats":
+                st = server.statistics()
+                seen.append(
+                    (
+                        st.datagrams_received - before.datagrams_received,
+                        st.bytes_received - before.bytes_received,
+                    )
+                )
+            elif kind == "kbint":
+                raise KeyboardInterrupt
+            elif kind == "raise":
+                raise ValueError("m2")
+            else:
+                items.clear()
+
+    conn.on_message = on_message
+    try:
+        server.receive_batch(items, 7.0, lambda a, e: seen.append((a, repr(e))))
+    except KeyboardInterrupt:
+        seen.append("interrupted")
+    st = server.statistics()
+    return (
+        seen,
+        st.datagrams_received - before.datagrams_received,
+        st.bytes_received - before.bytes_received,
+    )
+
+
 @pytest.mark.parametrize("kind", ["read_stats", "kbint", "clear_batch", "raise"])
 def test_receive_batch_is_the_same_with_and_without_the_c_run(
     server_config, client_config, kind, monkeypatch
@@ -517,52 +567,9 @@ def test_receive_batch_is_the_same_with_and_without_the_c_run(
     # and after it, a BaseException keeps what was counted, a batch that shrinks is fine.
     from dtlskit._frontend import accel
 
-    def scenario(c_run):  # type: ignore[no-untyped-def]
-        monkeypatch.setattr(accel, "receive_established", c_run)
-        pair = MemoryPair(server_config, client_config)
-        assert pair.handshake()
-        conn, server = pair.server_connection, pair.server
-        assert conn is not None
-        datagrams = []
-        for i in range(6):
-            pair.client.send(b"m%d" % i)
-            datagrams.extend(pair.client.datagrams_to_send())
-        items = [(d, pair.client_address) for d in datagrams]
-        seen: list[object] = []
-        before = server.statistics()
-
-        def on_message(data: bytes) -> None:
-            seen.append(data)
-            if data == b"m2":
-                if kind == "read_stats":
-                    st = server.statistics()
-                    seen.append(
-                        (
-                            st.datagrams_received - before.datagrams_received,
-                            st.bytes_received - before.bytes_received,
-                        )
-                    )
-                elif kind == "kbint":
-                    raise KeyboardInterrupt
-                elif kind == "raise":
-                    raise ValueError("m2")
-                else:
-                    items.clear()
-
-        conn.on_message = on_message
-        try:
-            server.receive_batch(items, 7.0, lambda a, e: seen.append((a, repr(e))))
-        except KeyboardInterrupt:
-            seen.append("interrupted")
-        st = server.statistics()
-        return (
-            seen,
-            st.datagrams_received - before.datagrams_received,
-            st.bytes_received - before.bytes_received,
-        )
-
     real = accel.receive_established
-    assert scenario(real) == scenario(None)
+    with_run = _batch_scenario(server_config, client_config, kind, real, monkeypatch)
+    assert with_run == _batch_scenario(server_config, client_config, kind, None, monkeypatch)
 
 
 @pytest.mark.parametrize("kind", ["read_stats", "raise", "clear_batch"])
@@ -574,7 +581,6 @@ def test_receive_batch_hands_what_an_accelerator_run_leaves_to_python(
     # the rest back. Checked on every build, with a run that takes nothing (everything falls
     # to Python one datagram at a time) and one that reports each datagram's error as the C
     # run does: the same messages and counters as Python's own loop.
-    from dtlskit._frontend import accel
 
     def takes_nothing(connections, batch, index, now, stats):  # type: ignore[no-untyped-def]
         return index, None, None
@@ -592,37 +598,7 @@ def test_receive_batch_hands_what_an_accelerator_run_leaves_to_python(
             return index + 1, exc, address
         return index + 1, None, None
 
-    def scenario(run):  # type: ignore[no-untyped-def]
-        monkeypatch.setattr(accel, "receive_established", run)
-        pair = MemoryPair(server_config, client_config)
-        assert pair.handshake()
-        conn, server = pair.server_connection, pair.server
-        assert conn is not None
-        datagrams = []
-        for i in range(6):
-            pair.client.send(b"m%d" % i)
-            datagrams.extend(pair.client.datagrams_to_send())
-        items = [(d, pair.client_address) for d in datagrams]
-        seen: list[object] = []
-        before = server.statistics()
-
-        def on_message(data: bytes) -> None:
-            seen.append(data)
-            if data == b"m2":
-                if kind == "read_stats":
-                    st = server.statistics()
-                    seen.append(st.datagrams_received - before.datagrams_received)
-                elif kind == "raise":
-                    raise ValueError("m2")
-                else:
-                    items.clear()
-
-        conn.on_message = on_message
-        server.receive_batch(items, 7.0, lambda a, e: seen.append((a, repr(e))))
-        st = server.statistics()
-        return seen, st.datagrams_received - before.datagrams_received
-
-    expected = scenario(None)
+    expected = _batch_scenario(server_config, client_config, kind, None, monkeypatch)
     assert b"m1" in expected[0]
-    assert scenario(takes_nothing) == expected
-    assert scenario(one_at_a_time) == expected
+    for run in (takes_nothing, one_at_a_time):
+        assert _batch_scenario(server_config, client_config, kind, run, monkeypatch) == expected
